@@ -1,0 +1,59 @@
+// Launchers from at::Tensor into the CUDA cell kernels of kernels/lstm_cell.cu. Host code only.
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "../kernels/lstm_cell.h"
+#include "lstm_cell.h"
+
+namespace fastseq {
+namespace {
+
+// ATen's element types -> the CUDA types the kernels are instantiated for.
+template <typename T> struct Device { using type = T; };
+template <> struct Device<at::Half> { using type = __half; };
+template <> struct Device<at::BFloat16> { using type = __nv_bfloat16; };
+template <typename T> using device_t = typename Device<T>::type;
+
+template <typename T> const device_t<T>* in(const at::Tensor& t) {
+  return t.defined() ? reinterpret_cast<const device_t<T>*>(t.const_data_ptr<T>()) : nullptr;
+}
+template <typename T> device_t<T>* out(const at::Tensor& t) {
+  return reinterpret_cast<device_t<T>*>(t.mutable_data_ptr<T>());
+}
+
+void check_launch(cudaError_t err, const char* what) {
+  TORCH_CHECK(err == cudaSuccess, what, " failed to launch: ", cudaGetErrorString(err));
+}
+
+}  // namespace
+
+void lstm_cell_forward_cuda(const at::Tensor& gates, const at::Tensor& c_prev, const at::Tensor& h,
+                            const at::Tensor& c) {
+  const c10::cuda::CUDAGuard guard(gates.device());
+  auto stream = at::cuda::getCurrentCUDAStream().stream();
+  dispatch_cell_types(gates, c, "lstm_cell_forward_cuda", [&](auto t, auto s) {
+    using T = decltype(t);
+    using C = decltype(s);
+    check_launch(kernels::lstm_cell_forward(in<T>(gates), in<C>(c_prev), out<T>(h), out<C>(c), gates.size(0),
+                                            c.size(1), stream),
+                 "lstm_cell_forward");
+  });
+}
+
+void lstm_cell_backward_cuda(const at::Tensor& grad_h, const at::Tensor& grad_c, const at::Tensor& gates,
+                             const at::Tensor& c_prev, const at::Tensor& grad_gates, const at::Tensor& grad_c_prev) {
+  const c10::cuda::CUDAGuard guard(gates.device());
+  auto stream = at::cuda::getCurrentCUDAStream().stream();
+  dispatch_cell_types(gates, c_prev, "lstm_cell_backward_cuda", [&](auto t, auto s) {
+    using T = decltype(t);
+    using C = decltype(s);
+    check_launch(kernels::lstm_cell_backward(in<T>(grad_h), in<C>(grad_c), in<T>(gates), in<C>(c_prev),
+                                             out<T>(grad_gates), out<C>(grad_c_prev), gates.size(0),
+                                             c_prev.size(1), stream),
+                 "lstm_cell_backward");
+  });
+}
+
+}  // namespace fastseq

@@ -1,0 +1,27 @@
+// The ops fastseq._C registers (torch.ops.fastseq_ext.*): one declaration each, defined next to
+// their kernels. Schemas are in extension.cpp; semantics in fastseq/reference.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <tuple>
+
+namespace fastseq {
+
+using at::Tensor;
+
+std::tuple<Tensor, Tensor> lstm_cell_forward(const Tensor& gates, const Tensor& c_prev);
+std::tuple<Tensor, Tensor> lstm_cell_backward(const Tensor& grad_h, const Tensor& grad_c, const Tensor& gates,
+                                              const Tensor& c_prev);
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_forward(
+    const Tensor& x, const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
+    const std::optional<Tensor>& bias, const std::optional<Tensor>& w_hr, const std::optional<Tensor>& lengths,
+    bool reverse, bool training);
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_backward(
+    const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& grad_c_n, const Tensor& x, const Tensor& h0,
+    const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh, const std::optional<Tensor>& bias,
+    const std::optional<Tensor>& w_hr, const std::optional<Tensor>& lengths, bool reverse, const Tensor& y,
+    const Tensor& gates, const Tensor& c_ws);
+
+}  // namespace fastseq

@@ -1,0 +1,41 @@
+"""The table of backends that implement each op, and the lookup of the one that serves a call."""
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable
+
+import torch
+
+from .. import backends
+
+# op family -> backend name -> zero-argument loader of the object whose attributes are the op's functions
+_TABLES: dict[str, dict[str, Callable[[], Any]]] = {}
+
+
+def _extension_ops() -> Any:
+    if backends.extension() is None:  # importing fastseq._C registers torch.ops.fastseq_ext
+        raise backends.BackendUnavailableError(f"fastseq._C is unavailable: {backends.extension_error()}")
+    return torch.ops.fastseq_ext
+
+
+def register(family: str, reference: str, triton: str | None, extension: bool) -> None:
+    """Declare an op family's backends: module paths for the reference and Triton, and whether
+    fastseq._C implements it (for CPU and CUDA tensors alike)."""
+    table: dict[str, Callable[[], Any]] = {"reference": lambda: importlib.import_module(reference)}
+    if triton is not None:
+        table["triton"] = lambda: importlib.import_module(triton)
+    if extension:
+        table["cpu"] = table["cuda"] = _extension_ops
+    _TABLES[family] = table
+
+
+def families() -> dict[str, tuple[str, ...]]:
+    """Every registered op family and the backends implementing it."""
+    return {family: tuple(table) for family, table in _TABLES.items()}
+
+
+def implementation(family: str, function: str, device_type: str) -> Callable:
+    """The function `function` of the backend chosen for `family` on `device_type`."""
+    table = _TABLES[family]
+    choice = backends.choose(family, device_type, tuple(table))
+    return getattr(table[choice.backend](), function)

@@ -1,0 +1,218 @@
+"""The LSTM ops: `lstm_cell` (one fused cell update) and `lstm_layer` (one layer, one direction, a whole
+sequence). Each is a torch custom op with a fake implementation and an autograd formula, served by the
+backend `fastseq.backends` chooses: "cpu"/"cuda" (fastseq._C), "triton" or "reference".
+
+The math and the workspace contract shared by every backend are in fastseq/reference/lstm.py.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from ..reference.lstm import acc_dtype
+from . import _checks as C
+from ._dispatch import implementation, register
+
+register("lstm", reference="fastseq.reference.lstm", triton="fastseq.triton.lstm", extension=True)
+
+
+def _impl(function: str, t: Tensor):
+    return implementation("lstm", function, t.device.type)
+
+
+# ---------------------------------------------------------------------------------------------- cell
+
+
+@torch.library.custom_op("fastseq::lstm_cell", mutates_args=())
+def _lstm_cell(gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
+    return _impl("lstm_cell_forward", gates)(gates, c_prev)
+
+
+@_lstm_cell.register_fake
+def _(gates, c_prev):
+    return gates.new_empty(c_prev.shape), torch.empty_like(c_prev)
+
+
+@torch.library.custom_op("fastseq::lstm_cell_backward", mutates_args=())
+def _lstm_cell_backward(grad_h: Tensor, grad_c: Tensor, gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
+    return _impl("lstm_cell_backward", gates)(grad_h, grad_c, gates, c_prev)
+
+
+@_lstm_cell_backward.register_fake
+def _(grad_h, grad_c, gates, c_prev):
+    return torch.empty_like(gates), torch.empty_like(c_prev)
+
+
+def _cell_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _cell_backward(ctx, grad_h, grad_c):
+    gates, c_prev = ctx.saved_tensors
+    return _lstm_cell_backward(grad_h.contiguous(), grad_c.contiguous(), gates, c_prev)
+
+
+_lstm_cell.register_autograd(_cell_backward, setup_context=_cell_setup)
+
+
+def lstm_cell(gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
+    """Fused LSTM cell: pre-activations `gates` (B, 4H) laid out [i|f|g|o] and `c_prev` (B, H) -> (h, c).
+
+    The activations and the cell update are computed in float32 (float64 for float64 inputs).
+    """
+    op = "lstm_cell"
+    C.check_float(op, "gates", gates)
+    C.check_ndim(op, "gates", gates, 2, "(B, 4H)")
+    if gates.shape[1] % 4:
+        C.fail(op, f"gates.shape[1] must be 4*H, a multiple of 4; got {gates.shape[1]}")
+    C.check_shape(op, "c_prev", c_prev, (gates.shape[0], gates.shape[1] // 4), "(B, H)")
+    C.check_like(op, "c_prev", c_prev, "gates", gates)
+    return _lstm_cell(gates.contiguous(), c_prev.contiguous())
+
+
+# --------------------------------------------------------------------------------------------- layer
+
+
+@torch.library.custom_op("fastseq::lstm_layer", mutates_args=())
+def _lstm_layer(
+    x: Tensor,
+    h0: Tensor,
+    c0: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    bias: Optional[Tensor],
+    w_hr: Optional[Tensor],
+    lengths: Optional[Tensor],
+    reverse: bool,
+    training: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return _impl("lstm_layer_forward", x)(x, h0, c0, w_ih, w_hh, bias, w_hr, lengths, reverse, training)
+
+
+@_lstm_layer.register_fake
+def _(x, h0, c0, w_ih, w_hh, bias, w_hr, lengths, reverse, training):
+    T, B, _ = x.shape
+    H = w_hh.shape[0] // 4
+    acc = acc_dtype(x.dtype)
+    y = x.new_empty(T, B, h0.shape[1])
+    gates_ws = x.new_empty(T, B, 4 * H) if training else x.new_empty(0)
+    c_ws = x.new_empty(T, B, H, dtype=acc) if training else x.new_empty(0, dtype=acc)
+    return y, torch.empty_like(h0), torch.empty_like(c0), gates_ws, c_ws
+
+
+@torch.library.custom_op("fastseq::lstm_layer_backward", mutates_args=())
+def _lstm_layer_backward(
+    grad_y: Tensor,
+    grad_h_n: Tensor,
+    grad_c_n: Tensor,
+    x: Tensor,
+    h0: Tensor,
+    c0: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    bias: Optional[Tensor],
+    w_hr: Optional[Tensor],
+    lengths: Optional[Tensor],
+    reverse: bool,
+    y: Tensor,
+    gates_ws: Tensor,
+    c_ws: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return _impl("lstm_layer_backward", x)(
+        grad_y, grad_h_n, grad_c_n, x, h0, c0, w_ih, w_hh, bias, w_hr, lengths, reverse, y, gates_ws, c_ws
+    )
+
+
+@_lstm_layer_backward.register_fake
+def _(grad_y, grad_h_n, grad_c_n, x, h0, c0, w_ih, w_hh, bias, w_hr, lengths, reverse, y, gates_ws, c_ws):
+    def like(t):
+        return x.new_empty(0) if t is None else torch.empty_like(t)
+
+    return like(x), like(h0), like(c0), like(w_ih), like(w_hh), like(bias), like(w_hr)
+
+
+def _layer_setup(ctx, inputs, output):
+    x, h0, c0, w_ih, w_hh, bias, w_hr, lengths, reverse, training = inputs
+    y, _, _, gates_ws, c_ws = output
+    ctx.reverse, ctx.training = reverse, training
+    ctx.save_for_backward(x, h0, c0, w_ih, w_hh, bias, w_hr, lengths, y, gates_ws, c_ws)
+
+
+def _layer_backward(ctx, grad_y, grad_h_n, grad_c_n, _grad_gates_ws, _grad_c_ws):
+    if not ctx.training:
+        raise RuntimeError("lstm_layer: backward through a call made with training=False (no workspace saved)")
+    x, h0, c0, w_ih, w_hh, bias, w_hr, lengths, y, gates_ws, c_ws = ctx.saved_tensors
+    grads = _lstm_layer_backward(
+        grad_y.contiguous(), grad_h_n.contiguous(), grad_c_n.contiguous(),
+        x, h0, c0, w_ih, w_hh, bias, w_hr, lengths, ctx.reverse, y, gates_ws, c_ws,
+    )
+    dx, dh0, dc0, dw_ih, dw_hh, dbias, dw_hr = grads
+    return (dx, dh0, dc0, dw_ih, dw_hh, None if bias is None else dbias, None if w_hr is None else dw_hr,
+            None, None, None)
+
+
+_lstm_layer.register_autograd(_layer_backward, setup_context=_layer_setup)
+
+
+def lstm_layer(
+    x: Tensor,
+    h0: Tensor,
+    c0: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    bias: Optional[Tensor] = None,
+    w_hr: Optional[Tensor] = None,
+    lengths: Union[Tensor, Sequence[int], None] = None,
+    reverse: bool = False,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One LSTM layer in one direction over a time-major sequence -> (y, h_n, c_n).
+
+    x (T, B, I); h0 (B, P); c0 (B, H); w_ih (4H, I); w_hh (4H, P); bias (4H,) = b_ih + b_hh or None;
+    w_hr (P, H) projection or None (then P = H); lengths (B,) int64 on the CPU, sorted non-increasing,
+    or None for full-length rows; reverse runs the sequence backwards (each row from its own end).
+    y (T, B, P) is zero where t >= lengths[b]; h_n, c_n are each row's state after its last token.
+    """
+    op = "lstm_layer"
+    C.check_float(op, "x", x)
+    C.check_ndim(op, "x", x, 3, "(T, B, I)")
+    T, B, I = x.shape
+    if T < 1:
+        C.fail(op, "x must hold at least one time step, got T = 0")
+    for name, t in (("w_ih", w_ih), ("w_hh", w_hh), ("h0", h0), ("c0", c0), ("bias", bias), ("w_hr", w_hr)):
+        if t is not None:
+            C.check_float(op, name, t)
+            C.check_like(op, name, t, "x", x)
+    C.check_ndim(op, "w_ih", w_ih, 2, "(4H, I)")
+    if w_ih.shape[0] % 4:
+        C.fail(op, f"w_ih.shape[0] must be 4*H, a multiple of 4; got {w_ih.shape[0]}")
+    H = w_ih.shape[0] // 4
+    C.check_shape(op, "w_ih", w_ih, (4 * H, I), "(4H, I)")
+    if w_hr is not None:
+        C.check_ndim(op, "w_hr", w_hr, 2, "(P, H)")
+        P = w_hr.shape[0]
+        C.check_shape(op, "w_hr", w_hr, (P, H), "(P, H)")
+        if not 0 < P < H:
+            C.fail(op, f"the projection size P = w_hr.shape[0] must be in [1, H={H}), got {P}")
+    else:
+        P = H
+    C.check_shape(op, "w_hh", w_hh, (4 * H, P), "(4H, P)")
+    C.check_shape(op, "h0", h0, (B, P), "(B, P)")
+    C.check_shape(op, "c0", c0, (B, H), "(B, H)")
+    if bias is not None:
+        C.check_shape(op, "bias", bias, (4 * H,), "(4H,)")
+    if lengths is not None:
+        if not isinstance(lengths, Tensor):
+            lengths = torch.as_tensor(lengths, dtype=torch.int64)
+        C.check_lengths(op, lengths, B, T)
+        if int(lengths[0]) == T and int(lengths[-1]) == T:
+            lengths = None  # every row runs the whole sequence
+    params = (x, h0, c0, w_ih, w_hh, bias, w_hr)
+    training = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in params)
+
+    def c(t):
+        return None if t is None else t.contiguous()
+
+    y, h_n, c_n, _, _ = _lstm_layer(*(c(t) for t in params), lengths, bool(reverse), training)
+    return y, h_n, c_n

@@ -1,0 +1,102 @@
+"""Fused LSTM cell in Triton: one program per BLOCK of (row, unit) elements; gates [i|f|g|o] read once,
+activations in float32 (float64 for float64), recomputed in the backward rather than stored.
+
+Layouts are those of kernels/lstm_cell.h: gates (rows, 4H) contiguous; c_prev, c (rows, H) in the state
+dtype (the element dtype for a lone cell, float32 where the layer carries state over time).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+BLOCK = 1024
+NUM_WARPS = 4
+_ACC = {torch.float64: tl.float64}
+
+
+@triton.jit
+def _tanh(x):
+    return 2 * tl.sigmoid(2 * x) - 1
+
+
+@triton.jit
+def _lstm_cell_fwd_kernel(gates_ptr, c_prev_ptr, h_ptr, c_ptr, N, H, BLOCK: tl.constexpr, ACC: tl.constexpr):
+    n = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = n < N
+    r = n // H
+    z = gates_ptr + r * 3 * H + n  # row r's gates start at r*4H; unit j = n - r*H
+    i = tl.sigmoid(tl.load(z, mask=mask).to(ACC))
+    f = tl.sigmoid(tl.load(z + H, mask=mask).to(ACC))
+    g = _tanh(tl.load(z + 2 * H, mask=mask).to(ACC))
+    o = tl.sigmoid(tl.load(z + 3 * H, mask=mask).to(ACC))
+    c = f * tl.load(c_prev_ptr + n, mask=mask).to(ACC) + i * g
+    tl.store(c_ptr + n, c.to(c_ptr.dtype.element_ty), mask=mask)
+    tl.store(h_ptr + n, (o * _tanh(c)).to(h_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _lstm_cell_bwd_kernel(
+    grad_h_ptr, grad_c_ptr, gates_ptr, c_prev_ptr, grad_gates_ptr, grad_c_prev_ptr, N, H,
+    BLOCK: tl.constexpr, ACC: tl.constexpr,
+):
+    n = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = n < N
+    r = n // H
+    z = gates_ptr + r * 3 * H + n
+    i = tl.sigmoid(tl.load(z, mask=mask).to(ACC))
+    f = tl.sigmoid(tl.load(z + H, mask=mask).to(ACC))
+    g = _tanh(tl.load(z + 2 * H, mask=mask).to(ACC))
+    o = tl.sigmoid(tl.load(z + 3 * H, mask=mask).to(ACC))
+    cp = tl.load(c_prev_ptr + n, mask=mask).to(ACC)
+    tc = _tanh(f * cp + i * g)
+    dh = tl.load(grad_h_ptr + n, mask=mask).to(ACC)
+    dc = tl.load(grad_c_ptr + n, mask=mask).to(ACC) + dh * o * (1 - tc * tc)
+    dz = grad_gates_ptr + r * 3 * H + n
+    ty = grad_gates_ptr.dtype.element_ty
+    tl.store(dz, (dc * g * i * (1 - i)).to(ty), mask=mask)
+    tl.store(dz + H, (dc * cp * f * (1 - f)).to(ty), mask=mask)
+    tl.store(dz + 2 * H, (dc * i * (1 - g * g)).to(ty), mask=mask)
+    tl.store(dz + 3 * H, (dh * tc * o * (1 - o)).to(ty), mask=mask)
+    tl.store(grad_c_prev_ptr + n, (dc * f).to(grad_c_prev_ptr.dtype.element_ty), mask=mask)
+
+
+def _grid(n: int) -> tuple[int]:
+    return (triton.cdiv(n, BLOCK),)
+
+
+def forward_out(gates: torch.Tensor, c_prev: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> None:
+    """h, c <- cell(gates, c_prev); every tensor contiguous, rows leading."""
+    n = c.numel()
+    if n:
+        acc = _ACC.get(gates.dtype, tl.float32)
+        _lstm_cell_fwd_kernel[_grid(n)](gates, c_prev, h, c, n, c.shape[-1], BLOCK=BLOCK, ACC=acc,
+                                        num_warps=NUM_WARPS)
+
+
+def backward_out(grad_h, grad_c, gates, c_prev, grad_gates, grad_c_prev) -> None:
+    """grad_gates, grad_c_prev <- cell backward; grad_c_prev may be grad_c itself."""
+    n = c_prev.numel()
+    if n:
+        acc = _ACC.get(gates.dtype, tl.float32)
+        _lstm_cell_bwd_kernel[_grid(n)](grad_h, grad_c, gates, c_prev, grad_gates, grad_c_prev, n,
+                                        c_prev.shape[-1], BLOCK=BLOCK, ACC=acc, num_warps=NUM_WARPS)
+
+
+# (element dtype, state dtype) pairs the launchers are called with: a lone cell keeps state in the
+# element dtype, a layer carries it in the accumulation dtype.
+DTYPE_PAIRS = (("fp32", "fp32"), ("fp16", "fp16"), ("bf16", "bf16"), ("fp16", "fp32"), ("bf16", "fp32"),
+               ("fp64", "fp64"))
+
+
+def aot_specs():
+    """(name, kernel, signature, constexprs) of every compiled variant the GPU path launches."""
+    for t, s in DTYPE_PAIRS:
+        acc = tl.float64 if t == "fp64" else tl.float32
+        const = {"BLOCK": BLOCK, "ACC": acc}
+        fwd = {"gates_ptr": f"*{t}", "c_prev_ptr": f"*{s}", "h_ptr": f"*{t}", "c_ptr": f"*{s}"}
+        bwd = {"grad_h_ptr": f"*{t}", "grad_c_ptr": f"*{s}", "gates_ptr": f"*{t}", "c_prev_ptr": f"*{s}",
+               "grad_gates_ptr": f"*{t}", "grad_c_prev_ptr": f"*{s}"}
+        sizes = {"N": "i32", "H": "i32", "BLOCK": "constexpr", "ACC": "constexpr"}
+        yield f"lstm_cell_fwd[{t},{s}]", _lstm_cell_fwd_kernel, {**fwd, **sizes}, const
+        yield f"lstm_cell_bwd[{t},{s}]", _lstm_cell_bwd_kernel, {**bwd, **sizes}, const
