@@ -27,7 +27,7 @@ def extension_modules():
     from torch.utils import cpp_extension
 
     cpu = [s for s in _sources("csrc/*.cpp") if not s.endswith("_cuda.cpp")]
-    cxx = ["-O3", "-std=c++17"]
+    cxx = ["-O3"]  # the C++ standard is the one torch.utils.cpp_extension sets for this torch
     with_cuda = (
         os.environ.get("FASTSEQ_BUILD_CUDA", "1") != "0"
         and torch.version.cuda is not None
@@ -39,7 +39,7 @@ def extension_modules():
             "fastseq._C",
             cpu + _sources("csrc/*_cuda.cpp") + _sources("kernels/*.cu"),
             define_macros=[("FASTSEQ_WITH_CUDA", None)],
-            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"]},
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-lineinfo"]},
         )
     else:
         ext = cpp_extension.CppExtension("fastseq._C", cpu, extra_compile_args={"cxx": cxx})

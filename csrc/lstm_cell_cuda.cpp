@@ -1,6 +1,6 @@
 // Launchers from at::Tensor into the CUDA cell kernels of kernels/lstm_cell.cu. Host code only.
-#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -32,7 +32,7 @@ void check_launch(cudaError_t err, const char* what) {
 void lstm_cell_forward_cuda(const at::Tensor& gates, const at::Tensor& c_prev, const at::Tensor& h,
                             const at::Tensor& c) {
   const c10::cuda::CUDAGuard guard(gates.device());
-  auto stream = at::cuda::getCurrentCUDAStream().stream();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   dispatch_cell_types(gates, c, "lstm_cell_forward_cuda", [&](auto t, auto s) {
     using T = decltype(t);
     using C = decltype(s);
@@ -45,7 +45,7 @@ void lstm_cell_forward_cuda(const at::Tensor& gates, const at::Tensor& c_prev, c
 void lstm_cell_backward_cuda(const at::Tensor& grad_h, const at::Tensor& grad_c, const at::Tensor& gates,
                              const at::Tensor& c_prev, const at::Tensor& grad_gates, const at::Tensor& grad_c_prev) {
   const c10::cuda::CUDAGuard guard(gates.device());
-  auto stream = at::cuda::getCurrentCUDAStream().stream();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   dispatch_cell_types(gates, c_prev, "lstm_cell_backward_cuda", [&](auto t, auto s) {
     using T = decltype(t);
     using C = decltype(s);

@@ -1,0 +1,69 @@
+"""`fastseq info`: versions, device, what was built, and the backend each op would use, and why."""
+from __future__ import annotations
+
+import platform
+import sys
+from typing import Any, Optional, TextIO
+
+import torch
+
+from . import backends
+from .ops._dispatch import families
+
+
+def collect() -> dict[str, Any]:
+    """Everything `info()` prints, as a dict (for logs and benchmark records)."""
+    import fastseq
+
+    ext = backends.extension()
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    report: dict[str, Any] = {
+        "fastseq": fastseq.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "triton": backends.triton_version(),
+        "triton_interpret": backends.triton_interpret(),
+        "device": device,
+        "capability": ".".join(map(str, torch.cuda.get_device_capability(0))) if device else None,
+        "extension": ext.build_info() if ext is not None else None,
+        "extension_error": backends.extension_error(),
+        "ops": {},
+    }
+    for family, implemented in families().items():
+        per_device = {}
+        for device_type in backends.DEVICE_TYPES:
+            try:
+                choice = backends.choose(family, device_type, implemented)
+                per_device[device_type] = {"backend": choice.backend, "why": choice.reason}
+            except (backends.BackendUnavailableError, ValueError) as e:
+                per_device[device_type] = {"backend": None, "why": str(e)}
+        report["ops"][family] = {"implemented": list(implemented), **per_device}
+    return report
+
+
+def info(file: Optional[TextIO] = None) -> None:
+    """Print versions, device, what was built, Triton's presence, and the backend of each op."""
+    r = collect()
+    ext = r["extension"]
+    built = (f"yes ({'CPU + CUDA' if ext['with_cuda'] else 'CPU only'}, against torch {ext['torch_version']})"
+             if ext else f"no: {r['extension_error']}")
+    triton = r["triton"] or "not installed"
+    if r["triton"] and r["triton_interpret"]:
+        triton += " (TRITON_INTERPRET=1: kernels run on the CPU interpreter)"
+    lines = [
+        f"fastseq    {r['fastseq']}",
+        f"python     {r['python']}",
+        f"torch      {r['torch']}" + (f" (CUDA {r['torch_cuda']})" if r["torch_cuda"] else " (CPU build)"),
+        f"triton     {triton}",
+        f"device     " + (f"{r['device']} (sm_{r['capability'].replace('.', '')})" if r["device"] else "no CUDA device"),
+        f"fastseq._C {built}",
+        f"override   {backends.ENV_VAR}={__import__('os').environ.get(backends.ENV_VAR, '') or '(unset)'}",
+        "ops:",
+    ]
+    for family, row in r["ops"].items():
+        lines.append(f"  {family}  (backends: {', '.join(row['implemented'])})")
+        for device_type in backends.DEVICE_TYPES:
+            cell = row[device_type]
+            lines.append(f"    {device_type:<5} -> {cell['backend'] or 'none'}: {cell['why']}")
+    print("\n".join(lines), file=file or sys.stdout)

@@ -1,0 +1,277 @@
+"""Drop-in replacements for torch.nn.LSTM and torch.nn.LSTMCell, running on fastseq's LSTM ops.
+
+Same constructor arguments, parameter names, initialisation, state_dict keys and call conventions as
+torch's (batch_first, unbatched input, optional (h0, c0), PackedSequence in and out, proj_size, dropout
+between layers, bidirectional), so a torch.nn.LSTM's state_dict loads as is and gives the same
+outputs, final states and gradients.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from .. import ops
+
+HiddenState = tuple[Tensor, Tensor]
+
+
+class LSTM(nn.Module):
+    """Multi-layer LSTM over a sequence; see torch.nn.LSTM for the full description of the arguments.
+
+    Args:
+        input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+        bidirectional=False, proj_size=0, device=None, dtype=None.
+
+    Inputs: input (L, N, H_in), (N, L, H_in) with batch_first, (L, H_in) unbatched, or a PackedSequence;
+    hx = (h_0, c_0) of shapes (D*num_layers, N, H_out) and (D*num_layers, N, H_cell), or None for zeros.
+    Outputs: output (L, N, D*H_out) (or a PackedSequence), (h_n, c_n).
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        for name, value in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers),
+                            ("proj_size", proj_size)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
+        if not isinstance(dropout, numbers.Number) or isinstance(dropout, bool) or not 0 <= dropout <= 1:
+            raise ValueError("dropout should be a number in range [0, 1] representing the probability of an "
+                             "element being zeroed")
+        if input_size <= 0 or hidden_size <= 0:
+            raise ValueError("input_size and hidden_size must be greater than zero")
+        if num_layers <= 0:
+            raise ValueError("num_layers must be greater than zero")
+        if proj_size < 0:
+            raise ValueError("proj_size should be a positive integer or zero to disable projections")
+        if proj_size >= hidden_size:
+            raise ValueError(f"proj_size has to be smaller than hidden_size, got proj_size={proj_size} "
+                             f">= hidden_size={hidden_size}")
+        if dropout > 0 and num_layers == 1:
+            warnings.warn("dropout option adds dropout after all but last recurrent layer, so non-zero dropout "
+                          f"expects num_layers greater than 1, but got dropout={dropout} and num_layers=1")
+        self.mode = "LSTM"
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
+        self.bidirectional, self.proj_size = bidirectional, proj_size
+        num_directions = 2 if bidirectional else 1
+        real_hidden = proj_size if proj_size > 0 else hidden_size
+        factory = {"device": device, "dtype": dtype}
+
+        self._flat_weights_names: list[str] = []
+        self._all_weights: list[list[str]] = []
+        for layer in range(num_layers):
+            layer_input = input_size if layer == 0 else real_hidden * num_directions
+            for direction in range(num_directions):
+                suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
+                shapes = [("weight_ih", (4 * hidden_size, layer_input)), ("weight_hh", (4 * hidden_size, real_hidden))]
+                if bias:
+                    shapes += [("bias_ih", (4 * hidden_size,)), ("bias_hh", (4 * hidden_size,))]
+                if proj_size > 0:
+                    shapes += [("weight_hr", (proj_size, hidden_size))]
+                names = []
+                for base, shape in shapes:
+                    setattr(self, base + suffix, nn.Parameter(torch.empty(shape, **factory)))
+                    names.append(base + suffix)
+                self._flat_weights_names.extend(names)
+                self._all_weights.append(names)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
+        for weight in self.parameters():
+            nn.init.uniform_(weight, -stdv, stdv)
+
+    def flatten_parameters(self) -> None:
+        """No-op, kept for torch.nn.LSTM compatibility: fastseq needs no cuDNN weight buffer."""
+
+    @property
+    def all_weights(self) -> list[list[nn.Parameter]]:
+        return [[getattr(self, name) for name in names] for names in self._all_weights]
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.proj_size != 0:
+            s += f", proj_size={self.proj_size}"
+        if self.num_layers != 1:
+            s += f", num_layers={self.num_layers}"
+        if self.bias is not True:
+            s += f", bias={self.bias}"
+        if self.batch_first is not False:
+            s += f", batch_first={self.batch_first}"
+        if self.dropout != 0:
+            s += f", dropout={self.dropout}"
+        if self.bidirectional is not False:
+            s += f", bidirectional={self.bidirectional}"
+        return s
+
+    def _layer_weights(self, layer: int, direction: int):
+        suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
+        w_ih, w_hh = getattr(self, "weight_ih" + suffix), getattr(self, "weight_hh" + suffix)
+        bias = getattr(self, "bias_ih" + suffix) + getattr(self, "bias_hh" + suffix) if self.bias else None
+        w_hr = getattr(self, "weight_hr" + suffix) if self.proj_size > 0 else None
+        return w_ih, w_hh, bias, w_hr
+
+    def _check_input(self, x: Tensor, hx: Optional[HiddenState], batch: int) -> None:
+        if x.size(-1) != self.input_size:
+            raise RuntimeError(f"input.size(-1) must be equal to input_size. Expected {self.input_size}, "
+                               f"got {x.size(-1)}")
+        weight = self.weight_ih_l0
+        if x.dtype != weight.dtype:
+            raise TypeError(f"input must have the dtype of the parameters ({weight.dtype}), got {x.dtype}")
+        if x.device != weight.device:
+            raise RuntimeError(f"input must be on the device of the parameters ({weight.device}), got {x.device}")
+        if hx is None:
+            return
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            raise TypeError("hx must be a tuple (h_0, c_0) of tensors")
+        d = 2 if self.bidirectional else 1
+        real_hidden = self.proj_size if self.proj_size > 0 else self.hidden_size
+        for name, t, size in (("hx[0] (h_0)", hx[0], real_hidden), ("hx[1] (c_0)", hx[1], self.hidden_size)):
+            expected = (d * self.num_layers, batch, size)
+            if tuple(t.shape) != expected:
+                raise RuntimeError(f"Expected {name} size {expected}, got {tuple(t.shape)}")
+            if t.dtype != x.dtype:
+                raise TypeError(f"{name} must have the dtype of input ({x.dtype}), got {t.dtype}")
+            if t.device != x.device:
+                raise RuntimeError(f"{name} must be on the device of input ({x.device}), got {t.device}")
+
+    def forward(
+        self, input: Union[Tensor, PackedSequence], hx: Optional[HiddenState] = None
+    ) -> tuple[Union[Tensor, PackedSequence], HiddenState]:
+        packed = isinstance(input, PackedSequence)
+        unbatched = False
+        lengths = None
+        if packed:
+            sorted_indices, unsorted_indices = input.sorted_indices, input.unsorted_indices
+            x, lengths = pad_packed_sequence(PackedSequence(input.data, input.batch_sizes, None, None))
+            if hx is not None and sorted_indices is not None:
+                hx = (hx[0].index_select(1, sorted_indices), hx[1].index_select(1, sorted_indices))
+        else:
+            if not isinstance(input, Tensor):
+                raise TypeError(f"input must be a Tensor or a PackedSequence, got {type(input).__name__}")
+            if input.dim() not in (2, 3):
+                raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {input.dim()}D instead")
+            unbatched = input.dim() == 2
+            x = input.unsqueeze(1) if unbatched else (input.transpose(0, 1) if self.batch_first else input)
+            if hx is not None:
+                want = 2 if unbatched else 3
+                if isinstance(hx, (tuple, list)) and len(hx) == 2 and (hx[0].dim(), hx[1].dim()) != (want, want):
+                    kind = "unbatched 2-D" if unbatched else "batched 3-D"
+                    raise RuntimeError(f"For {kind} input, hx and cx should also be {want}-D but got "
+                                       f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors")
+                if unbatched:
+                    hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
+        batch = x.size(1)
+        self._check_input(x, hx, batch)
+
+        d = 2 if self.bidirectional else 1
+        real_hidden = self.proj_size if self.proj_size > 0 else self.hidden_size
+        if hx is None:
+            h0 = x.new_zeros(d * self.num_layers, batch, real_hidden)
+            c0 = x.new_zeros(d * self.num_layers, batch, self.hidden_size)
+        else:
+            h0, c0 = hx
+
+        h_n, c_n = [], []
+        layer_input = x
+        for layer in range(self.num_layers):
+            outputs = []
+            for direction in range(d):
+                k = layer * d + direction
+                y, h, c = ops.lstm_layer(layer_input, h0[k], c0[k], *self._layer_weights(layer, direction),
+                                         lengths=lengths, reverse=direction == 1)
+                outputs.append(y)
+                h_n.append(h)
+                c_n.append(c)
+            layer_input = outputs[0] if d == 1 else torch.cat(outputs, dim=2)
+            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                layer_input = F.dropout(layer_input, p=self.dropout, training=True)
+        output, h_n, c_n = layer_input, torch.stack(h_n), torch.stack(c_n)
+
+        if packed:
+            data = pack_padded_sequence(output, lengths).data
+            output = PackedSequence(data, input.batch_sizes, sorted_indices, unsorted_indices)
+            if unsorted_indices is not None:
+                h_n, c_n = h_n.index_select(1, unsorted_indices), c_n.index_select(1, unsorted_indices)
+        elif unbatched:
+            output, h_n, c_n = output.squeeze(1), h_n.squeeze(1), c_n.squeeze(1)
+        elif self.batch_first:
+            output = output.transpose(0, 1)
+        return output, (h_n, c_n)
+
+
+class LSTMCell(nn.Module):
+    """One LSTM step; see torch.nn.LSTMCell. The gate nonlinearities and the cell update run as one
+    fused op (`fastseq.ops.lstm_cell`).
+
+    Inputs: input (N, H_in) or (H_in,); hx = (h_0, c_0) each (N, H) or (H,), or None for zeros.
+    Output: (h_1, c_1).
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None) -> None:
+        super().__init__()
+        for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
+        factory = {"device": device, "dtype": dtype}
+        self.weight_ih = nn.Parameter(torch.empty(4 * hidden_size, input_size, **factory))
+        self.weight_hh = nn.Parameter(torch.empty(4 * hidden_size, hidden_size, **factory))
+        if bias:
+            self.bias_ih = nn.Parameter(torch.empty(4 * hidden_size, **factory))
+            self.bias_hh = nn.Parameter(torch.empty(4 * hidden_size, **factory))
+        else:
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        stdv = 1.0 / math.sqrt(self.hidden_size)
+        for weight in self.parameters():
+            nn.init.uniform_(weight, -stdv, stdv)
+
+    def extra_repr(self) -> str:
+        return f"{self.input_size}, {self.hidden_size}" + ("" if self.bias else ", bias=False")
+
+    def forward(self, input: Tensor, hx: Optional[HiddenState] = None) -> HiddenState:
+        if input.dim() not in (1, 2):
+            raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        if input.size(-1) != self.input_size:
+            raise RuntimeError(f"input has inconsistent input_size: got {input.size(-1)} expected {self.input_size}")
+        if input.dtype != self.weight_ih.dtype:
+            raise TypeError(f"input must have the dtype of the parameters ({self.weight_ih.dtype}), got {input.dtype}")
+        unbatched = input.dim() == 1
+        x = input.unsqueeze(0) if unbatched else input
+        if hx is None:
+            h = c = x.new_zeros(x.size(0), self.hidden_size)
+        else:
+            h, c = hx
+            if unbatched:
+                h, c = h.unsqueeze(0), c.unsqueeze(0)
+            for name, t in (("hx[0] (h_0)", h), ("hx[1] (c_0)", c)):
+                if tuple(t.shape) != (x.size(0), self.hidden_size):
+                    raise RuntimeError(f"Expected {name} size {(x.size(0), self.hidden_size)}, got "
+                                       f"{tuple(t.shape)}" + (" (unbatched input)" if unbatched else ""))
+                if t.dtype != x.dtype:
+                    raise TypeError(f"{name} must have the dtype of input ({x.dtype}), got {t.dtype}")
+        gates = F.linear(x, self.weight_ih, self.bias_ih) + F.linear(h, self.weight_hh, self.bias_hh)
+        h, c = ops.lstm_cell(gates, c)
+        return (h.squeeze(0), c.squeeze(0)) if unbatched else (h, c)

@@ -1,0 +1,32 @@
+"""Helpers shared by the tests: backends present per device, tolerances, errors."""
+import pytest
+import torch
+
+from fastseq import backends
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+# Norm-relative error allowed against a float64 oracle: fp32 math; fp16/bf16 rounding of inputs,
+# GEMM outputs and gradients carried through time.
+TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 1e-2, torch.bfloat16: 6e-2}
+
+
+# Below this root-mean-square size a reference counts as near zero: the error is then measured against
+# this floor (an absolute tolerance, as assert_close's atol), not against the reference's own norm.
+FLOOR = {torch.float64: 1e-6, torch.float32: 1e-2, torch.float16: 0.3, torch.bfloat16: 0.3}
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """||out - ref|| / max(||ref||, FLOOR * sqrt(numel)), in float64."""
+    floor = FLOOR.get(out.dtype, 1e-6) * max(out.numel(), 1) ** 0.5
+    out, ref = out.detach().double().cpu(), ref.detach().double().cpu()
+    assert out.shape == ref.shape, f"shape {tuple(out.shape)} != {tuple(ref.shape)}"
+    assert torch.isfinite(out).all(), "non-finite values"
+    return ((out - ref).norm() / max(ref.norm().item(), floor)).item()
+
+
+def backend_params():
+    """(device, backend) pairs: every backend present on the CPU; every GPU backend, marked `cuda`."""
+    params = [pytest.param("cpu", b, id=f"cpu-{b}") for b in backends.BACKENDS
+              if backends.availability(b, "cpu")[0]]
+    params += [pytest.param("cuda", b, id=f"cuda-{b}", marks=pytest.mark.cuda) for b in ("cuda", "triton", "reference")]
+    return params

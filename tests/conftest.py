@@ -1,0 +1,29 @@
+"""Test set-up: without a GPU, Triton kernels run on the interpreter (set before Triton is imported);
+tests marked `cuda` are skipped; every test gets a fresh random seed, printed so a failure can be rerun."""
+import os
+import random
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+
+import pytest  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def fresh_seed():
+    seed = int(os.environ.get("FASTSEQ_TEST_SEED", random.SystemRandom().randrange(2**31)))
+    torch.manual_seed(seed)
+    print(f"seed={seed} (rerun with FASTSEQ_TEST_SEED={seed})")
+    return seed

@@ -1,0 +1,104 @@
+"""Backend choice: defaults per device, the context manager, FASTSEQ_BACKEND, clear errors; `fastseq info`;
+and the package without its compiled extension."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import fastseq
+from fastseq import backends
+from fastseq.cli import main
+
+IMPLEMENTED = ("reference", "triton", "cpu", "cuda")
+
+
+def test_default_for_cpu_prefers_the_compiled_kernels(monkeypatch):
+    monkeypatch.delenv(backends.ENV_VAR, raising=False)
+    assert backends.choose("lstm", "cpu", IMPLEMENTED).backend == "cpu"
+    assert backends.choose("lstm", "cpu", ("reference", "triton")).backend in ("triton", "reference")
+    assert backends.choose("lstm", "cpu", ("reference",)).backend == "reference"
+
+
+def test_context_manager_nests_and_restores(monkeypatch):
+    monkeypatch.delenv(backends.ENV_VAR, raising=False)
+    with backends.use("reference"):
+        assert backends.choose("lstm", "cpu", IMPLEMENTED) == backends.Choice("reference", "chosen with fastseq.backends.use")
+        with backends.use(cpu="cpu"):
+            assert backends.choose("lstm", "cpu", IMPLEMENTED).backend == "cpu"
+        assert backends.choose("lstm", "cpu", IMPLEMENTED).backend == "reference"
+    assert backends.choose("lstm", "cpu", IMPLEMENTED).backend == "cpu"
+
+
+def test_environment_variable(monkeypatch):
+    monkeypatch.setenv(backends.ENV_VAR, "cuda=triton,cpu=reference")
+    choice = backends.choose("lstm", "cpu", IMPLEMENTED)
+    assert choice.backend == "reference" and "FASTSEQ_BACKEND" in choice.reason
+    with backends.use(cpu="cpu"):  # the context manager wins over the environment
+        assert backends.choose("lstm", "cpu", IMPLEMENTED).backend == "cpu"
+    monkeypatch.setenv(backends.ENV_VAR, "fast")
+    with pytest.raises(ValueError, match="FASTSEQ_BACKEND: unknown backend 'fast'"):
+        backends.choose("lstm", "cpu", IMPLEMENTED)
+    monkeypatch.setenv(backends.ENV_VAR, "tpu=reference")
+    with pytest.raises(ValueError, match="unknown device type 'tpu'"):
+        backends.choose("lstm", "cpu", IMPLEMENTED)
+
+
+def test_errors_name_the_backend_and_why(monkeypatch):
+    monkeypatch.delenv(backends.ENV_VAR, raising=False)
+    with pytest.raises(ValueError, match="unknown backend 'cudnn'"):
+        with backends.use("cudnn"):
+            pass
+    with backends.use(cpu="cuda"), pytest.raises(backends.BackendUnavailableError,
+                                                 match="'cuda' backend serves CUDA tensors, not CPU"):
+        backends.choose("lstm", "cpu", IMPLEMENTED)
+    with backends.use("triton"), pytest.raises(backends.BackendUnavailableError, match="does not implement lstm"):
+        backends.choose("lstm", "cpu", ("reference", "cpu"))
+    if not torch.cuda.is_available():
+        with backends.use(cuda="triton"), pytest.raises(backends.BackendUnavailableError, match="no CUDA device"):
+            backends.choose("lstm", "cuda", IMPLEMENTED)
+
+
+def test_info_and_cli(capsys):
+    fastseq.info()
+    text = capsys.readouterr().out
+    for needle in ("torch", "triton", "fastseq._C", "lstm", "cpu   ->", "cuda  ->"):
+        assert needle in text
+    assert main(["info", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["torch"] == torch.__version__
+    assert report["ops"]["lstm"]["cpu"]["backend"] in IMPLEMENTED
+    assert report["ops"]["lstm"]["cpu"]["why"]
+
+
+def test_command_line_entry_point():
+    out = subprocess.run([sys.executable, "-m", "fastseq", "info"], capture_output=True, text=True, check=True)
+    assert "fastseq._C" in out.stdout
+
+
+def test_without_the_extension_the_package_serves_reference_and_triton():
+    """As after an install with FASTSEQ_BUILD_EXT=0: no fastseq._C to import."""
+    code = """
+import sys, torch
+sys.modules["fastseq._C"] = None  # import fails, as when the extension was not built
+import fastseq
+from fastseq import backends, nn
+assert backends.extension() is None and "fastseq._C" in backends.extension_error()
+m = nn.LSTM(3, 4)
+y, _ = m(torch.randn(2, 1, 3))
+assert backends.choose("lstm", "cpu", ("reference", "cpu")).backend == "reference"
+try:
+    with backends.use(cpu="cpu"):
+        m(torch.randn(2, 1, 3))
+except backends.BackendUnavailableError as e:
+    assert "fastseq._C is unavailable" in str(e), e
+else:
+    raise AssertionError("expected BackendUnavailableError")
+fastseq.info()
+"""
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "fastseq._C no:" in out.stdout

@@ -1,0 +1,83 @@
+"""Compile checks that need no GPU: every Triton kernel compiled ahead of time for sm_90 and sm_80 at the
+configurations the GPU path launches (no register spills), the CUDA kernels compiled with nvcc for
+sm_90a (no spills), and the host-side CUDA launchers of csrc/ checked against torch's CUDA headers."""
+import json
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+triton = pytest.importorskip("triton")
+
+
+def _variant_names():
+    from fastseq.triton import aot
+
+    return [spec[0] for spec in aot.specs()]
+
+
+@pytest.fixture(scope="module")
+def aot_reports():
+    """One non-interpreted process compiles every variant for sm_90 and sm_80 (the interpreter, which
+    the rest of the CPU suite runs under, cannot compile)."""
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    out = subprocess.run([sys.executable, "-m", "fastseq.triton.aot", "--arch", "90", "80", "--json"],
+                         capture_output=True, text=True, env=env, cwd=ROOT)
+    assert out.stdout.strip(), out.stderr[-4000:]
+    return {(r["arch"], r["name"]): r for r in json.loads(out.stdout.strip().splitlines()[-1])}
+
+
+@pytest.mark.parametrize("arch", [90, 80])
+@pytest.mark.parametrize("name", _variant_names())
+def test_triton_kernel_compiles_ahead_of_time_without_spills(aot_reports, arch, name):
+    report = aot_reports[(arch, name)]
+    assert report["ok"], report.get("error")
+    assert report["ptx_target"] in (f"sm_{arch}", f"sm_{arch}a")  # Triton targets sm_90a on Hopper
+    assert report["spill_stores"] == 0 and report["spill_loads"] == 0, report
+
+
+SPILLS = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
+NVCC = shutil.which("nvcc")
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc not found")
+@pytest.mark.parametrize("source", sorted(p.name for p in (ROOT / "kernels").glob("*.cu")))
+def test_cuda_kernels_compile_for_sm90a_without_spills(tmp_path, source):
+    out = subprocess.run([NVCC, "-std=c++17", "-O3", "-arch=sm_90a", "-Xptxas", "-v", "-c",
+                          str(ROOT / "kernels" / source), "-o", str(tmp_path / "k.o")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    spills = SPILLS.findall(out.stderr)
+    assert spills, out.stderr
+    assert all(s == ("0", "0") for s in spills), out.stderr
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc (and its CUDA headers) not found")
+@pytest.mark.parametrize("source", sorted(p.name for p in (ROOT / "csrc").glob("*_cuda.cpp")))
+def test_cuda_launchers_compile_against_torch_headers(tmp_path, source):
+    """The host-side launchers, syntax- and type-checked with the CUDA build's macros (no GPU, no CUDA torch)."""
+    from torch.utils.cpp_extension import include_paths
+
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    candidates = [pathlib.Path(NVCC).resolve().parents[1] / "include", *sorted(pathlib.Path("/usr/local").glob("cuda*/include"))]
+    if CUDA_HOME:
+        candidates.insert(0, pathlib.Path(CUDA_HOME) / "include")
+    cuda_include = next((c for c in candidates if (c / "cuda_runtime.h").exists()), None)
+    assert cuda_include is not None, f"nvcc is at {NVCC} but no cuda_runtime.h was found in {candidates}"
+    if not (pathlib.Path(include_paths()[0]) / "c10" / "cuda").exists():
+        pytest.skip("this torch ships no c10/cuda headers")
+    # A CPU wheel ships c10/cuda without the header CMake generates for CUDA builds: stand one in.
+    generated = tmp_path / "c10" / "cuda" / "impl" / "cuda_cmake_macros.h"
+    generated.parent.mkdir(parents=True)
+    generated.write_text("#define C10_CUDA_BUILD_SHARED_LIBS\n")
+    flags = [f"-I{p}" for p in include_paths()] + [f"-I{cuda_include}", f"-I{sysconfig.get_paths()['include']}",
+                                                    f"-idirafter{tmp_path}"]
+    out = subprocess.run(["c++", "-std=c++20", "-fsyntax-only", "-DFASTSEQ_WITH_CUDA", *flags,
+                          str(ROOT / "csrc" / source)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-4000:]
