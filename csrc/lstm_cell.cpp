@@ -3,7 +3,6 @@
 
 #include <ATen/Parallel.h>
 
-#include <cmath>
 #include <tuple>
 
 #include "checks.h"
@@ -12,55 +11,93 @@
 namespace fastseq {
 namespace {
 
-template <typename A> inline A sigmoid(A x) { return A(1) / (A(1) + std::exp(-x)); }
-
 // Rows per parallel task: enough elementwise work to pay for a task.
 int64_t grain(int64_t hidden) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(hidden, 1)); }
 
-template <typename T, typename C>
-void cell_forward_cpu(const T* gates, const C* c_prev, T* h, C* c, int64_t rows, int64_t H) {
-  using A = at::opmath_type<T>;
+// The gate activations [σ(z_i) | σ(z_f) | tanh(z_g) | σ(z_o)] in the accumulation type, through ATen's
+// vectorised kernels (a scalar expf per element costs several times more than the rest of the cell).
+at::Tensor activations(const at::Tensor& gates, at::ScalarType acc) {
+  const int64_t H = gates.size(1) / 4;
+  at::Tensor act = gates.to(acc, /*non_blocking=*/false, /*copy=*/true);
+  act.narrow(1, 0, 2 * H).sigmoid_();
+  act.narrow(1, 2 * H, H).tanh_();
+  act.narrow(1, 3 * H, H).sigmoid_();
+  return act;
+}
+
+// c = f * c_prev + i * g from the activations, in the accumulation type.
+template <typename A, typename C>
+at::Tensor cell_state(const at::Tensor& act, const at::Tensor& c_prev) {
+  const int64_t rows = act.size(0), H = act.size(1) / 4;
+  at::Tensor c = at::empty({rows, H}, act.options());
+  const A* a = act.const_data_ptr<A>();
+  const C* cp = c_prev.const_data_ptr<C>();
+  A* out = c.mutable_data_ptr<A>();
   at::parallel_for(0, rows, grain(H), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
-      const T* z = gates + r * 4 * H;
-      for (int64_t j = 0; j < H; ++j) {
-        const A i = sigmoid<A>(z[j]), f = sigmoid<A>(z[H + j]);
-        const A g = std::tanh(static_cast<A>(z[2 * H + j])), o = sigmoid<A>(z[3 * H + j]);
-        const A cn = f * static_cast<A>(c_prev[r * H + j]) + i * g;
-        c[r * H + j] = static_cast<C>(cn);
-        h[r * H + j] = static_cast<T>(o * std::tanh(cn));
-      }
+      const A* z = a + r * 4 * H;
+      for (int64_t j = 0; j < H; ++j) out[r * H + j] = z[H + j] * static_cast<A>(cp[r * H + j]) + z[j] * z[2 * H + j];
     }
   });
+  return c;
 }
 
 template <typename T, typename C>
-void cell_backward_cpu(const T* grad_h, const C* grad_c, const T* gates, const C* c_prev, T* grad_gates,
-                       C* grad_c_prev, int64_t rows, int64_t H) {
+void cell_forward_cpu(const at::Tensor& gates, const at::Tensor& c_prev, const at::Tensor& h, const at::Tensor& c) {
   using A = at::opmath_type<T>;
+  const int64_t rows = gates.size(0), H = c.size(1);
+  const at::Tensor act = activations(gates, c10::CppTypeToScalarType<A>::value);
+  const at::Tensor c_acc = cell_state<A, C>(act, c_prev);
+  const at::Tensor tanh_c = at::tanh(c_acc);
+  const A* a = act.const_data_ptr<A>();
+  const A* cn = c_acc.const_data_ptr<A>();
+  const A* tc = tanh_c.const_data_ptr<A>();
+  T* h_out = h.mutable_data_ptr<T>();
+  C* c_out = c.mutable_data_ptr<C>();
   at::parallel_for(0, rows, grain(H), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
-      const T* z = gates + r * 4 * H;
-      T* dz = grad_gates + r * 4 * H;
+      const A* o = a + r * 4 * H + 3 * H;
       for (int64_t j = 0; j < H; ++j) {
         const int64_t n = r * H + j;
-        const A i = sigmoid<A>(z[j]), f = sigmoid<A>(z[H + j]);
-        const A g = std::tanh(static_cast<A>(z[2 * H + j])), o = sigmoid<A>(z[3 * H + j]);
-        const A cp = static_cast<A>(c_prev[n]);
-        const A tc = std::tanh(f * cp + i * g);
-        const A dh = grad_h ? static_cast<A>(grad_h[n]) : A(0);
-        const A dc = (grad_c ? static_cast<A>(grad_c[n]) : A(0)) + dh * o * (A(1) - tc * tc);
-        dz[j] = static_cast<T>(dc * g * i * (A(1) - i));
-        dz[H + j] = static_cast<T>(dc * cp * f * (A(1) - f));
-        dz[2 * H + j] = static_cast<T>(dc * i * (A(1) - g * g));
-        dz[3 * H + j] = static_cast<T>(dh * tc * o * (A(1) - o));
-        grad_c_prev[n] = static_cast<C>(dc * f);
+        c_out[n] = static_cast<C>(cn[n]);
+        h_out[n] = static_cast<T>(o[j] * tc[n]);
       }
     }
   });
 }
 
-template <typename X> const X* ptr_or_null(const at::Tensor& t) { return t.defined() ? t.const_data_ptr<X>() : nullptr; }
+template <typename T, typename C>
+void cell_backward_cpu(const at::Tensor& grad_h, const at::Tensor& grad_c, const at::Tensor& gates,
+                       const at::Tensor& c_prev, const at::Tensor& grad_gates, const at::Tensor& grad_c_prev) {
+  using A = at::opmath_type<T>;
+  const int64_t rows = gates.size(0), H = c_prev.size(1);
+  const at::Tensor act = activations(gates, c10::CppTypeToScalarType<A>::value);
+  const at::Tensor tanh_c = at::tanh(cell_state<A, C>(act, c_prev));
+  const A* a = act.const_data_ptr<A>();
+  const A* tc = tanh_c.const_data_ptr<A>();
+  const C* cp = c_prev.const_data_ptr<C>();
+  const T* dh_in = grad_h.defined() ? grad_h.const_data_ptr<T>() : nullptr;
+  const C* dc_in = grad_c.defined() ? grad_c.const_data_ptr<C>() : nullptr;
+  T* dz_out = grad_gates.mutable_data_ptr<T>();
+  C* dc_out = grad_c_prev.mutable_data_ptr<C>();
+  at::parallel_for(0, rows, grain(H), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const A* z = a + r * 4 * H;
+      T* dz = dz_out + r * 4 * H;
+      for (int64_t j = 0; j < H; ++j) {
+        const int64_t n = r * H + j;
+        const A i = z[j], f = z[H + j], g = z[2 * H + j], o = z[3 * H + j], t = tc[n];
+        const A dh = dh_in ? static_cast<A>(dh_in[n]) : A(0);
+        const A dc = (dc_in ? static_cast<A>(dc_in[n]) : A(0)) + dh * o * (A(1) - t * t);
+        dz[j] = static_cast<T>(dc * g * i * (A(1) - i));
+        dz[H + j] = static_cast<T>(dc * static_cast<A>(cp[n]) * f * (A(1) - f));
+        dz[2 * H + j] = static_cast<T>(dc * i * (A(1) - g * g));
+        dz[3 * H + j] = static_cast<T>(dh * t * o * (A(1) - o));
+        dc_out[n] = static_cast<C>(dc * f);
+      }
+    }
+  });
+}
 
 }  // namespace
 
@@ -74,8 +111,7 @@ void lstm_cell_forward_out(const at::Tensor& gates, const at::Tensor& c_prev, co
   dispatch_cell_types(gates, c, "lstm_cell_forward", [&](auto t, auto s) {
     using T = decltype(t);
     using C = decltype(s);
-    cell_forward_cpu<T, C>(gates.const_data_ptr<T>(), c_prev.const_data_ptr<C>(), h.mutable_data_ptr<T>(),
-                           c.mutable_data_ptr<C>(), gates.size(0), c.size(1));
+    cell_forward_cpu<T, C>(gates, c_prev, h, c);
   });
 }
 
@@ -90,9 +126,7 @@ void lstm_cell_backward_out(const at::Tensor& grad_h, const at::Tensor& grad_c, 
   dispatch_cell_types(gates, c_prev, "lstm_cell_backward", [&](auto t, auto s) {
     using T = decltype(t);
     using C = decltype(s);
-    cell_backward_cpu<T, C>(ptr_or_null<T>(grad_h), ptr_or_null<C>(grad_c), gates.const_data_ptr<T>(),
-                            c_prev.const_data_ptr<C>(), grad_gates.mutable_data_ptr<T>(),
-                            grad_c_prev.mutable_data_ptr<C>(), gates.size(0), c_prev.size(1));
+    cell_backward_cpu<T, C>(grad_h, grad_c, gates, c_prev, grad_gates, grad_c_prev);
   });
 }
 
