@@ -9,6 +9,15 @@ namespace {
 
 constexpr int kThreads = 256;
 
+// The four gate activations of unit j of one row, from its pre-activations z = gates + row*4H + j.
+template <typename A> struct Gates { A i, f, g, o; };
+
+template <typename A, typename T>
+__device__ __forceinline__ Gates<A> activate(const T* z, int64_t hidden) {
+  return {sigmoid(load_as<A>(z)), sigmoid(load_as<A>(z + hidden)), tanh_(load_as<A>(z + 2 * hidden)),
+          sigmoid(load_as<A>(z + 3 * hidden))};
+}
+
 template <typename T, typename C>
 __global__ void __launch_bounds__(kThreads) lstm_cell_forward_kernel(const T* __restrict__ gates,
                                                                      const C* __restrict__ c_prev, T* __restrict__ h,
@@ -17,12 +26,10 @@ __global__ void __launch_bounds__(kThreads) lstm_cell_forward_kernel(const T* __
   const int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (n >= rows * hidden) return;
   const int64_t r = n / hidden, j = n - r * hidden;
-  const T* z = gates + r * 4 * hidden + j;
-  const A i = sigmoid(load_as<A>(z)), f = sigmoid(load_as<A>(z + hidden));
-  const A g = tanh_(load_as<A>(z + 2 * hidden)), o = sigmoid(load_as<A>(z + 3 * hidden));
-  const A c_new = f * load_as<A>(c_prev + n) + i * g;
+  const Gates<A> a = activate<A>(gates + r * 4 * hidden + j, hidden);
+  const A c_new = a.f * load_as<A>(c_prev + n) + a.i * a.g;
   store_from(c + n, c_new);
-  store_from(h + n, o * tanh_(c_new));
+  store_from(h + n, a.o * tanh_(c_new));
 }
 
 template <typename T, typename C>
@@ -34,9 +41,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (n >= rows * hidden) return;
   const int64_t r = n / hidden, j = n - r * hidden;
-  const T* z = gates + r * 4 * hidden + j;
-  const A i = sigmoid(load_as<A>(z)), f = sigmoid(load_as<A>(z + hidden));
-  const A g = tanh_(load_as<A>(z + 2 * hidden)), o = sigmoid(load_as<A>(z + 3 * hidden));
+  const auto [i, f, g, o] = activate<A>(gates + r * 4 * hidden + j, hidden);
   const A cp = load_as<A>(c_prev + n);
   const A tc = tanh_(f * cp + i * g);
   const A dh = grad_h ? load_as<A>(grad_h + n) : A(0);

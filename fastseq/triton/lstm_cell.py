@@ -21,15 +21,22 @@ def _tanh(x):
 
 
 @triton.jit
-def _lstm_cell_fwd_kernel(gates_ptr, c_prev_ptr, h_ptr, c_ptr, N, H, BLOCK: tl.constexpr, ACC: tl.constexpr):
-    n = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = n < N
-    r = n // H
-    z = gates_ptr + r * 3 * H + n  # row r's gates start at r*4H; unit j = n - r*H
+def _activations(z, H, mask, ACC: tl.constexpr):
+    """σ(z_i), σ(z_f), tanh(z_g), σ(z_o) of the units whose pre-activations z points at."""
     i = tl.sigmoid(tl.load(z, mask=mask).to(ACC))
     f = tl.sigmoid(tl.load(z + H, mask=mask).to(ACC))
     g = _tanh(tl.load(z + 2 * H, mask=mask).to(ACC))
     o = tl.sigmoid(tl.load(z + 3 * H, mask=mask).to(ACC))
+    return i, f, g, o
+
+
+@triton.jit
+def _lstm_cell_fwd_kernel(gates_ptr, c_prev_ptr, h_ptr, c_ptr, N, H, BLOCK: tl.constexpr, ACC: tl.constexpr):
+    n = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = n < N
+    r = n // H
+    # row r's gates start at r*4H and unit j = n - r*H, so unit n's i-gate is at r*3H + n
+    i, f, g, o = _activations(gates_ptr + r * 3 * H + n, H, mask, ACC)
     c = f * tl.load(c_prev_ptr + n, mask=mask).to(ACC) + i * g
     tl.store(c_ptr + n, c.to(c_ptr.dtype.element_ty), mask=mask)
     tl.store(h_ptr + n, (o * _tanh(c)).to(h_ptr.dtype.element_ty), mask=mask)
@@ -43,11 +50,7 @@ def _lstm_cell_bwd_kernel(
     n = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = n < N
     r = n // H
-    z = gates_ptr + r * 3 * H + n
-    i = tl.sigmoid(tl.load(z, mask=mask).to(ACC))
-    f = tl.sigmoid(tl.load(z + H, mask=mask).to(ACC))
-    g = _tanh(tl.load(z + 2 * H, mask=mask).to(ACC))
-    o = tl.sigmoid(tl.load(z + 3 * H, mask=mask).to(ACC))
+    i, f, g, o = _activations(gates_ptr + r * 3 * H + n, H, mask, ACC)
     cp = tl.load(c_prev_ptr + n, mask=mask).to(ACC)
     tc = _tanh(f * cp + i * g)
     dh = tl.load(grad_h_ptr + n, mask=mask).to(ACC)
