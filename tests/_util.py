@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from fastseq import backends
+from fastseq import backends, ops  # noqa: F401  (importing ops registers the op families)
+from fastseq.ops._dispatch import families
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 # Norm-relative error allowed against a float64 oracle: fp32 math; fp16/bf16 rounding of inputs,
@@ -24,9 +25,12 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     return ((out - ref).norm() / max(ref.norm().item(), floor)).item()
 
 
-def backend_params():
-    """(device, backend) pairs: every backend present on the CPU; every GPU backend, marked `cuda`."""
+def backend_params(family: str = "lstm"):
+    """(device, backend) pairs for an op family: every backend implementing it that is present on the
+    CPU; every GPU backend implementing it, marked `cuda`."""
+    implemented = families()[family]
     params = [pytest.param("cpu", b, id=f"cpu-{b}") for b in backends.BACKENDS
-              if backends.availability(b, "cpu")[0]]
-    params += [pytest.param("cuda", b, id=f"cuda-{b}", marks=pytest.mark.cuda) for b in ("cuda", "triton", "reference")]
+              if b in implemented and backends.availability(b, "cpu")[0]]
+    params += [pytest.param("cuda", b, id=f"cuda-{b}", marks=pytest.mark.cuda)
+               for b in ("cuda", "triton", "reference") if b in implemented]
     return params

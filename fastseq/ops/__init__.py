@@ -1,4 +1,5 @@
 """The ops of fastseq, each a torch custom op served by the backend fastseq.backends chooses."""
+from .additive_attention import additive_attention, additive_attention_step
 from .lstm import lstm_cell, lstm_layer
 
-__all__ = ["lstm_cell", "lstm_layer"]
+__all__ = ["additive_attention", "additive_attention_step", "lstm_cell", "lstm_layer"]

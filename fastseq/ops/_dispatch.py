@@ -18,14 +18,14 @@ def _extension_ops() -> Any:
     return torch.ops.fastseq_ext
 
 
-def register(family: str, reference: str, triton: str | None, extension: bool) -> None:
-    """Declare an op family's backends: module paths for the reference and Triton, and whether
-    fastseq._C implements it (for CPU and CUDA tensors alike)."""
+def register(family: str, reference: str, triton: str | None, extension: tuple[str, ...] = ()) -> None:
+    """Declare an op family's backends: module paths for the reference and Triton, and the backends
+    of fastseq._C that implement it ("cpu", "cuda")."""
     table: dict[str, Callable[[], Any]] = {"reference": lambda: importlib.import_module(reference)}
     if triton is not None:
         table["triton"] = lambda: importlib.import_module(triton)
-    if extension:
-        table["cpu"] = table["cuda"] = _extension_ops
+    for name in extension:
+        table[name] = _extension_ops
     _TABLES[family] = table
 
 

@@ -15,7 +15,8 @@ from ..reference.lstm import acc_dtype
 from . import _checks as C
 from ._dispatch import implementation, register
 
-register("lstm", reference="fastseq.reference.lstm", triton="fastseq.triton.lstm", extension=True)
+register("lstm", reference="fastseq.reference.lstm", triton="fastseq.triton.lstm",
+         extension=("cpu", "cuda"))
 
 
 def _impl(function: str, t: Tensor):

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 
-SPEC_MODULES = ("fastseq.triton.lstm_cell", "fastseq.triton.lstm_step")
+SPEC_MODULES = ("fastseq.triton.lstm_cell", "fastseq.triton.lstm_step", "fastseq.triton.additive_attention")
 
 
 def specs():

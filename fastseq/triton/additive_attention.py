@@ -1,0 +1,308 @@
+"""Additive (Bahdanau) attention fused in Triton: scores, softmax and context without ever building the
+(B, Tq, Tk, H) tensor. The math and the padding rule are in fastseq/reference/additive_attention.py.
+
+Forward: one program per (block of queries, row). It streams the keys in blocks with an online softmax;
+each score block s (BLOCK_Q × BLOCK_K) is summed over H in chunks of BLOCK_H as a 3-D tile
+tanh(q[:, None, h] + k[None, :, h]) · v[h]; the context accumulates p @ values with `tl.dot`. Keys past
+a row's length are not visited. It stores the context and the log-sum-exp.
+
+Backward: one program per (block of keys, row), over every query block: it recomputes the scores
+(first tanh pass) and p = exp(s − lse), accumulates dvalues = pᵀ dc and dS = p (dc valuesᵀ − D), then
+recomputes tanh (second pass) for g = dS v (1 − t²). dk and dv are owned by the program's key block; dq
+is summed over key blocks with float32 atomics into a workspace. The elementwise tanh bounds the
+kernels (forward one tanh per (i, j, h), backward two): the arithmetic is a few adds around each.
+
+Decode: one program per row, one query against the cached keys, no workspace; one launch per step.
+
+tanh: float32 inputs use an exact form; float16/bfloat16 inputs on a GPU use the hardware's
+`tanh.approx.f32` (one special-function instruction, relative error below 2^-10, well under their
+rounding), which sets the kernels' floor.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..backends import triton_interpret
+from .lstm_step import _precision
+
+_ACC = {torch.float64: tl.float64}
+# Tile sizes per kernel, for float64 apart: the 3-D tanh tile and the accumulators fit the registers
+# without spilling (checked ahead of time for sm_90 and sm_80 by tests/test_compile_checks.py).
+FWD = {"BLOCK_Q": 16, "BLOCK_K": 32, "BLOCK_H": 16, "num_warps": 4}
+BWD = {"BLOCK_Q": 16, "BLOCK_K": 16, "BLOCK_H": 16, "num_warps": 8}
+BWD_FP64 = {"BLOCK_Q": 16, "BLOCK_K": 16, "BLOCK_H": 8, "num_warps": 8}
+DECODE = {"BLOCK_K": 64, "BLOCK_H": 32, "num_warps": 4}
+
+
+@triton.jit
+def _tanh(x, FAST: tl.constexpr):
+    if FAST:
+        return tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [x], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+    else:
+        return 2 * tl.sigmoid(2 * x) - 1
+
+
+@triton.jit
+def _key_bound(lengths_ptr, b, Tk, HAS_LENGTHS: tl.constexpr):
+    if HAS_LENGTHS:
+        return tl.minimum(tl.maximum(tl.load(lengths_ptr + b), 0), Tk)
+    else:
+        return Tk
+
+
+@triton.jit
+def _key_valid(mask_ptr, b, keys, n_keys, Tk, HAS_MASK: tl.constexpr):
+    valid = keys < n_keys
+    if HAS_MASK:
+        padded = tl.load(mask_ptr + b * Tk + keys, mask=valid, other=1)
+        valid = valid & (padded == 0)
+    return valid
+
+
+@triton.jit
+def _scores(q_ptr, k_ptr, v_ptr, queries, keys, q_ok, k_ok, H,
+            BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_H: tl.constexpr, ACC: tl.constexpr,
+            FAST: tl.constexpr):
+    """s (BLOCK_Q, BLOCK_K) = Σ_h v_h tanh(q[queries, h] + k[keys, h]); q_ptr, k_ptr at the row's start."""
+    s = tl.zeros((BLOCK_Q, BLOCK_K), dtype=ACC)
+    for h0 in range(0, H, BLOCK_H):
+        h = h0 + tl.arange(0, BLOCK_H)
+        h_ok = h < H
+        q = tl.load(q_ptr + queries[:, None] * H + h[None, :], mask=q_ok[:, None] & h_ok[None, :], other=0.0)
+        k = tl.load(k_ptr + keys[:, None] * H + h[None, :], mask=k_ok[:, None] & h_ok[None, :], other=0.0)
+        w = tl.load(v_ptr + h, mask=h_ok, other=0.0).to(ACC)
+        t = _tanh(q.to(ACC)[:, None, :] + k.to(ACC)[None, :, :], FAST)
+        s += tl.sum(t * w[None, None, :], axis=2)
+    return s
+
+
+@triton.jit
+def _fwd_kernel(q_ptr, k_ptr, v_ptr, values_ptr, lengths_ptr, mask_ptr, context_ptr, lse_ptr, Tq, Tk, H, Dv,
+                HAS_LENGTHS: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr,
+                BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr,
+                PRECISION: tl.constexpr):
+    b = tl.program_id(1).to(tl.int64)
+    queries = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    q_ok = queries < Tq
+    d = tl.arange(0, BLOCK_D)
+    d_ok = d < Dv
+    q_row, k_row, val_row = q_ptr + b * Tq * H, k_ptr + b * Tk * H, values_ptr + b * Tk * Dv
+    n_keys = _key_bound(lengths_ptr, b, Tk, HAS_LENGTHS)
+
+    m = tl.full((BLOCK_Q,), float("-inf"), dtype=ACC)
+    denom = tl.zeros((BLOCK_Q,), dtype=ACC)
+    acc = tl.zeros((BLOCK_Q, BLOCK_D), dtype=ACC)
+    for k0 in range(0, n_keys, BLOCK_K):
+        keys = k0 + tl.arange(0, BLOCK_K)
+        k_ok = _key_valid(mask_ptr, b, keys, n_keys, Tk, HAS_MASK)
+        s = _scores(q_row, k_row, v_ptr, queries, keys, q_ok, keys < n_keys, H, BLOCK_Q, BLOCK_K, BLOCK_H, ACC,
+                    FAST)
+        s = tl.where(k_ok[None, :], s, float("-inf"))
+        m_new = tl.maximum(m, tl.max(s, axis=1))
+        shift = tl.where(m_new == float("-inf"), 0.0, m_new)  # no key yet: keep exp() finite
+        alpha = tl.exp(m - shift)
+        p = tl.exp(s - shift[:, None])
+        denom = denom * alpha + tl.sum(p, axis=1)
+        vals = tl.load(val_row + keys[:, None] * Dv + d[None, :], mask=(keys < n_keys)[:, None] & d_ok[None, :],
+                       other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(vals.dtype), vals, input_precision=PRECISION, out_dtype=ACC)
+        m = m_new
+
+    empty = denom == 0  # every key padded: zero context, lse = +inf
+    context = tl.where(empty[:, None], 0.0, acc / tl.where(empty, 1.0, denom)[:, None])
+    lse = tl.where(empty, float("inf"), m + tl.log(tl.where(empty, 1.0, denom)))
+    out = context_ptr + b * Tq * Dv + queries[:, None] * Dv + d[None, :]
+    tl.store(out, context.to(context_ptr.dtype.element_ty), mask=q_ok[:, None] & d_ok[None, :])
+    tl.store(lse_ptr + b * Tq + queries, lse.to(lse_ptr.dtype.element_ty), mask=q_ok)
+
+
+@triton.jit
+def _bwd_kernel(dc_ptr, q_ptr, k_ptr, v_ptr, values_ptr, lengths_ptr, mask_ptr, lse_ptr, delta_ptr,
+                dq_ptr, dk_ptr, dv_ptr, dvalues_ptr, Tq, Tk, H, Dv,
+                HAS_LENGTHS: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr,
+                BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr,
+                PRECISION: tl.constexpr):
+    """dq (B, Tq, H), dk (B, Tk, H), dv (B, n_key_blocks, H) in ACC, zero-filled; dvalues (B, Tk, Dv)."""
+    b = tl.program_id(1).to(tl.int64)
+    kb = tl.program_id(0)
+    n_keys = _key_bound(lengths_ptr, b, Tk, HAS_LENGTHS)
+    if kb * BLOCK_K >= n_keys:  # keys past the row's length: their gradients stay zero
+        return
+    keys = kb * BLOCK_K + tl.arange(0, BLOCK_K)
+    k_in = keys < n_keys
+    k_ok = _key_valid(mask_ptr, b, keys, n_keys, Tk, HAS_MASK)
+    d = tl.arange(0, BLOCK_D)
+    d_ok = d < Dv
+    q_row, k_row = q_ptr + b * Tq * H, k_ptr + b * Tk * H
+    vals = tl.load(values_ptr + b * Tk * Dv + keys[:, None] * Dv + d[None, :], mask=k_in[:, None] & d_ok[None, :],
+                   other=0.0)
+    dvals = tl.zeros((BLOCK_K, BLOCK_D), dtype=ACC)
+    for q0 in range(0, Tq, BLOCK_Q):
+        queries = q0 + tl.arange(0, BLOCK_Q)
+        q_ok = queries < Tq
+        s = _scores(q_row, k_row, v_ptr, queries, keys, q_ok, k_in, H, BLOCK_Q, BLOCK_K, BLOCK_H, ACC, FAST)
+        lse = tl.load(lse_ptr + b * Tq + queries, mask=q_ok, other=float("inf"))
+        p = tl.where(k_ok[None, :], tl.exp(s - lse[:, None]), 0.0)
+        dc = tl.load(dc_ptr + b * Tq * Dv + queries[:, None] * Dv + d[None, :], mask=q_ok[:, None] & d_ok[None, :],
+                     other=0.0)
+        dvals += tl.dot(tl.trans(p.to(dc.dtype)), dc, input_precision=PRECISION, out_dtype=ACC)
+        da = tl.dot(dc, tl.trans(vals), input_precision=PRECISION, out_dtype=ACC)
+        delta = tl.load(delta_ptr + b * Tq + queries, mask=q_ok, other=0.0)
+        ds = p * (da - delta[:, None])
+        for h0 in range(0, H, BLOCK_H):
+            h = h0 + tl.arange(0, BLOCK_H)
+            h_ok = h < H
+            q = tl.load(q_row + queries[:, None] * H + h[None, :], mask=q_ok[:, None] & h_ok[None, :], other=0.0)
+            k = tl.load(k_row + keys[:, None] * H + h[None, :], mask=k_in[:, None] & h_ok[None, :], other=0.0)
+            w = tl.load(v_ptr + h, mask=h_ok, other=0.0).to(ACC)
+            t = _tanh(q.to(ACC)[:, None, :] + k.to(ACC)[None, :, :], FAST)
+            dst = ds[:, :, None] * t
+            g = (ds[:, :, None] - dst * t) * w[None, None, :]  # dS v (1 − t²)
+            tl.atomic_add(dq_ptr + b * Tq * H + queries[:, None] * H + h[None, :], tl.sum(g, axis=1),
+                          mask=q_ok[:, None] & h_ok[None, :])
+            tl.atomic_add(dk_ptr + b * Tk * H + keys[:, None] * H + h[None, :], tl.sum(g, axis=0),
+                          mask=k_in[:, None] & h_ok[None, :])
+            tl.atomic_add(dv_ptr + (b * tl.num_programs(0) + kb) * H + h, tl.sum(tl.sum(dst, axis=1), axis=0),
+                          mask=h_ok)
+    out = dvalues_ptr + b * Tk * Dv + keys[:, None] * Dv + d[None, :]
+    tl.store(out, dvals.to(dvalues_ptr.dtype.element_ty), mask=k_in[:, None] & d_ok[None, :])
+
+
+@triton.jit
+def _decode_kernel(q_ptr, k_ptr, v_ptr, values_ptr, lengths_ptr, mask_ptr, context_ptr, Tk, H, Dv,
+                   HAS_LENGTHS: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_H: tl.constexpr,
+                   BLOCK_D: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    d = tl.arange(0, BLOCK_D)
+    d_ok = d < Dv
+    n_keys = _key_bound(lengths_ptr, b, Tk, HAS_LENGTHS)
+    m = tl.full((), float("-inf"), dtype=ACC)
+    denom = tl.zeros((), dtype=ACC)
+    acc = tl.zeros((BLOCK_D,), dtype=ACC)
+    for k0 in range(0, n_keys, BLOCK_K):
+        keys = k0 + tl.arange(0, BLOCK_K)
+        k_in = keys < n_keys
+        s = tl.zeros((BLOCK_K,), dtype=ACC)
+        for h0 in range(0, H, BLOCK_H):
+            h = h0 + tl.arange(0, BLOCK_H)
+            h_ok = h < H
+            q = tl.load(q_ptr + b * H + h, mask=h_ok, other=0.0).to(ACC)
+            k = tl.load(k_ptr + b * Tk * H + keys[:, None] * H + h[None, :], mask=k_in[:, None] & h_ok[None, :],
+                        other=0.0).to(ACC)
+            w = tl.load(v_ptr + h, mask=h_ok, other=0.0).to(ACC)
+            s += tl.sum(_tanh(q[None, :] + k, FAST) * w[None, :], axis=1)
+        s = tl.where(_key_valid(mask_ptr, b, keys, n_keys, Tk, HAS_MASK), s, float("-inf"))
+        m_new = tl.maximum(m, tl.max(s, axis=0))
+        shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp(m - shift)
+        p = tl.exp(s - shift)
+        denom = denom * alpha + tl.sum(p, axis=0)
+        vals = tl.load(values_ptr + b * Tk * Dv + keys[:, None] * Dv + d[None, :], mask=k_in[:, None] & d_ok[None, :],
+                       other=0.0).to(ACC)
+        acc = acc * alpha + tl.sum(p[:, None] * vals, axis=0)
+        m = m_new
+    context = tl.where(denom == 0, 0.0, acc / tl.where(denom == 0, 1.0, denom))
+    tl.store(context_ptr + b * Dv + d, context.to(context_ptr.dtype.element_ty), mask=d_ok)
+
+
+# ------------------------------------------------------------------------------------------ launchers
+
+
+def _fast_tanh(t: torch.Tensor) -> bool:
+    return t.dtype in (torch.float16, torch.bfloat16) and t.is_cuda and not triton_interpret()
+
+
+def _block_d(Dv: int) -> int:
+    return max(16, triton.next_power_of_2(Dv))
+
+
+def _flags(lengths, mask, ref):
+    dummy = ref.new_empty(1, dtype=torch.int32)
+    return (lengths if lengths is not None else dummy,
+            mask.view(torch.uint8) if mask is not None else dummy.view(torch.uint8)), lengths is not None, mask is not None
+
+
+def additive_attention_forward(query_proj, key_proj, v, values, lengths, key_padding_mask):
+    B, Tq, H = query_proj.shape
+    Tk, Dv = values.shape[1], values.shape[2]
+    acc = torch.float64 if query_proj.dtype == torch.float64 else torch.float32
+    context = query_proj.new_empty(B, Tq, Dv)
+    lse = query_proj.new_empty(B, Tq, dtype=acc)
+    (len_arg, mask_arg), has_len, has_mask = _flags(lengths, key_padding_mask, query_proj)
+    grid = (triton.cdiv(Tq, FWD["BLOCK_Q"]), B)
+    _fwd_kernel[grid](query_proj, key_proj, v, values, len_arg, mask_arg, context, lse, Tq, Tk, H, Dv,
+                      HAS_LENGTHS=has_len, HAS_MASK=has_mask, BLOCK_Q=FWD["BLOCK_Q"], BLOCK_K=FWD["BLOCK_K"],
+                      BLOCK_H=FWD["BLOCK_H"], BLOCK_D=_block_d(Dv), ACC=_ACC.get(query_proj.dtype, tl.float32),
+                      FAST=_fast_tanh(query_proj), PRECISION=_precision(query_proj.dtype),
+                      num_warps=FWD["num_warps"])
+    return context, lse
+
+
+def additive_attention_backward(grad_context, query_proj, key_proj, v, values, lengths, key_padding_mask,
+                                context, lse):
+    B, Tq, H = query_proj.shape
+    Tk, Dv = values.shape[1], values.shape[2]
+    acc = lse.dtype
+    delta = (grad_context.to(acc) * context.to(acc)).sum(-1)
+    cfg = BWD_FP64 if query_proj.dtype == torch.float64 else BWD
+    n_blocks = triton.cdiv(Tk, cfg["BLOCK_K"])
+    dq = query_proj.new_zeros(B, Tq, H, dtype=acc)
+    dk = query_proj.new_zeros(B, Tk, H, dtype=acc)
+    dv = query_proj.new_zeros(B, n_blocks, H, dtype=acc)
+    dvalues = torch.zeros_like(values)
+    (len_arg, mask_arg), has_len, has_mask = _flags(lengths, key_padding_mask, query_proj)
+    _bwd_kernel[(n_blocks, B)](grad_context, query_proj, key_proj, v, values, len_arg, mask_arg, lse, delta,
+                               dq, dk, dv, dvalues, Tq, Tk, H, Dv,
+                               HAS_LENGTHS=has_len, HAS_MASK=has_mask, BLOCK_Q=cfg["BLOCK_Q"],
+                               BLOCK_K=cfg["BLOCK_K"], BLOCK_H=cfg["BLOCK_H"], BLOCK_D=_block_d(Dv),
+                               ACC=_ACC.get(query_proj.dtype, tl.float32), FAST=_fast_tanh(query_proj),
+                               PRECISION=_precision(query_proj.dtype), num_warps=cfg["num_warps"])
+    return (dq.to(query_proj.dtype), dk.to(key_proj.dtype), dv.sum((0, 1)).to(v.dtype), dvalues)
+
+
+def additive_attention_decode(query_proj, key_proj, v, values, lengths, key_padding_mask):
+    B, H = query_proj.shape
+    Tk, Dv = values.shape[1], values.shape[2]
+    context = query_proj.new_empty(B, Dv)
+    (len_arg, mask_arg), has_len, has_mask = _flags(lengths, key_padding_mask, query_proj)
+    _decode_kernel[(B,)](query_proj, key_proj, v, values, len_arg, mask_arg, context, Tk, H, Dv,
+                         HAS_LENGTHS=has_len, HAS_MASK=has_mask, BLOCK_K=DECODE["BLOCK_K"],
+                         BLOCK_H=DECODE["BLOCK_H"], BLOCK_D=_block_d(Dv), ACC=_ACC.get(query_proj.dtype, tl.float32),
+                         FAST=_fast_tanh(query_proj), num_warps=DECODE["num_warps"])
+    return context
+
+
+def aot_specs():
+    """(name, kernel, signature, constexprs, options) of every compiled variant the GPU path launches
+    (at Dv ≤ 128; larger Dv compiles the same code with a wider BLOCK_D)."""
+    for t in ("fp32", "fp16", "bf16", "fp64"):
+        acc = tl.float64 if t == "fp64" else tl.float32
+        a = "fp64" if t == "fp64" else "fp32"
+        fast = t in ("fp16", "bf16")
+        bwd_cfg = BWD_FP64 if t == "fp64" else BWD
+        for has_len, has_mask in ((False, False), (True, True)):
+            flags = {"HAS_LENGTHS": has_len, "HAS_MASK": has_mask, "BLOCK_D": 128, "ACC": acc, "FAST": fast}
+            sizes = {"Tq": "i32", "Tk": "i32", "H": "i32", "Dv": "i32"}
+            pointers = {"q_ptr": f"*{t}", "k_ptr": f"*{t}", "v_ptr": f"*{t}", "values_ptr": f"*{t}",
+                        "lengths_ptr": "*i32", "mask_ptr": "*u8"}
+            variant = f"{t},len{int(has_len)},mask{int(has_mask)}"
+            const = {k: "constexpr" for k in ("HAS_LENGTHS", "HAS_MASK", "BLOCK_Q", "BLOCK_K", "BLOCK_H",
+                                              "BLOCK_D", "ACC", "FAST", "PRECISION")}
+            fwd = {**pointers, "context_ptr": f"*{t}", "lse_ptr": f"*{a}", **sizes, **const}
+            yield (f"additive_attention_fwd[{variant}]", _fwd_kernel, fwd,
+                   {**flags, **{k: FWD[k] for k in ("BLOCK_Q", "BLOCK_K", "BLOCK_H")}, "PRECISION": "ieee"},
+                   {"num_warps": FWD["num_warps"]})
+            bwd = {"dc_ptr": f"*{t}", **pointers, "lse_ptr": f"*{a}", "delta_ptr": f"*{a}", "dq_ptr": f"*{a}",
+                   "dk_ptr": f"*{a}", "dv_ptr": f"*{a}", "dvalues_ptr": f"*{t}", **sizes, **const}
+            yield (f"additive_attention_bwd[{variant}]", _bwd_kernel, bwd,
+                   {**flags, **{k: bwd_cfg[k] for k in ("BLOCK_Q", "BLOCK_K", "BLOCK_H")}, "PRECISION": "ieee"},
+                   {"num_warps": bwd_cfg["num_warps"]})
+            dec = {**pointers, "context_ptr": f"*{t}", "Tk": "i32", "H": "i32", "Dv": "i32",
+                   **{k: "constexpr" for k in ("HAS_LENGTHS", "HAS_MASK", "BLOCK_K", "BLOCK_H", "BLOCK_D", "ACC",
+                                               "FAST")}}
+            yield (f"additive_attention_decode[{variant}]", _decode_kernel, dec,
+                   {**flags, "BLOCK_K": DECODE["BLOCK_K"], "BLOCK_H": DECODE["BLOCK_H"]},
+                   {"num_warps": DECODE["num_warps"]})
