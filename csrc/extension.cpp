@@ -41,6 +41,16 @@ TORCH_LIBRARY(fastseq_ext, m) {
       "lstm_layer_backward(Tensor grad_y, Tensor grad_h_n, Tensor grad_c_n, Tensor x, Tensor h0, Tensor c0, "
       "Tensor w_ih, Tensor w_hh, Tensor? bias, Tensor? w_hr, Tensor? lengths, bool reverse, Tensor y, "
       "Tensor gates_ws, Tensor c_ws) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "additive_attention_forward(Tensor query_proj, Tensor key_proj, Tensor v, Tensor values, Tensor? lengths, "
+      "Tensor? key_padding_mask) -> (Tensor, Tensor)");
+  m.def(
+      "additive_attention_backward(Tensor grad_context, Tensor query_proj, Tensor key_proj, Tensor v, "
+      "Tensor values, Tensor? lengths, Tensor? key_padding_mask, Tensor context, Tensor lse) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "additive_attention_decode(Tensor query_proj, Tensor key_proj, Tensor v, Tensor values, Tensor? lengths, "
+      "Tensor? key_padding_mask) -> Tensor");
 }
 
 #define FASTSEQ_IMPL(m)                                             \
@@ -51,7 +61,12 @@ TORCH_LIBRARY(fastseq_ext, m) {
 
 TORCH_LIBRARY_IMPL(fastseq_ext, CPU, m) { FASTSEQ_IMPL(m) }
 #ifdef FASTSEQ_WITH_CUDA
-TORCH_LIBRARY_IMPL(fastseq_ext, CUDA, m) { FASTSEQ_IMPL(m) }
+TORCH_LIBRARY_IMPL(fastseq_ext, CUDA, m) {
+  FASTSEQ_IMPL(m)
+  m.impl("additive_attention_forward", &fastseq::additive_attention_forward);
+  m.impl("additive_attention_backward", &fastseq::additive_attention_backward);
+  m.impl("additive_attention_decode", &fastseq::additive_attention_decode);
+}
 #endif
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

@@ -1,33 +1,12 @@
 // Launchers from at::Tensor into the CUDA cell kernels of kernels/lstm_cell.cu. Host code only.
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 
 #include "../kernels/lstm_cell.h"
+#include "cuda_types.h"
 #include "lstm_cell.h"
 
 namespace fastseq {
-namespace {
-
-// ATen's element types -> the CUDA types the kernels are instantiated for.
-template <typename T> struct Device { using type = T; };
-template <> struct Device<at::Half> { using type = __half; };
-template <> struct Device<at::BFloat16> { using type = __nv_bfloat16; };
-template <typename T> using device_t = typename Device<T>::type;
-
-template <typename T> const device_t<T>* in(const at::Tensor& t) {
-  return t.defined() ? reinterpret_cast<const device_t<T>*>(t.const_data_ptr<T>()) : nullptr;
-}
-template <typename T> device_t<T>* out(const at::Tensor& t) {
-  return reinterpret_cast<device_t<T>*>(t.mutable_data_ptr<T>());
-}
-
-void check_launch(cudaError_t err, const char* what) {
-  TORCH_CHECK(err == cudaSuccess, what, " failed to launch: ", cudaGetErrorString(err));
-}
-
-}  // namespace
 
 void lstm_cell_forward_cuda(const at::Tensor& gates, const at::Tensor& c_prev, const at::Tensor& h,
                             const at::Tensor& c) {

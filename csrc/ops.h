@@ -24,4 +24,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_ba
     const std::optional<Tensor>& w_hr, const std::optional<Tensor>& lengths, bool reverse, const Tensor& y,
     const Tensor& gates, const Tensor& c_ws);
 
+#ifdef FASTSEQ_WITH_CUDA
+// Additive attention: CUDA tensors only (the CPU is served by the reference and Triton's interpreter).
+std::tuple<Tensor, Tensor> additive_attention_forward(const Tensor& query_proj, const Tensor& key_proj,
+                                                      const Tensor& v, const Tensor& values,
+                                                      const std::optional<Tensor>& lengths,
+                                                      const std::optional<Tensor>& key_padding_mask);
+std::tuple<Tensor, Tensor, Tensor, Tensor> additive_attention_backward(
+    const Tensor& grad_context, const Tensor& query_proj, const Tensor& key_proj, const Tensor& v,
+    const Tensor& values, const std::optional<Tensor>& lengths, const std::optional<Tensor>& key_padding_mask,
+    const Tensor& context, const Tensor& lse);
+Tensor additive_attention_decode(const Tensor& query_proj, const Tensor& key_proj, const Tensor& v,
+                                 const Tensor& values, const std::optional<Tensor>& lengths,
+                                 const std::optional<Tensor>& key_padding_mask);
+#endif
+
 }  // namespace fastseq

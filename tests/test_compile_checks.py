@@ -58,7 +58,7 @@ def test_cuda_kernels_compile_for_sm90a_without_spills(tmp_path, source):
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc (and its CUDA headers) not found")
-@pytest.mark.parametrize("source", sorted(p.name for p in (ROOT / "csrc").glob("*_cuda.cpp")))
+@pytest.mark.parametrize("source", sorted(p.name for p in (ROOT / "csrc").glob("*_cuda.cpp")) + ["extension.cpp"])
 def test_cuda_launchers_compile_against_torch_headers(tmp_path, source):
     """The host-side launchers, syntax- and type-checked with the CUDA build's macros (no GPU, no CUDA torch)."""
     from torch.utils.cpp_extension import include_paths
