@@ -1,6 +1,6 @@
 """Timing and machine ceilings for the benchmarks: warm-up, then the median (and quartiles) of many runs,
-with CUDA events on a GPU and the wall clock on a CPU; the matmul rate and copy bandwidth measured on
-the same device, so every figure can be given as a fraction of what the machine does."""
+with CUDA events on a GPU and the wall clock on a CPU; the matmul rate, copy bandwidth and tanh rate
+measured on the same device, so every figure can be given as a fraction of what the machine does."""
 from __future__ import annotations
 
 import statistics
@@ -9,6 +9,8 @@ import time
 from typing import Callable
 
 import torch
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _sync(device: torch.device) -> None:
@@ -57,6 +59,32 @@ def copy_bandwidth(device: torch.device) -> float:
     dst = torch.empty_like(src)
     t = measure(lambda: dst.copy_(src), device, warmup=3, min_reps=10, min_seconds=0.3)["median_ms"]
     return 2 * src.numel() * 4 / (t * 1e-3)
+
+
+def tanh_rate(device: torch.device, approx: bool = True) -> float:
+    """Measured tanh/s of the device's compute-bound tanh: on a GPU a Triton kernel whose threads chain
+    `tanh.approx.f32` (the special-function unit's rate; approx=False: the exact form the float32
+    kernels use) on registers; on a CPU torch.tanh over a cache-resident float32 tensor."""
+    if device.type != "cuda":
+        x = torch.randn(1 << 16)
+        t = measure(lambda: torch.tanh(x), device, min_seconds=0.2)["median_ms"]
+        return x.numel() / (t * 1e-3)
+    from _tanh_rate import tanh_chain
+
+    return tanh_chain(device, approx)
+
+
+def peak_memory(fn: Callable[[], object], device: torch.device) -> int:
+    """Bytes allocated by `fn()` at its peak beyond what was allocated before it (CUDA only; 0 on a CPU)."""
+    if device.type != "cuda":
+        fn()
+        return 0
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - before
 
 
 def commit() -> str:

@@ -1,0 +1,153 @@
+"""Additive attention benchmark (run by sweep.py): fastseq's fused op on each backend present against the
+naive PyTorch form (fastseq.reference.additive_attention.naive, which builds (B, Tq, Tk, H)), eager and
+torch.compile'd; forward and forward+backward; time and peak extra memory. Each time is also given
+against its floor: the tanh count (one per (b, i, j, h) in the forward, three with the backward, which
+recomputes it twice) over the tanh rate measured on the same device.
+"""
+from __future__ import annotations
+
+import torch
+
+from fastseq import backends, ops
+from fastseq.reference.additive_attention import naive
+
+import timing
+from timing import DTYPES
+
+# (B, Tq, Tk, H, Dv)
+PRESETS = {
+    "quick": [(2, 16, 16, 32, 32)],
+    "cpu": [(4, 64, 64, 128, 128), (2, 32, 512, 128, 128)],
+    "gpu": [(64, 256, 256, 512, 512), (16, 64, 1024, 512, 256), (16, 64, 4096, 512, 256),
+            (16, 64, 16384, 512, 256)],
+}
+MODES = ("forward", "forward+backward")
+
+
+def _inputs(device, dtype, B, Tq, Tk, H, Dv, grad):
+    g = torch.Generator(device="cpu").manual_seed(0)
+
+    def r(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g) * scale).to(device, dtype).requires_grad_(grad)
+
+    return r(B, Tq, H), r(B, Tk, H), r(H, scale=H**-0.5), r(B, Tk, Dv)
+
+
+def _callable(impl, mode, args):
+    """A zero-argument function running one forward (or forward+backward) of `impl`."""
+    if impl == "naive":
+        def attend():
+            return naive(*args)[0]
+    elif impl == "naive-compiled":
+        compiled = torch.compile(lambda *a: naive(*a)[0])
+
+        def attend():
+            return compiled(*args)
+    else:
+        def attend():
+            with backends.use(impl):
+                return ops.additive_attention(*args)
+    if mode == "forward":
+        def fn():
+            with torch.no_grad():
+                attend()
+    else:
+        def fn():
+            attend().float().sum().backward()
+    return fn
+
+
+def _oom(e: Exception) -> bool:
+    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
+
+
+def bench_case(device, dtype_name, mode, B, Tq, Tk, H, Dv, fused_backends, ceilings):
+    dtype = DTYPES[dtype_name]
+    args = _inputs(device, dtype, B, Tq, Tk, H, Dv, grad=mode != "forward")
+    tanh_count = B * Tq * Tk * H * (1 if mode == "forward" else 3)
+    rate = ceilings["tanh_rate_approx" if dtype != torch.float32 else "tanh_rate_exact"]
+    sizes = {"B": B, "Tq": Tq, "Tk": Tk, "H": H, "Dv": Dv}
+    measured = {}
+    for impl in ("naive", "naive-compiled", *fused_backends):
+        if impl == "naive-compiled" and device.type != "cuda":
+            continue  # inductor's CPU code needs a C++ toolchain at run time; the GPU run has it
+        try:
+            fn = _callable(impl, mode, args)
+            t = timing.measure(fn, device)
+            t["peak_extra_bytes"] = timing.peak_memory(fn, device)
+        except Exception as e:  # the naive form runs out of memory at long Tk: record it, go on
+            if not _oom(e):
+                raise
+            t = {"oom": True}
+        finally:
+            for a in args:
+                a.grad = None
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        measured[impl] = t
+    rows = []
+    for impl in fused_backends:
+        t = measured[impl]
+        row = {"op": "additive_attention", "mode": mode, "dtype": dtype_name, "backend": impl, "sizes": sizes,
+               **t, "baselines": {k: v for k, v in measured.items() if k not in fused_backends},
+               "tanh_count": tanh_count, "floor_ms": tanh_count / rate * 1e3}
+        if "median_ms" in t:
+            row["fraction_of_tanh_floor"] = row["floor_ms"] / t["median_ms"]
+            for base, bt in row["baselines"].items():
+                if "median_ms" in bt:
+                    row[f"speedup_vs_{base}"] = bt["median_ms"] / t["median_ms"]
+                    if bt.get("peak_extra_bytes") and t.get("peak_extra_bytes"):
+                        row[f"memory_ratio_vs_{base}"] = t["peak_extra_bytes"] / bt["peak_extra_bytes"]
+        rows.append(row)
+    return rows
+
+
+def _fmt(t):
+    return "OOM" if t.get("oom") else f"{t['median_ms']:9.3f} ms {t.get('peak_extra_bytes', 0) / 2**20:8.1f} MiB"
+
+
+def run(device, preset, dtype_names, fused_backends, ceilings):
+    rows = []
+    for B, Tq, Tk, H, Dv in PRESETS[preset]:
+        for dtype_name in dtype_names:
+            for mode in MODES:
+                for r in bench_case(device, dtype_name, mode, B, Tq, Tk, H, Dv, fused_backends, ceilings):
+                    rows.append(r)
+                    base = "  ".join(f"{k} {_fmt(v)}" for k, v in r["baselines"].items())
+                    floor = f"  {r['fraction_of_tanh_floor']:.0%} of tanh floor" if "median_ms" in r else ""
+                    print(f"additive_attention {mode:<16} {dtype_name} B{B} Tq{Tq} Tk{Tk} H{H} Dv{Dv}  "
+                          f"{r['backend']} {_fmt(r)}{floor}  |  {base}", flush=True)
+    return rows
+
+
+def plot(rows, path):
+    """Time against Tk, forward+backward, each implementation; one line per (implementation, dtype)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    series = {}
+    for r in rows:
+        if r["mode"] != "forward+backward":
+            continue
+        sz = r["sizes"]
+        shape = f"B{sz['B']} Tq{sz['Tq']} H{sz['H']} Dv{sz['Dv']}"
+        if "median_ms" in r:
+            series.setdefault((f"fastseq[{r['backend']}]", r["dtype"], shape), {})[sz["Tk"]] = r["median_ms"]
+        for name, t in r["baselines"].items():
+            if "median_ms" in t:
+                series.setdefault((name, r["dtype"], shape), {})[sz["Tk"]] = t["median_ms"]
+    for (name, dtype, shape), pts in sorted(series.items()):
+        xs = sorted(pts)
+        ax.plot(xs, [pts[x] for x in xs], marker="o", label=f"{name} {dtype} {shape}")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("keys Tk")
+    ax.set_ylabel("forward+backward, ms")
+    ax.set_title("Additive attention (missing points: out of memory)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path

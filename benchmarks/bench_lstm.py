@@ -1,0 +1,122 @@
+"""LSTM layer benchmark (run by sweep.py): fastseq.nn.LSTM on each fused backend present against
+torch.nn.LSTM (cuDNN on a GPU, ATen's CPU kernels on a CPU) with the same weights, inference forward and
+training forward+backward; each figure also as a fraction of the measured matmul rate and bandwidth."""
+from __future__ import annotations
+
+import torch
+
+import fastseq.nn
+from fastseq import backends
+
+import timing
+from timing import DTYPES
+
+# (mode, num_layers, hidden, seq, batch sizes, input size)
+PRESETS = {
+    "quick": [("inference", 1, 128, 32, (1, 8), 128), ("training", 2, 128, 16, (8,), 128)],
+    "cpu": [("inference", 1, 256, 64, (1, 8, 32), 256), ("training", 2, 256, 32, (16,), 256)],
+    "gpu": [("inference", 1, 512, 256, (1, 4, 8, 16, 32, 64, 128, 256), 512),
+            ("training", 2, 512, 128, (64,), 512)],
+}
+
+
+def lstm_flops(mode: str, layers: int, hidden: int, seq: int, batch: int, input_size: int) -> float:
+    """Matrix FLOPs of the layers (the pointwise work is negligible): the input and recurrent GEMMs,
+    times 3 for training (forward, input gradients, weight gradients)."""
+    total = 0.0
+    for layer in range(layers):
+        i = input_size if layer == 0 else hidden
+        total += 2 * seq * batch * 4 * hidden * (i + hidden)
+    return total * (3 if mode == "training" else 1)
+
+
+def lstm_bytes(mode: str, layers: int, hidden: int, seq: int, batch: int, input_size: int, elt: int) -> float:
+    """Fewest bytes through memory when the recurrence re-reads W_hh every step (it outlives no cache
+    at these sizes) and every activation is read and written once."""
+    per_step_weights = sum(4 * hidden * hidden for _ in range(layers)) * elt * seq
+    activations = seq * batch * (input_size + 2 * layers * hidden) * elt
+    return (per_step_weights + activations) * (3 if mode == "training" else 1)
+
+
+def bench_case(device, dtype_name, mode, layers, hidden, seq, batch, input_size, fused_backends, ceilings):
+    dtype = DTYPES[dtype_name]
+    torch.manual_seed(0)
+    base = torch.nn.LSTM(input_size, hidden, layers).to(device, dtype)
+    ours = fastseq.nn.LSTM(input_size, hidden, layers).to(device, dtype)
+    ours.load_state_dict(base.state_dict())
+    x = torch.randn(seq, batch, input_size, device=device, dtype=dtype)
+
+    def run(module):
+        if mode == "inference":
+            def fn():
+                with torch.inference_mode():
+                    module(x)
+        else:
+            xg = x.clone().requires_grad_()
+
+            def fn():
+                y, (h, c) = module(xg)
+                (y.float().sum() + h.float().sum() + c.float().sum()).backward()
+        return fn
+
+    flops = lstm_flops(mode, layers, hidden, seq, batch, input_size)
+    nbytes = lstm_bytes(mode, layers, hidden, seq, batch, input_size, x.element_size())
+    baseline = timing.measure(run(base), device)
+    rows = []
+    for backend in fused_backends:
+        with backends.use(backend):
+            t = timing.measure(run(ours), device)
+        seconds = t["median_ms"] * 1e-3
+        rows.append({
+            "op": "lstm", "mode": mode, "dtype": dtype_name, "backend": backend, "baseline": "torch.nn.LSTM",
+            "sizes": {"layers": layers, "hidden": hidden, "seq": seq, "batch": batch, "input": input_size},
+            **t,
+            "baseline_median_ms": baseline["median_ms"], "baseline_p25_ms": baseline["p25_ms"],
+            "baseline_p75_ms": baseline["p75_ms"],
+            "speedup": baseline["median_ms"] / t["median_ms"],
+            "flops": flops, "flop_rate": flops / seconds,
+            "fraction_of_matmul_ceiling": flops / seconds / ceilings["matmul_flops"][dtype_name],
+            "bytes_floor": nbytes, "fraction_of_bandwidth": nbytes / seconds / ceilings["copy_bandwidth"],
+        })
+    return rows
+
+
+def plot(rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    series = {}
+    for r in rows:
+        if r["mode"] == "inference":
+            series.setdefault((r["backend"], r["dtype"]), []).append((r["sizes"]["batch"], r["speedup"]))
+    for (backend, dtype), pts in sorted(series.items()):
+        pts.sort()
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"fastseq[{backend}] {dtype}")
+    ax.axhline(1.0, color="grey", linestyle="--", linewidth=1)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("speed-up over torch.nn.LSTM")
+    ax.set_title("LSTM inference forward, 1 layer")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def run(device, preset, dtype_names, fused_backends, ceilings):
+    """Every case of the preset; prints a line per result and returns the rows."""
+    rows = []
+    for mode, layers, hidden, seq, batches, input_size in PRESETS[preset]:
+        for dtype_name in dtype_names:
+            for batch in batches:
+                for r in bench_case(device, dtype_name, mode, layers, hidden, seq, batch, input_size,
+                                    fused_backends, ceilings):
+                    rows.append(r)
+                    print(f"lstm {r['mode']:<9} {r['dtype']} L{layers} H{hidden} T{seq} B{batch:<4} "
+                          f"{r['backend']:<6} {r['median_ms']:9.3f} ms  torch {r['baseline_median_ms']:9.3f} ms  "
+                          f"x{r['speedup']:.2f}  {r['fraction_of_matmul_ceiling']:.1%} of matmul, "
+                          f"{r['fraction_of_bandwidth']:.1%} of bandwidth", flush=True)
+    return rows
