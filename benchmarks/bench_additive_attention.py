@@ -122,12 +122,7 @@ def run(device, preset, dtype_names, fused_backends, ceilings):
 
 def plot(rows, path):
     """Time against Tk, forward+backward, each implementation; one line per (implementation, dtype)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = timing.figure()
     series = {}
     for r in rows:
         if r["mode"] != "forward+backward":

@@ -82,12 +82,7 @@ def bench_case(device, dtype_name, mode, layers, hidden, seq, batch, input_size,
 
 
 def plot(rows, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = timing.figure()
     series = {}
     for r in rows:
         if r["mode"] == "inference":

@@ -244,3 +244,14 @@ def test_long_keys_run_in_memory_linear_in_tk(backend):
     inputs_bytes = sum(t.numel() * t.element_size() for t in args)
     assert extra < 6 * inputs_bytes, f"peak extra memory {extra / 2**20:.0f} MiB for {inputs_bytes / 2**20:.0f} MiB of inputs"
     assert all(torch.isfinite(a.grad).all() for a in args)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype,H,message", [
+    (torch.float64, 16, r"serve float32, float16 and bfloat16"),
+    (torch.float32, 600, r"H and Dv up to 512"),
+])
+def test_cuda_backend_names_what_it_does_not_serve(dtype, H, message):
+    args = [t.to(dtype) for t in _inputs(2, 3, 4, H, 8, "cuda")]
+    with backends.use("cuda"), pytest.raises(RuntimeError, match=message):
+        ops.additive_attention(*args)
