@@ -51,3 +51,30 @@ def check_lengths(op: str, lengths: torch.Tensor, batch: int, max_len: int) -> N
     if batch > 1 and bool((lengths[1:] > lengths[:-1]).any()):
         fail(op, "lengths must be sorted in non-increasing order (sort the batch, or pack it with "
                  "torch.nn.utils.rnn.pack_padded_sequence(..., enforce_sorted=False))")
+
+
+def check_key_padding(op: str, key_padding_mask: Optional[torch.Tensor], lengths, B: int, Tk: int,
+                      device: torch.device) -> Optional[torch.Tensor]:
+    """Validate a key padding given as a bool mask (B, Tk), True = padded, and/or per-row lengths (any
+    integer tensor or sequence, each in [0, Tk]); returns the lengths as int32 on `device` (or None)."""
+    if key_padding_mask is not None:
+        if not isinstance(key_padding_mask, torch.Tensor) or key_padding_mask.dtype != torch.bool:
+            got = key_padding_mask.dtype if isinstance(key_padding_mask, torch.Tensor) else type(key_padding_mask).__name__
+            fail(op, f"key_padding_mask must be a bool tensor (True = padded key), got {got}", TypeError)
+        check_shape(op, "key_padding_mask", key_padding_mask, (B, Tk), "(B, Tk)")
+        if key_padding_mask.device != device:
+            fail(op, f"key_padding_mask must be on the device of the queries ({device}), "
+                       f"got {key_padding_mask.device}")
+    if lengths is None:
+        return None
+    if not isinstance(lengths, torch.Tensor):
+        lengths = torch.as_tensor(lengths)
+    if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
+        fail(op, f"lengths must be an integer tensor, got {lengths.dtype}", TypeError)
+    if tuple(lengths.shape) != (B,):
+        fail(op, f"lengths must have shape (B,) = ({B},), got {tuple(lengths.shape)}")
+    # Checked in eager mode (one sync for GPU lengths); a compiled graph cannot branch on the values,
+    # and the kernels clamp each length to [0, Tk] so no value can read out of bounds.
+    if B and not torch.compiler.is_compiling() and (int(lengths.min()) < 0 or int(lengths.max()) > Tk):
+        fail(op, f"lengths must lie in [0, Tk={Tk}], got min {int(lengths.min())}, max {int(lengths.max())}")
+    return lengths.to(device=device, dtype=torch.int32)

@@ -97,27 +97,7 @@ def _check(op: str, query_proj: Tensor, key_proj: Tensor, v: Tensor, values: Ten
     C.check_shape(op, "v", v, (H,), "(H,)")
     C.check_ndim(op, "values", values, 3, "(B, Tk, Dv)")
     C.check_shape(op, "values", values, (B, Tk, values.shape[2]), "(B, Tk, Dv)")
-    if key_padding_mask is not None:
-        if not isinstance(key_padding_mask, Tensor) or key_padding_mask.dtype != torch.bool:
-            got = key_padding_mask.dtype if isinstance(key_padding_mask, Tensor) else type(key_padding_mask).__name__
-            C.fail(op, f"key_padding_mask must be a bool tensor (True = padded key), got {got}", TypeError)
-        C.check_shape(op, "key_padding_mask", key_padding_mask, (B, Tk), "(B, Tk)")
-        if key_padding_mask.device != query_proj.device:
-            C.fail(op, f"key_padding_mask must be on the device of query_proj ({query_proj.device}), "
-                       f"got {key_padding_mask.device}")
-    if lengths is None:
-        return None
-    if not isinstance(lengths, Tensor):
-        lengths = torch.as_tensor(lengths)
-    if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
-        C.fail(op, f"lengths must be an integer tensor, got {lengths.dtype}", TypeError)
-    if tuple(lengths.shape) != (B,):
-        C.fail(op, f"lengths must have shape (B,) = ({B},), got {tuple(lengths.shape)}")
-    # Checked in eager mode (one sync for GPU lengths); a compiled graph cannot branch on the values,
-    # and the kernels clamp each length to [0, Tk] so no value can read out of bounds.
-    if B and not torch.compiler.is_compiling() and (int(lengths.min()) < 0 or int(lengths.max()) > Tk):
-        C.fail(op, f"lengths must lie in [0, Tk={Tk}], got min {int(lengths.min())}, max {int(lengths.max())}")
-    return lengths.to(device=query_proj.device, dtype=torch.int32)
+    return C.check_key_padding(op, key_padding_mask, lengths, B, Tk, query_proj.device)
 
 
 def _mask(key_padding_mask: Optional[Tensor]) -> Optional[Tensor]:
