@@ -16,9 +16,10 @@ TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 1e-2, torch.bfl
 FLOOR = {torch.float64: 1e-6, torch.float32: 1e-2, torch.float16: 0.3, torch.bfloat16: 0.3}
 
 
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """||out - ref|| / max(||ref||, FLOOR * sqrt(numel)), in float64."""
-    floor = FLOOR.get(out.dtype, 1e-6) * max(out.numel(), 1) ** 0.5
+def rel_err(out: torch.Tensor, ref: torch.Tensor, terms: int = 1) -> float:
+    """||out - ref|| / max(||ref||, FLOOR * sqrt(numel * terms)), in float64. `terms`: how many O(1)
+    products each element sums, for reductions whose result can cancel far below its terms."""
+    floor = FLOOR.get(out.dtype, 1e-6) * max(out.numel() * terms, 1) ** 0.5
     out, ref = out.detach().double().cpu(), ref.detach().double().cpu()
     assert out.shape == ref.shape, f"shape {tuple(out.shape)} != {tuple(ref.shape)}"
     assert torch.isfinite(out).all(), "non-finite values"
