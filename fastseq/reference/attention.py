@@ -28,6 +28,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .additive_attention import keep_mask
 from .lstm import acc_dtype
 
 
@@ -39,12 +40,7 @@ def visible(Tq: int, Tk: int, causal: bool, lengths: Optional[Tensor], key_paddi
         i = torch.arange(Tq, device=device)[:, None]
         j = torch.arange(Tk, device=device)[None, :]
         seen = (j <= i + (Tk - Tq))[None, None]
-    keep = None
-    if lengths is not None:
-        keep = torch.arange(Tk, device=device)[None, :] < lengths.to(device)[:, None]
-    if key_padding_mask is not None:
-        unpadded = ~key_padding_mask.to(device=device, dtype=torch.bool)
-        keep = unpadded if keep is None else keep & unpadded
+    keep = keep_mask(batch, Tk, lengths, key_padding_mask, device)
     if keep is not None:
         keep = keep[:, None, None, :]
         seen = keep if seen is None else seen & keep
