@@ -79,19 +79,20 @@ class AdditiveAttention(nn.Module):
         return (f"query_dim={self.query_dim}, key_dim={self.key_dim}, attention_dim={self.attention_dim}, "
                 f"value_dim={self.value_dim}, bias={self.query_proj.bias is not None}")
 
-    def _check_last_dim(self, name: str, t: Tensor, ndim: int, size: int, layout: str) -> None:
-        if not isinstance(t, Tensor) or t.dim() != ndim or t.shape[-1] != size:
+    def _check_shape(self, name: str, t: Tensor, ndims: tuple[int, ...], dim: str, layout: str) -> None:
+        """t has one of `ndims` dimensions, the last of size self.<dim>."""
+        size = getattr(self, dim)
+        if not isinstance(t, Tensor) or t.dim() not in ndims or t.shape[-1] != size:
             got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
-            raise ValueError(f"AdditiveAttention: {name} must have shape {layout} with {layout.split(', ')[-1][:-1]}"
-                             f" = {size}, got {got}")
+            raise ValueError(f"AdditiveAttention: {name} must have shape {layout} with {dim} = {size}, got {got}")
 
     def precompute_keys(self, keys: Tensor, values: Optional[Tensor] = None,
                         key_padding_mask: Optional[Tensor] = None,
                         lengths: Union[Tensor, Sequence[int], None] = None) -> PrecomputedKeys:
         """Project the keys once, for a decoder that attends to them at every step."""
-        self._check_last_dim("keys", keys, 3, self.key_dim, "(B, Tk, key_dim)")
+        self._check_shape("keys", keys, (3,), "key_dim", "(B, Tk, key_dim)")
         values = keys if values is None else values
-        self._check_last_dim("values", values, 3, self.value_dim, "(B, Tk, value_dim)")
+        self._check_shape("values", values, (3,), "value_dim", "(B, Tk, value_dim)")
         if lengths is not None and not isinstance(lengths, Tensor):
             lengths = torch.as_tensor(lengths)
         return PrecomputedKeys(self.key_proj(keys), values, key_padding_mask, lengths)
@@ -106,10 +107,7 @@ class AdditiveAttention(nn.Module):
             cache = keys
         else:
             cache = self.precompute_keys(keys, values, key_padding_mask, lengths)
-        if not isinstance(query, Tensor) or query.dim() not in (2, 3) or query.shape[-1] != self.query_dim:
-            got = tuple(query.shape) if isinstance(query, Tensor) else type(query).__name__
-            raise ValueError(f"AdditiveAttention: query must have shape (B, Tq, query_dim) or (B, query_dim) with "
-                             f"query_dim = {self.query_dim}, got {got}")
+        self._check_shape("query", query, (2, 3), "query_dim", "(B, Tq, query_dim) or (B, query_dim)")
         query_proj = self.query_proj(query)
         pad = {"key_padding_mask": cache.key_padding_mask, "lengths": cache.lengths}
         if query.dim() == 2 and not need_weights:

@@ -82,10 +82,11 @@ def _(query_proj, key_proj, v, values, lengths, key_padding_mask):
 # ------------------------------------------------------------------------------------------ checks
 
 
-def _check(op: str, query_proj: Tensor, key_proj: Tensor, v: Tensor, values: Tensor,
-           key_padding_mask: Optional[Tensor], lengths: Union[Tensor, Sequence[int], None],
-           query_layout: str) -> Optional[Tensor]:
-    """Validate the arguments; returns `lengths` as int32 on the device of query_proj (or None)."""
+def _prepare(op: str, query_proj: Tensor, key_proj: Tensor, v: Tensor, values: Tensor,
+             key_padding_mask: Optional[Tensor], lengths: Union[Tensor, Sequence[int], None],
+             query_layout: str) -> tuple[tuple[Tensor, ...], Optional[Tensor], Optional[Tensor]]:
+    """Validate the arguments -> ((query_proj, key_proj, v, values) contiguous, lengths as int32 on the
+    device of query_proj or None, key_padding_mask contiguous or None)."""
     for name, t in (("query_proj", query_proj), ("key_proj", key_proj), ("v", v), ("values", values)):
         C.check_float(op, name, t)
         C.check_like(op, name, t, "query_proj", query_proj)
@@ -97,11 +98,9 @@ def _check(op: str, query_proj: Tensor, key_proj: Tensor, v: Tensor, values: Ten
     C.check_shape(op, "v", v, (H,), "(H,)")
     C.check_ndim(op, "values", values, 3, "(B, Tk, Dv)")
     C.check_shape(op, "values", values, (B, Tk, values.shape[2]), "(B, Tk, Dv)")
-    return C.check_key_padding(op, key_padding_mask, lengths, B, Tk, query_proj.device)
-
-
-def _mask(key_padding_mask: Optional[Tensor]) -> Optional[Tensor]:
-    return None if key_padding_mask is None else key_padding_mask.contiguous()
+    lengths = C.check_key_padding(op, key_padding_mask, lengths, B, Tk, query_proj.device)
+    args = (query_proj.contiguous(), key_proj.contiguous(), v.contiguous(), values.contiguous())
+    return args, lengths, None if key_padding_mask is None else key_padding_mask.contiguous()
 
 
 # ------------------------------------------------------------------------------------------ public
@@ -126,9 +125,8 @@ def additive_attention(
     """
     op = "additive_attention"
     C.check_ndim(op, "query_proj", query_proj, 3, "(B, Tq, H)")
-    lengths = _check(op, query_proj, key_proj, v, values, key_padding_mask, lengths, "(B, Tq, H)")
-    args = (query_proj.contiguous(), key_proj.contiguous(), v.contiguous(), values.contiguous())
-    context, _ = _attention(*args, lengths, _mask(key_padding_mask))
+    args, lengths, mask = _prepare(op, query_proj, key_proj, v, values, key_padding_mask, lengths, "(B, Tq, H)")
+    context, _ = _attention(*args, lengths, mask)
     if not return_weights:
         return context
     return context, attention_weights(query_proj, key_proj, v, lengths, key_padding_mask)
@@ -149,9 +147,8 @@ def additive_attention_step(
     """
     op = "additive_attention_step"
     C.check_ndim(op, "query_proj", query_proj, 2, "(B, H)")
-    lengths = _check(op, query_proj, key_proj, v, values, key_padding_mask, lengths, "(B, H)")
-    args = (query_proj.contiguous(), key_proj.contiguous(), v.contiguous(), values.contiguous())
+    args, lengths, mask = _prepare(op, query_proj, key_proj, v, values, key_padding_mask, lengths, "(B, H)")
     if torch.is_grad_enabled() and any(t.requires_grad for t in args):
-        context, _ = _attention(args[0][:, None], *args[1:], lengths, _mask(key_padding_mask))
+        context, _ = _attention(args[0][:, None], *args[1:], lengths, mask)
         return context[:, 0]
-    return _decode(*args, lengths, _mask(key_padding_mask))
+    return _decode(*args, lengths, mask)

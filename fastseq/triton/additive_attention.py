@@ -63,18 +63,26 @@ def _key_valid(mask_ptr, b, keys, n_keys, Tk, HAS_MASK: tl.constexpr):
 
 
 @triton.jit
+def _tanh_chunk(q_ptr, k_ptr, v_ptr, queries, keys, q_ok, k_ok, h0, H, BLOCK_H: tl.constexpr, ACC: tl.constexpr,
+                FAST: tl.constexpr):
+    """t (BLOCK_Q, BLOCK_K, BLOCK_H) = tanh(q[queries, h] + k[keys, h]) and v[h] for h in [h0, h0 + BLOCK_H),
+    zero past H; q_ptr, k_ptr at the row's start."""
+    h = h0 + tl.arange(0, BLOCK_H)
+    h_ok = h < H
+    q = tl.load(q_ptr + queries[:, None] * H + h[None, :], mask=q_ok[:, None] & h_ok[None, :], other=0.0)
+    k = tl.load(k_ptr + keys[:, None] * H + h[None, :], mask=k_ok[:, None] & h_ok[None, :], other=0.0)
+    w = tl.load(v_ptr + h, mask=h_ok, other=0.0).to(ACC)
+    return _tanh(q.to(ACC)[:, None, :] + k.to(ACC)[None, :, :], FAST), w, h, h_ok
+
+
+@triton.jit
 def _scores(q_ptr, k_ptr, v_ptr, queries, keys, q_ok, k_ok, H,
             BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_H: tl.constexpr, ACC: tl.constexpr,
             FAST: tl.constexpr):
     """s (BLOCK_Q, BLOCK_K) = Σ_h v_h tanh(q[queries, h] + k[keys, h]); q_ptr, k_ptr at the row's start."""
     s = tl.zeros((BLOCK_Q, BLOCK_K), dtype=ACC)
     for h0 in range(0, H, BLOCK_H):
-        h = h0 + tl.arange(0, BLOCK_H)
-        h_ok = h < H
-        q = tl.load(q_ptr + queries[:, None] * H + h[None, :], mask=q_ok[:, None] & h_ok[None, :], other=0.0)
-        k = tl.load(k_ptr + keys[:, None] * H + h[None, :], mask=k_ok[:, None] & h_ok[None, :], other=0.0)
-        w = tl.load(v_ptr + h, mask=h_ok, other=0.0).to(ACC)
-        t = _tanh(q.to(ACC)[:, None, :] + k.to(ACC)[None, :, :], FAST)
+        t, w, _, _ = _tanh_chunk(q_ptr, k_ptr, v_ptr, queries, keys, q_ok, k_ok, h0, H, BLOCK_H, ACC, FAST)
         s += tl.sum(t * w[None, None, :], axis=2)
     return s
 
@@ -153,12 +161,7 @@ def _bwd_kernel(dc_ptr, q_ptr, k_ptr, v_ptr, values_ptr, lengths_ptr, mask_ptr, 
         delta = tl.load(delta_ptr + b * Tq + queries, mask=q_ok, other=0.0)
         ds = p * (da - delta[:, None])
         for h0 in range(0, H, BLOCK_H):
-            h = h0 + tl.arange(0, BLOCK_H)
-            h_ok = h < H
-            q = tl.load(q_row + queries[:, None] * H + h[None, :], mask=q_ok[:, None] & h_ok[None, :], other=0.0)
-            k = tl.load(k_row + keys[:, None] * H + h[None, :], mask=k_in[:, None] & h_ok[None, :], other=0.0)
-            w = tl.load(v_ptr + h, mask=h_ok, other=0.0).to(ACC)
-            t = _tanh(q.to(ACC)[:, None, :] + k.to(ACC)[None, :, :], FAST)
+            t, w, h, h_ok = _tanh_chunk(q_row, k_row, v_ptr, queries, keys, q_ok, k_in, h0, H, BLOCK_H, ACC, FAST)
             dst = ds[:, :, None] * t
             g = (ds[:, :, None] - dst * t) * w[None, None, :]  # dS v (1 − t²)
             tl.atomic_add(dq_ptr + b * Tq * H + queries[:, None] * H + h[None, :], tl.sum(g, axis=1),
@@ -219,10 +222,11 @@ def _block_d(Dv: int) -> int:
     return max(16, triton.next_power_of_2(Dv))
 
 
-def _flags(lengths, mask, ref):
+def _padding_args(lengths, mask, ref):
+    """(lengths, mask as uint8, HAS_LENGTHS, HAS_MASK); a one-element dummy stands in for an absent one."""
     dummy = ref.new_empty(1, dtype=torch.int32)
-    return (lengths if lengths is not None else dummy,
-            mask.view(torch.uint8) if mask is not None else dummy.view(torch.uint8)), lengths is not None, mask is not None
+    return (dummy if lengths is None else lengths, (dummy if mask is None else mask).view(torch.uint8),
+            lengths is not None, mask is not None)
 
 
 def additive_attention_forward(query_proj, key_proj, v, values, lengths, key_padding_mask):
@@ -231,7 +235,7 @@ def additive_attention_forward(query_proj, key_proj, v, values, lengths, key_pad
     acc = torch.float64 if query_proj.dtype == torch.float64 else torch.float32
     context = query_proj.new_empty(B, Tq, Dv)
     lse = query_proj.new_empty(B, Tq, dtype=acc)
-    (len_arg, mask_arg), has_len, has_mask = _flags(lengths, key_padding_mask, query_proj)
+    len_arg, mask_arg, has_len, has_mask = _padding_args(lengths, key_padding_mask, query_proj)
     grid = (triton.cdiv(Tq, FWD["BLOCK_Q"]), B)
     _fwd_kernel[grid](query_proj, key_proj, v, values, len_arg, mask_arg, context, lse, Tq, Tk, H, Dv,
                       HAS_LENGTHS=has_len, HAS_MASK=has_mask, BLOCK_Q=FWD["BLOCK_Q"], BLOCK_K=FWD["BLOCK_K"],
@@ -253,7 +257,7 @@ def additive_attention_backward(grad_context, query_proj, key_proj, v, values, l
     dk = query_proj.new_zeros(B, Tk, H, dtype=acc)
     dv = query_proj.new_zeros(B, n_blocks, H, dtype=acc)
     dvalues = torch.zeros_like(values)
-    (len_arg, mask_arg), has_len, has_mask = _flags(lengths, key_padding_mask, query_proj)
+    len_arg, mask_arg, has_len, has_mask = _padding_args(lengths, key_padding_mask, query_proj)
     _bwd_kernel[(n_blocks, B)](grad_context, query_proj, key_proj, v, values, len_arg, mask_arg, lse, delta,
                                dq, dk, dv, dvalues, Tq, Tk, H, Dv,
                                HAS_LENGTHS=has_len, HAS_MASK=has_mask, BLOCK_Q=cfg["BLOCK_Q"],
@@ -267,7 +271,7 @@ def additive_attention_decode(query_proj, key_proj, v, values, lengths, key_padd
     B, H = query_proj.shape
     Tk, Dv = values.shape[1], values.shape[2]
     context = query_proj.new_empty(B, Dv)
-    (len_arg, mask_arg), has_len, has_mask = _flags(lengths, key_padding_mask, query_proj)
+    len_arg, mask_arg, has_len, has_mask = _padding_args(lengths, key_padding_mask, query_proj)
     _decode_kernel[(B,)](query_proj, key_proj, v, values, len_arg, mask_arg, context, Tk, H, Dv,
                          HAS_LENGTHS=has_len, HAS_MASK=has_mask, BLOCK_K=DECODE["BLOCK_K"],
                          BLOCK_H=DECODE["BLOCK_H"], BLOCK_D=_block_d(Dv), ACC=_ACC.get(query_proj.dtype, tl.float32),
