@@ -1,5 +1,7 @@
 """Drop-in modules built on fastseq's ops."""
 from .additive_attention import AdditiveAttention, PrecomputedKeys
+from .kv_cache import KVCache
 from .lstm import LSTM, LSTMCell
+from .multihead_attention import MultiheadAttention
 
-__all__ = ["AdditiveAttention", "LSTM", "LSTMCell", "PrecomputedKeys"]
+__all__ = ["AdditiveAttention", "KVCache", "LSTM", "LSTMCell", "MultiheadAttention", "PrecomputedKeys"]

@@ -1,7 +1,8 @@
-"""The multi-head scaled dot-product attention op: `attention` (self or cross, causal, padded, grouped
-heads, dropout), forward and backward. A torch custom op with a fake implementation and an autograd
-formula, served by the backend `fastseq.backends` chooses; so far the reference serves it everywhere
-(the fused kernels of the attention issue will register here).
+"""The multi-head scaled dot-product attention ops: `attention` (self or cross, causal, padded, grouped
+heads, dropout), forward and backward, and `attention_decode` (one new query per sequence against a KV
+cache, as a decoder calls it once per generated token). Torch custom ops with fake implementations (and
+an autograd formula for `attention`), served by the backend `fastseq.backends` chooses: "triton" or
+"reference" for `attention`; "cuda" (fastseq._C), "triton" or "reference" for `attention_decode`.
 
 The math, the masking rules and the workspace (the log-sum-exp) are in fastseq/reference/attention.py.
 """
@@ -12,15 +13,18 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from ..reference.attention import attention_weights as reference_weights
 from ..reference.lstm import acc_dtype
 from . import _checks as C
 from ._dispatch import implementation, register
 
-register("attention", reference="fastseq.reference.attention", triton=None)
+register("attention", reference="fastseq.reference.attention", triton="fastseq.triton.attention")
+register("attention_decode", reference="fastseq.reference.attention", triton="fastseq.triton.attention",
+         extension=("cuda",))
 
 
-def _impl(function: str, t: Tensor):
-    return implementation("attention", function, t.device.type)
+def _impl(function: str, t: Tensor, family: str = "attention"):
+    return implementation(family, function, t.device.type)
 
 
 @torch.library.custom_op("fastseq::attention", mutates_args=())
@@ -63,6 +67,48 @@ def _backward(ctx, grad_out, _grad_lse):
 _attention.register_autograd(_backward, setup_context=_setup)
 
 
+@torch.library.custom_op("fastseq::attention_decode", mutates_args=())
+def _attention_decode(q: Tensor, k: Tensor, v: Tensor, lengths: Optional[Tensor], key_padding_mask: Optional[Tensor],
+                      scale: float) -> Tensor:
+    return _impl("attention_decode", q, "attention_decode")(q, k, v, lengths, key_padding_mask, scale)
+
+
+@_attention_decode.register_fake
+def _(q, k, v, lengths, key_padding_mask, scale):
+    return q.new_empty(q.shape[0], q.shape[1], v.shape[3])
+
+
+def _check_heads(op: str, q: Tensor, k: Tensor, v: Tensor, q_dims: str) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        C.check_float(op, name, t)
+        C.check_like(op, name, t, "q", q)
+    C.check_ndim(op, "q", q, len(q_dims.split(",")), q_dims)
+    C.check_ndim(op, "k", k, 4, "(B, Hkv, Tk, D)")
+    C.check_ndim(op, "v", v, 4, "(B, Hkv, Tk, Dv)")
+    B, Hq, D = q.shape[0], q.shape[1], q.shape[-1]
+    Hkv, Tk = k.shape[1], k.shape[2]
+    C.check_shape(op, "k", k, (B, Hkv, Tk, D), "(B, Hkv, Tk, D) with the batch and head dim of q")
+    C.check_shape(op, "v", v, (B, Hkv, Tk, v.shape[3]), "(B, Hkv, Tk, Dv) with the B, Hkv, Tk of k")
+    if Hkv < 1 or Hq % Hkv:
+        C.fail(op, f"the key/value heads Hkv = {Hkv} must divide the query heads Hq = {Hq}")
+    if Tk < 1:
+        C.fail(op, f"k must hold at least one position, got Tk = {Tk}")
+
+
+def _check_scale(op: str, scale) -> None:
+    if scale is not None and (not isinstance(scale, (int, float)) or not scale > 0):
+        C.fail(op, f"scale must be a positive number or None, got {scale!r}")
+
+
+def _cache_layout(t: Tensor) -> Tensor:
+    """t itself when each (batch row, head) holds its positions contiguously, as a view of the first
+    positions of a longer cache does; else a contiguous copy."""
+    B, H, T, D = t.shape
+    if t.stride(3) == 1 and t.stride(2) == D and t.stride(0) == H * t.stride(1) and t.stride(1) >= T * D:
+        return t
+    return t.contiguous()
+
+
 def attention(
     q: Tensor,
     k: Tensor,
@@ -81,25 +127,62 @@ def attention(
     scale defaults to 1/√D. dropout_p drops attention probabilities (pass 0.0 at evaluation).
     """
     op = "attention"
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        C.check_float(op, name, t)
-        C.check_like(op, name, t, "q", q)
-        C.check_ndim(op, name, t, 4, "(B, H, T, D)")
+    _check_heads(op, q, k, v, "(B, Hq, Tq, D)")
     B, Hq, Tq, D = q.shape
-    Hkv, Tk = k.shape[1], k.shape[2]
-    C.check_shape(op, "k", k, (B, Hkv, Tk, D), "(B, Hkv, Tk, D) with the batch and head dim of q")
-    C.check_shape(op, "v", v, (B, Hkv, Tk, v.shape[3]), "(B, Hkv, Tk, Dv) with the B, Hkv, Tk of k")
-    if Hkv < 1 or Hq % Hkv:
-        C.fail(op, f"the key/value heads Hkv = {Hkv} must divide the query heads Hq = {Hq}")
-    if Tq < 1 or Tk < 1:
-        C.fail(op, f"q and k must hold at least one position, got Tq = {Tq}, Tk = {Tk}")
+    Tk = k.shape[2]
+    if Tq < 1:
+        C.fail(op, f"q must hold at least one position, got Tq = {Tq}")
     if not isinstance(dropout_p, (int, float)) or not 0 <= dropout_p < 1:
         C.fail(op, f"dropout_p must be a number in [0, 1), got {dropout_p!r}")
-    if scale is not None and (not isinstance(scale, (int, float)) or not scale > 0):
-        C.fail(op, f"scale must be a positive number or None, got {scale!r}")
+    _check_scale(op, scale)
     lengths = C.check_key_padding(op, key_padding_mask, lengths, B, Tk, q.device)
     mask = None if key_padding_mask is None else key_padding_mask.contiguous()
     seed = int(torch.randint(0, 2**62, ())) if dropout_p > 0 else 0
     out, _ = _attention(q.contiguous(), k.contiguous(), v.contiguous(), lengths, mask, bool(causal),
                         float(D**-0.5 if scale is None else scale), float(dropout_p), seed)
     return out
+
+
+def attention_decode(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    lengths: Union[Tensor, Sequence[int], None] = None,
+    key_padding_mask: Optional[Tensor] = None,
+    scale: Optional[float] = None,
+) -> Tensor:
+    """One new query per sequence, q (B, Hq, D), against cached keys k (B, Hkv, Tk, D) and values
+    v (B, Hkv, Tk, Dv) -> (B, Hq, Dv): a decoder's attention at one generation step.
+
+    Row b sees its keys j < lengths[b] that key_padding_mask does not pad (a query at the end of its
+    sequence sees every earlier position, so no causal flag is needed). k and v may be views of the
+    first Tk positions of a longer cache (`fastseq.nn.KVCache.keys()`); they are read in place. When a
+    gradient is needed the call goes through the differentiable `attention` op with Tq = 1.
+    """
+    op = "attention_decode"
+    _check_heads(op, q, k, v, "(B, Hq, D)")
+    _check_scale(op, scale)
+    lengths = C.check_key_padding(op, key_padding_mask, lengths, q.shape[0], k.shape[2], q.device)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        return attention(q[:, :, None], k, v, key_padding_mask=key_padding_mask, lengths=lengths, scale=scale)[:, :, 0]
+    mask = None if key_padding_mask is None else key_padding_mask.contiguous()
+    return _attention_decode(q.contiguous(), _cache_layout(k), _cache_layout(v), lengths, mask,
+                             float(q.shape[-1] ** -0.5 if scale is None else scale))
+
+
+def attention_weights(
+    q: Tensor,
+    k: Tensor,
+    causal: bool = False,
+    key_padding_mask: Optional[Tensor] = None,
+    lengths: Union[Tensor, Sequence[int], None] = None,
+    scale: Optional[float] = None,
+) -> Tensor:
+    """The attention probabilities P (B, Hq, Tq, Tk) of `attention(q, k, v, ...)` before dropout,
+    differentiable; zero rows for queries that see no key. They take O(B·Hq·Tq·Tk) memory: the fused
+    op never builds them, so ask only when they are needed (the reference computes them)."""
+    op = "attention_weights"
+    _check_heads(op, q, k, k, "(B, Hq, Tq, D)")
+    _check_scale(op, scale)
+    lengths = C.check_key_padding(op, key_padding_mask, lengths, q.shape[0], k.shape[2], q.device)
+    return reference_weights(q, k, bool(causal), lengths, key_padding_mask, scale)

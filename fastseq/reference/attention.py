@@ -120,3 +120,10 @@ def attention_weights(q: Tensor, k: Tensor, causal: bool = False, lengths: Optio
     p, _ = _probabilities(q.to(acc_dtype(q.dtype)), k.to(acc_dtype(k.dtype)), scale, causal, lengths,
                           key_padding_mask)
     return p.to(q.dtype)
+
+
+def attention_decode(q: Tensor, k: Tensor, v: Tensor, lengths: Optional[Tensor], key_padding_mask: Optional[Tensor],
+                     scale: float) -> Tensor:
+    """One query per row: q (B, Hq, D) against k (B, Hkv, Tk, D), v (B, Hkv, Tk, Dv) -> (B, Hq, Dv)."""
+    out, _ = attention_forward(q[:, :, None], k, v, False, lengths, key_padding_mask, scale, 0.0, 0)
+    return out[:, :, 0]

@@ -25,9 +25,9 @@ import triton
 import triton.language as tl
 
 from ..backends import triton_interpret
-from .lstm_step import _precision
+from .common import ACC as _ACC
+from .common import key_bound, key_valid, padding_args, precision
 
-_ACC = {torch.float64: tl.float64}
 # Tile sizes per kernel, for float64 apart: the 3-D tanh tile and the accumulators fit the registers
 # without spilling (checked ahead of time for sm_90 and sm_80 by tests/test_compile_checks.py).
 FWD = {"BLOCK_Q": 16, "BLOCK_K": 32, "BLOCK_H": 16, "num_warps": 4}
@@ -43,23 +43,6 @@ def _tanh(x, FAST: tl.constexpr):
                                          is_pure=True, pack=1)
     else:
         return 2 * tl.sigmoid(2 * x) - 1
-
-
-@triton.jit
-def _key_bound(lengths_ptr, b, Tk, HAS_LENGTHS: tl.constexpr):
-    if HAS_LENGTHS:
-        return tl.minimum(tl.maximum(tl.load(lengths_ptr + b), 0), Tk)
-    else:
-        return Tk
-
-
-@triton.jit
-def _key_valid(mask_ptr, b, keys, n_keys, Tk, HAS_MASK: tl.constexpr):
-    valid = keys < n_keys
-    if HAS_MASK:
-        padded = tl.load(mask_ptr + b * Tk + keys, mask=valid, other=1)
-        valid = valid & (padded == 0)
-    return valid
 
 
 @triton.jit
@@ -98,14 +81,14 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, values_ptr, lengths_ptr, mask_ptr, context_
     d = tl.arange(0, BLOCK_D)
     d_ok = d < Dv
     q_row, k_row, val_row = q_ptr + b * Tq * H, k_ptr + b * Tk * H, values_ptr + b * Tk * Dv
-    n_keys = _key_bound(lengths_ptr, b, Tk, HAS_LENGTHS)
+    n_keys = key_bound(lengths_ptr, b, Tk, HAS_LENGTHS)
 
     m = tl.full((BLOCK_Q,), float("-inf"), dtype=ACC)
     denom = tl.zeros((BLOCK_Q,), dtype=ACC)
     acc = tl.zeros((BLOCK_Q, BLOCK_D), dtype=ACC)
     for k0 in range(0, n_keys, BLOCK_K):
         keys = k0 + tl.arange(0, BLOCK_K)
-        k_ok = _key_valid(mask_ptr, b, keys, n_keys, Tk, HAS_MASK)
+        k_ok = key_valid(mask_ptr, b, keys, n_keys, Tk, HAS_MASK)
         s = _scores(q_row, k_row, v_ptr, queries, keys, q_ok, keys < n_keys, H, BLOCK_Q, BLOCK_K, BLOCK_H, ACC,
                     FAST)
         s = tl.where(k_ok[None, :], s, float("-inf"))
@@ -136,12 +119,12 @@ def _bwd_kernel(dc_ptr, q_ptr, k_ptr, v_ptr, values_ptr, lengths_ptr, mask_ptr, 
     """dq (B, Tq, H), dk (B, Tk, H), dv (B, n_key_blocks, H) in ACC, zero-filled; dvalues (B, Tk, Dv)."""
     b = tl.program_id(1).to(tl.int64)
     kb = tl.program_id(0)
-    n_keys = _key_bound(lengths_ptr, b, Tk, HAS_LENGTHS)
+    n_keys = key_bound(lengths_ptr, b, Tk, HAS_LENGTHS)
     if kb * BLOCK_K >= n_keys:  # keys past the row's length: their gradients stay zero
         return
     keys = kb * BLOCK_K + tl.arange(0, BLOCK_K)
     k_in = keys < n_keys
-    k_ok = _key_valid(mask_ptr, b, keys, n_keys, Tk, HAS_MASK)
+    k_ok = key_valid(mask_ptr, b, keys, n_keys, Tk, HAS_MASK)
     d = tl.arange(0, BLOCK_D)
     d_ok = d < Dv
     q_row, k_row = q_ptr + b * Tq * H, k_ptr + b * Tk * H
@@ -181,7 +164,7 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, values_ptr, lengths_ptr, mask_ptr, conte
     b = tl.program_id(0).to(tl.int64)
     d = tl.arange(0, BLOCK_D)
     d_ok = d < Dv
-    n_keys = _key_bound(lengths_ptr, b, Tk, HAS_LENGTHS)
+    n_keys = key_bound(lengths_ptr, b, Tk, HAS_LENGTHS)
     m = tl.full((), float("-inf"), dtype=ACC)
     denom = tl.zeros((), dtype=ACC)
     acc = tl.zeros((BLOCK_D,), dtype=ACC)
@@ -197,7 +180,7 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, values_ptr, lengths_ptr, mask_ptr, conte
                         other=0.0).to(ACC)
             w = tl.load(v_ptr + h, mask=h_ok, other=0.0).to(ACC)
             s += tl.sum(_tanh(q[None, :] + k, FAST) * w[None, :], axis=1)
-        s = tl.where(_key_valid(mask_ptr, b, keys, n_keys, Tk, HAS_MASK), s, float("-inf"))
+        s = tl.where(key_valid(mask_ptr, b, keys, n_keys, Tk, HAS_MASK), s, float("-inf"))
         m_new = tl.maximum(m, tl.max(s, axis=0))
         shift = tl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = tl.exp(m - shift)
@@ -222,25 +205,18 @@ def _block_d(Dv: int) -> int:
     return max(16, triton.next_power_of_2(Dv))
 
 
-def _padding_args(lengths, mask, ref):
-    """(lengths, mask as uint8, HAS_LENGTHS, HAS_MASK); a one-element dummy stands in for an absent one."""
-    dummy = ref.new_empty(1, dtype=torch.int32)
-    return (dummy if lengths is None else lengths, (dummy if mask is None else mask).view(torch.uint8),
-            lengths is not None, mask is not None)
-
-
 def additive_attention_forward(query_proj, key_proj, v, values, lengths, key_padding_mask):
     B, Tq, H = query_proj.shape
     Tk, Dv = values.shape[1], values.shape[2]
     acc = torch.float64 if query_proj.dtype == torch.float64 else torch.float32
     context = query_proj.new_empty(B, Tq, Dv)
     lse = query_proj.new_empty(B, Tq, dtype=acc)
-    len_arg, mask_arg, has_len, has_mask = _padding_args(lengths, key_padding_mask, query_proj)
+    len_arg, mask_arg, has_len, has_mask = padding_args(lengths, key_padding_mask, query_proj)
     grid = (triton.cdiv(Tq, FWD["BLOCK_Q"]), B)
     _fwd_kernel[grid](query_proj, key_proj, v, values, len_arg, mask_arg, context, lse, Tq, Tk, H, Dv,
                       HAS_LENGTHS=has_len, HAS_MASK=has_mask, BLOCK_Q=FWD["BLOCK_Q"], BLOCK_K=FWD["BLOCK_K"],
                       BLOCK_H=FWD["BLOCK_H"], BLOCK_D=_block_d(Dv), ACC=_ACC.get(query_proj.dtype, tl.float32),
-                      FAST=_fast_tanh(query_proj), PRECISION=_precision(query_proj.dtype),
+                      FAST=_fast_tanh(query_proj), PRECISION=precision(query_proj.dtype),
                       num_warps=FWD["num_warps"])
     return context, lse
 
@@ -257,13 +233,13 @@ def additive_attention_backward(grad_context, query_proj, key_proj, v, values, l
     dk = query_proj.new_zeros(B, Tk, H, dtype=acc)
     dv = query_proj.new_zeros(B, n_blocks, H, dtype=acc)
     dvalues = torch.zeros_like(values)
-    len_arg, mask_arg, has_len, has_mask = _padding_args(lengths, key_padding_mask, query_proj)
+    len_arg, mask_arg, has_len, has_mask = padding_args(lengths, key_padding_mask, query_proj)
     _bwd_kernel[(n_blocks, B)](grad_context, query_proj, key_proj, v, values, len_arg, mask_arg, lse, delta,
                                dq, dk, dv, dvalues, Tq, Tk, H, Dv,
                                HAS_LENGTHS=has_len, HAS_MASK=has_mask, BLOCK_Q=cfg["BLOCK_Q"],
                                BLOCK_K=cfg["BLOCK_K"], BLOCK_H=cfg["BLOCK_H"], BLOCK_D=_block_d(Dv),
                                ACC=_ACC.get(query_proj.dtype, tl.float32), FAST=_fast_tanh(query_proj),
-                               PRECISION=_precision(query_proj.dtype), num_warps=cfg["num_warps"])
+                               PRECISION=precision(query_proj.dtype), num_warps=cfg["num_warps"])
     return (dq.to(query_proj.dtype), dk.to(key_proj.dtype), dv.sum((0, 1)).to(v.dtype), dvalues)
 
 
@@ -271,7 +247,7 @@ def additive_attention_decode(query_proj, key_proj, v, values, lengths, key_padd
     B, H = query_proj.shape
     Tk, Dv = values.shape[1], values.shape[2]
     context = query_proj.new_empty(B, Dv)
-    len_arg, mask_arg, has_len, has_mask = _padding_args(lengths, key_padding_mask, query_proj)
+    len_arg, mask_arg, has_len, has_mask = padding_args(lengths, key_padding_mask, query_proj)
     _decode_kernel[(B,)](query_proj, key_proj, v, values, len_arg, mask_arg, context, Tk, H, Dv,
                          HAS_LENGTHS=has_len, HAS_MASK=has_mask, BLOCK_K=DECODE["BLOCK_K"],
                          BLOCK_H=DECODE["BLOCK_H"], BLOCK_D=_block_d(Dv), ACC=_ACC.get(query_proj.dtype, tl.float32),

@@ -10,9 +10,10 @@ import torch
 import triton
 import triton.language as tl
 
+from .common import ACC
+
 BLOCK = 1024
 NUM_WARPS = 8  # 4 elements a thread: the float64 backward fits its registers without spilling
-_ACC = {torch.float64: tl.float64}
 
 
 @triton.jit
@@ -72,7 +73,7 @@ def forward_out(gates: torch.Tensor, c_prev: torch.Tensor, h: torch.Tensor, c: t
     """h, c <- cell(gates, c_prev); every tensor contiguous, rows leading."""
     n = c.numel()
     if n:
-        acc = _ACC.get(gates.dtype, tl.float32)
+        acc = ACC.get(gates.dtype, tl.float32)
         _lstm_cell_fwd_kernel[_grid(n)](gates, c_prev, h, c, n, c.shape[-1], BLOCK=BLOCK, ACC=acc,
                                         num_warps=NUM_WARPS)
 
@@ -81,7 +82,7 @@ def backward_out(grad_h, grad_c, gates, c_prev, grad_gates, grad_c_prev) -> None
     """grad_gates, grad_c_prev <- cell backward; grad_c_prev may be grad_c itself."""
     n = c_prev.numel()
     if n:
-        acc = _ACC.get(gates.dtype, tl.float32)
+        acc = ACC.get(gates.dtype, tl.float32)
         _lstm_cell_bwd_kernel[_grid(n)](grad_h, grad_c, gates, c_prev, grad_gates, grad_c_prev, n,
                                         c_prev.shape[-1], BLOCK=BLOCK, ACC=acc, num_warps=NUM_WARPS)
 

@@ -19,14 +19,9 @@ import torch
 import triton
 import triton.language as tl
 
+from .common import ACC as _ACC
+from .common import precision
 from .lstm_cell import _tanh
-
-_ACC = {torch.float64: tl.float64}
-
-
-def _precision(dtype: torch.dtype) -> str:
-    """float32 products in IEEE float32 unless the user let torch's matmuls use TF32."""
-    return "tf32" if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else "ieee"
 
 
 @triton.jit
@@ -150,7 +145,7 @@ def forward_out(zx, h_prev, w_hh, c_prev, z_out, c_out, h_out) -> None:
     grid = (triton.cdiv(n, cfg["BLOCK_B"]), triton.cdiv(H, cfg["BLOCK_J"]))
     _lstm_step_fwd_kernel[grid](zx, h_prev, w_hh, c_prev, z_out, c_out, h_out, n, H, P,
                                 BLOCK_B=cfg["BLOCK_B"], BLOCK_J=cfg["BLOCK_J"], BLOCK_K=cfg["BLOCK_K"],
-                                ACC=_ACC.get(zx.dtype, tl.float32), PRECISION=_precision(zx.dtype),
+                                ACC=_ACC.get(zx.dtype, tl.float32), PRECISION=precision(zx.dtype),
                                 num_warps=cfg["num_warps"])
 
 
@@ -164,7 +159,7 @@ def backward_out(dh, dc, z, c_prev, w_hh, dz_out, dc_out, dr_out) -> None:
     grid = (triton.cdiv(n, cfg["BLOCK_B"]), triton.cdiv(P, cfg["BLOCK_J"]))
     _lstm_step_bwd_kernel[grid](dh, dc, z, c_prev, w_hh, dz_out, dc_out, dr_out, n, H, P,
                                 BLOCK_B=cfg["BLOCK_B"], BLOCK_J=cfg["BLOCK_J"], BLOCK_P=cfg["BLOCK_J"],
-                                ACC=_ACC.get(z.dtype, tl.float32), PRECISION=_precision(z.dtype),
+                                ACC=_ACC.get(z.dtype, tl.float32), PRECISION=precision(z.dtype),
                                 num_warps=cfg["num_warps"])
 
 

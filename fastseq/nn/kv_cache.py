@@ -1,0 +1,94 @@
+"""The keys and values an attention layer has seen, kept across generation steps so that each new token
+attends to them without recomputing them: preallocated buffers, per-sequence lengths, beam reordering."""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+
+class KVCache:
+    """Keys (B, Hkv, capacity, D) and values (B, Hkv, capacity, Dv) of one attention layer, with the
+    number of positions each sequence holds (`lengths`, (B,) int32).
+
+    `append(k, v)` writes the new positions of every row after that row's last one; rows may hold
+    different lengths (prompts of different lengths; beams that ended). `keys()` and `values()` are
+    views of the first `max_length` positions, read in place by `fastseq.ops.attention_decode`.
+    `reorder(index)` selects rows, as beam search does after each step.
+
+    The buffers are allocated once, at `capacity` positions; appending past it raises. The largest
+    length is tracked on the host, so no step needs a device synchronization.
+    """
+
+    def __init__(self, batch: int, kv_heads: int, head_dim: int, capacity: int, value_dim: Optional[int] = None,
+                 dtype: torch.dtype = torch.float32, device: Union[torch.device, str, None] = None):
+        for name, value in (("batch", batch), ("kv_heads", kv_heads), ("head_dim", head_dim),
+                            ("capacity", capacity)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"KVCache: {name} must be a positive int, got {value!r}")
+        value_dim = head_dim if value_dim is None else value_dim
+        self.k = torch.zeros(batch, kv_heads, capacity, head_dim, dtype=dtype, device=device)
+        self.v = torch.zeros(batch, kv_heads, capacity, value_dim, dtype=dtype, device=device)
+        self.lengths = torch.zeros(batch, dtype=torch.int32, device=self.k.device)
+        self.max_length = 0  # an upper bound of lengths, known on the host
+        self.uniform = True  # every row holds max_length positions
+
+    @property
+    def capacity(self) -> int:
+        return self.k.shape[2]
+
+    @property
+    def batch(self) -> int:
+        return self.k.shape[0]
+
+    def append(self, k: Tensor, v: Tensor, counts: Union[Tensor, Sequence[int], None] = None) -> None:
+        """Write k (B, Hkv, T, D), v (B, Hkv, T, Dv) after each row's last position. counts (B,): how many
+        of the T new positions row b keeps (the rest are padding, overwritten by the next append); all
+        T when None."""
+        B, H, T, D = self.k.shape[0], self.k.shape[1], k.shape[2] if k.dim() == 4 else -1, self.k.shape[3]
+        for name, t, last in (("k", k, D), ("v", v, self.v.shape[3])):
+            if t.dim() != 4 or (t.shape[0], t.shape[1], t.shape[3]) != (B, H, last) or t.shape[2] != T:
+                raise ValueError(f"KVCache.append: {name} must have shape (B={B}, Hkv={H}, T, {last}) with the T "
+                                 f"of k, got {tuple(t.shape)}")
+            if t.dtype != self.k.dtype or t.device != self.k.device:
+                raise ValueError(f"KVCache.append: {name} must be {self.k.dtype} on {self.k.device}, got "
+                                 f"{t.dtype} on {t.device}")
+        if self.max_length + T > self.capacity:
+            raise ValueError(f"KVCache.append: {T} new positions after {self.max_length} exceed the capacity "
+                             f"{self.capacity}; allocate a larger cache")
+        if counts is None:
+            counts_t = torch.full((B,), T, dtype=torch.int32, device=self.k.device)
+        else:
+            host = torch.as_tensor(counts, device="cpu")
+            if host.shape != (B,) or host.dtype.is_floating_point or int(host.min()) < 0 or int(host.max()) > T:
+                raise ValueError(f"KVCache.append: counts must be {B} integers in [0, T={T}], got {counts!r}")
+            self.uniform = self.uniform and bool((host == T).all())
+            counts_t = host.to(device=self.k.device, dtype=torch.int32)
+        if self.uniform:
+            self.k[:, :, self.max_length:self.max_length + T] = k
+            self.v[:, :, self.max_length:self.max_length + T] = v
+        else:
+            index = (self.lengths[:, None] + torch.arange(T, device=self.k.device)[None, :]).long()
+            self.k.scatter_(2, index[:, None, :, None].expand(B, H, T, D), k)
+            self.v.scatter_(2, index[:, None, :, None].expand(B, H, T, self.v.shape[3]), v)
+        self.lengths += counts_t
+        self.max_length += T
+
+    def keys(self) -> Tensor:
+        """(B, Hkv, max_length, D), a view of the buffer."""
+        return self.k[:, :, :self.max_length]
+
+    def values(self) -> Tensor:
+        """(B, Hkv, max_length, Dv), a view of the buffer."""
+        return self.v[:, :, :self.max_length]
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep rows `index` (B',) of the cache, in that order (beam search: each beam's parent)."""
+        if index.dim() != 1 or index.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"KVCache.reorder: index must be a 1-D integer tensor, got {index.dtype} "
+                             f"{tuple(index.shape)}")
+        index = index.to(self.k.device)
+        self.k = self.k.index_select(0, index)
+        self.v = self.v.index_select(0, index)
+        self.lengths = self.lengths.index_select(0, index)

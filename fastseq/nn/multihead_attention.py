@@ -1,0 +1,248 @@
+"""Multi-head attention with torch.nn.MultiheadAttention's constructor, parameters, state_dict keys and
+forward signature, on fastseq's fused attention op (Vaswani et al. 2017).
+
+Where it differs from torch's, it says so with an error rather than computing something else:
+attn_mask serves the causal mask only (bool or float, (L, S) or (B·heads, L, S), or is_causal=True),
+the one masks a Transformer's self-attention needs; arbitrary additive masks raise. A query whose keys
+are all padding gets zeros (torch's gives NaN). The weights, computed only when need_weights, are the
+attention probabilities before dropout, through the reference path.
+
+Incremental decoding: pass a `KVCache` as `kv_cache`; the new positions' keys and values are appended
+to it and the queries attend to everything it holds (causally when several queries come at once).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import ops
+from .kv_cache import KVCache
+
+
+class MultiheadAttention(nn.Module):
+    """Allows the model to attend to information from different representation subspaces.
+
+    Args (as torch.nn.MultiheadAttention): embed_dim, num_heads, dropout=0.0 (on the attention
+    probabilities, in training), bias=True, add_bias_kv=False, add_zero_attn=False, kdim=None,
+    vdim=None, batch_first=False, device=None, dtype=None.
+
+    forward(query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
+            average_attn_weights=True, is_causal=False, lengths=None, kv_cache=None)
+        query (L, N, E) or (N, L, E) with batch_first, or (L, E) unbatched; key (S, N, kdim), value
+        (S, N, vdim) likewise. key_padding_mask (N, S): bool, True = ignore, or float with 0 / -inf.
+        lengths (N,) ints: keys at s >= lengths[n] are padding (cheaper than a mask: the kernels skip
+        them). Returns (attn_output like query, weights (N, L, S) averaged over heads, (N, heads, L, S)
+        unless average_attn_weights, or None unless need_weights).
+    """
+
+    __constants__ = ["batch_first"]
+
+    def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True,
+                 add_bias_kv: bool = False, add_zero_attn: bool = False, kdim: Optional[int] = None,
+                 vdim: Optional[int] = None, batch_first: bool = False, device=None, dtype=None) -> None:
+        if not isinstance(embed_dim, int) or embed_dim <= 0 or not isinstance(num_heads, int) or num_heads <= 0:
+            raise ValueError(f"MultiheadAttention: embed_dim and num_heads must be positive ints, got "
+                             f"embed_dim={embed_dim!r}, num_heads={num_heads!r}")
+        if embed_dim % num_heads:
+            raise ValueError(f"MultiheadAttention: embed_dim ({embed_dim}) must be divisible by num_heads "
+                             f"({num_heads})")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"MultiheadAttention: dropout must lie in [0, 1), got {dropout!r}")
+        factory = {"device": device, "dtype": dtype}
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.kdim = kdim if kdim is not None else embed_dim
+        self.vdim = vdim if vdim is not None else embed_dim
+        self._qkv_same_embed_dim = self.kdim == embed_dim and self.vdim == embed_dim
+        self.num_heads = num_heads
+        self.dropout = dropout
+        self.batch_first = batch_first
+        self.head_dim = embed_dim // num_heads
+        if self._qkv_same_embed_dim:
+            self.in_proj_weight = nn.Parameter(torch.empty(3 * embed_dim, embed_dim, **factory))
+            self.register_parameter("q_proj_weight", None)
+            self.register_parameter("k_proj_weight", None)
+            self.register_parameter("v_proj_weight", None)
+        else:
+            self.q_proj_weight = nn.Parameter(torch.empty(embed_dim, embed_dim, **factory))
+            self.k_proj_weight = nn.Parameter(torch.empty(embed_dim, self.kdim, **factory))
+            self.v_proj_weight = nn.Parameter(torch.empty(embed_dim, self.vdim, **factory))
+            self.register_parameter("in_proj_weight", None)
+        if bias:
+            self.in_proj_bias = nn.Parameter(torch.empty(3 * embed_dim, **factory))
+        else:
+            self.register_parameter("in_proj_bias", None)
+        self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **factory)
+        if add_bias_kv:
+            self.bias_k = nn.Parameter(torch.empty(1, 1, embed_dim, **factory))
+            self.bias_v = nn.Parameter(torch.empty(1, 1, embed_dim, **factory))
+        else:
+            self.bias_k = self.bias_v = None
+        self.add_zero_attn = add_zero_attn
+        self._reset_parameters()
+
+    def _reset_parameters(self) -> None:
+        """torch's initialization: Xavier-uniform projections, zero biases, Xavier-normal bias_k/v."""
+        if self._qkv_same_embed_dim:
+            nn.init.xavier_uniform_(self.in_proj_weight)
+        else:
+            for w in (self.q_proj_weight, self.k_proj_weight, self.v_proj_weight):
+                nn.init.xavier_uniform_(w)
+        if self.in_proj_bias is not None:
+            nn.init.constant_(self.in_proj_bias, 0.0)
+            nn.init.constant_(self.out_proj.bias, 0.0)
+        if self.bias_k is not None:
+            nn.init.xavier_normal_(self.bias_k)
+            nn.init.xavier_normal_(self.bias_v)
+
+    # ------------------------------------------------------------------------------------- forward
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Optional[Tensor] = None,
+                need_weights: bool = True, attn_mask: Optional[Tensor] = None, average_attn_weights: bool = True,
+                is_causal: bool = False, lengths: Union[Tensor, Sequence[int], None] = None,
+                kv_cache: Optional[KVCache] = None) -> tuple[Tensor, Optional[Tensor]]:
+        batched = query.dim() == 3
+        if query.dim() not in (2, 3) or key.dim() != query.dim() or value.dim() != query.dim():
+            raise ValueError(f"MultiheadAttention: query, key and value must all be 3-D (batched) or 2-D "
+                             f"(unbatched), got {query.dim()}-D, {key.dim()}-D, {value.dim()}-D")
+        if not batched:  # (L, E) -> one batch row
+            query, key, value = (t.unsqueeze(0) for t in (query, key, value))
+            if key_padding_mask is not None:
+                key_padding_mask = key_padding_mask.unsqueeze(0)
+        elif not self.batch_first:
+            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+        self._check_inputs(query, key, value)
+        B, L, _ = query.shape
+        q, k, v = self._project(query, key, value)
+        if kv_cache is not None:
+            out, weights = self._attend_cache(q, k, v, kv_cache, key_padding_mask, attn_mask, is_causal, lengths,
+                                              need_weights)
+        else:
+            out, weights = self._attend(q, k, v, key_padding_mask, attn_mask, is_causal, lengths, need_weights)
+        out = self.out_proj(out.transpose(1, 2).reshape(B, L, self.embed_dim))
+        if weights is not None and average_attn_weights:
+            weights = weights.mean(1)
+        if not batched:
+            return out.squeeze(0), None if weights is None else weights.squeeze(0)
+        return (out if self.batch_first else out.transpose(0, 1)), weights
+
+    def _check_inputs(self, query: Tensor, key: Tensor, value: Tensor) -> None:
+        for name, t, dim in (("query", query, self.embed_dim), ("key", key, self.kdim), ("value", value, self.vdim)):
+            if t.shape[-1] != dim:
+                raise ValueError(f"MultiheadAttention: {name} must have {dim} features in its last dim, got "
+                                 f"shape {tuple(t.shape)}")
+        if key.shape[:2] != value.shape[:2] or key.shape[0] != query.shape[0]:
+            raise ValueError(f"MultiheadAttention: key and value must share their batch and sequence sizes, and "
+                             f"the batch of query; got query {tuple(query.shape)}, key {tuple(key.shape)}, value "
+                             f"{tuple(value.shape)} (batch_first={self.batch_first})")
+
+    def _project(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(B, L, E), (B, S, kdim), (B, S, vdim) -> q (B, heads, L, hd), k and v (B, S, E)."""
+        E = self.embed_dim
+        bq, bk, bv = (None, None, None) if self.in_proj_bias is None else self.in_proj_bias.chunk(3)
+        if self._qkv_same_embed_dim and query is key and key is value:
+            q, k, v = F.linear(query, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
+        elif self._qkv_same_embed_dim:
+            wq, wk, wv = self.in_proj_weight.chunk(3)
+            q, k, v = F.linear(query, wq, bq), F.linear(key, wk, bk), F.linear(value, wv, bv)
+        else:
+            q, k, v = (F.linear(query, self.q_proj_weight, bq), F.linear(key, self.k_proj_weight, bk),
+                       F.linear(value, self.v_proj_weight, bv))
+        B, L, _ = q.shape
+        return q.view(B, L, self.num_heads, E // self.num_heads).transpose(1, 2), k, v
+
+    def _heads(self, t: Tensor) -> Tensor:
+        B, S, _ = t.shape
+        return t.view(B, S, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def _attend(self, q, k, v, key_padding_mask, attn_mask, is_causal, lengths, need_weights):
+        B, _, L, _ = q.shape
+        S = k.shape[1]
+        causal = self._causal(attn_mask, is_causal, L, S, B)
+        mask = _bool_padding(key_padding_mask)
+        extra = int(self.bias_k is not None) + int(self.add_zero_attn)
+        if extra:
+            if causal:
+                raise ValueError("MultiheadAttention: add_bias_kv and add_zero_attn cannot be combined with a causal "
+                                 "attn_mask here (the extra keys would fall outside the causal band)")
+            if lengths is not None:  # the extra keys come after the padded ones: a mask says which are which
+                mask = _lengths_mask(lengths, S, k.device) if mask is None else mask | _lengths_mask(lengths, S,
+                                                                                                    k.device)
+                lengths = None
+            if mask is not None:
+                mask = torch.cat([mask, mask.new_zeros(B, extra)], dim=1)
+        if self.bias_k is not None:
+            k = torch.cat([k, self.bias_k.expand(B, 1, -1)], dim=1)
+            v = torch.cat([v, self.bias_v.expand(B, 1, -1)], dim=1)
+        k, v = self._heads(k), self._heads(v)
+        if self.add_zero_attn:
+            k = torch.cat([k, k.new_zeros(B, self.num_heads, 1, self.head_dim)], dim=2)
+            v = torch.cat([v, v.new_zeros(B, self.num_heads, 1, self.head_dim)], dim=2)
+        out = ops.attention(q, k, v, causal=causal, key_padding_mask=mask, lengths=lengths,
+                            dropout_p=self.dropout if self.training else 0.0)
+        weights = ops.attention_weights(q, k, causal, mask, lengths) if need_weights else None
+        return out, weights
+
+    def _attend_cache(self, q, k, v, cache, key_padding_mask, attn_mask, is_causal, lengths, need_weights):
+        if key_padding_mask is not None or lengths is not None:
+            raise ValueError("MultiheadAttention: with a kv_cache the cache's lengths say which keys each row "
+                             "holds; pass no key_padding_mask or lengths")
+        if self.bias_k is not None or self.add_zero_attn:
+            raise ValueError("MultiheadAttention: kv_cache does not serve add_bias_kv or add_zero_attn")
+        L = q.shape[2]
+        if L > 1 and not cache.uniform:
+            raise ValueError("MultiheadAttention: several queries at once need a kv_cache whose rows hold equal "
+                             "lengths; append ragged prompts with their counts, then decode one token at a time")
+        cache.append(self._heads(k), self._heads(v))
+        keys, values = cache.keys(), cache.values()
+        if L == 1:
+            out = ops.attention_decode(q[:, :, 0], keys, values, lengths=cache.lengths)[:, :, None]
+        else:
+            out = ops.attention(q, keys, values, causal=True, lengths=cache.lengths,
+                                dropout_p=self.dropout if self.training else 0.0)
+        weights = ops.attention_weights(q, keys, L > 1, None, cache.lengths) if need_weights else None
+        return out, weights
+
+    def _causal(self, attn_mask: Optional[Tensor], is_causal: bool, L: int, S: int, B: int) -> bool:
+        """Whether attn_mask / is_causal ask for the causal mask; any other attn_mask raises."""
+        if attn_mask is None and not is_causal:
+            return False
+        if L != S:
+            raise ValueError(f"MultiheadAttention: a causal attn_mask needs as many queries as keys, got L={L}, "
+                             f"S={S}")
+        if attn_mask is None or is_causal:  # is_causal: the caller promises attn_mask is the causal mask
+            return True
+        shapes = ((L, S), (B * self.num_heads, L, S))
+        if tuple(attn_mask.shape) not in shapes:
+            raise ValueError(f"MultiheadAttention: attn_mask must have shape (L, S) = {shapes[0]} or "
+                             f"(N·num_heads, L, S) = {shapes[1]}, got {tuple(attn_mask.shape)}")
+        future = torch.ones(L, S, dtype=torch.bool, device=attn_mask.device).triu(1)
+        if attn_mask.dtype == torch.bool:
+            is_future_mask = bool((attn_mask == future).all())
+        else:
+            blocked = attn_mask == float("-inf")
+            is_future_mask = bool((blocked == future).all()) and bool((attn_mask.masked_fill(blocked, 0) == 0).all())
+        if not is_future_mask:
+            raise ValueError("MultiheadAttention: attn_mask must be the causal mask (True or -inf above the "
+                             "diagonal, False or 0 elsewhere); fastseq's attention serves no other attn_mask")
+        return True
+
+
+def _bool_padding(key_padding_mask: Optional[Tensor]) -> Optional[Tensor]:
+    """torch's key_padding_mask as bool (True = padded): bool as is; float with 0 (keep) or -inf (pad)."""
+    if key_padding_mask is None or key_padding_mask.dtype == torch.bool:
+        return key_padding_mask
+    if not key_padding_mask.is_floating_point():
+        raise TypeError(f"MultiheadAttention: key_padding_mask must be bool or float, got {key_padding_mask.dtype}")
+    padded = key_padding_mask == float("-inf")
+    if not bool((key_padding_mask.masked_fill(padded, 0) == 0).all()):
+        raise ValueError("MultiheadAttention: a float key_padding_mask must hold only 0 (keep) and -inf (pad)")
+    return padded
+
+
+def _lengths_mask(lengths, S: int, device: torch.device) -> Tensor:
+    lengths = torch.as_tensor(lengths, device=device)
+    return torch.arange(S, device=device)[None, :] >= lengths[:, None]
