@@ -1,10 +1,10 @@
 """Benchmark sweep: fastseq against the baseline a user would otherwise pick, side by side in one run.
 
-    python benchmarks/sweep.py [--ops lstm additive_attention] [--preset cpu|gpu|quick] [--dtypes ...] [--out DIR]
+    python benchmarks/sweep.py [--ops lstm additive_attention attention] [--preset cpu|gpu|quick] [--dtypes ...] [--out DIR]
 
 One JSON per op (device, versions, dtypes, sizes, commit, the measured ceilings; median and quartiles;
 ratios to the baselines; fractions of the ceilings) and one plot per op, in the output folder.
-The ops' cases and baselines: bench_lstm.py, bench_additive_attention.py.
+The ops' cases and baselines: bench_lstm.py, bench_additive_attention.py, bench_attention.py.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_additive_attention  # noqa: E402
+import bench_attention  # noqa: E402
 import bench_lstm  # noqa: E402
 import timing  # noqa: E402
 from timing import DTYPES  # noqa: E402
@@ -27,7 +28,7 @@ import fastseq  # noqa: E402
 from fastseq import backends  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-OPS = {"lstm": bench_lstm, "additive_attention": bench_additive_attention}
+OPS = {"lstm": bench_lstm, "additive_attention": bench_additive_attention, "attention": bench_attention}
 
 
 def fused_backends(op: str, device: torch.device) -> list[str]:

@@ -51,6 +51,9 @@ TORCH_LIBRARY(fastseq_ext, m) {
   m.def(
       "additive_attention_decode(Tensor query_proj, Tensor key_proj, Tensor v, Tensor values, Tensor? lengths, "
       "Tensor? key_padding_mask) -> Tensor");
+  m.def(
+      "attention_decode(Tensor q, Tensor k, Tensor v, Tensor? lengths, Tensor? key_padding_mask, float scale) "
+      "-> Tensor");
 }
 
 #define FASTSEQ_IMPL(m)                                             \
@@ -66,6 +69,7 @@ TORCH_LIBRARY_IMPL(fastseq_ext, CUDA, m) {
   m.impl("additive_attention_forward", &fastseq::additive_attention_forward);
   m.impl("additive_attention_backward", &fastseq::additive_attention_backward);
   m.impl("additive_attention_decode", &fastseq::additive_attention_decode);
+  m.impl("attention_decode", &fastseq::attention_decode);
 }
 #endif
 

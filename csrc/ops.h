@@ -37,6 +37,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> additive_attention_backward(
 Tensor additive_attention_decode(const Tensor& query_proj, const Tensor& key_proj, const Tensor& v,
                                  const Tensor& values, const std::optional<Tensor>& lengths,
                                  const std::optional<Tensor>& key_padding_mask);
+// Decoding attention: one query per (batch row, head) against a KV cache (view).
+Tensor attention_decode(const Tensor& q, const Tensor& k, const Tensor& v, const std::optional<Tensor>& lengths,
+                        const std::optional<Tensor>& key_padding_mask, double scale);
 #endif
 
 }  // namespace fastseq

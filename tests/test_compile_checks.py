@@ -16,10 +16,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 triton = pytest.importorskip("triton")
 
 
-def _variant_names():
+def _variants():
     from fastseq.triton import aot
 
-    return [spec[0] for spec in aot.specs()]
+    return [(arch, spec[0]) for arch, spec in aot.variants()]
 
 
 @pytest.fixture(scope="module")
@@ -33,13 +33,31 @@ def aot_reports():
     return {(r["arch"], r["name"]): r for r in json.loads(out.stdout.strip().splitlines()[-1])}
 
 
-@pytest.mark.parametrize("arch", [90, 80])
-@pytest.mark.parametrize("name", _variant_names())
+@pytest.mark.parametrize("arch,name", _variants(), ids=lambda v: str(v))
 def test_triton_kernel_compiles_ahead_of_time_without_spills(aot_reports, arch, name):
     report = aot_reports[(arch, name)]
     assert report["ok"], report.get("error")
     assert report["ptx_target"] in (f"sm_{arch}", f"sm_{arch}a")  # Triton targets sm_90a on Hopper
     assert report["spill_stores"] == 0 and report["spill_loads"] == 0, report
+
+
+def _hopper_attention_tiles():
+    """The 16-bit attention variants for sm_90 whose query tile spans a warpgroup (64 rows a group)."""
+    from fastseq.triton import aot
+
+    for arch, spec in aot.variants((90,)):
+        name, options = spec[0], spec[4]
+        if name.startswith(("attention_fwd[", "attention_dq[")) and ",fp32," not in name and ",fp64," not in name:
+            if spec[3]["BLOCK_M"] >= 64 * options["num_warps"] // 4:
+                yield name
+
+
+@pytest.mark.parametrize("name", list(_hopper_attention_tiles()))
+def test_attention_matmuls_lower_to_wgmma_on_hopper(aot_reports, name):
+    """On sm_90 the attention's tl.dot must become Hopper's warpgroup MMA, not the Ampere mma.sync."""
+    report = aot_reports[(90, name)]
+    assert report["ok"], report.get("error")
+    assert report["mma"] == ["wgmma"], report
 
 
 SPILLS = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")

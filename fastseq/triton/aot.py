@@ -3,8 +3,9 @@ each variant's registers and spills (read from ptxas, the one Triton itself uses
 
     python -m fastseq.triton.aot --arch 90 80 [--json]
 
-Each kernel module lists the variants its launchers use in `aot_specs()`. Needs the real JIT: run it
-with TRITON_INTERPRET unset or 0.
+Each kernel module lists the variants its launchers use in `aot_specs()`: (name, kernel, signature,
+constexprs, options), and optionally the architectures the variant is meant for (configurations tuned
+per architecture). Needs the real JIT: run it with TRITON_INTERPRET unset or 0.
 """
 from __future__ import annotations
 
@@ -18,12 +19,21 @@ import subprocess
 import sys
 import tempfile
 
-SPEC_MODULES = ("fastseq.triton.lstm_cell", "fastseq.triton.lstm_step", "fastseq.triton.additive_attention")
+SPEC_MODULES = ("fastseq.triton.lstm_cell", "fastseq.triton.lstm_step", "fastseq.triton.additive_attention",
+                "fastseq.triton.attention")
 
 
 def specs():
     for module in SPEC_MODULES:
         yield from importlib.import_module(module).aot_specs()
+
+
+def variants(archs=(90, 80)):
+    """(arch, spec) for every variant meant for each architecture."""
+    for spec in specs():
+        for arch in archs:
+            if len(spec) == 5 or arch in spec[5]:
+                yield arch, spec[:5]
 
 
 def _ptxas(arch: int) -> str | None:
@@ -55,6 +65,8 @@ def compile_one(name, kernel, signature, constexprs, options, arch: int) -> dict
         return {**report, "ok": False, "error": f"{type(e).__name__}: {e}"}
     ptx = compiled.asm["ptx"]
     report["ptx_target"] = next((line.split()[1] for line in ptx.splitlines() if line.startswith(".target")), None)
+    # the matrix instructions tl.dot lowered to: Hopper's asynchronous warpgroup MMA, or the warp-level one
+    report["mma"] = sorted({m for m, op in (("wgmma", "wgmma.mma_async"), ("mma", "mma.sync")) if op in ptx})
     sm = f"sm_{arch}a" if arch >= 90 else f"sm_{arch}"
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "kernel.ptx")
@@ -78,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         parser.error("TRITON_INTERPRET is set: the interpreter cannot compile ahead of time; unset it")
-    reports = [compile_one(*spec, arch) for arch in args.arch for spec in specs()]
+    reports = [compile_one(*spec, arch) for arch, spec in variants(args.arch)]
     if args.json:
         print(json.dumps(reports))
     else:

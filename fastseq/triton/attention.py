@@ -42,30 +42,69 @@ from .common import ACC, key_bound, key_valid, padding_args, precision
 LOG2E = 1.4426950408889634
 MAX_HEAD_DIM = 256
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages) tried by the autotuner, per element size and largest head dim.
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) tried by the autotuner, per kernel, architecture (90: Hopper,
+# 80: Ampere and the rest), element size (2 or 4 bytes) and largest head dim (64, 128, 256): each
+# compiles without spilling (tests/test_compile_checks.py). With dropout only the last, smallest one
+# runs (Philox's counters take registers).
 CONFIGS = {
-    "fwd": {2: {128: [(128, 64, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3)], 256: [(64, 64, 4, 2), (64, 32, 4, 2)]},
-            4: {128: [(64, 32, 4, 2), (32, 64, 4, 2)], 256: [(32, 32, 4, 1)]}},
-    "dkdv": {2: {128: [(64, 128, 8, 2), (32, 64, 4, 2)], 256: [(32, 64, 8, 1), (16, 32, 4, 1)]},
-             4: {128: [(32, 32, 4, 1)], 256: [(16, 32, 4, 1)]}},
-    "dq": {2: {128: [(128, 64, 8, 2), (64, 32, 4, 2)], 256: [(64, 32, 4, 1), (32, 32, 4, 1)]},
-           4: {128: [(32, 32, 4, 1)], 256: [(16, 32, 4, 1)]}},
+    ("fwd", 90, 2): {64: [(128, 64, 8, 3), (128, 64, 8, 2), (64, 32, 4, 2)],
+                     128: [(128, 64, 8, 3), (128, 64, 8, 2), (64, 32, 4, 2)], 256: [(32, 32, 4, 2)]},
+    ("fwd", 80, 2): {64: [(128, 64, 8, 3), (64, 64, 4, 2)], 128: [(128, 64, 8, 3), (128, 64, 8, 2), (64, 32, 4, 2)],
+                     256: [(32, 32, 4, 2)]},
+    ("dkdv", 90, 2): {64: [(16, 64, 8, 2), (32, 32, 4, 2)], 128: [(16, 64, 8, 2), (32, 32, 4, 2)],
+                      256: [(16, 16, 4, 1)]},
+    ("dkdv", 80, 2): {64: [(16, 64, 8, 2), (32, 32, 4, 2)], 128: [(32, 32, 4, 2), (16, 32, 4, 2)],
+                      256: [(16, 16, 4, 1)]},
+    ("dq", 90, 2): {64: [(128, 64, 8, 2), (64, 32, 4, 2)], 128: [(128, 64, 8, 2), (128, 32, 8, 2), (64, 32, 4, 2)],
+                    256: [(64, 32, 4, 2), (32, 32, 4, 1)]},
+    ("dq", 80, 2): {64: [(128, 64, 8, 2), (64, 32, 4, 2)], 128: [(64, 32, 4, 2), (32, 32, 4, 1)],
+                    256: [(32, 32, 4, 1)]},
 }
+for _kernel in ("fwd", "dkdv", "dq"):  # float32: FMA products (or TF32) hold whole tiles in registers
+    for _arch in (90, 80):
+        CONFIGS[(_kernel, _arch, 4)] = {64: [(16, 16, 4, 1)], 128: [(16, 16, 4, 1)], 256: [(16, 16, 4, 1)]}
 FIXED = {"BLOCK_M": 16, "BLOCK_N": 16, "num_warps": 4, "num_stages": 1}  # float64, and the interpreter
-DECODE = {"BLOCK_N": 64, "num_warps": 4}
+DECODE = {"BLOCK_N": {2: 64, 4: 16, 8: 16}, "num_warps": 4}  # keys a step, by element size (registers)
 
 
 # ------------------------------------------------------------------------------------------ kernels
 
 
 @triton.jit
-def _keep(seed, keys, queries, bh, p_drop):
+def _tile(ptr, rows, row_ok, W: tl.constexpr, BLOCK_W: tl.constexpr, CHECK_ROWS: tl.constexpr):
+    """Rows `rows` (len(rows), BLOCK_W) of a row-major matrix of width W, zeros past W and where not
+    row_ok; only the masks that can be false are applied, so full tiles load as wide vectors."""
+    cols = tl.arange(0, BLOCK_W)
+    ptrs = ptr + rows[:, None] * W + cols[None, :]
+    if CHECK_ROWS:
+        if W == BLOCK_W:
+            return tl.load(ptrs, mask=row_ok[:, None], other=0.0)
+        else:
+            return tl.load(ptrs, mask=row_ok[:, None] & (cols < W)[None, :], other=0.0)
+    else:
+        if W == BLOCK_W:
+            return tl.load(ptrs)
+        else:
+            return tl.load(ptrs, mask=(cols < W)[None, :], other=0.0)
+
+
+@triton.jit
+def _store_tile(ptr, value, rows, row_ok, W: tl.constexpr, BLOCK_W: tl.constexpr):
+    cols = tl.arange(0, BLOCK_W)
+    ptrs = ptr + rows[:, None] * W + cols[None, :]
+    if W == BLOCK_W:
+        tl.store(ptrs, value.to(ptr.dtype.element_ty), mask=row_ok[:, None])
+    else:
+        tl.store(ptrs, value.to(ptr.dtype.element_ty), mask=row_ok[:, None] & (cols < W)[None, :])
+
+
+@triton.jit
+def _keep(seed, keys, queries, bh, p_drop, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """Dropout's kept entries (BLOCK_M, BLOCK_N) for the queries × keys of batch-row-head bh."""
-    shape = (queries.shape[0], keys.shape[0])
-    c0 = tl.broadcast_to(keys[None, :], shape).to(tl.uint32)
-    c1 = tl.broadcast_to(queries[:, None], shape).to(tl.uint32)
-    c2 = tl.full(shape, 0, tl.uint32) + bh.to(tl.uint32)
-    r, _, _, _ = tl.philox(seed, c0, c1, c2, tl.zeros(shape, tl.uint32))
+    c0 = tl.broadcast_to(keys[None, :], (BLOCK_M, BLOCK_N)).to(tl.uint32)
+    c1 = tl.broadcast_to(queries[:, None], (BLOCK_M, BLOCK_N)).to(tl.uint32)
+    c2 = tl.full((BLOCK_M, BLOCK_N), 0, tl.uint32) + bh.to(tl.uint32)
+    r, _, _, _ = tl.philox(seed, c0, c1, c2, tl.zeros((BLOCK_M, BLOCK_N), tl.uint32))
     return tl.uint_to_uniform_float(r) >= p_drop
 
 
@@ -93,16 +132,15 @@ def _key_range(m0, n_keys, Tq, Tk, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 
 
 @triton.jit
-def _fwd_block(acc, m, l, q, k_row, v_row, mask_ptr, b, bh, queries, k0, n_keys, Tq, Tk, D, Dv, qk_scale, seed,
-               p_drop, MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr,
-               BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, ACC: tl.constexpr,
-               PRECISION: tl.constexpr):
+def _fwd_block(acc, m, l, q, k_row, v_row, mask_ptr, b, bh, queries, k0, n_keys, Tq, Tk, qk_scale, seed, p_drop,
+               D: tl.constexpr, Dv: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
+               DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+               BLOCK_DV: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr):
+    """One block of keys of the online softmax; MASKED for the blocks some query sees only in part (the
+    unmasked ones lie below the row's length: their loads need no key mask)."""
     keys = k0 + tl.arange(0, BLOCK_N)
-    d = tl.arange(0, BLOCK_D)
-    dv = tl.arange(0, BLOCK_DV)
-    k_in = keys < n_keys
-    kt = tl.load(k_row + keys[None, :] * D + d[:, None], mask=k_in[None, :] & (d < D)[:, None], other=0.0)
-    s = tl.dot(q, kt, input_precision=PRECISION, out_dtype=ACC) * qk_scale
+    k = _tile(k_row, keys, keys < n_keys, D, BLOCK_D, MASKED)
+    s = tl.dot(q, tl.trans(k), input_precision=PRECISION, out_dtype=ACC) * qk_scale
     if MASKED:
         s = tl.where(_visible(mask_ptr, b, queries, keys, n_keys, Tq, Tk, CAUSAL, HAS_MASK), s, float("-inf"))
     elif HAS_MASK:
@@ -113,18 +151,17 @@ def _fwd_block(acc, m, l, q, k_row, v_row, mask_ptr, b, bh, queries, k0, n_keys,
     p = tl.exp2(s - shift[:, None])
     l = l * alpha + tl.sum(p, axis=1)
     if DROPOUT:
-        p = tl.where(_keep(seed, keys, queries, bh, p_drop), p, 0.0)
-    v = tl.load(v_row + keys[:, None] * Dv + dv[None, :], mask=k_in[:, None] & (dv < Dv)[None, :], other=0.0)
+        p = tl.where(_keep(seed, keys, queries, bh, p_drop, BLOCK_M, BLOCK_N), p, 0.0)
+    v = _tile(v_row, keys, keys < n_keys, Dv, BLOCK_DV, MASKED)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION, out_dtype=ACC)
     return acc, m_new, l
 
 
 @triton.jit
-def _fwd_kernel(q_ptr, k_ptr, v_ptr, lengths_ptr, mask_ptr, out_ptr, lse_ptr, Hq, GROUP, Tq, Tk, D, Dv, T_BUCKET,
-                scales_ptr, seed, p_drop,
-                CAUSAL: tl.constexpr, HAS_LENGTHS: tl.constexpr, HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-                ACC: tl.constexpr, PRECISION: tl.constexpr):
+def _fwd_kernel(q_ptr, k_ptr, v_ptr, lengths_ptr, mask_ptr, out_ptr, lse_ptr, Hq, GROUP, Tq, Tk, T_BUCKET, scales_ptr,
+                seed, p_drop, D: tl.constexpr, Dv: tl.constexpr, CAUSAL: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+                HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr):
     """q (B, Hq, Tq, D), k (B, Hkv, Tk, D), v (B, Hkv, Tk, Dv) -> out (B, Hq, Tq, Dv), lse (B, Hq, Tq).
     scales: (scale · log2 e, scale, log2 e) in ACC; T_BUCKET only keys the autotuner's cache."""
     qk_scale, log2e = tl.load(scales_ptr), tl.load(scales_ptr + 2)
@@ -134,10 +171,7 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, lengths_ptr, mask_ptr, out_ptr, lse_ptr, Hq
     m0 = tl.program_id(0) * BLOCK_M
     queries = m0 + tl.arange(0, BLOCK_M)
     q_ok = queries < Tq
-    d = tl.arange(0, BLOCK_D)
-    dv = tl.arange(0, BLOCK_DV)
-    q = tl.load(q_ptr + bh * Tq * D + queries[:, None] * D + d[None, :], mask=q_ok[:, None] & (d < D)[None, :],
-                other=0.0)
+    q = _tile(q_ptr + bh * Tq * D, queries, q_ok, D, BLOCK_D, True)
     k_row, v_row = k_ptr + kvh * Tk * D, v_ptr + kvh * Tk * Dv
     n_keys = key_bound(lengths_ptr, b, Tk, HAS_LENGTHS)
     full, end = _key_range(m0, n_keys, Tq, Tk, BLOCK_M, BLOCK_N, CAUSAL)
@@ -146,27 +180,26 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, lengths_ptr, mask_ptr, out_ptr, lse_ptr, Hq
     l = tl.zeros((BLOCK_M,), dtype=ACC)
     acc = tl.zeros((BLOCK_M, BLOCK_DV), dtype=ACC)
     for k0 in range(0, full, BLOCK_N):
-        acc, m, l = _fwd_block(acc, m, l, q, k_row, v_row, mask_ptr, b, bh, queries, k0, n_keys, Tq, Tk, D, Dv,
-                               qk_scale, seed, p_drop, False, CAUSAL, HAS_MASK, DROPOUT, BLOCK_N, BLOCK_D, BLOCK_DV,
-                               ACC, PRECISION)
+        acc, m, l = _fwd_block(acc, m, l, q, k_row, v_row, mask_ptr, b, bh, queries, k0, n_keys, Tq, Tk, qk_scale,
+                               seed, p_drop, D, Dv, False, CAUSAL, HAS_MASK, DROPOUT, BLOCK_M, BLOCK_N, BLOCK_D,
+                               BLOCK_DV, ACC, PRECISION)
     for k0 in range(full, end, BLOCK_N):
-        acc, m, l = _fwd_block(acc, m, l, q, k_row, v_row, mask_ptr, b, bh, queries, k0, n_keys, Tq, Tk, D, Dv,
-                               qk_scale, seed, p_drop, True, CAUSAL, HAS_MASK, DROPOUT, BLOCK_N, BLOCK_D, BLOCK_DV,
-                               ACC, PRECISION)
+        acc, m, l = _fwd_block(acc, m, l, q, k_row, v_row, mask_ptr, b, bh, queries, k0, n_keys, Tq, Tk, qk_scale,
+                               seed, p_drop, D, Dv, True, CAUSAL, HAS_MASK, DROPOUT, BLOCK_M, BLOCK_N, BLOCK_D,
+                               BLOCK_DV, ACC, PRECISION)
 
     empty = l == 0  # no visible key: zero output, lse = +inf
     if DROPOUT:
         acc = acc / (1 - p_drop)
     out = tl.where(empty[:, None], 0.0, acc / tl.where(empty, 1.0, l)[:, None])
     lse = tl.where(empty, float("inf"), (m + tl.log2(tl.where(empty, 1.0, l))) / log2e)
-    tl.store(out_ptr + bh * Tq * Dv + queries[:, None] * Dv + dv[None, :], out.to(out_ptr.dtype.element_ty),
-             mask=q_ok[:, None] & (dv < Dv)[None, :])
+    _store_tile(out_ptr + bh * Tq * Dv, out, queries, q_ok, Dv, BLOCK_DV)
     tl.store(lse_ptr + bh * Tq + queries, lse.to(lse_ptr.dtype.element_ty), mask=q_ok)
 
 
 @triton.jit
 def _bwd_dkdv_kernel(do_ptr, q_ptr, k_ptr, v_ptr, lengths_ptr, mask_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
-                     Hq, GROUP, Tq, Tk, D, Dv, T_BUCKET, scales_ptr, seed, p_drop,
+                     Hq, GROUP, Tq, Tk, T_BUCKET, scales_ptr, seed, p_drop, D: tl.constexpr, Dv: tl.constexpr,
                      CAUSAL: tl.constexpr, HAS_LENGTHS: tl.constexpr, HAS_MASK: tl.constexpr,
                      DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                      BLOCK_DV: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr):
@@ -177,17 +210,12 @@ def _bwd_dkdv_kernel(do_ptr, q_ptr, k_ptr, v_ptr, lengths_ptr, mask_ptr, lse_ptr
     b = bkv // Hkv
     n0 = tl.program_id(0) * BLOCK_N
     keys = n0 + tl.arange(0, BLOCK_N)
-    d = tl.arange(0, BLOCK_D)
-    dv = tl.arange(0, BLOCK_DV)
     n_keys = key_bound(lengths_ptr, b, Tk, HAS_LENGTHS)
-    k_in = keys < n_keys
     dk_acc = tl.zeros((BLOCK_N, BLOCK_D), dtype=ACC)
     dv_acc = tl.zeros((BLOCK_N, BLOCK_DV), dtype=ACC)
     if n0 < n_keys:
-        k = tl.load(k_ptr + bkv * Tk * D + keys[:, None] * D + d[None, :], mask=k_in[:, None] & (d < D)[None, :],
-                    other=0.0)
-        v = tl.load(v_ptr + bkv * Tk * Dv + keys[:, None] * Dv + dv[None, :],
-                    mask=k_in[:, None] & (dv < Dv)[None, :], other=0.0)
+        k = _tile(k_ptr + bkv * Tk * D, keys, keys < n_keys, D, BLOCK_D, True)
+        v = _tile(v_ptr + bkv * Tk * Dv, keys, keys < n_keys, Dv, BLOCK_DV, True)
         k_ok = key_valid(mask_ptr, b, keys, n_keys, Tk, HAS_MASK)
         start = 0
         if CAUSAL:  # queries before the diagonal see none of these keys
@@ -197,10 +225,8 @@ def _bwd_dkdv_kernel(do_ptr, q_ptr, k_ptr, v_ptr, lengths_ptr, mask_ptr, lse_ptr
             for m0 in range(start, Tq, BLOCK_M):
                 queries = m0 + tl.arange(0, BLOCK_M)
                 q_ok = queries < Tq
-                q = tl.load(q_ptr + bh * Tq * D + queries[:, None] * D + d[None, :],
-                            mask=q_ok[:, None] & (d < D)[None, :], other=0.0)
-                do = tl.load(do_ptr + bh * Tq * Dv + queries[:, None] * Dv + dv[None, :],
-                             mask=q_ok[:, None] & (dv < Dv)[None, :], other=0.0)
+                q = _tile(q_ptr + bh * Tq * D, queries, q_ok, D, BLOCK_D, True)
+                do = _tile(do_ptr + bh * Tq * Dv, queries, q_ok, Dv, BLOCK_DV, True)
                 lse = tl.load(lse_ptr + bh * Tq + queries, mask=q_ok, other=float("inf")) * log2e
                 delta = tl.load(delta_ptr + bh * Tq + queries, mask=q_ok, other=0.0)
                 st = tl.dot(k, tl.trans(q), input_precision=PRECISION, out_dtype=ACC) * qk_scale
@@ -210,7 +236,7 @@ def _bwd_dkdv_kernel(do_ptr, q_ptr, k_ptr, v_ptr, lengths_ptr, mask_ptr, lse_ptr
                 pt = tl.where(seen, tl.exp2(st - lse[None, :]), 0.0)
                 dpt = tl.dot(v, tl.trans(do), input_precision=PRECISION, out_dtype=ACC)
                 if DROPOUT:
-                    keep = tl.trans(_keep(seed, keys, queries, bh, p_drop))
+                    keep = tl.trans(_keep(seed, keys, queries, bh, p_drop, BLOCK_M, BLOCK_N))
                     dv_acc += tl.dot(tl.where(keep, pt / (1 - p_drop), 0.0).to(do.dtype), do,
                                      input_precision=PRECISION, out_dtype=ACC)
                     dpt = tl.where(keep, dpt / (1 - p_drop), 0.0)
@@ -218,16 +244,13 @@ def _bwd_dkdv_kernel(do_ptr, q_ptr, k_ptr, v_ptr, lengths_ptr, mask_ptr, lse_ptr
                     dv_acc += tl.dot(pt.to(do.dtype), do, input_precision=PRECISION, out_dtype=ACC)
                 dst = pt * (dpt - delta[None, :])
                 dk_acc += tl.dot(dst.to(q.dtype), q, input_precision=PRECISION, out_dtype=ACC)
-    in_t = keys < Tk
-    tl.store(dk_ptr + bkv * Tk * D + keys[:, None] * D + d[None, :], (dk_acc * scale).to(dk_ptr.dtype.element_ty),
-             mask=in_t[:, None] & (d < D)[None, :])
-    tl.store(dv_ptr + bkv * Tk * Dv + keys[:, None] * Dv + dv[None, :], dv_acc.to(dv_ptr.dtype.element_ty),
-             mask=in_t[:, None] & (dv < Dv)[None, :])
+    _store_tile(dk_ptr + bkv * Tk * D, dk_acc * scale, keys, keys < Tk, D, BLOCK_D)
+    _store_tile(dv_ptr + bkv * Tk * Dv, dv_acc, keys, keys < Tk, Dv, BLOCK_DV)
 
 
 @triton.jit
 def _bwd_dq_kernel(do_ptr, q_ptr, k_ptr, v_ptr, lengths_ptr, mask_ptr, lse_ptr, delta_ptr, dq_ptr,
-                   Hq, GROUP, Tq, Tk, D, Dv, T_BUCKET, scales_ptr, seed, p_drop,
+                   Hq, GROUP, Tq, Tk, T_BUCKET, scales_ptr, seed, p_drop, D: tl.constexpr, Dv: tl.constexpr,
                    CAUSAL: tl.constexpr, HAS_LENGTHS: tl.constexpr, HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
                    ACC: tl.constexpr, PRECISION: tl.constexpr):
@@ -239,12 +262,8 @@ def _bwd_dq_kernel(do_ptr, q_ptr, k_ptr, v_ptr, lengths_ptr, mask_ptr, lse_ptr, 
     m0 = tl.program_id(0) * BLOCK_M
     queries = m0 + tl.arange(0, BLOCK_M)
     q_ok = queries < Tq
-    d = tl.arange(0, BLOCK_D)
-    dv = tl.arange(0, BLOCK_DV)
-    q = tl.load(q_ptr + bh * Tq * D + queries[:, None] * D + d[None, :], mask=q_ok[:, None] & (d < D)[None, :],
-                other=0.0)
-    do = tl.load(do_ptr + bh * Tq * Dv + queries[:, None] * Dv + dv[None, :],
-                 mask=q_ok[:, None] & (dv < Dv)[None, :], other=0.0)
+    q = _tile(q_ptr + bh * Tq * D, queries, q_ok, D, BLOCK_D, True)
+    do = _tile(do_ptr + bh * Tq * Dv, queries, q_ok, Dv, BLOCK_DV, True)
     lse = tl.load(lse_ptr + bh * Tq + queries, mask=q_ok, other=float("inf")) * log2e
     delta = tl.load(delta_ptr + bh * Tq + queries, mask=q_ok, other=0.0)
     n_keys = key_bound(lengths_ptr, b, Tk, HAS_LENGTHS)
@@ -252,26 +271,22 @@ def _bwd_dq_kernel(do_ptr, q_ptr, k_ptr, v_ptr, lengths_ptr, mask_ptr, lse_ptr, 
     dq = tl.zeros((BLOCK_M, BLOCK_D), dtype=ACC)
     for k0 in range(0, end, BLOCK_N):
         keys = k0 + tl.arange(0, BLOCK_N)
-        k_in = keys < n_keys
-        k = tl.load(k_ptr + kvh * Tk * D + keys[:, None] * D + d[None, :], mask=k_in[:, None] & (d < D)[None, :],
-                    other=0.0)
-        v = tl.load(v_ptr + kvh * Tk * Dv + keys[:, None] * Dv + dv[None, :],
-                    mask=k_in[:, None] & (dv < Dv)[None, :], other=0.0)
+        k = _tile(k_ptr + kvh * Tk * D, keys, keys < n_keys, D, BLOCK_D, True)
+        v = _tile(v_ptr + kvh * Tk * Dv, keys, keys < n_keys, Dv, BLOCK_DV, True)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION, out_dtype=ACC) * qk_scale
         p = tl.where(_visible(mask_ptr, b, queries, keys, n_keys, Tq, Tk, CAUSAL, HAS_MASK),
                      tl.exp2(s - lse[:, None]), 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION, out_dtype=ACC)
         if DROPOUT:
-            dp = tl.where(_keep(seed, keys, queries, bh, p_drop), dp / (1 - p_drop), 0.0)
+            dp = tl.where(_keep(seed, keys, queries, bh, p_drop, BLOCK_M, BLOCK_N), dp / (1 - p_drop), 0.0)
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION, out_dtype=ACC)
-    tl.store(dq_ptr + bh * Tq * D + queries[:, None] * D + d[None, :], (dq * scale).to(dq_ptr.dtype.element_ty),
-             mask=q_ok[:, None] & (d < D)[None, :])
+    _store_tile(dq_ptr + bh * Tq * D, dq * scale, queries, q_ok, D, BLOCK_D)
 
 
 @triton.jit
-def _decode_split_kernel(q_ptr, k_ptr, v_ptr, lengths_ptr, mask_ptr, part_out_ptr, part_lse_ptr, Hq, GROUP, Tk, D,
-                         Dv, k_stride, v_stride, chunk, n_splits, scales_ptr,
+def _decode_split_kernel(q_ptr, k_ptr, v_ptr, lengths_ptr, mask_ptr, part_out_ptr, part_lse_ptr, Hq, GROUP, Tk,
+                         k_stride, v_stride, chunk, n_splits, scales_ptr, D: tl.constexpr, Dv: tl.constexpr,
                          HAS_LENGTHS: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK_G: tl.constexpr,
                          BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, ACC: tl.constexpr,
                          PRECISION: tl.constexpr):
@@ -287,9 +302,7 @@ def _decode_split_kernel(q_ptr, k_ptr, v_ptr, lengths_ptr, mask_ptr, part_out_pt
     g = tl.arange(0, BLOCK_G)
     g_ok = g < GROUP
     rows = b * Hq + (bkv % Hkv) * GROUP + g  # the query heads' flat (batch row × head) index
-    d = tl.arange(0, BLOCK_D)
-    dv = tl.arange(0, BLOCK_DV)
-    q = tl.load(q_ptr + rows[:, None] * D + d[None, :], mask=g_ok[:, None] & (d < D)[None, :], other=0.0)
+    q = _tile(q_ptr, rows, g_ok, D, BLOCK_D, True)
     n_keys = key_bound(lengths_ptr, b, Tk, HAS_LENGTHS)
     lo = split * chunk
     hi = tl.minimum(lo + chunk, n_keys)
@@ -298,30 +311,26 @@ def _decode_split_kernel(q_ptr, k_ptr, v_ptr, lengths_ptr, mask_ptr, part_out_pt
     acc = tl.zeros((BLOCK_G, BLOCK_DV), dtype=ACC)
     for k0 in range(lo, hi, BLOCK_N):
         keys = k0 + tl.arange(0, BLOCK_N)
-        k_in = keys < hi
-        kt = tl.load(k_ptr + bkv * k_stride + keys[None, :] * D + d[:, None], mask=k_in[None, :] & (d < D)[:, None],
-                     other=0.0)
-        s = tl.dot(q, kt, input_precision=PRECISION, out_dtype=ACC) * qk_scale
+        k = _tile(k_ptr + bkv * k_stride, keys, keys < hi, D, BLOCK_D, True)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION, out_dtype=ACC) * qk_scale
         s = tl.where(key_valid(mask_ptr, b, keys, hi, Tk, HAS_MASK)[None, :], s, float("-inf"))
         m_new = tl.maximum(m, tl.max(s, axis=1))
         shift = tl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = tl.exp2(m - shift)
         p = tl.exp2(s - shift[:, None])
         l = l * alpha + tl.sum(p, axis=1)
-        v = tl.load(v_ptr + bkv * v_stride + keys[:, None] * Dv + dv[None, :], mask=k_in[:, None] & (dv < Dv)[None, :],
-                    other=0.0)
+        v = _tile(v_ptr + bkv * v_stride, keys, keys < hi, Dv, BLOCK_DV, True)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION, out_dtype=ACC)
         m = m_new
     empty = l == 0
     out = tl.where(empty[:, None], 0.0, acc / tl.where(empty, 1.0, l)[:, None])
     lse = tl.where(empty, float("-inf"), m + tl.log2(tl.where(empty, 1.0, l)))
-    tl.store(part_out_ptr + (rows[:, None] * n_splits + split) * Dv + dv[None, :], out,
-             mask=g_ok[:, None] & (dv < Dv)[None, :])
+    _store_tile(part_out_ptr + split * Dv, out, rows * n_splits, g_ok, Dv, BLOCK_DV)
     tl.store(part_lse_ptr + rows * n_splits + split, lse, mask=g_ok)
 
 
 @triton.jit
-def _decode_combine_kernel(part_out_ptr, part_lse_ptr, out_ptr, n_splits, Dv, BLOCK_S: tl.constexpr,
+def _decode_combine_kernel(part_out_ptr, part_lse_ptr, out_ptr, n_splits, Dv: tl.constexpr, BLOCK_S: tl.constexpr,
                            BLOCK_DV: tl.constexpr):
     """out (B·Hq, Dv): the chunks' outputs weighted by their share of the softmax; zeros if none saw a key."""
     row = tl.program_id(0).to(tl.int64)
@@ -331,8 +340,7 @@ def _decode_combine_kernel(part_out_ptr, part_lse_ptr, out_ptr, n_splits, Dv, BL
     top = tl.max(lse, axis=0)
     w = tl.where(lse == float("-inf"), 0.0, tl.exp2(lse - tl.where(top == float("-inf"), 0.0, top)))
     total = tl.sum(w, axis=0)
-    parts = tl.load(part_out_ptr + (row * n_splits + s[:, None]) * Dv + dv[None, :],
-                    mask=(s < n_splits)[:, None] & (dv < Dv)[None, :], other=0.0)
+    parts = _tile(part_out_ptr + row * n_splits * Dv, s, s < n_splits, Dv, BLOCK_DV, True)
     out = tl.sum(parts * w[:, None], axis=0) / tl.where(total == 0, 1.0, total)
     tl.store(out_ptr + row * Dv + dv, out.to(out_ptr.dtype.element_ty), mask=dv < Dv)
 
@@ -344,37 +352,54 @@ def _block(n: int) -> int:
     return max(16, triton.next_power_of_2(n))
 
 
+def _arch(device: torch.device) -> int:
+    return 90 if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9 else 80
+
+
+def _dim_bucket(head_dim: int) -> int:
+    return 64 if head_dim <= 64 else 128 if head_dim <= 128 else 256
+
+
+def configs_for(kernel: str, arch: int, element_size: int, head_dim: int,
+                dropout: bool = False) -> list[tuple[int, int, int, int]]:
+    """The (BLOCK_M, BLOCK_N, num_warps, num_stages) the autotuner tries for these inputs."""
+    tiles = CONFIGS[(kernel, arch, 2 if element_size <= 2 else 4)][_dim_bucket(head_dim)]
+    return tiles[-1:] if dropout else tiles
+
+
 def _config_list(kernel: str) -> list[triton.Config]:
-    """Every configuration of a kernel, tagged with the element size and head dims it is meant for."""
+    """Every configuration of a kernel, tagged with the inputs it is meant for."""
     configs = []
-    for size, by_dim in CONFIGS[kernel].items():
+    for (name, arch, size), by_dim in CONFIGS.items():
+        if name != kernel:
+            continue
         for dim, tiles in by_dim.items():
             for m, n, warps, stages in tiles:
                 config = triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=warps, num_stages=stages)
-                config.fastseq_for = (size, dim)
+                config.fastseq_for = (arch, size, dim, (m, n, warps, stages))
                 configs.append(config)
     return configs
 
 
-def configs_for(kernel: str, element_size: int, head_dim: int) -> list[tuple[int, int, int, int]]:
-    """The (BLOCK_M, BLOCK_N, num_warps, num_stages) the autotuner tries for these inputs."""
-    size = 2 if element_size <= 2 else 4
-    return CONFIGS[kernel][size][128 if head_dim <= 128 else 256]
-
-
 def _prune(configs, named_args, **kwargs):
-    size = 2 if named_args["q_ptr"].element_size() <= 2 else 4
-    dim = 128 if max(kwargs["BLOCK_D"], kwargs["BLOCK_DV"]) <= 128 else 256
-    return [c for c in configs if c.fastseq_for == (size, dim)]
+    args = {**named_args, **kwargs}
+    q = args["q_ptr"]
+    arch, size = _arch(q.device), 2 if q.element_size() <= 2 else 4
+    dim = _dim_bucket(max(args["D"], args["Dv"]))
+    wanted = configs_for(configs[0].fastseq_kernel, arch, size, dim, args["DROPOUT"])
+    return [c for c in configs if c.fastseq_for[:3] == (arch, size, dim) and c.fastseq_for[3] in wanted]
 
 
-_KEY = ["BLOCK_D", "BLOCK_DV", "T_BUCKET", "CAUSAL", "HAS_MASK", "DROPOUT"]
+_KEY = ["D", "Dv", "T_BUCKET", "CAUSAL", "HAS_MASK", "DROPOUT"]
 
 
 @functools.lru_cache(maxsize=None)
 def _tuned(kernel: str):
     fn = {"fwd": _fwd_kernel, "dkdv": _bwd_dkdv_kernel, "dq": _bwd_dq_kernel}[kernel]
-    return triton.autotune(configs=_config_list(kernel), key=_KEY, prune_configs_by={"early_config_prune": _prune})(fn)
+    configs = _config_list(kernel)
+    for config in configs:
+        config.fastseq_kernel = kernel
+    return triton.autotune(configs=configs, key=_KEY, prune_configs_by={"early_config_prune": _prune})(fn)
 
 
 def _launch(kernel: str, grid, args: tuple, flags: dict, dtype: torch.dtype) -> None:
@@ -423,8 +448,8 @@ def attention_forward(q, k, v, causal, lengths, key_padding_mask, scale, dropout
     out = q.new_empty(B, Hq, Tq, Dv)
     lse = q.new_empty(B, Hq, Tq, dtype=torch.float64 if q.dtype == torch.float64 else torch.float32)
     len_arg, mask_arg, flags = _flags(q, v, causal, lengths, key_padding_mask, dropout_p)
-    args = (q, k, v, len_arg, mask_arg, out, lse, Hq, Hq // Hkv, Tq, Tk, D, Dv, bucket, _scales(q, scale), seed,
-            dropout_p)
+    args = (q, k, v, len_arg, mask_arg, out, lse, Hq, Hq // Hkv, Tq, Tk, bucket, _scales(q, scale), seed, dropout_p,
+            D, Dv)
     _launch("fwd", lambda c: (triton.cdiv(Tq, c["BLOCK_M"]), B * Hq), args, flags, q.dtype)
     return out, lse
 
@@ -436,7 +461,7 @@ def attention_backward(grad_out, q, k, v, causal, lengths, key_padding_mask, sca
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     len_arg, mask_arg, flags = _flags(q, v, causal, lengths, key_padding_mask, dropout_p)
     common = (grad_out, q, k, v, len_arg, mask_arg, lse, delta)
-    sizes = (Hq, Hq // Hkv, Tq, Tk, D, Dv, bucket, _scales(q, scale), seed, dropout_p)
+    sizes = (Hq, Hq // Hkv, Tq, Tk, bucket, _scales(q, scale), seed, dropout_p, D, Dv)
     _launch("dkdv", lambda c: (triton.cdiv(Tk, c["BLOCK_N"]), B * Hkv), (*common, dk, dv, *sizes), flags, q.dtype)
     _launch("dq", lambda c: (triton.cdiv(Tq, c["BLOCK_M"]), B * Hq), (*common, dq, *sizes), flags, q.dtype)
     return dq, dk, dv
@@ -450,8 +475,8 @@ def _multiprocessors(device: torch.device) -> int:
 
 def decode_splits(batch_heads: int, Tk: int, device: torch.device) -> int:
     """Chunks of the cache per (batch row, key/value head): enough programs for two waves of the GPU,
-    each chunk at least one block of keys."""
-    return max(1, min(triton.cdiv(2 * _multiprocessors(device), batch_heads), triton.cdiv(Tk, DECODE["BLOCK_N"])))
+    each chunk at least 64 keys."""
+    return max(1, min(triton.cdiv(2 * _multiprocessors(device), batch_heads), triton.cdiv(Tk, 64)))
 
 
 def attention_decode(q, k, v, lengths, key_padding_mask, scale):
@@ -462,16 +487,17 @@ def attention_decode(q, k, v, lengths, key_padding_mask, scale):
     Hkv, Tk, Dv = k.shape[1], k.shape[2], v.shape[3]
     group = Hq // Hkv
     n_splits = decode_splits(B * Hkv, Tk, q.device)
-    chunk = triton.cdiv(triton.cdiv(Tk, n_splits), DECODE["BLOCK_N"]) * DECODE["BLOCK_N"]
+    block_n = DECODE["BLOCK_N"][q.element_size()]
+    chunk = triton.cdiv(triton.cdiv(Tk, n_splits), block_n) * block_n
     n_splits = triton.cdiv(Tk, chunk)
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     part_out = q.new_empty(B * Hq, n_splits, Dv, dtype=acc)
     part_lse = q.new_empty(B * Hq, n_splits, dtype=acc)
     len_arg, mask_arg, has_len, has_mask = padding_args(lengths, key_padding_mask, q)
     _decode_split_kernel[(n_splits, B * Hkv)](
-        q, k, v, len_arg, mask_arg, part_out, part_lse, Hq, group, Tk, D, Dv, k.stride(1), v.stride(1), chunk, n_splits,
-        _scales(q, scale),
-        HAS_LENGTHS=has_len, HAS_MASK=has_mask, BLOCK_G=_block(group), BLOCK_N=DECODE["BLOCK_N"],
+        q, k, v, len_arg, mask_arg, part_out, part_lse, Hq, group, Tk, k.stride(1), v.stride(1), chunk, n_splits,
+        _scales(q, scale), D, Dv,
+        HAS_LENGTHS=has_len, HAS_MASK=has_mask, BLOCK_G=_block(group), BLOCK_N=block_n,
         BLOCK_D=_block(D), BLOCK_DV=_block(Dv), ACC=ACC.get(q.dtype, tl.float32), PRECISION=precision(q.dtype),
         num_warps=DECODE["num_warps"])
     out = q.new_empty(B, Hq, Dv)
@@ -484,9 +510,10 @@ def attention_decode(q, k, v, lengths, key_padding_mask, scale):
 
 
 def aot_specs():
-    """(name, kernel, signature, constexprs, options) of the variants the GPU path launches: every tuned
-    configuration at head dims 64, 128 and 256 in bf16 with every masking feature on (the most registers),
-    and the plain variant at head dim 128 in bf16, fp16 and fp32; the decode kernels at head dim 128."""
+    """(name, kernel, signature, constexprs, options, archs) of the variants the GPU path launches: every
+    tuned configuration of each architecture at head dims 64, 128 and 256 in bf16 with causality and both
+    paddings on (the most registers); at head dim 128 the plain variant in fp16 and fp32, the dropout
+    variant in bf16 and the fixed float64 tiles; the decode kernels at head dim 128."""
     def signature(kernel, t, a):
         pointers = {"fwd": ["q_ptr", "k_ptr", "v_ptr", "lengths_ptr", "mask_ptr", "out_ptr", "lse_ptr"],
                     "dkdv": ["do_ptr", "q_ptr", "k_ptr", "v_ptr", "lengths_ptr", "mask_ptr", "lse_ptr", "delta_ptr",
@@ -495,39 +522,44 @@ def aot_specs():
                            "dq_ptr"]}[kernel]
         sig = {p: ("*i32" if p == "lengths_ptr" else "*u8" if p == "mask_ptr" else
                    f"*{a}" if p in ("lse_ptr", "delta_ptr") else f"*{t}") for p in pointers}
-        sig.update({n: "i32" for n in ("Hq", "GROUP", "Tq", "Tk", "D", "Dv", "T_BUCKET")})
-        sig["scales_ptr"] = f"*{a}"
-        sig.update({"seed": "i64", "p_drop": "fp32"})
-        sig.update({c: "constexpr" for c in ("CAUSAL", "HAS_LENGTHS", "HAS_MASK", "DROPOUT", "BLOCK_M", "BLOCK_N",
-                                             "BLOCK_D", "BLOCK_DV", "ACC", "PRECISION")})
+        sig.update({n: "i32" for n in ("Hq", "GROUP", "Tq", "Tk", "T_BUCKET")})
+        sig.update({"scales_ptr": f"*{a}", "seed": "i64", "p_drop": "fp32"})
+        sig.update({c: "constexpr" for c in ("D", "Dv", "CAUSAL", "HAS_LENGTHS", "HAS_MASK", "DROPOUT", "BLOCK_M",
+                                             "BLOCK_N", "BLOCK_D", "BLOCK_DV", "ACC", "PRECISION")})
         return sig
 
     kernels = {"fwd": _fwd_kernel, "dkdv": _bwd_dkdv_kernel, "dq": _bwd_dq_kernel}
-    variants = [("bf16", dim, True) for dim in (64, 128, 256)] + [(t, 128, False) for t in ("bf16", "fp16", "fp32")]
-    for t, dim, masked in variants + [("fp64", 128, True)]:
-        acc = "fp64" if t == "fp64" else "fp32"
-        flags = {"CAUSAL": masked, "HAS_LENGTHS": masked, "HAS_MASK": masked, "DROPOUT": masked, "BLOCK_D": dim,
-                 "BLOCK_DV": dim, "ACC": tl.float64 if t == "fp64" else tl.float32, "PRECISION": "ieee"}
+    variants = ([("bf16", dim, "masked") for dim in (64, 128, 256)] + [("fp16", 128, "plain"), ("fp32", 128, "plain"),
+                ("bf16", 128, "dropout"), ("fp64", 128, "masked")])
+    fixed = tuple(FIXED[k] for k in ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages"))
+    for t, dim, kind in variants:
+        masked, dropout = kind != "plain", kind == "dropout"
+        a = "fp64" if t == "fp64" else "fp32"
+        flags = {"D": dim, "Dv": dim, "CAUSAL": masked, "HAS_LENGTHS": masked, "HAS_MASK": masked,
+                 "DROPOUT": dropout, "BLOCK_D": dim, "BLOCK_DV": dim, "ACC": tl.float64 if t == "fp64" else tl.float32,
+                 "PRECISION": "ieee"}
         for name, fn in kernels.items():
-            tiles = ([tuple(FIXED[k] for k in ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages"))] if t == "fp64" else
-                     configs_for(name, 4 if t == "fp32" else 2, dim))
-            for m, n, warps, stages in tiles:
-                yield (f"attention_{name}[{t},d{dim},{'masked' if masked else 'plain'},{m}x{n}w{warps}s{stages}]", fn,
-                       signature(name, t, acc), {**flags, "BLOCK_M": m, "BLOCK_N": n},
-                       {"num_warps": warps, "num_stages": stages})
+            for arch in (90, 80):
+                tiles = [fixed] if t == "fp64" else configs_for(name, arch, 4 if t == "fp32" else 2, dim, dropout)
+                for m, n, warps, stages in tiles:
+                    yield (f"attention_{name}[{t},d{dim},{kind},{m}x{n}w{warps}s{stages}]", fn,
+                           signature(name, t, a), {**flags, "BLOCK_M": m, "BLOCK_N": n},
+                           {"num_warps": warps, "num_stages": stages}, (arch,))
     for t in ("bf16", "fp32", "fp64"):
         a = "fp64" if t == "fp64" else "fp32"
         sig = {"q_ptr": f"*{t}", "k_ptr": f"*{t}", "v_ptr": f"*{t}", "lengths_ptr": "*i32", "mask_ptr": "*u8",
                "part_out_ptr": f"*{a}", "part_lse_ptr": f"*{a}",
-               **{n: "i32" for n in ("Hq", "GROUP", "Tk", "D", "Dv", "k_stride", "v_stride", "chunk", "n_splits")},
+               **{n: "i32" for n in ("Hq", "GROUP", "Tk", "k_stride", "v_stride", "chunk", "n_splits")},
                "scales_ptr": f"*{a}",
-               **{c: "constexpr" for c in ("HAS_LENGTHS", "HAS_MASK", "BLOCK_G", "BLOCK_N", "BLOCK_D", "BLOCK_DV",
-                                           "ACC", "PRECISION")}}
+               **{c: "constexpr" for c in ("D", "Dv", "HAS_LENGTHS", "HAS_MASK", "BLOCK_G", "BLOCK_N", "BLOCK_D",
+                                           "BLOCK_DV", "ACC", "PRECISION")}}
         yield (f"attention_decode_split[{t},d128]", _decode_split_kernel, sig,
-               {"HAS_LENGTHS": True, "HAS_MASK": True, "BLOCK_G": 16, "BLOCK_N": DECODE["BLOCK_N"], "BLOCK_D": 128,
-                "BLOCK_DV": 128, "ACC": tl.float64 if t == "fp64" else tl.float32, "PRECISION": "ieee"},
-               {"num_warps": DECODE["num_warps"]})
-        sig = {"part_out_ptr": f"*{a}", "part_lse_ptr": f"*{a}", "out_ptr": f"*{t}", "n_splits": "i32", "Dv": "i32",
-               "BLOCK_S": "constexpr", "BLOCK_DV": "constexpr"}
-        yield (f"attention_decode_combine[{t},d128]", _decode_combine_kernel, sig, {"BLOCK_S": 32, "BLOCK_DV": 128},
-               {"num_warps": 4})
+               {"D": 128, "Dv": 128, "HAS_LENGTHS": True, "HAS_MASK": True, "BLOCK_G": 16,
+                "BLOCK_N": DECODE["BLOCK_N"][{"bf16": 2, "fp32": 4, "fp64": 8}[t]],
+                "BLOCK_D": 128, "BLOCK_DV": 128, "ACC": tl.float64 if t == "fp64" else tl.float32,
+                "PRECISION": "ieee"},
+               {"num_warps": DECODE["num_warps"]}, (90, 80))
+        sig = {"part_out_ptr": f"*{a}", "part_lse_ptr": f"*{a}", "out_ptr": f"*{t}", "n_splits": "i32",
+               "Dv": "constexpr", "BLOCK_S": "constexpr", "BLOCK_DV": "constexpr"}
+        yield (f"attention_decode_combine[{t},d128]", _decode_combine_kernel, sig,
+               {"Dv": 128, "BLOCK_S": 32, "BLOCK_DV": 128}, {"num_warps": 4}, (90, 80))

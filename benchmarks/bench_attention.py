@@ -1,0 +1,204 @@
+"""Multi-head attention benchmark (run by sweep.py): fastseq's attention op on each backend present against
+every torch scaled_dot_product_attention backend that runs the case (flash, memory-efficient, cuDNN,
+math), forward and forward+backward, causal and not, in TFLOP/s and as a fraction of the measured matmul
+ceiling; padded seq2seq batches (fastseq.nn.MultiheadAttention with lengths against
+torch.nn.MultiheadAttention with key_padding_mask); decoding one token against a KV cache
+(fastseq.ops.attention_decode against SDPA on the same cache), in GB/s and as a fraction of the measured
+copy bandwidth.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from fastseq import backends, ops
+from fastseq import nn as fnn
+
+import timing
+from timing import DTYPES
+
+SDPA = {"sdpa-flash": SDPBackend.FLASH_ATTENTION, "sdpa-efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "sdpa-cudnn": SDPBackend.CUDNN_ATTENTION, "sdpa-math": SDPBackend.MATH}
+# training: (B, H, T, D), B·H filling the GPU at each T; seq2seq: (B, E, heads, max_len); decode: (B, H, T, D)
+PRESETS = {
+    "quick": {"train": [(1, 2, 64, 32)], "seq2seq": [(4, 64, 4, 32)], "decode": [(2, 4, 64, 32)]},
+    "cpu": {"train": [(2, 4, 256, 64)], "seq2seq": [(16, 256, 4, 128)], "decode": [(8, 8, 512, 64)]},
+    "gpu": {"train": [(16, 16, 1024, 128), (8, 16, 2048, 128), (4, 16, 4096, 128), (2, 16, 8192, 128)],
+            "seq2seq": [(64, 512, 8, 128)], "decode": [(64, 32, 2048, 128)]},
+}
+MODES = ("forward", "forward+backward")
+
+
+def _run_measure(fn, device):
+    try:
+        return timing.measure(fn, device)
+    except RuntimeError as e:  # an SDPA backend that does not serve the case says so
+        return {"unsupported": str(e).splitlines()[0][:200]}
+
+
+def _train_callable(impl, mode, q, k, v, causal):
+    def attend():
+        if impl in SDPA:
+            with sdpa_kernel(SDPA[impl]):
+                return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        with backends.use(impl):
+            return ops.attention(q, k, v, causal=causal)
+    if mode == "forward":
+        def fn():
+            with torch.no_grad():
+                attend()
+    else:
+        def fn():
+            attend().backward(grad)
+        grad = torch.randn_like(q)
+    return fn
+
+
+def _train(device, dtype_name, fused, ceilings):
+    dtype = DTYPES[dtype_name]
+    rows = []
+    for B, H, T, D in _cases["train"]:
+        q, k, v = (torch.randn(B, H, T, D, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
+        for causal in (False, True):
+            for mode in MODES:
+                flops = 4 * B * H * T * T * D * (0.5 if causal else 1.0) * (1.0 if mode == "forward" else 3.5)
+                measured = {impl: _run_measure(_train_callable(impl, mode, q, k, v, causal), device)
+                            for impl in (*fused, *SDPA) if device.type == "cuda" or impl in (*fused, "sdpa-math")}
+                ceiling = ceilings["matmul_flops"][dtype_name]
+                for impl in fused:
+                    rows.append(_row("train", mode, dtype_name, impl, {"B": B, "H": H, "T": T, "D": D,
+                                                                        "causal": causal}, measured, fused,
+                                     work=flops, ceiling=ceiling, unit="TFLOP/s"))
+    return rows
+
+
+def _seq2seq(device, dtype_name, fused, ceilings):
+    """Cross-attention of a padded decoder batch over a padded encoder batch, lengths spread 10..max_len."""
+    dtype = DTYPES[dtype_name]
+    rows = []
+    for B, E, heads, max_len in _cases["seq2seq"]:
+        g = torch.Generator().manual_seed(0)
+        src_len = torch.randint(10, max_len + 1, (B,), generator=g)
+        tgt = torch.randint(10, max_len + 1, (B,), generator=g).max().item()
+        ref = torch.nn.MultiheadAttention(E, heads, batch_first=True, device=device, dtype=dtype)
+        ours = fnn.MultiheadAttention(E, heads, batch_first=True, device=device, dtype=dtype)
+        ours.load_state_dict(ref.state_dict())
+        x = torch.randn(B, tgt, E, device=device, dtype=dtype, requires_grad=True)
+        mem = torch.randn(B, max_len, E, device=device, dtype=dtype, requires_grad=True)
+        mask = (torch.arange(max_len)[None, :] >= src_len[:, None]).to(device)
+        lengths = src_len.to(device)
+
+        def torch_mha():
+            ref(x, mem, mem, key_padding_mask=mask, need_weights=False)[0].float().sum().backward()
+
+        measured = {"torch-mha": _run_measure(torch_mha, device)}
+        for impl in fused:
+            def fused_mha(impl=impl):
+                with backends.use(impl):
+                    ours(x, mem, mem, lengths=lengths, need_weights=False)[0].float().sum().backward()
+            measured[impl] = _run_measure(fused_mha, device)
+        flops = 4 * B * heads * tgt * max_len * (E // heads) * 3.5
+        for impl in fused:
+            rows.append(_row("seq2seq", "forward+backward", dtype_name, impl,
+                             {"B": B, "E": E, "heads": heads, "Tq": tgt, "Tk_max": max_len,
+                              "src_lengths": src_len.tolist()}, measured, fused, work=flops,
+                             ceiling=ceilings["matmul_flops"][dtype_name], unit="TFLOP/s"))
+    return rows
+
+
+def _decode(device, dtype_name, fused_decode, ceilings):
+    """One query per (row, head) against a cache of T positions with ragged lengths."""
+    dtype = DTYPES[dtype_name]
+    rows = []
+    for B, H, T, D in _cases["decode"]:
+        k, v = (torch.randn(B, H, T, D, device=device, dtype=dtype) for _ in range(2))
+        q = torch.randn(B, H, D, device=device, dtype=dtype)
+        lengths = torch.randint(T // 2, T + 1, (B,), generator=torch.Generator().manual_seed(0)).to(device)
+        seen = (torch.arange(T, device=device)[None, :] < lengths[:, None])[:, None, None, :]
+        measured = {}
+        for impl in (*fused_decode, *SDPA):
+            if impl in SDPA:
+                if device.type != "cuda" and impl != "sdpa-math":
+                    continue
+
+                def fn(impl=impl):
+                    with torch.no_grad(), sdpa_kernel(SDPA[impl]):
+                        F.scaled_dot_product_attention(q[:, :, None], k, v, attn_mask=seen)
+            else:
+                def fn(impl=impl):
+                    with backends.use(impl):
+                        ops.attention_decode(q, k, v, lengths=lengths)
+            measured[impl] = _run_measure(fn, device)
+        read = int(lengths.sum()) * H * D * 2 * k.element_size()  # the keys and values each row sees
+        for impl in fused_decode:
+            rows.append(_row("decode", "forward", dtype_name, impl, {"B": B, "H": H, "T": T, "D": D}, measured,
+                             fused_decode, work=read, ceiling=ceilings["copy_bandwidth"], unit="GB/s"))
+    return rows
+
+
+def _row(case, mode, dtype_name, impl, sizes, measured, fused, work, ceiling, unit):
+    t = measured[impl]
+    row = {"op": "attention", "case": case, "mode": mode, "dtype": dtype_name, "backend": impl, "sizes": sizes, **t,
+           "baselines": {k: val for k, val in measured.items() if k not in fused}, "unit": unit}
+    scale = 1e12 if unit == "TFLOP/s" else 1e9
+    if "median_ms" in t:
+        row["rate"] = work / (t["median_ms"] * 1e-3) / scale
+        row["fraction_of_ceiling"] = work / (t["median_ms"] * 1e-3) / ceiling
+        for base, bt in row["baselines"].items():
+            if "median_ms" in bt:
+                row[f"speedup_vs_{base}"] = bt["median_ms"] / t["median_ms"]
+        fastest = min((bt["median_ms"] for bt in row["baselines"].values() if "median_ms" in bt), default=None)
+        if fastest is not None:
+            row["speedup_vs_fastest_baseline"] = fastest / t["median_ms"]
+    return row
+
+
+_cases: dict = {}
+
+
+def run(device, preset, dtype_names, fused_backends, ceilings):
+    _cases.clear()
+    _cases.update(PRESETS[preset])
+    decode_fused = [b for b in ("cuda", "triton", "cpu") if b in ops._dispatch.families()["attention_decode"]
+                    and backends.availability(b, device.type)[0] and not (b == "triton" and device.type == "cpu")]
+    rows = []
+    for dtype_name in dtype_names:
+        for part in (_train(device, dtype_name, fused_backends, ceilings),
+                     _seq2seq(device, dtype_name, fused_backends, ceilings),
+                     _decode(device, dtype_name, decode_fused, ceilings)):
+            for r in part:
+                rows.append(r)
+                rate = f"{r['rate']:8.1f} {r['unit']} ({r['fraction_of_ceiling']:.0%})" if "rate" in r else "n/a"
+                best = r.get("speedup_vs_fastest_baseline")
+                vs = f"  x{best:.2f} vs the fastest baseline" if best else ""
+                print(f"attention {r['case']:<8} {r['mode']:<16} {dtype_name} {r['sizes']}  {r['backend']} {rate}{vs}",
+                      flush=True)
+    return rows
+
+
+def plot(rows, path):
+    """TFLOP/s against sequence length, training cases; one line per (implementation, mode, causal)."""
+    fig, ax = timing.figure()
+    series = {}
+    for r in rows:
+        if r["case"] != "train":
+            continue
+        sz = r["sizes"]
+        flops = 4 * sz["B"] * sz["H"] * sz["T"] ** 2 * sz["D"] * (0.5 if sz["causal"] else 1) * (
+            1 if r["mode"] == "forward" else 3.5)
+        tag = f"{r['mode']} {'causal' if sz['causal'] else 'full'} {r['dtype']}"
+        for name, t in [(f"fastseq[{r['backend']}]", r), *r["baselines"].items()]:
+            if "median_ms" in t:
+                series.setdefault((name, tag), {})[sz["T"]] = flops / (t["median_ms"] * 1e-3) / 1e12
+    for (name, tag), pts in sorted(series.items()):
+        xs = sorted(pts)
+        ax.plot(xs, [pts[x] for x in xs], marker="o", label=f"{name} {tag}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("sequence length T")
+    ax.set_ylabel("TFLOP/s")
+    ax.set_title("Multi-head attention, head dim 128")
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
