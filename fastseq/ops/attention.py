@@ -79,10 +79,11 @@ def _(q, k, v, lengths, key_padding_mask, scale):
 
 
 def _check_heads(op: str, q: Tensor, k: Tensor, v: Tensor, q_dims: str) -> None:
-    for name, t in (("q", q), ("k", k), ("v", v)):
+    C.check_float(op, "q", q)
+    C.check_ndim(op, "q", q, len(q_dims.split(",")), q_dims)
+    for name, t in (("k", k), ("v", v)):
         C.check_float(op, name, t)
         C.check_like(op, name, t, "q", q)
-    C.check_ndim(op, "q", q, len(q_dims.split(",")), q_dims)
     C.check_ndim(op, "k", k, 4, "(B, Hkv, Tk, D)")
     C.check_ndim(op, "v", v, 4, "(B, Hkv, Tk, Dv)")
     B, Hq, D = q.shape[0], q.shape[1], q.shape[-1]
