@@ -122,27 +122,14 @@ def run(device, preset, dtype_names, fused_backends, ceilings):
 
 def plot(rows, path):
     """Time against Tk, forward+backward, each implementation; one line per (implementation, dtype)."""
-    fig, ax = timing.figure()
     series = {}
     for r in rows:
         if r["mode"] != "forward+backward":
             continue
         sz = r["sizes"]
         shape = f"B{sz['B']} Tq{sz['Tq']} H{sz['H']} Dv{sz['Dv']}"
-        if "median_ms" in r:
-            series.setdefault((f"fastseq[{r['backend']}]", r["dtype"], shape), {})[sz["Tk"]] = r["median_ms"]
-        for name, t in r["baselines"].items():
+        for name, t in [(f"fastseq[{r['backend']}]", r), *r["baselines"].items()]:
             if "median_ms" in t:
-                series.setdefault((name, r["dtype"], shape), {})[sz["Tk"]] = t["median_ms"]
-    for (name, dtype, shape), pts in sorted(series.items()):
-        xs = sorted(pts)
-        ax.plot(xs, [pts[x] for x in xs], marker="o", label=f"{name} {dtype} {shape}")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("keys Tk")
-    ax.set_ylabel("forward+backward, ms")
-    ax.set_title("Additive attention (missing points: out of memory)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return path
+                series.setdefault(f"{name} {r['dtype']} {shape}", {})[sz["Tk"]] = t["median_ms"]
+    return timing.line_plot(series, path, "keys Tk", "forward+backward, ms",
+                            "Additive attention (missing points: out of memory)", logy=True)

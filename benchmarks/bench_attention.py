@@ -49,16 +49,17 @@ def _train_callable(impl, mode, q, k, v, causal):
             with torch.no_grad():
                 attend()
     else:
+        grad = torch.randn_like(q)
+
         def fn():
             attend().backward(grad)
-        grad = torch.randn_like(q)
     return fn
 
 
-def _train(device, dtype_name, fused, ceilings):
+def _train(device, cases, dtype_name, fused, ceilings):
     dtype = DTYPES[dtype_name]
     rows = []
-    for B, H, T, D in _cases["train"]:
+    for B, H, T, D in cases["train"]:
         q, k, v = (torch.randn(B, H, T, D, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
         for causal in (False, True):
             for mode in MODES:
@@ -73,11 +74,11 @@ def _train(device, dtype_name, fused, ceilings):
     return rows
 
 
-def _seq2seq(device, dtype_name, fused, ceilings):
+def _seq2seq(device, cases, dtype_name, fused, ceilings):
     """Cross-attention of a padded decoder batch over a padded encoder batch, lengths spread 10..max_len."""
     dtype = DTYPES[dtype_name]
     rows = []
-    for B, E, heads, max_len in _cases["seq2seq"]:
+    for B, E, heads, max_len in cases["seq2seq"]:
         g = torch.Generator().manual_seed(0)
         src_len = torch.randint(10, max_len + 1, (B,), generator=g)
         tgt = torch.randint(10, max_len + 1, (B,), generator=g).max().item()
@@ -107,11 +108,11 @@ def _seq2seq(device, dtype_name, fused, ceilings):
     return rows
 
 
-def _decode(device, dtype_name, fused_decode, ceilings):
+def _decode(device, cases, dtype_name, fused_decode, ceilings):
     """One query per (row, head) against a cache of T positions with ragged lengths."""
     dtype = DTYPES[dtype_name]
     rows = []
-    for B, H, T, D in _cases["decode"]:
+    for B, H, T, D in cases["decode"]:
         k, v = (torch.randn(B, H, T, D, device=device, dtype=dtype) for _ in range(2))
         q = torch.randn(B, H, D, device=device, dtype=dtype)
         lengths = torch.randint(T // 2, T + 1, (B,), generator=torch.Generator().manual_seed(0)).to(device)
@@ -140,7 +141,7 @@ def _decode(device, dtype_name, fused_decode, ceilings):
 def _row(case, mode, dtype_name, impl, sizes, measured, fused, work, ceiling, unit):
     t = measured[impl]
     row = {"op": "attention", "case": case, "mode": mode, "dtype": dtype_name, "backend": impl, "sizes": sizes, **t,
-           "baselines": {k: val for k, val in measured.items() if k not in fused}, "unit": unit}
+           "baselines": {k: val for k, val in measured.items() if k not in fused}, "unit": unit, "work": work}
     scale = 1e12 if unit == "TFLOP/s" else 1e9
     if "median_ms" in t:
         row["rate"] = work / (t["median_ms"] * 1e-3) / scale
@@ -154,19 +155,15 @@ def _row(case, mode, dtype_name, impl, sizes, measured, fused, work, ceiling, un
     return row
 
 
-_cases: dict = {}
-
-
 def run(device, preset, dtype_names, fused_backends, ceilings):
-    _cases.clear()
-    _cases.update(PRESETS[preset])
+    cases = PRESETS[preset]
     decode_fused = [b for b in ("cuda", "triton", "cpu") if b in ops._dispatch.families()["attention_decode"]
                     and backends.availability(b, device.type)[0] and not (b == "triton" and device.type == "cpu")]
     rows = []
     for dtype_name in dtype_names:
-        for part in (_train(device, dtype_name, fused_backends, ceilings),
-                     _seq2seq(device, dtype_name, fused_backends, ceilings),
-                     _decode(device, dtype_name, decode_fused, ceilings)):
+        for part in (_train(device, cases, dtype_name, fused_backends, ceilings),
+                     _seq2seq(device, cases, dtype_name, fused_backends, ceilings),
+                     _decode(device, cases, dtype_name, decode_fused, ceilings)):
             for r in part:
                 rows.append(r)
                 rate = f"{r['rate']:8.1f} {r['unit']} ({r['fraction_of_ceiling']:.0%})" if "rate" in r else "n/a"
@@ -179,26 +176,13 @@ def run(device, preset, dtype_names, fused_backends, ceilings):
 
 def plot(rows, path):
     """TFLOP/s against sequence length, training cases; one line per (implementation, mode, causal)."""
-    fig, ax = timing.figure()
     series = {}
     for r in rows:
         if r["case"] != "train":
             continue
         sz = r["sizes"]
-        flops = 4 * sz["B"] * sz["H"] * sz["T"] ** 2 * sz["D"] * (0.5 if sz["causal"] else 1) * (
-            1 if r["mode"] == "forward" else 3.5)
         tag = f"{r['mode']} {'causal' if sz['causal'] else 'full'} {r['dtype']}"
         for name, t in [(f"fastseq[{r['backend']}]", r), *r["baselines"].items()]:
             if "median_ms" in t:
-                series.setdefault((name, tag), {})[sz["T"]] = flops / (t["median_ms"] * 1e-3) / 1e12
-    for (name, tag), pts in sorted(series.items()):
-        xs = sorted(pts)
-        ax.plot(xs, [pts[x] for x in xs], marker="o", label=f"{name} {tag}")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("sequence length T")
-    ax.set_ylabel("TFLOP/s")
-    ax.set_title("Multi-head attention, head dim 128")
-    ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return path
+                series.setdefault(f"{name} {tag}", {})[sz["T"]] = r["work"] / (t["median_ms"] * 1e-3) / 1e12
+    return timing.line_plot(series, path, "sequence length T", "TFLOP/s", "Multi-head attention, head dim 128")

@@ -82,23 +82,12 @@ def bench_case(device, dtype_name, mode, layers, hidden, seq, batch, input_size,
 
 
 def plot(rows, path):
-    fig, ax = timing.figure()
     series = {}
     for r in rows:
         if r["mode"] == "inference":
-            series.setdefault((r["backend"], r["dtype"]), []).append((r["sizes"]["batch"], r["speedup"]))
-    for (backend, dtype), pts in sorted(series.items()):
-        pts.sort()
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"fastseq[{backend}] {dtype}")
-    ax.axhline(1.0, color="grey", linestyle="--", linewidth=1)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("batch size")
-    ax.set_ylabel("speed-up over torch.nn.LSTM")
-    ax.set_title("LSTM inference forward, 1 layer")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return path
+            series.setdefault(f"fastseq[{r['backend']}] {r['dtype']}", {})[r["sizes"]["batch"]] = r["speedup"]
+    return timing.line_plot(series, path, "batch size", "speed-up over torch.nn.LSTM", "LSTM inference forward, 1 layer",
+                            hline=1.0)
 
 
 def run(device, preset, dtype_names, fused_backends, ceilings):

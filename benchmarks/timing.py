@@ -97,6 +97,27 @@ def figure():
     return plt.subplots(figsize=(7, 4.5))
 
 
+def line_plot(series: dict, path: str, xlabel: str, ylabel: str, title: str, logy: bool = False,
+              hline: float | None = None) -> str:
+    """One line per label of `series` ({label: {x: y}}), x on a log2 axis, written to `path`."""
+    fig, ax = figure()
+    for label, pts in sorted(series.items()):
+        xs = sorted(pts)
+        ax.plot(xs, [pts[x] for x in xs], marker="o", label=label)
+    if hline is not None:
+        ax.axhline(hline, color="grey", linestyle="--", linewidth=1)
+    ax.set_xscale("log", base=2)
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8 if len(series) < 8 else 6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
+
+
 def commit() -> str:
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)

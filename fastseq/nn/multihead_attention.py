@@ -169,9 +169,8 @@ class MultiheadAttention(nn.Module):
                 raise ValueError("MultiheadAttention: add_bias_kv and add_zero_attn cannot be combined with a causal "
                                  "attn_mask here (the extra keys would fall outside the causal band)")
             if lengths is not None:  # the extra keys come after the padded ones: a mask says which are which
-                mask = _lengths_mask(lengths, S, k.device) if mask is None else mask | _lengths_mask(lengths, S,
-                                                                                                    k.device)
-                lengths = None
+                past = _lengths_mask(lengths, S, k.device)
+                mask, lengths = (past if mask is None else mask | past), None
             if mask is not None:
                 mask = torch.cat([mask, mask.new_zeros(B, extra)], dim=1)
         if self.bias_k is not None:

@@ -109,6 +109,16 @@ def _keep(seed, keys, queries, bh, p_drop, BLOCK_M: tl.constexpr, BLOCK_N: tl.co
 
 
 @triton.jit
+def _query_program(Hq, GROUP, BLOCK_M: tl.constexpr):
+    """For a program over (block of queries, batch row × query head): (bh, b, kvh, m0, queries) — the
+    flat query row, the batch row, the flat key/value row its head reads, and its queries."""
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // Hq
+    m0 = tl.program_id(0) * BLOCK_M
+    return bh, b, b * (Hq // GROUP) + (bh % Hq) // GROUP, m0, m0 + tl.arange(0, BLOCK_M)
+
+
+@triton.jit
 def _visible(mask_ptr, b, queries, keys, n_keys, Tq, Tk, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr):
     """(BLOCK_M, BLOCK_N) True where a query may attend to a key (padding, causal aligned to the end)."""
     ok = key_valid(mask_ptr, b, keys, n_keys, Tk, HAS_MASK)[None, :] & (queries < Tq)[:, None]
@@ -165,11 +175,7 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, lengths_ptr, mask_ptr, out_ptr, lse_ptr, Hq
     """q (B, Hq, Tq, D), k (B, Hkv, Tk, D), v (B, Hkv, Tk, Dv) -> out (B, Hq, Tq, Dv), lse (B, Hq, Tq).
     scales: (scale · log2 e, scale, log2 e) in ACC; T_BUCKET only keys the autotuner's cache."""
     qk_scale, log2e = tl.load(scales_ptr), tl.load(scales_ptr + 2)
-    bh = tl.program_id(1).to(tl.int64)
-    b = bh // Hq
-    kvh = b * (Hq // GROUP) + (bh % Hq) // GROUP
-    m0 = tl.program_id(0) * BLOCK_M
-    queries = m0 + tl.arange(0, BLOCK_M)
+    bh, b, kvh, m0, queries = _query_program(Hq, GROUP, BLOCK_M)
     q_ok = queries < Tq
     q = _tile(q_ptr + bh * Tq * D, queries, q_ok, D, BLOCK_D, True)
     k_row, v_row = k_ptr + kvh * Tk * D, v_ptr + kvh * Tk * Dv
@@ -256,11 +262,7 @@ def _bwd_dq_kernel(do_ptr, q_ptr, k_ptr, v_ptr, lengths_ptr, mask_ptr, lse_ptr, 
                    ACC: tl.constexpr, PRECISION: tl.constexpr):
     """dq (B, Hq, Tq, D)."""
     qk_scale, scale, log2e = tl.load(scales_ptr), tl.load(scales_ptr + 1), tl.load(scales_ptr + 2)
-    bh = tl.program_id(1).to(tl.int64)
-    b = bh // Hq
-    kvh = b * (Hq // GROUP) + (bh % Hq) // GROUP
-    m0 = tl.program_id(0) * BLOCK_M
-    queries = m0 + tl.arange(0, BLOCK_M)
+    bh, b, kvh, m0, queries = _query_program(Hq, GROUP, BLOCK_M)
     q_ok = queries < Tq
     q = _tile(q_ptr + bh * Tq * D, queries, q_ok, D, BLOCK_D, True)
     do = _tile(do_ptr + bh * Tq * Dv, queries, q_ok, Dv, BLOCK_DV, True)
@@ -345,6 +347,9 @@ def _decode_combine_kernel(part_out_ptr, part_lse_ptr, out_ptr, n_splits, Dv: tl
     tl.store(out_ptr + row * Dv + dv, out.to(out_ptr.dtype.element_ty), mask=dv < Dv)
 
 
+_KERNELS = {"fwd": _fwd_kernel, "dkdv": _bwd_dkdv_kernel, "dq": _bwd_dq_kernel}
+
+
 # ------------------------------------------------------------------------------------------ tuning
 
 
@@ -368,7 +373,7 @@ def configs_for(kernel: str, arch: int, element_size: int, head_dim: int,
 
 
 def _config_list(kernel: str) -> list[triton.Config]:
-    """Every configuration of a kernel, tagged with the inputs it is meant for."""
+    """Every configuration of a kernel, tagged with (kernel, arch, element size, head dim) and its tile."""
     configs = []
     for (name, arch, size), by_dim in CONFIGS.items():
         if name != kernel:
@@ -376,7 +381,7 @@ def _config_list(kernel: str) -> list[triton.Config]:
         for dim, tiles in by_dim.items():
             for m, n, warps, stages in tiles:
                 config = triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=warps, num_stages=stages)
-                config.fastseq_for = (arch, size, dim, (m, n, warps, stages))
+                config.fastseq_for, config.fastseq_tile = (kernel, arch, size, dim), (m, n, warps, stages)
                 configs.append(config)
     return configs
 
@@ -384,10 +389,10 @@ def _config_list(kernel: str) -> list[triton.Config]:
 def _prune(configs, named_args, **kwargs):
     args = {**named_args, **kwargs}
     q = args["q_ptr"]
-    arch, size = _arch(q.device), 2 if q.element_size() <= 2 else 4
+    kernel, arch, size = configs[0].fastseq_for[0], _arch(q.device), 2 if q.element_size() <= 2 else 4
     dim = _dim_bucket(max(args["D"], args["Dv"]))
-    wanted = configs_for(configs[0].fastseq_kernel, arch, size, dim, args["DROPOUT"])
-    return [c for c in configs if c.fastseq_for[:3] == (arch, size, dim) and c.fastseq_for[3] in wanted]
+    wanted = configs_for(kernel, arch, size, dim, args["DROPOUT"])
+    return [c for c in configs if c.fastseq_for == (kernel, arch, size, dim) and c.fastseq_tile in wanted]
 
 
 _KEY = ["D", "Dv", "T_BUCKET", "CAUSAL", "HAS_MASK", "DROPOUT"]
@@ -395,19 +400,15 @@ _KEY = ["D", "Dv", "T_BUCKET", "CAUSAL", "HAS_MASK", "DROPOUT"]
 
 @functools.lru_cache(maxsize=None)
 def _tuned(kernel: str):
-    fn = {"fwd": _fwd_kernel, "dkdv": _bwd_dkdv_kernel, "dq": _bwd_dq_kernel}[kernel]
-    configs = _config_list(kernel)
-    for config in configs:
-        config.fastseq_kernel = kernel
-    return triton.autotune(configs=configs, key=_KEY, prune_configs_by={"early_config_prune": _prune})(fn)
+    return triton.autotune(configs=_config_list(kernel), key=_KEY,
+                           prune_configs_by={"early_config_prune": _prune})(_KERNELS[kernel])
 
 
 def _launch(kernel: str, grid, args: tuple, flags: dict, dtype: torch.dtype) -> None:
     """Autotuned on a GPU for 16- and 32-bit inputs; FIXED tiles for float64 and the interpreter."""
     if dtype == torch.float64 or triton_interpret():
-        fn = {"fwd": _fwd_kernel, "dkdv": _bwd_dkdv_kernel, "dq": _bwd_dq_kernel}[kernel]
-        fn[grid(FIXED)](*args, **flags, BLOCK_M=FIXED["BLOCK_M"], BLOCK_N=FIXED["BLOCK_N"],
-                        num_warps=FIXED["num_warps"], num_stages=FIXED["num_stages"])
+        _KERNELS[kernel][grid(FIXED)](*args, **flags, BLOCK_M=FIXED["BLOCK_M"], BLOCK_N=FIXED["BLOCK_N"],
+                                      num_warps=FIXED["num_warps"], num_stages=FIXED["num_stages"])
     else:
         _tuned(kernel)[grid](*args, **flags)
 
@@ -528,7 +529,6 @@ def aot_specs():
                                              "BLOCK_N", "BLOCK_D", "BLOCK_DV", "ACC", "PRECISION")})
         return sig
 
-    kernels = {"fwd": _fwd_kernel, "dkdv": _bwd_dkdv_kernel, "dq": _bwd_dq_kernel}
     variants = ([("bf16", dim, "masked") for dim in (64, 128, 256)] + [("fp16", 128, "plain"), ("fp32", 128, "plain"),
                 ("bf16", 128, "dropout"), ("fp64", 128, "masked")])
     fixed = tuple(FIXED[k] for k in ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages"))
@@ -538,7 +538,7 @@ def aot_specs():
         flags = {"D": dim, "Dv": dim, "CAUSAL": masked, "HAS_LENGTHS": masked, "HAS_MASK": masked,
                  "DROPOUT": dropout, "BLOCK_D": dim, "BLOCK_DV": dim, "ACC": tl.float64 if t == "fp64" else tl.float32,
                  "PRECISION": "ieee"}
-        for name, fn in kernels.items():
+        for name, fn in _KERNELS.items():
             for arch in (90, 80):
                 tiles = [fixed] if t == "fp64" else configs_for(name, arch, 4 if t == "fp32" else 2, dim, dropout)
                 for m, n, warps, stages in tiles:
