@@ -267,6 +267,17 @@ def test_decode_opcheck():
                           (q, k, v, torch.tensor([7, 2], dtype=torch.int32), None, 0.3))
 
 
+def test_decode_torch_compile_smoke():
+    q = torch.randn(2, 4, 8)
+    k, v = torch.randn(2, 2, 7, 8), torch.randn(2, 2, 7, 8)
+    lengths = torch.tensor([7, 3])
+
+    def f(q, k, v):
+        return ops.attention_decode(q * 2, k, v, lengths=lengths).sum(-1)
+
+    torch.testing.assert_close(torch.compile(f, fullgraph=True)(q, k, v), f(q, k, v))
+
+
 @pytest.mark.parametrize("changes,message", [
     (dict(q=torch.randn(2, 4, 1, 8, dtype=torch.float64)), r"q must be 3-D"),
     (dict(k=torch.randn(2, 3, 7, 8, dtype=torch.float64), v=torch.randn(2, 3, 7, 8, dtype=torch.float64)),
