@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +30,10 @@ class LSTM(nn.Module):
         bidirectional=False, proj_size=0, device=None, dtype=None.
 
     Inputs: input (L, N, H_in), (N, L, H_in) with batch_first, (L, H_in) unbatched, or a PackedSequence;
-    hx = (h_0, c_0) of shapes (D*num_layers, N, H_out) and (D*num_layers, N, H_cell), or None for zeros.
+    hx = (h_0, c_0) of shapes (D*num_layers, N, H_out) and (D*num_layers, N, H_cell), or None for zeros;
+    lengths (N,) ints in [1, L] (fastseq's addition, for a padded batched input): row n holds lengths[n]
+    steps, its output is zero after them and (h_n, c_n) is its state after its last step, as with a
+    PackedSequence but without packing.
     Outputs: output (L, N, D*H_out) (or a PackedSequence), (h_n, c_n).
     """
 
@@ -154,11 +157,13 @@ class LSTM(nn.Module):
                 raise RuntimeError(f"{name} must be on the device of input ({x.device}), got {t.device}")
 
     def forward(
-        self, input: Union[Tensor, PackedSequence], hx: Optional[HiddenState] = None
+        self, input: Union[Tensor, PackedSequence], hx: Optional[HiddenState] = None,
+        lengths: Union[Tensor, Sequence[int], None] = None,
     ) -> tuple[Union[Tensor, PackedSequence], HiddenState]:
         packed = isinstance(input, PackedSequence)
         unbatched = False
-        lengths = None
+        if lengths is not None:
+            return self._forward_lengths(input, hx, lengths)
         if packed:
             sorted_indices, unsorted_indices = input.sorted_indices, input.unsorted_indices
             x, lengths = pad_packed_sequence(PackedSequence(input.data, input.batch_sizes, None, None))
@@ -179,6 +184,20 @@ class LSTM(nn.Module):
                                        f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors")
                 if unbatched:
                     hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
+        output, h_n, c_n = self._run(x, hx, lengths)
+        if packed:
+            data = pack_padded_sequence(output, lengths).data
+            output = PackedSequence(data, input.batch_sizes, sorted_indices, unsorted_indices)
+            if unsorted_indices is not None:
+                h_n, c_n = h_n.index_select(1, unsorted_indices), c_n.index_select(1, unsorted_indices)
+        elif unbatched:
+            output, h_n, c_n = output.squeeze(1), h_n.squeeze(1), c_n.squeeze(1)
+        elif self.batch_first:
+            output = output.transpose(0, 1)
+        return output, (h_n, c_n)
+
+    def _run(self, x: Tensor, hx: Optional[HiddenState], lengths: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """Every layer and direction over x (L, N, H_in), time major; lengths sorted non-increasing or None."""
         batch = x.size(1)
         self._check_input(x, hx, batch)
 
@@ -204,18 +223,31 @@ class LSTM(nn.Module):
             layer_input = outputs[0] if d == 1 else torch.cat(outputs, dim=2)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 layer_input = F.dropout(layer_input, p=self.dropout, training=True)
-        output, h_n, c_n = layer_input, torch.stack(h_n), torch.stack(c_n)
+        return layer_input, torch.stack(h_n), torch.stack(c_n)
 
-        if packed:
-            data = pack_padded_sequence(output, lengths).data
-            output = PackedSequence(data, input.batch_sizes, sorted_indices, unsorted_indices)
-            if unsorted_indices is not None:
-                h_n, c_n = h_n.index_select(1, unsorted_indices), c_n.index_select(1, unsorted_indices)
-        elif unbatched:
-            output, h_n, c_n = output.squeeze(1), h_n.squeeze(1), c_n.squeeze(1)
-        elif self.batch_first:
-            output = output.transpose(0, 1)
-        return output, (h_n, c_n)
+    def _forward_lengths(self, input: Tensor, hx: Optional[HiddenState], lengths) -> tuple[Tensor, HiddenState]:
+        """A padded batch with per-row lengths: sort the rows by length (as packing does), run, unsort."""
+        if not isinstance(input, Tensor) or input.dim() != 3:
+            raise ValueError("LSTM: lengths needs a batched, padded input tensor (3-D); got "
+                             + (f"{input.dim()}-D" if isinstance(input, Tensor) else type(input).__name__))
+        lengths = torch.as_tensor(lengths).to(device="cpu", dtype=torch.int64)
+        x = input.transpose(0, 1) if self.batch_first else input
+        steps, batch = x.shape[0], x.shape[1]
+        if lengths.shape != (batch,) or (batch and (int(lengths.min()) < 1 or int(lengths.max()) > steps)):
+            raise ValueError(f"LSTM: lengths must hold one int in [1, L={steps}] per sequence (N={batch}), got "
+                             f"{lengths.tolist() if lengths.dim() == 1 else tuple(lengths.shape)}")
+        sorted_lengths, order = torch.sort(lengths, descending=True, stable=True)
+        if bool((order == torch.arange(batch)).all()):
+            output, h_n, c_n = self._run(x, hx, sorted_lengths)
+        else:
+            unorder = torch.empty_like(order)
+            unorder[order] = torch.arange(batch)
+            order, unorder = order.to(x.device), unorder.to(x.device)
+            if hx is not None:
+                hx = (hx[0].index_select(1, order), hx[1].index_select(1, order))
+            output, h_n, c_n = self._run(x.index_select(1, order), hx, sorted_lengths)
+            output, h_n, c_n = (t.index_select(1, unorder) for t in (output, h_n, c_n))
+        return (output.transpose(0, 1) if self.batch_first else output), (h_n, c_n)
 
 
 class LSTMCell(nn.Module):

@@ -9,9 +9,13 @@ attention probabilities before dropout, through the reference path.
 
 Incremental decoding: pass a `KVCache` as `kv_cache`; the new positions' keys and values are appended
 to it and the queries attend to everything it holds (causally when several queries come at once).
+Cross-attention to a fixed memory: `precompute_kv(memory)` projects its keys and values once; pass the
+`StaticKV` as `key` at every step. Its batch may divide the query's: rows b·K … b·K+K-1 of the queries
+(K beams of one sentence) then all attend to row b of the memory, without copies of it.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
 import torch
@@ -20,6 +24,17 @@ from torch import Tensor, nn
 
 from .. import ops
 from .kv_cache import KVCache
+
+
+@dataclass(frozen=True)
+class StaticKV:
+    """A memory's keys k (B, heads, S, head_dim) and values v (B, heads, S, head_dim), projected once by
+    `MultiheadAttention.precompute_kv`, with its padding (bool key_padding_mask (B, S) and/or lengths (B,))."""
+
+    k: Tensor
+    v: Tensor
+    key_padding_mask: Optional[Tensor] = None
+    lengths: Optional[Tensor] = None
 
 
 class MultiheadAttention(nn.Module):
@@ -32,9 +47,10 @@ class MultiheadAttention(nn.Module):
     forward(query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
             average_attn_weights=True, is_causal=False, lengths=None, kv_cache=None)
         query (L, N, E) or (N, L, E) with batch_first, or (L, E) unbatched; key (S, N, kdim), value
-        (S, N, vdim) likewise. key_padding_mask (N, S): bool, True = ignore, or float with 0 / -inf.
-        lengths (N,) ints: keys at s >= lengths[n] are padding (cheaper than a mask: the kernels skip
-        them). Returns (attn_output like query, weights (N, L, S) averaged over heads, (N, heads, L, S)
+        (S, N, vdim) likewise, or key a `StaticKV` and value None. key_padding_mask (N, S): bool, True =
+        ignore, or float with 0 / -inf. lengths (N,) ints: keys at s >= lengths[n] are padding (cheaper
+        than a mask: the kernels skip them); with a kv_cache, how many of the L new positions row n
+        keeps (ragged prompts). Returns (attn_output like query, weights (N, L, S) averaged over heads, (N, heads, L, S)
         unless average_attn_weights, or None unless need_weights).
     """
 
@@ -100,10 +116,32 @@ class MultiheadAttention(nn.Module):
 
     # ------------------------------------------------------------------------------------- forward
 
-    def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Optional[Tensor] = None,
-                need_weights: bool = True, attn_mask: Optional[Tensor] = None, average_attn_weights: bool = True,
-                is_causal: bool = False, lengths: Union[Tensor, Sequence[int], None] = None,
+    def precompute_kv(self, key: Tensor, value: Tensor, key_padding_mask: Optional[Tensor] = None,
+                      lengths: Union[Tensor, Sequence[int], None] = None) -> StaticKV:
+        """Project a memory's keys and values once, for queries that attend to it at every decoding step.
+        key (S, N, kdim) / value (S, N, vdim), batch first with batch_first; masks as in forward."""
+        if key.dim() != 3 or value.dim() != 3:
+            raise ValueError(f"MultiheadAttention.precompute_kv: key and value must be batched (3-D), got "
+                             f"{key.dim()}-D and {value.dim()}-D")
+        if self.bias_k is not None or self.add_zero_attn:
+            raise ValueError("MultiheadAttention.precompute_kv does not serve add_bias_kv or add_zero_attn")
+        if not self.batch_first:
+            key, value = key.transpose(0, 1), value.transpose(0, 1)
+        self._check_inputs(key.new_empty(key.shape[0], 0, self.embed_dim), key, value)
+        (_, wk, wv), (_, bk, bv) = self._weights()
+        k, v = F.linear(key, wk, bk), F.linear(value, wv, bv)
+        if lengths is not None:
+            lengths = torch.as_tensor(lengths, device=k.device)
+        return StaticKV(self._heads(k), self._heads(v), _bool_padding(key_padding_mask), lengths)
+
+    def forward(self, query: Tensor, key: Union[Tensor, StaticKV], value: Optional[Tensor],
+                key_padding_mask: Optional[Tensor] = None, need_weights: bool = True,
+                attn_mask: Optional[Tensor] = None, average_attn_weights: bool = True, is_causal: bool = False,
+                lengths: Union[Tensor, Sequence[int], None] = None,
                 kv_cache: Optional[KVCache] = None) -> tuple[Tensor, Optional[Tensor]]:
+        if isinstance(key, StaticKV):
+            return self._forward_static(query, key, value, key_padding_mask, need_weights, attn_mask,
+                                        average_attn_weights, is_causal, lengths, kv_cache)
         batched = query.dim() == 3
         if query.dim() not in (2, 3) or key.dim() != query.dim() or value.dim() != query.dim():
             raise ValueError(f"MultiheadAttention: query, key and value must all be 3-D (batched) or 2-D "
@@ -129,6 +167,38 @@ class MultiheadAttention(nn.Module):
             return out.squeeze(0), None if weights is None else weights.squeeze(0)
         return (out if self.batch_first else out.transpose(0, 1)), weights
 
+    def _forward_static(self, query, memory: StaticKV, value, key_padding_mask, need_weights, attn_mask,
+                        average_attn_weights, is_causal, lengths, kv_cache):
+        """Queries (batched) against a precomputed memory; K = N / B query rows per memory row."""
+        if value is not None or key_padding_mask is not None or lengths is not None:
+            raise ValueError("MultiheadAttention: with a StaticKV key, give the memory's value and padding to "
+                             "precompute_kv, and pass value=None")
+        if attn_mask is not None or is_causal or kv_cache is not None:
+            raise ValueError("MultiheadAttention: attention to a StaticKV memory takes no attn_mask, is_causal "
+                             "or kv_cache")
+        if query.dim() != 3 or query.shape[-1] != self.embed_dim:
+            raise ValueError(f"MultiheadAttention: query must be batched with {self.embed_dim} features, got shape "
+                             f"{tuple(query.shape)}")
+        x = query if self.batch_first else query.transpose(0, 1)
+        N, L, E = x.shape
+        B, H, S, hd = memory.k.shape
+        if N % B:
+            raise ValueError(f"MultiheadAttention: the query batch ({N}) must be a multiple of the memory batch "
+                             f"({B}): K query rows (beams) per memory row")
+        beams = N // B
+        (wq, _, _), (bq, _, _) = self._weights()
+        q = F.linear(x, wq, bq).view(B, beams * L, H, hd).transpose(1, 2)  # beams ride in the query dimension
+        out = ops.attention(q, memory.k, memory.v, key_padding_mask=memory.key_padding_mask, lengths=memory.lengths,
+                            dropout_p=self.dropout if self.training else 0.0)
+        out = self.out_proj(out.transpose(1, 2).reshape(N, L, E))
+        weights = None
+        if need_weights:
+            weights = ops.attention_weights(q, memory.k, False, memory.key_padding_mask, memory.lengths)
+            weights = weights.view(B, H, beams, L, S).transpose(1, 2).reshape(N, H, L, S)
+            if average_attn_weights:
+                weights = weights.mean(1)
+        return (out if self.batch_first else out.transpose(0, 1)), weights
+
     def _check_inputs(self, query: Tensor, key: Tensor, value: Tensor) -> None:
         for name, t, dim in (("query", query, self.embed_dim), ("key", key, self.kdim), ("value", value, self.vdim)):
             if t.shape[-1] != dim:
@@ -139,20 +209,21 @@ class MultiheadAttention(nn.Module):
                              f"the batch of query; got query {tuple(query.shape)}, key {tuple(key.shape)}, value "
                              f"{tuple(value.shape)} (batch_first={self.batch_first})")
 
+    def _weights(self) -> tuple[tuple[Tensor, Tensor, Tensor], tuple[Optional[Tensor], ...]]:
+        """The (q, k, v) projection weights and biases."""
+        biases = (None, None, None) if self.in_proj_bias is None else self.in_proj_bias.chunk(3)
+        if self._qkv_same_embed_dim:
+            return self.in_proj_weight.chunk(3), biases
+        return (self.q_proj_weight, self.k_proj_weight, self.v_proj_weight), biases
+
     def _project(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(B, L, E), (B, S, kdim), (B, S, vdim) -> q (B, heads, L, hd), k and v (B, S, E)."""
-        E = self.embed_dim
-        bq, bk, bv = (None, None, None) if self.in_proj_bias is None else self.in_proj_bias.chunk(3)
         if self._qkv_same_embed_dim and query is key and key is value:
             q, k, v = F.linear(query, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
-        elif self._qkv_same_embed_dim:
-            wq, wk, wv = self.in_proj_weight.chunk(3)
-            q, k, v = F.linear(query, wq, bq), F.linear(key, wk, bk), F.linear(value, wv, bv)
         else:
-            q, k, v = (F.linear(query, self.q_proj_weight, bq), F.linear(key, self.k_proj_weight, bk),
-                       F.linear(value, self.v_proj_weight, bv))
-        B, L, _ = q.shape
-        return q.view(B, L, self.num_heads, E // self.num_heads).transpose(1, 2), k, v
+            (wq, wk, wv), (bq, bk, bv) = self._weights()
+            q, k, v = F.linear(query, wq, bq), F.linear(key, wk, bk), F.linear(value, wv, bv)
+        return self._heads(q), k, v
 
     def _heads(self, t: Tensor) -> Tensor:
         B, S, _ = t.shape
@@ -186,16 +257,16 @@ class MultiheadAttention(nn.Module):
         return out, weights
 
     def _attend_cache(self, q, k, v, cache, key_padding_mask, attn_mask, is_causal, lengths, need_weights):
-        if key_padding_mask is not None or lengths is not None:
+        if key_padding_mask is not None:
             raise ValueError("MultiheadAttention: with a kv_cache the cache's lengths say which keys each row "
-                             "holds; pass no key_padding_mask or lengths")
+                             "holds; pass no key_padding_mask (lengths: how many new positions each row keeps)")
         if self.bias_k is not None or self.add_zero_attn:
             raise ValueError("MultiheadAttention: kv_cache does not serve add_bias_kv or add_zero_attn")
         L = q.shape[2]
         if L > 1 and not cache.uniform:
             raise ValueError("MultiheadAttention: several queries at once need a kv_cache whose rows hold equal "
                              "lengths; append ragged prompts with their counts, then decode one token at a time")
-        cache.append(self._heads(k), self._heads(v))
+        cache.append(self._heads(k), self._heads(v), counts=lengths)
         keys, values = cache.keys(), cache.values()
         if L == 1:
             out = ops.attention_decode(q[:, :, 0], keys, values, lengths=cache.lengths)[:, :, None]
