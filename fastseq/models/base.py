@@ -1,0 +1,119 @@
+"""What every fastseq model shares: a config dataclass, and save/load of config and weights in one file.
+
+A saved model is one torch.save file {"format", "model", "config", "state_dict"}, written to a temporary
+file and renamed, so a killed save never leaves a truncated model behind. `fastseq.models.load(path)`
+rebuilds whichever model the file holds; `SomeModel.load(path)` also checks that it is that model.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from typing import Any, ClassVar, Union
+
+import torch
+from torch import Tensor, nn
+
+FORMAT = "fastseq-model/1"
+_REGISTRY: dict[str, type["Model"]] = {}
+
+
+def check_config(owner: str, config: Any, positive: tuple[str, ...] = (), probabilities: tuple[str, ...] = (),
+                 token_ids: tuple[tuple[str, str], ...] = ()) -> None:
+    """ValueError naming the field unless: `positive` fields are ints >= 1, `probabilities` lie in [0, 1),
+    and each (id field, vocab field) pair is None or an id inside that vocabulary."""
+    for name in positive:
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{owner}: {name} must be a positive int, got {value!r}")
+    for name in probabilities:
+        value = getattr(config, name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
+            raise ValueError(f"{owner}: {name} must be a probability in [0, 1), got {value!r}")
+    for name, vocab in token_ids:
+        value, size = getattr(config, name), getattr(config, vocab)
+        if value is not None and (not isinstance(value, int) or not 0 <= value < size):
+            raise ValueError(f"{owner}: {name} must be a token id in [0, {vocab}={size}), got {value!r}")
+
+
+def check_tokens(owner: str, name: str, tokens: Tensor, vocab_size: int, ndim: int = 2) -> None:
+    """tokens: an integer tensor of `ndim` dims; on the CPU also every id in [0, vocab_size) (on a GPU
+    that check would cost a synchronization each call; there the embedding's device assert catches it)."""
+    if not isinstance(tokens, Tensor) or tokens.dtype not in (torch.int64, torch.int32) or tokens.dim() != ndim:
+        got = f"{tokens.dtype} of shape {tuple(tokens.shape)}" if isinstance(tokens, Tensor) else type(tokens).__name__
+        raise ValueError(f"{owner}: {name} must be an int64/int32 tensor of {ndim} dims (batch first), got {got}")
+    if tokens.device.type == "cpu" and tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab_size):
+        raise ValueError(f"{owner}: {name} must hold ids in [0, vocab_size={vocab_size}), got ids in "
+                         f"[{int(tokens.min())}, {int(tokens.max())}]")
+
+
+def lengths_tensor(owner: str, lengths, batch: int, steps: int, device: torch.device) -> Tensor:
+    """(B,) int64 lengths on `device`, each in [1, steps]; ValueError otherwise."""
+    lengths = torch.as_tensor(lengths, device=device)
+    if lengths.shape != (batch,) or lengths.dtype.is_floating_point:
+        raise ValueError(f"{owner}: lengths must be {batch} ints (one per sequence), got {lengths.dtype} "
+                         f"{tuple(lengths.shape)}")
+    if lengths.device.type == "cpu" and batch and (int(lengths.min()) < 1 or int(lengths.max()) > steps):
+        raise ValueError(f"{owner}: lengths must lie in [1, {steps}], got {lengths.tolist()}")
+    return lengths.long()
+
+
+def padding_mask(lengths: Tensor, steps: int) -> Tensor:
+    """(B, steps) bool, True at the padded positions t >= lengths[b]."""
+    return torch.arange(steps, device=lengths.device)[None, :] >= lengths[:, None]
+
+
+class Model(nn.Module):
+    """A model built from its config (a dataclass), saved with it in one file."""
+
+    config_class: ClassVar[type]
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _REGISTRY[cls.__name__] = cls
+
+    def __init__(self, config) -> None:
+        super().__init__()
+        if not isinstance(config, self.config_class):
+            raise TypeError(f"{type(self).__name__} takes a {self.config_class.__name__}, got {type(config).__name__}")
+        self.config = config
+
+    def save(self, path: Union[str, os.PathLike]) -> None:
+        """Write config and state_dict to `path` atomically (temporary file in the same folder, then rename)."""
+        path = os.fspath(path)
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        payload = {"format": FORMAT, "model": type(self).__name__, "config": dataclasses.asdict(self.config),
+                   "state_dict": self.state_dict()}
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(payload, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path: Union[str, os.PathLike], map_location: Union[str, torch.device, None] = "cpu") -> "Model":
+        """The model saved at `path`; when called on a subclass, it must be that model."""
+        payload = torch.load(os.fspath(path), map_location=map_location, weights_only=True)
+        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+            raise ValueError(f"{path}: not a fastseq model file (format {FORMAT!r})")
+        name = payload["model"]
+        if name not in _REGISTRY:
+            raise ValueError(f"{path}: holds a {name!r}, which this fastseq does not know (known: {sorted(_REGISTRY)})")
+        model_cls = _REGISTRY[name]
+        if cls is not Model and not issubclass(model_cls, cls):
+            raise ValueError(f"{path}: holds a {name}, not a {cls.__name__}")
+        model = model_cls(model_cls.config_class(**payload["config"]))
+        model.load_state_dict(payload["state_dict"])
+        return model.to(map_location) if map_location is not None else model
+
+
+def load(path: Union[str, os.PathLike], map_location: Union[str, torch.device, None] = "cpu") -> Model:
+    """Rebuild the fastseq model saved at `path` (any kind)."""
+    return Model.load(path, map_location)

@@ -1,0 +1,138 @@
+"""An LSTM language model in the style of AWD-LSTM: embedding, stacked LSTM layers, an output layer tied to
+the embedding, dropout on the embedding, between layers and on the output, and optional weight drop
+(DropConnect) on the recurrent weights.
+
+Merity, Keskar & Socher, "Regularizing and Optimizing LSTM Language Models", 2017; the tied output layer
+from Press & Wolf 2017 and Inan et al. 2017. The LM body of ULMFiT (Howard & Ruder 2018).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from .. import nn as fnn
+from .base import Model, check_config, check_tokens, lengths_tensor
+from .losses import shifted, token_loss
+from .state import RecurrentState
+
+
+@dataclass
+class LSTMLMConfig:
+    """vocab_size; embed_dim; hidden_size of every layer but the last, whose size is embed_dim when the
+    output is tied (else hidden_size); num_layers; embed_dropout (on the embeddings), hidden_dropout
+    (between layers), output_dropout (before the output layer), weight_drop (on the recurrent weights,
+    AWD-LSTM); tie_weights; pad_id (its embedding stays zero), eos_id (ends generation)."""
+
+    vocab_size: int
+    embed_dim: int = 400
+    hidden_size: int = 1150
+    num_layers: int = 3
+    embed_dropout: float = 0.1
+    hidden_dropout: float = 0.3
+    output_dropout: float = 0.4
+    weight_drop: float = 0.0
+    tie_weights: bool = True
+    pad_id: Optional[int] = None
+    eos_id: Optional[int] = None
+
+    def __post_init__(self):
+        check_config("LSTMLMConfig", self, positive=("vocab_size", "embed_dim", "hidden_size", "num_layers"),
+                     probabilities=("embed_dropout", "hidden_dropout", "output_dropout", "weight_drop"),
+                     token_ids=(("pad_id", "vocab_size"), ("eos_id", "vocab_size")))
+
+
+class WeightDrop(nn.Module):
+    """DropConnect as a parametrization: in training, each forward sees the weight with entries dropped."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, weight: Tensor) -> Tensor:
+        return F.dropout(weight, self.p, self.training)
+
+
+class LSTMLM(Model):
+    """Next-token LSTM language model on fastseq.nn.LSTM.
+
+    forward(tokens (B, T), lengths=None, state=None) -> (logits (B, T, V), state): state is a list of
+    (h, c) per layer, to carry across truncated-BPTT windows. features(tokens, lengths) gives the last
+    layer's outputs (B, T, feature_size), what a SequenceClassifier pools; loss() the mean next-token
+    cross-entropy over real positions.
+    """
+
+    config_class = LSTMLMConfig
+
+    def __init__(self, config: LSTMLMConfig) -> None:
+        super().__init__(config)
+        c = config
+        self.embedding = nn.Embedding(c.vocab_size, c.embed_dim, padding_idx=c.pad_id)
+        last = c.embed_dim if c.tie_weights else c.hidden_size
+        sizes = [c.embed_dim] + [c.hidden_size] * (c.num_layers - 1) + [last]
+        self.layers = nn.ModuleList(fnn.LSTM(sizes[i], sizes[i + 1], batch_first=True) for i in range(c.num_layers))
+        if c.weight_drop > 0:
+            for layer in self.layers:
+                parametrize.register_parametrization(layer, "weight_hh_l0", WeightDrop(c.weight_drop))
+        self.output = nn.Linear(last, c.vocab_size)
+        if c.tie_weights:
+            self.output.weight = self.embedding.weight
+        self.feature_size = last
+        nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
+        if c.pad_id is not None:
+            with torch.no_grad():
+                self.embedding.weight[c.pad_id].zero_()
+        nn.init.zeros_(self.output.bias)
+
+    def run(self, tokens: Tensor, lengths=None, state: Optional[list] = None) -> tuple[Tensor, list]:
+        """(B, T) ids -> the last layer's outputs (B, T, feature_size), zero past each row's length, and the
+        final (h, c) of every layer (at each row's last real token)."""
+        check_tokens("LSTMLM", "tokens", tokens, self.config.vocab_size)
+        if lengths is not None:
+            lengths = lengths_tensor("LSTMLM", lengths, tokens.shape[0], tokens.shape[1], torch.device("cpu"))
+        if state is not None and len(state) != len(self.layers):
+            raise ValueError(f"LSTMLM: state must hold one (h, c) per layer ({len(self.layers)}), got {len(state)}")
+        c = self.config
+        x = F.dropout(self.embedding(tokens), c.embed_dropout, self.training)
+        new_state = []
+        for i, layer in enumerate(self.layers):
+            x, s = layer(x, None if state is None else state[i], lengths=lengths)
+            new_state.append(s)
+            x = F.dropout(x, c.hidden_dropout if i < len(self.layers) - 1 else c.output_dropout, self.training)
+        return x, new_state
+
+    def features(self, tokens: Tensor, lengths=None) -> Tensor:
+        return self.run(tokens, lengths)[0]
+
+    def forward(self, tokens: Tensor, lengths=None, state: Optional[list] = None) -> tuple[Tensor, list]:
+        x, state = self.run(tokens, lengths, state)
+        return self.output(x), state
+
+    def loss(self, tokens: Tensor, lengths=None) -> Tensor:
+        """Mean cross-entropy of predicting tokens[:, t+1] from tokens[:, :t+1], over real positions."""
+        inputs, targets, lengths = shifted(tokens, lengths)
+        return token_loss(self(inputs, lengths)[0], targets, lengths)
+
+    # ---------------------------------------------------------------------------------- generation
+
+    @torch.no_grad()
+    def begin_decoding(self, prompt: Tensor, lengths=None, max_new_tokens: int = 0,
+                       use_cache: bool = True) -> tuple[Tensor, RecurrentState]:
+        """Run the prompts (B, T) -> (logits (B, V) of the token after each prompt, state). A recurrent
+        model's state is its cache: use_cache is accepted for the common interface and has no effect."""
+        x, state = self.run(prompt, lengths)
+        last = (torch.full((prompt.shape[0],), prompt.shape[1], device=prompt.device) if lengths is None
+                else torch.as_tensor(lengths, device=prompt.device)) - 1
+        logits = self.output(x[torch.arange(prompt.shape[0], device=prompt.device), last.long()])
+        return logits, RecurrentState(state)
+
+    @torch.no_grad()
+    def decode_step(self, tokens: Tensor, state: RecurrentState) -> Tensor:
+        """tokens (N,) -> logits (N, V) of the next token; state advances by one step."""
+        x, state.layers = self.run(tokens[:, None], None, state.layers)
+        return self.output(x[:, 0])
+
