@@ -10,14 +10,17 @@ IGNORE = -100  # F.cross_entropy's ignore_index
 
 
 def token_loss(logits: Tensor, targets: Tensor, lengths=None, label_smoothing: float = 0.0) -> Tensor:
-    """Mean cross-entropy of logits (B, T, V) against targets (B, T), ignoring t >= lengths[b]."""
+    """Mean cross-entropy of logits (B, T, V) against targets (B, T), over the targets not -100 and
+    (with lengths) at t < lengths[b]; zero, not NaN, when there are none."""
     if lengths is not None:
         lengths = torch.as_tensor(lengths, device=targets.device)
         pad = torch.arange(targets.shape[1], device=targets.device)[None, :] >= lengths[:, None]
         targets = targets.masked_fill(pad, IGNORE)
     logits = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE,
-                           label_smoothing=label_smoothing)
+    targets = targets.reshape(-1)
+    total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets, ignore_index=IGNORE,
+                            label_smoothing=label_smoothing, reduction="sum")
+    return total / (targets != IGNORE).sum().clamp(min=1)
 
 
 def shifted(tokens: Tensor, lengths=None) -> tuple[Tensor, Tensor, Tensor | None]:

@@ -1,0 +1,94 @@
+"""Generation for every fastseq decoder: greedy search, sampling (temperature, top-k, top-p) and batched
+beam search (length penalty, n-gram blocking), with EOS handling, a length limit and a seed.
+
+    out = fastseq.generation.generate(model, prompt_or_source, lengths, max_new_tokens=50,
+                                      method="beam", beams=5)
+    out.tokens, out.lengths, out.scores
+
+A decoder is any model with
+    begin_decoding(inputs (B, S), lengths, max_new_tokens, use_cache) -> (logits (B, V), state)
+        a language model runs its prompts, an encoder–decoder encodes its sources and feeds BOS;
+        logits are those of each row's first new token;
+    decode_step(tokens (N,), state) -> logits (N, V), advancing state by one token;
+    state.reorder(index (N',)) keeping rows `index` (beam search: each beam's parent).
+fastseq.models' LSTMLM, CausalLM, Seq2Seq and Transformer are decoders: Transformers keep a KVCache per
+layer, recurrent models their (h, c) and the attention's projected keys.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .logits import block_repeated_ngrams, top_k_filter, top_p_filter
+from .search import Generation, beam_search, sequential
+
+METHODS = ("greedy", "sample", "beam")
+
+
+def generate(model, inputs: Tensor, lengths=None, *, max_new_tokens: int, method: str = "greedy", beams: int = 4,
+             length_penalty: float = 1.0, no_repeat_ngram_size: int = 0, temperature: float = 1.0, top_k: int = 0,
+             top_p: float = 1.0, eos_id: Optional[int] = None, pad_id: Optional[int] = None,
+             seed: Optional[int] = None, use_cache: bool = True) -> Generation:
+    """Generate up to max_new_tokens tokens per row of inputs (B, S) (prompts or sources; lengths (B,) when
+    they are right-padded).
+
+    method: "greedy", "sample" (temperature, top_k (0: all), top_p (1: all), seed for a reproducible
+    draw) or "beam" (beams, length_penalty α: scores are log-probability / length^α). eos_id (default
+    the model's config.eos_id): a row ends when it emits it; None: every row runs max_new_tokens.
+    pad_id (default the model's, else 0) fills rows that ended. no_repeat_ngram_size n > 0: no n-gram
+    occurs twice among a row's generated tokens. use_cache=False reruns the whole sequence each step
+    (for comparison; Transformer models only differ).
+    """
+    config = getattr(model, "config", None)
+    eos_id = getattr(config, "eos_id", None) if eos_id is None else eos_id
+    pad_id = getattr(config, "pad_id", None) if pad_id is None else pad_id
+    pad_id = 0 if pad_id is None else pad_id
+    _check(method, max_new_tokens, beams, temperature, top_k, top_p, no_repeat_ngram_size, length_penalty)
+    vocab = _vocab_size(model)
+    for name, value in (("eos_id", eos_id), ("pad_id", pad_id)):
+        if value is not None and vocab is not None and not 0 <= value < vocab:
+            raise ValueError(f"generate: {name} must be a token id in [0, {vocab}) (the model's vocabulary), got "
+                             f"{value}")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            if method == "beam":
+                return beam_search(model, inputs, lengths, max_new_tokens, beams, length_penalty, eos_id, pad_id,
+                                   no_repeat_ngram_size, use_cache)
+            generator = None
+            if method == "sample" and seed is not None:
+                generator = torch.Generator(device=inputs.device).manual_seed(seed)
+            return sequential(model, inputs, lengths, max_new_tokens, eos_id, pad_id, no_repeat_ngram_size,
+                              use_cache, sample=method == "sample", temperature=temperature, top_k=top_k,
+                              top_p=top_p, generator=generator)
+    finally:
+        model.train(was_training)
+
+
+def _vocab_size(model) -> Optional[int]:
+    config = getattr(model, "config", None)
+    for name in ("vocab_size", "tgt_vocab_size"):
+        if hasattr(config, name):
+            return getattr(config, name)
+    return None
+
+
+def _check(method, max_new_tokens, beams, temperature, top_k, top_p, no_repeat_ngram_size, length_penalty) -> None:
+    if method not in METHODS:
+        raise ValueError(f"generate: method must be one of {METHODS}, got {method!r}")
+    for name, value, low in (("max_new_tokens", max_new_tokens, 1), ("beams", beams, 1), ("top_k", top_k, 0),
+                             ("no_repeat_ngram_size", no_repeat_ngram_size, 0)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"generate: {name} must be an int >= {low}, got {value!r}")
+    if not temperature > 0:
+        raise ValueError(f"generate: temperature must be > 0, got {temperature!r}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"generate: top_p must lie in (0, 1], got {top_p!r}")
+    if not isinstance(length_penalty, (int, float)):
+        raise ValueError(f"generate: length_penalty must be a number, got {length_penalty!r}")
+
+
+__all__ = ["Generation", "block_repeated_ngrams", "generate", "top_k_filter", "top_p_filter"]

@@ -1,0 +1,129 @@
+"""Greedy search, sampling and beam search over any fastseq decoder (see fastseq.generation).
+
+All three keep their bookkeeping on the device; the only synchronization per step is the check whether
+every sequence has ended. Beam search is batched: B sentences × K beams run as B·K rows, each sentence's
+finished hypotheses are kept in (B, K) tensors, and the encoder's memory stays at B rows (the models fold
+the K beams of a sentence into one attention call over its memory).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .logits import block_repeated_ngrams, top_k_filter, top_p_filter
+
+
+@dataclass
+class Generation:
+    """tokens (B, L): each row's generated tokens, its EOS included, then pad_id; lengths (B,): how many
+    tokens each row generated; scores (B,): greedy and sampling, the total log-probability of the tokens
+    under the distribution they were chosen from; beam search, that total / length ** length_penalty."""
+
+    tokens: Tensor
+    lengths: Tensor
+    scores: Tensor
+
+
+def sequential(model, inputs: Tensor, lengths, max_new_tokens: int, eos_id: Optional[int], pad_id: int,
+               no_repeat_ngram_size: int, use_cache: bool, sample: bool = False, temperature: float = 1.0,
+               top_k: int = 0, top_p: float = 1.0, generator: Optional[torch.Generator] = None) -> Generation:
+    """One token per row per step: the most likely one (greedy), or one drawn from the filtered
+    distribution (sample). Rows that emitted EOS get pad_id from then on."""
+    logits, state = model.begin_decoding(inputs, lengths, max_new_tokens=max_new_tokens, use_cache=use_cache)
+    B, device = logits.shape[0], logits.device
+    tokens = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    out_lengths = torch.zeros(B, dtype=torch.long, device=device)
+    scores = torch.zeros(B, dtype=torch.float32, device=device)
+    for t in range(max_new_tokens):
+        logits = block_repeated_ngrams(logits.float(), tokens[:, :t], no_repeat_ngram_size)
+        if sample:
+            logits = top_p_filter(top_k_filter(logits / temperature, top_k), top_p)
+            token = torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)[:, 0]
+        else:
+            token = logits.argmax(dim=-1)
+        logp = logits.log_softmax(dim=-1).gather(1, token[:, None])[:, 0]
+        token = token.masked_fill(finished, pad_id)
+        scores += logp.masked_fill(finished, 0.0)
+        out_lengths += (~finished).long()
+        tokens[:, t] = token
+        if eos_id is not None:
+            finished |= token == eos_id
+            if bool(finished.all()):
+                break
+        if t + 1 < max_new_tokens:
+            logits = model.decode_step(token, state)
+    return Generation(tokens[:, :int(out_lengths.max())], out_lengths, scores)
+
+
+def beam_search(model, inputs: Tensor, lengths, max_new_tokens: int, beams: int, length_penalty: float,
+                eos_id: Optional[int], pad_id: int, no_repeat_ngram_size: int, use_cache: bool) -> Generation:
+    """The best of `beams` hypotheses per sentence by total log-probability / length ** length_penalty.
+
+    Each step ranks the 2K best continuations of a sentence's K beams: those ending in EOS among the
+    first K join its finished hypotheses, the K best others continue. A sentence is done when it holds K
+    finished hypotheses and no live beam can still beat the worst of them (log-probabilities only fall,
+    so a beam's best reachable score is bounded). At max_new_tokens the live beams count as finished."""
+    logits, state = model.begin_decoding(inputs, lengths, max_new_tokens=max_new_tokens, use_cache=use_cache)
+    B, V = logits.shape
+    K, T, device = beams, max_new_tokens, logits.device
+    rows = torch.arange(B, device=device)
+    state.reorder(rows.repeat_interleave(K))  # K beams of each sentence; the encoder memory stays at B rows
+    logits = logits.repeat_interleave(K, dim=0)
+    beam_scores = torch.full((B, K), float("-inf"), device=device)
+    beam_scores[:, 0] = 0.0  # one live beam at first, so the K beams start different
+    alive = torch.full((B, K, T), pad_id, dtype=torch.long, device=device)
+    finished = _Hypotheses(B, K, T, pad_id, device)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    penalty = lambda n: float(n) ** length_penalty  # noqa: E731
+    n_candidates = min(2 * K, K * V)
+    for t in range(T):
+        logp = block_repeated_ngrams(logits.float().log_softmax(dim=-1), alive.view(B * K, T)[:, :t],
+                                     no_repeat_ngram_size)
+        candidates = (beam_scores[:, :, None] + logp.view(B, K, V)).view(B, K * V)
+        top_scores, top = candidates.topk(n_candidates, dim=-1)
+        parent, token = top // V, top % V
+        sequences = alive.gather(1, parent[:, :, None].expand(B, n_candidates, T)).clone()
+        sequences[:, :, t] = token
+        if eos_id is not None:
+            is_eos = token == eos_id
+            first_k = torch.arange(n_candidates, device=device)[None, :] < K
+            ended = is_eos & first_k & ~done[:, None] & torch.isfinite(top_scores)
+            finished.add(torch.where(ended, top_scores / penalty(t + 1), float("-inf")), sequences, t + 1)
+            top_scores = top_scores.masked_fill(is_eos, float("-inf"))
+        beam_scores, keep = top_scores.topk(K, dim=-1)
+        parents = parent.gather(1, keep)
+        alive = sequences.gather(1, keep[:, :, None].expand(B, K, T))
+        if eos_id is not None:
+            reachable = beam_scores[:, 0] / penalty(T if length_penalty > 0 else t + 1)
+            done |= finished.scores[:, -1] >= reachable
+            if bool(done.all()):
+                break
+        if t + 1 < T:
+            state.reorder((rows[:, None] * K + parents).view(-1))
+            logits = model.decode_step(alive[:, :, t].reshape(-1), state)
+    steps = t + 1
+    finished.add(torch.where(done[:, None], float("-inf"), beam_scores / penalty(steps)), alive, steps)
+    best_lengths = finished.lengths[:, 0]
+    return Generation(finished.tokens[:, 0, :int(best_lengths.max())], best_lengths, finished.scores[:, 0])
+
+
+class _Hypotheses:
+    """Each sentence's K best finished hypotheses, best first: scores (B, K), tokens (B, K, T), lengths."""
+
+    def __init__(self, B: int, K: int, T: int, pad_id: int, device) -> None:
+        self.scores = torch.full((B, K), float("-inf"), device=device)
+        self.tokens = torch.full((B, K, T), pad_id, dtype=torch.long, device=device)
+        self.lengths = torch.zeros(B, K, dtype=torch.long, device=device)
+
+    def add(self, scores: Tensor, tokens: Tensor, length: int) -> None:
+        """Merge candidates scores (B, M) (-inf: not a candidate), tokens (B, M, T), all of `length`."""
+        K = self.scores.shape[1]
+        all_scores = torch.cat([self.scores, scores], dim=1)
+        self.scores, pick = all_scores.topk(K, dim=-1)
+        self.tokens = torch.cat([self.tokens, tokens], dim=1).gather(1, pick[:, :, None].expand_as(self.tokens))
+        self.lengths = torch.cat([self.lengths, torch.full_like(scores, length, dtype=torch.long)], dim=1).gather(1, pick)
