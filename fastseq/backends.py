@@ -25,7 +25,8 @@ from typing import Iterator, Optional
 
 BACKENDS = ("cuda", "cpu", "triton", "reference")
 DEVICE_TYPES = ("cpu", "cuda")
-DEFAULT_ORDER = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpu", "triton", "reference")}
+# On CPU tensors Triton runs only on its interpreter, a tool for testing kernels: never the default there.
+DEFAULT_ORDER = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpu", "reference")}
 ENV_VAR = "FASTSEQ_BACKEND"
 
 _override: contextvars.ContextVar[Optional[dict[str, str]]] = contextvars.ContextVar(

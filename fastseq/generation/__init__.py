@@ -16,7 +16,7 @@ layer, recurrent models their (h, c) and the attention's projected keys.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch import Tensor
@@ -29,26 +29,30 @@ METHODS = ("greedy", "sample", "beam")
 
 def generate(model, inputs: Tensor, lengths=None, *, max_new_tokens: int, method: str = "greedy", beams: int = 4,
              length_penalty: float = 1.0, no_repeat_ngram_size: int = 0, temperature: float = 1.0, top_k: int = 0,
-             top_p: float = 1.0, eos_id: Optional[int] = None, pad_id: Optional[int] = None,
+             top_p: float = 1.0, eos_id: Union[int, None, str] = "model", pad_id: Union[int, str] = "model",
              seed: Optional[int] = None, use_cache: bool = True) -> Generation:
     """Generate up to max_new_tokens tokens per row of inputs (B, S) (prompts or sources; lengths (B,) when
     they are right-padded).
 
     method: "greedy", "sample" (temperature, top_k (0: all), top_p (1: all), seed for a reproducible
-    draw) or "beam" (beams, length_penalty α: scores are log-probability / length^α). eos_id (default
+    draw) or "beam" (beams, length_penalty α: scores are log-probability / length^α). eos_id ("model":
     the model's config.eos_id): a row ends when it emits it; None: every row runs max_new_tokens.
-    pad_id (default the model's, else 0) fills rows that ended. no_repeat_ngram_size n > 0: no n-gram
+    pad_id ("model": the model's config.pad_id, else 0) fills rows that ended. no_repeat_ngram_size n > 0: no n-gram
     occurs twice among a row's generated tokens. use_cache=False reruns the whole sequence each step
     (for comparison; Transformer models only differ).
     """
     config = getattr(model, "config", None)
-    eos_id = getattr(config, "eos_id", None) if eos_id is None else eos_id
-    pad_id = getattr(config, "pad_id", None) if pad_id is None else pad_id
-    pad_id = 0 if pad_id is None else pad_id
+    if eos_id == "model":
+        eos_id = getattr(config, "eos_id", None)
+    if pad_id == "model":
+        pad_id = getattr(config, "pad_id", None)
+        pad_id = 0 if pad_id is None else pad_id
     _check(method, max_new_tokens, beams, temperature, top_k, top_p, no_repeat_ngram_size, length_penalty)
     vocab = _vocab_size(model)
     for name, value in (("eos_id", eos_id), ("pad_id", pad_id)):
-        if value is not None and vocab is not None and not 0 <= value < vocab:
+        if value is None and name == "eos_id":
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or (vocab is not None and not 0 <= value < vocab):
             raise ValueError(f"generate: {name} must be a token id in [0, {vocab}) (the model's vocabulary), got "
                              f"{value}")
     was_training = model.training

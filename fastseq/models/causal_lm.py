@@ -19,7 +19,7 @@ from .base import Model, check_config, check_tokens, lengths_tensor
 from .embeddings import Embedding
 from .losses import shifted, token_loss
 from .state import TransformerState
-from .transformer import check_heads
+from .transformer import check_transformer
 
 
 @dataclass
@@ -49,7 +49,7 @@ class CausalLMConfig:
         check_config("CausalLMConfig", self, positive=("vocab_size", "d_model", "num_heads", "num_layers",
                                                        "dim_feedforward", "max_len"),
                      probabilities=("dropout",), token_ids=(("pad_id", "vocab_size"), ("eos_id", "vocab_size")))
-        check_heads("CausalLMConfig", self.d_model, self.num_heads)
+        check_transformer("CausalLMConfig", self)
 
 
 class CausalLM(Model):

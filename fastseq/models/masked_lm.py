@@ -17,7 +17,7 @@ from .. import nn as fnn
 from .base import Model, check_config, check_tokens, lengths_tensor, padding_mask
 from .embeddings import Embedding
 from .losses import IGNORE, token_loss
-from .transformer import check_heads
+from .transformer import check_transformer
 
 
 @dataclass
@@ -48,7 +48,7 @@ class MaskedLMConfig:
                                                        "dim_feedforward", "max_len"),
                      probabilities=("dropout", "mask_probability"),
                      token_ids=(("mask_id", "vocab_size"), ("pad_id", "vocab_size")))
-        check_heads("MaskedLMConfig", self.d_model, self.num_heads)
+        check_transformer("MaskedLMConfig", self)
         if self.mask_id == self.pad_id:
             raise ValueError(f"MaskedLMConfig: mask_id and pad_id must differ, both are {self.mask_id}")
 

@@ -54,15 +54,18 @@ class TransformerConfig:
                      probabilities=("dropout",),
                      token_ids=(("pad_id", "src_vocab_size"), ("pad_id", "tgt_vocab_size"),
                                 ("bos_id", "tgt_vocab_size"), ("eos_id", "tgt_vocab_size")))
-        check_heads("TransformerConfig", self.d_model, self.num_heads)
+        check_transformer("TransformerConfig", self)
         if self.share_embeddings and self.src_vocab_size != self.tgt_vocab_size:
             raise ValueError(f"TransformerConfig: share_embeddings needs one vocabulary, got src_vocab_size="
                              f"{self.src_vocab_size} and tgt_vocab_size={self.tgt_vocab_size}")
 
 
-def check_heads(owner: str, d_model: int, num_heads: int) -> None:
-    if d_model % num_heads:
-        raise ValueError(f"{owner}: d_model ({d_model}) must be divisible by num_heads ({num_heads})")
+def check_transformer(owner: str, config) -> None:
+    """What the Transformer configs share: heads that divide d_model, an activation the layers know."""
+    if config.d_model % config.num_heads:
+        raise ValueError(f"{owner}: d_model ({config.d_model}) must be divisible by num_heads ({config.num_heads})")
+    if config.activation not in ("relu", "gelu"):
+        raise ValueError(f"{owner}: activation must be 'relu' or 'gelu', got {config.activation!r}")
 
 
 class Transformer(Model):

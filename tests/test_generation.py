@@ -1,0 +1,228 @@
+"""Generation: beam search against exhaustive search on a toy decoder, beam size 1 against greedy,
+cached against uncached decoding on real models, EOS and padding, n-gram blocking, the sampling filters
+against their definitions, seeded sampling, and bad arguments."""
+import itertools
+import math
+
+import pytest
+import torch
+
+from fastseq.generation import block_repeated_ngrams, generate, top_k_filter, top_p_filter
+from fastseq.models import CausalLM, CausalLMConfig, LSTMLM, LSTMLMConfig, Seq2Seq, Seq2SeqConfig, Transformer, \
+    TransformerConfig
+
+
+class ToyDecoder:
+    """A decoder whose next-token log-probabilities depend on (sentence, previous token) through a fixed
+    random table: small enough to enumerate every output."""
+
+    training = False
+
+    def __init__(self, sentences, vocab, eos_id):
+        self.table = torch.randn(sentences, vocab + 1, vocab, dtype=torch.float64) * 2
+        self.vocab, self.eos_id = vocab, eos_id
+
+    def eval(self):
+        return self
+
+    def train(self, mode=True):
+        return self
+
+    class State:
+        def __init__(self, sentence, last):
+            self.sentence, self.last = sentence, last
+
+        def reorder(self, index):
+            self.sentence, self.last = self.sentence[index], self.last[index]
+
+    def begin_decoding(self, inputs, lengths=None, max_new_tokens=0, use_cache=True):
+        sentence = inputs[:, 0]
+        state = self.State(sentence, torch.full_like(sentence, self.vocab))
+        return self.table[sentence, self.vocab], state
+
+    def decode_step(self, tokens, state):
+        state.last = tokens
+        return self.table[state.sentence, tokens]
+
+    def logp(self, sentence, tokens):
+        prev, total = self.vocab, 0.0
+        for tok in tokens:
+            total += torch.log_softmax(self.table[sentence, prev], -1)[tok].item()
+            prev = tok
+        return total
+
+
+def exhaustive_best(toy, sentence, max_len, alpha):
+    """The best sequence by logp / len^alpha among all that end in EOS or reach max_len."""
+    best, best_seq = -math.inf, None
+    for n in range(1, max_len + 1):
+        for seq in itertools.product(range(toy.vocab), repeat=n):
+            if toy.eos_id in seq[:-1] or (n < max_len and seq[-1] != toy.eos_id):
+                continue
+            score = toy.logp(sentence, seq) / n ** alpha
+            if score > best:
+                best, best_seq = score, seq
+    return best_seq, best
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0, -0.5])
+def test_beam_search_with_every_hypothesis_equals_exhaustive_search(alpha):
+    vocab, max_len, sentences = 3, 4, 5
+    toy = ToyDecoder(sentences, vocab, eos_id=0)
+    inputs = torch.arange(sentences)[:, None]
+    out = generate(toy, inputs, max_new_tokens=max_len, method="beam", beams=vocab ** max_len, length_penalty=alpha,
+                   eos_id=0)
+    for s in range(sentences):
+        seq, score = exhaustive_best(toy, s, max_len, alpha)
+        assert out.tokens[s, :out.lengths[s]].tolist() == list(seq)
+        assert out.scores[s].item() == pytest.approx(score, rel=1e-5)
+
+
+def test_beam_search_beats_or_ties_greedy_and_improves_with_beams():
+    toy = ToyDecoder(20, 4, eos_id=0)
+    inputs = torch.arange(20)[:, None]
+    scores = [generate(toy, inputs, max_new_tokens=5, method="beam", beams=k, length_penalty=0.0, eos_id=0).scores
+              for k in (1, 2, 8)]
+    greedy = generate(toy, inputs, max_new_tokens=5, eos_id=0)
+    torch.testing.assert_close(scores[0], greedy.scores)
+    assert bool((scores[1] >= scores[0] - 1e-5).all()) and bool((scores[2] >= scores[1] - 1e-5).all())
+    assert bool((scores[2] > scores[0] + 1e-5).any())
+
+
+def tiny_models():
+    return {
+        "lstm_lm": LSTMLM(LSTMLMConfig(19, 12, 16, 2, pad_id=0, eos_id=2)),
+        "causal_lm": CausalLM(CausalLMConfig(19, 16, 4, 2, dropout=0.0, max_len=40, pad_id=0, eos_id=2)),
+        "seq2seq": Seq2Seq(Seq2SeqConfig(19, 21, 12, 16, 2)),
+        "bahdanau": Seq2Seq(Seq2SeqConfig(19, 21, 12, 16, 2, attention="additive")),
+        "transformer": Transformer(TransformerConfig(19, 21, 16, 4, 2, 2, 32, max_len=40)),
+    }
+
+
+def _inputs():
+    tokens = torch.randint(3, 19, (4, 6))
+    lengths = torch.tensor([6, 3, 5, 1])
+    return tokens, lengths
+
+
+def _sharpen(model):
+    """Make an untrained model's distributions peaked, so that searches differ and EOS comes early."""
+    with torch.no_grad():
+        model.output.weight.mul_(8)
+        if model.output.bias is not None:
+            model.output.bias[2] += 2.0
+    return model
+
+
+@pytest.mark.parametrize("kind", sorted(tiny_models()))
+def test_beam_size_one_equals_greedy(kind):
+    model = _sharpen(tiny_models()[kind]).double()
+    tokens, lengths = _inputs()
+    greedy = generate(model, tokens, lengths, max_new_tokens=8)
+    beam = generate(model, tokens, lengths, max_new_tokens=8, method="beam", beams=1, length_penalty=0.0)
+    assert torch.equal(greedy.tokens, beam.tokens) and torch.equal(greedy.lengths, beam.lengths)
+    torch.testing.assert_close(greedy.scores, beam.scores)
+
+
+@pytest.mark.parametrize("kind", ["causal_lm", "transformer"])
+@pytest.mark.parametrize("method", ["greedy", "beam"])
+def test_cached_decoding_equals_uncached(kind, method):
+    model = _sharpen(tiny_models()[kind]).double()
+    tokens, lengths = _inputs()
+    args = dict(max_new_tokens=8, method=method, beams=3)
+    a = generate(model, tokens, lengths, use_cache=True, **args)
+    b = generate(model, tokens, lengths, use_cache=False, **args)
+    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.lengths, b.lengths)
+    torch.testing.assert_close(a.scores, b.scores)
+
+
+@pytest.mark.parametrize("kind", sorted(tiny_models()))
+def test_generation_is_the_argmax_chain_and_stops_at_eos(kind):
+    """Greedy tokens re-scored by the model's full forward: each is the argmax given the ones before;
+    after EOS only padding follows; lengths count through EOS."""
+    model = _sharpen(tiny_models()[kind]).double().eval()
+    tokens, lengths = _inputs()
+    out = generate(model, tokens, lengths, max_new_tokens=7)
+    for b in range(4):
+        n = out.lengths[b].item()
+        gen = out.tokens[b, :n]
+        assert (out.tokens[b, n:] == 0).all()
+        assert 2 not in gen[:-1].tolist() and (n == 7 or gen[-1].item() == 2)
+        if kind in ("seq2seq", "bahdanau", "transformer"):
+            logits = model(tokens[b:b + 1, :lengths[b]], torch.cat([torch.tensor([1]), gen[:-1]])[None])[0]
+        else:
+            seq = torch.cat([tokens[b, :lengths[b]], gen])[None]
+            logits = model(seq)
+            logits = (logits[0] if isinstance(logits, tuple) else logits)[0, lengths[b] - 1:-1]
+        assert torch.equal(logits.argmax(-1), gen)
+
+
+def test_no_repeat_ngram_blocking():
+    model = _sharpen(tiny_models()["causal_lm"]).double()
+    tokens, lengths = _inputs()
+    for n in (1, 2, 3):
+        out = generate(model, tokens, lengths, max_new_tokens=12, eos_id=None, no_repeat_ngram_size=n,
+                       method="beam" if n == 2 else "greedy", beams=3)
+        for row in out.tokens.tolist():
+            grams = [tuple(row[i:i + n]) for i in range(len(row) - n + 1)]
+            assert len(grams) == len(set(grams)), (n, row)
+
+
+def test_block_repeated_ngrams_matches_its_definition():
+    tokens = torch.randint(0, 4, (6, 9))
+    logits = torch.randn(6, 4)
+    for n in (1, 2, 3):
+        out = block_repeated_ngrams(logits, tokens, n)
+        for r in range(6):
+            row = tokens[r].tolist()
+            seen = {tuple(row[i:i + n]) for i in range(len(row) - n + 1)}
+            for x in range(4):
+                blocked = tuple(row[len(row) - n + 1:] + [x]) in seen
+                assert (out[r, x].item() == -math.inf) == blocked
+
+
+def test_top_k_and_top_p_filters_match_their_definitions():
+    logits = torch.randn(5, 11, dtype=torch.float64)
+    for k in (1, 3, 11):
+        kept = torch.isfinite(top_k_filter(logits, k))
+        for r in range(5):
+            assert set(kept[r].nonzero().flatten().tolist()) == set(logits[r].topk(k).indices.tolist())
+    for p in (0.05, 0.5, 0.9, 1.0):
+        kept = torch.isfinite(top_p_filter(logits, p))
+        probs = logits.softmax(-1)
+        for r in range(5):
+            order = probs[r].argsort(descending=True).tolist()
+            need, total = [], 0.0
+            for i in order:  # the smallest prefix of the ranking whose mass reaches p
+                need.append(i)
+                total += probs[r, i].item()
+                if total >= p:
+                    break
+            assert set(kept[r].nonzero().flatten().tolist()) == set(need)
+
+
+def test_sampling_is_seeded_and_draws_from_the_filtered_distribution():
+    toy = ToyDecoder(1, 6, eos_id=0)
+    inputs = torch.zeros(4000, 1, dtype=torch.long)
+    a = generate(toy, inputs, max_new_tokens=1, method="sample", seed=7, eos_id=None, temperature=0.7, top_k=4)
+    b = generate(toy, inputs, max_new_tokens=1, method="sample", seed=7, eos_id=None, temperature=0.7, top_k=4)
+    assert torch.equal(a.tokens, b.tokens)
+    expected = top_k_filter(toy.table[0, 6][None] / 0.7, 4).softmax(-1)[0]
+    counts = torch.bincount(a.tokens[:, 0], minlength=6).double() / 4000
+    assert counts[expected == 0].sum() == 0
+    assert (counts - expected).abs().max() < 0.03  # 4000 draws: a few standard errors
+
+
+def test_bad_arguments_fail_clearly():
+    model = tiny_models()["causal_lm"]
+    tokens, lengths = _inputs()
+    for kwargs, match in [(dict(method="nucleus"), "method must be one of"),
+                          (dict(max_new_tokens=0), "max_new_tokens must be an int >= 1"),
+                          (dict(method="beam", beams=0), "beams must be an int >= 1"),
+                          (dict(temperature=0.0), "temperature must be > 0"),
+                          (dict(top_p=1.5), r"top_p must lie in \(0, 1\]"),
+                          (dict(eos_id=19), r"eos_id must be a token id in \[0, 19\)")]:
+        with pytest.raises(ValueError, match=match):
+            generate(model, tokens, lengths, **{"max_new_tokens": 3, **kwargs})
+    with pytest.raises(ValueError, match="exceed max_len=40"):
+        generate(model, tokens, lengths, max_new_tokens=40)

@@ -1,0 +1,369 @@
+"""The models on tiny sizes (CPU): each fits a few fixed batches, padding leaves real positions alone,
+causal models do not look ahead, incremental decoding equals the full forward, save → load gives the
+same outputs, and bad configs and inputs fail with errors that name what is wrong."""
+import dataclasses
+
+import pytest
+import torch
+
+from fastseq import models
+from fastseq.models.losses import token_loss
+from fastseq.models import (LSTMLM, CausalLM, CausalLMConfig, LSTMLMConfig, MaskedLM, MaskedLMConfig, Seq2Seq,
+                            Seq2SeqConfig, SequenceClassifier, SequenceClassifierConfig, Transformer,
+                            TransformerConfig)
+
+V = 17  # vocabulary: 0 pad, 1 bos, 2 eos, 3 mask, 4.. words
+WORDS = (4, V)
+
+
+def lstm_lm(**kw):
+    return LSTMLM(LSTMLMConfig(V, **{"embed_dim": 16, "hidden_size": 24, "num_layers": 2, "embed_dropout": 0.0,
+                                     "hidden_dropout": 0.0, "output_dropout": 0.0, "pad_id": 0, "eos_id": 2, **kw}))
+
+
+def causal_lm(**kw):
+    return CausalLM(CausalLMConfig(V, **{"d_model": 16, "num_heads": 4, "num_layers": 2, "dropout": 0.0,
+                                         "max_len": 32, "pad_id": 0, "eos_id": 2, **kw}))
+
+
+def masked_lm(**kw):
+    return MaskedLM(MaskedLMConfig(V, 3, **{"d_model": 16, "num_heads": 2, "num_layers": 2, "dropout": 0.0,
+                                            "max_len": 32, **kw}))
+
+
+def seq2seq(attention, **kw):
+    return Seq2Seq(Seq2SeqConfig(V, V + 2, **{"embed_dim": 12, "hidden_size": 16, "num_layers": 2, "dropout": 0.0,
+                                              "attention": attention, **kw}))
+
+
+def transformer(**kw):
+    return Transformer(TransformerConfig(V, V + 2, **{"d_model": 16, "num_heads": 4, "num_encoder_layers": 2,
+                                                      "num_decoder_layers": 2, "dim_feedforward": 32,
+                                                      "dropout": 0.0, "max_len": 32, **kw}))
+
+
+def batch(B=4, T=7, low=WORDS[0], high=WORDS[1], lengths=True):
+    tokens = torch.randint(low, high, (B, T))
+    n = torch.randint(2, T + 1, (B,)) if lengths else torch.full((B,), T)
+    n[0] = T
+    tokens = tokens.masked_fill(torch.arange(T)[None, :] >= n[:, None], 0)
+    return tokens, n
+
+
+def with_eos(tokens, lengths):
+    """Targets: the real tokens, EOS in the last real slot."""
+    out = tokens.clone()
+    out[torch.arange(len(lengths)), lengths - 1] = 2
+    return out
+
+
+SEQ2SEQ_KINDS = {"sutskever": dict(attention=None), "bahdanau": dict(attention="additive"),
+                 "sutskever-bidirectional": dict(attention=None, bidirectional_encoder=True, reverse_source=False)}
+
+
+# --------------------------------------------------------------------------------------- overfitting
+
+def _fit(model, loss_fn, steps, lr=1e-2):
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    first = None
+    for _ in range(steps):
+        for args in loss_fn.batches:
+            opt.zero_grad()
+            loss = loss_fn(*args)
+            loss.backward()
+            opt.step()
+            first = loss.item() if first is None else first
+    model.eval()
+    with torch.no_grad():
+        final = max(loss_fn(*args).item() for args in loss_fn.batches)
+    return first, final
+
+
+class _Loss:
+    def __init__(self, fn, batches):
+        self.fn, self.batches = fn, batches
+
+    def __call__(self, *args):
+        return self.fn(*args)
+
+
+@pytest.mark.parametrize("kind", ["lstm_lm", "causal_lm"])
+def test_language_models_fit_fixed_batches(kind):
+    model = lstm_lm(weight_drop=0.0) if kind == "lstm_lm" else causal_lm()
+    batches = [batch(T=8) for _ in range(2)]
+    starts = torch.randperm(WORDS[1] - WORDS[0])[:8] + WORDS[0]  # distinct first tokens: the rest is learnable
+    for i, (tokens, _) in enumerate(batches):
+        tokens[:, 0] = starts[4 * i:4 * i + 4]
+    first, final = _fit(model, _Loss(model.loss, batches), steps=200, lr=2e-2)
+    assert first > 2.0 and final < 0.1, (first, final)
+
+
+def test_masked_lm_fits_fixed_batches():
+    """Fixed corrupted batches (mask_tokens once): the model learns to reconstruct the chosen tokens."""
+    model = masked_lm(mask_probability=0.3)
+    g = torch.Generator().manual_seed(0)
+    batches = []
+    for _ in range(2):
+        tokens, n = batch(T=8)
+        inputs, labels = model.mask_tokens(tokens, n, generator=g)
+        assert bool((labels[labels != -100] == tokens[labels != -100]).all()) and bool((labels != -100).any())
+        batches.append((inputs, labels, n))
+    first, final = _fit(model, _Loss(lambda i, labels, n: token_loss(model(i, n), labels), batches), steps=150)
+    assert first > 2.0 and final < 0.1, (first, final)
+
+
+def test_mask_tokens_follows_bert():
+    model = masked_lm(mask_probability=0.5)
+    tokens, n = batch(B=64, T=32)
+    inputs, labels = model.mask_tokens(tokens, n, generator=torch.Generator().manual_seed(1))
+    real = torch.arange(32)[None, :] < n[:, None]
+    chosen = labels != -100
+    assert not bool((chosen & ~real).any()) and bool((inputs[~chosen] == tokens[~chosen]).all())
+    rate = chosen.sum() / real.sum()
+    masked = (inputs[chosen] == 3).float().mean()
+    kept = (inputs[chosen] == tokens[chosen]).float().mean()
+    assert abs(rate - 0.5) < 0.05 and abs(masked - 0.8) < 0.05 and 0.05 < kept < 0.2  # kept: 10% + random hits
+
+
+@pytest.mark.parametrize("kind", sorted(SEQ2SEQ_KINDS))
+def test_seq2seq_fits_fixed_batches(kind):
+    model = seq2seq(**SEQ2SEQ_KINDS[kind])
+    batches = []
+    for _ in range(2):
+        src, n = batch(T=6)
+        tgt = with_eos(torch.cat([src.flip(1), torch.zeros_like(src[:, :1])], 1), n + 1)  # some function of src
+        batches.append((src, tgt, n, n + 1))
+    first, final = _fit(model, _Loss(model.loss, batches), steps=100)
+    assert first > 2.0 and final < 0.1, (first, final)
+
+
+def test_transformer_fits_fixed_batches():
+    model = transformer()
+    batches = []
+    for _ in range(2):
+        src, n = batch(T=6)
+        batches.append((src, with_eos(torch.cat([src, torch.zeros_like(src[:, :1])], 1), n + 1), n, n + 1))
+    first, final = _fit(model, _Loss(model.loss, batches), steps=100)
+    assert first > 2.0 and final < 0.1, (first, final)
+
+
+@pytest.mark.parametrize("body", ["lstm_lm", "masked_lm"])
+def test_classifier_fits_fixed_batches(body):
+    lm = lstm_lm() if body == "lstm_lm" else masked_lm()
+    model = SequenceClassifier.from_pretrained(lm, num_classes=3, dropout=0.0)
+    batches = []
+    for _ in range(2):
+        tokens, n = batch(B=8, T=6)
+        batches.append((tokens, torch.randint(0, 3, (8,)), n))
+    first, final = _fit(model, _Loss(model.loss, batches), steps=150)
+    assert final < 0.1, (first, final)
+
+
+# ------------------------------------------------------------------------------ padding, causality
+
+def _perturb_padding(tokens, lengths):
+    junk = torch.randint(WORDS[0], WORDS[1], tokens.shape)
+    return torch.where(torch.arange(tokens.shape[1])[None, :] >= lengths[:, None], junk, tokens)
+
+
+def _real(x, lengths):
+    return x[torch.arange(x.shape[1])[None, :].expand(x.shape[0], -1) < lengths[:, None]]
+
+
+@pytest.mark.parametrize("kind", ["lstm_lm", "causal_lm", "masked_lm"])
+def test_padding_leaves_real_positions_alone(kind):
+    model = {"lstm_lm": lstm_lm, "causal_lm": causal_lm, "masked_lm": masked_lm}[kind]().double().eval()
+    tokens, n = batch(B=5, T=9)
+    run = (lambda t: model(t, n)[0]) if kind == "lstm_lm" else (lambda t: model(t, n))
+    a, b = run(tokens), run(_perturb_padding(tokens, n))
+    torch.testing.assert_close(_real(a, n), _real(b, n), rtol=0, atol=1e-12)
+    # and each row alone, unpadded, gives the same
+    for i in range(len(n)):
+        alone = model(tokens[i:i + 1, :n[i]])
+        alone = alone[0] if isinstance(alone, tuple) else alone
+        torch.testing.assert_close(alone[0], a[i, :n[i]], rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("kind", sorted(SEQ2SEQ_KINDS) + ["transformer"])
+def test_source_padding_leaves_outputs_alone(kind):
+    model = (transformer() if kind == "transformer" else seq2seq(**SEQ2SEQ_KINDS[kind])).double().eval()
+    src, n = batch(B=5, T=7)
+    tgt_in = torch.randint(WORDS[0], WORDS[1], (5, 4))
+    a, b = model(src, tgt_in, n), model(_perturb_padding(src, n), tgt_in, n)
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    for i in range(len(n)):
+        torch.testing.assert_close(model(src[i:i + 1, :n[i]], tgt_in[i:i + 1])[0], a[i], rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("kind", ["lstm_lm", "causal_lm", "causal_lm_sinusoidal_postnorm"] + sorted(SEQ2SEQ_KINDS)
+                         + ["transformer", "transformer_prenorm"])
+def test_logits_at_t_ignore_later_tokens(kind):
+    T, t = 8, 4
+    if kind.startswith("causal_lm"):
+        extra = dict(positions="sinusoidal", norm_first=False) if kind.endswith("postnorm") else {}
+        model, src = causal_lm(**extra), None
+    elif kind == "lstm_lm":
+        model, src = lstm_lm(), None
+    elif kind.startswith("transformer"):
+        model, src = transformer(norm_first=kind.endswith("prenorm")), batch(B=3, T=5, lengths=False)[0]
+    else:
+        model, src = seq2seq(**SEQ2SEQ_KINDS[kind]), batch(B=3, T=5, lengths=False)[0]
+    model = model.double().eval()
+    tokens = torch.randint(WORDS[0], WORDS[1], (3, T))
+    changed = tokens.clone()
+    changed[:, t + 1:] = torch.randint(WORDS[0], WORDS[1], (3, T - t - 1))
+
+    def run(x):
+        out = model(x) if src is None else model(src, x)
+        return out[0] if isinstance(out, tuple) else out
+
+    a, b = run(tokens), run(changed)
+    torch.testing.assert_close(a[:, :t + 1], b[:, :t + 1], rtol=0, atol=1e-12)
+    assert (a[:, t + 1:] - b[:, t + 1:]).abs().max() > 1e-6  # the later positions do see the change
+
+
+def test_masked_lm_sees_both_sides():
+    model = masked_lm().double().eval()
+    tokens = torch.randint(WORDS[0], WORDS[1], (2, 8))
+    changed = tokens.clone()
+    changed[:, -1] = (changed[:, -1] - WORDS[0] + 1) % (V - WORDS[0]) + WORDS[0]
+    assert (model(tokens)[:, 0] - model(changed)[:, 0]).abs().max() > 1e-6
+
+
+# ---------------------------------------------------------------------- incremental = full forward
+
+@pytest.mark.parametrize("kind", sorted(SEQ2SEQ_KINDS) + ["transformer", "transformer_prenorm"])
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_encoder_decoder_steps_equal_teacher_forcing(kind, use_cache):
+    if kind.startswith("transformer"):
+        model = transformer(norm_first=kind.endswith("prenorm"))
+    else:
+        model = seq2seq(**SEQ2SEQ_KINDS[kind])
+    model = model.double().eval()
+    src, n = batch(B=4, T=6)
+    tgt = torch.randint(WORDS[0], WORDS[1], (4, 5))
+    full = model(src, torch.cat([torch.ones(4, 1, dtype=torch.long), tgt[:, :-1]], 1), n)
+    logits, state = model.begin_decoding(src, n, max_new_tokens=5, use_cache=use_cache)
+    steps = [logits] + [model.decode_step(tgt[:, i], state) for i in range(4)]
+    torch.testing.assert_close(torch.stack(steps, 1), full, rtol=0, atol=1e-11)
+
+
+@pytest.mark.parametrize("kind", ["lstm_lm", "causal_lm"])
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_language_model_steps_equal_full_forward(kind, use_cache):
+    model = (lstm_lm() if kind == "lstm_lm" else causal_lm()).double().eval()
+    B, T, extra = 4, 6, 5
+    tokens = torch.randint(WORDS[0], WORDS[1], (B, T + extra))
+    n = torch.tensor([6, 2, 5, 3])  # ragged prompts: row b's prompt is tokens[b, :n[b]]
+    full = model(tokens)[0] if kind == "lstm_lm" else model(tokens)
+    rows = torch.arange(B)
+    logits, state = model.begin_decoding(tokens[:, :T], n, max_new_tokens=extra, use_cache=use_cache)
+    torch.testing.assert_close(logits, full[rows, n - 1], rtol=0, atol=1e-11)
+    for s in range(extra - 1):
+        logits = model.decode_step(tokens[rows, n + s], state)
+        torch.testing.assert_close(logits, full[rows, n + s], rtol=0, atol=1e-11)
+
+
+def test_beams_share_the_encoder_memory():
+    """K beams of a sentence attend to its memory without copies: state.memory keeps B rows, and
+    the K rows of each sentence step exactly like the sentence alone."""
+    for model in (transformer(), seq2seq(attention="additive")):
+        model = model.double().eval()
+        src, n = batch(B=3, T=6)
+        logits, state = model.begin_decoding(src, n, max_new_tokens=4)
+        state.reorder(torch.arange(3).repeat_interleave(2))
+        memory = state.memory[0] if isinstance(state.memory, list) else state.memory
+        assert (memory.k if hasattr(memory, "k") else memory.key_proj).shape[0] == 3
+        tokens = torch.randint(WORDS[0], WORDS[1], (6,))
+        beams = model.decode_step(tokens, state)
+        for i in range(3):
+            _, alone = model.begin_decoding(src[i:i + 1, :n[i]], None, max_new_tokens=4)
+            for j in range(2):
+                _, s = model.begin_decoding(src[i:i + 1, :n[i]], None, max_new_tokens=4)
+                torch.testing.assert_close(model.decode_step(tokens[2 * i + j:2 * i + j + 1], s)[0], beams[2 * i + j],
+                                           rtol=0, atol=1e-11)
+
+
+# ---------------------------------------------------------------------------------- save and load
+
+@pytest.mark.parametrize("kind", ["lstm_lm", "lstm_lm_weight_drop", "causal_lm", "masked_lm", "bahdanau",
+                                  "transformer", "classifier"])
+def test_save_load_gives_identical_outputs(kind, tmp_path):
+    make = {"lstm_lm": lstm_lm, "lstm_lm_weight_drop": lambda: lstm_lm(weight_drop=0.5), "causal_lm": causal_lm,
+            "masked_lm": masked_lm, "bahdanau": lambda: seq2seq("additive"), "transformer": transformer,
+            "classifier": lambda: SequenceClassifier.from_pretrained(causal_lm(), 4)}[kind]
+    model = make().eval()
+    tokens, n = batch(B=3, T=6)
+    if kind in ("bahdanau", "transformer"):
+        args = (tokens, torch.randint(WORDS[0], WORDS[1], (3, 4)), n)
+    else:
+        args = (tokens, n)
+    path = tmp_path / "model.pt"
+    model.save(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]  # no temporary file left behind
+    for loaded in (models.load(path), type(model).load(path)):
+        assert type(loaded) is type(model) and loaded.config == model.config
+        loaded.eval()
+        a, b = model(*args), loaded(*args)
+        a, b = (a[0], b[0]) if isinstance(a, tuple) else (a, b)
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="holds a"):
+        (Transformer if kind != "transformer" else CausalLM).load(path)
+
+
+def test_load_rejects_other_files(tmp_path):
+    path = tmp_path / "x.pt"
+    torch.save({"weights": torch.zeros(2)}, path)
+    with pytest.raises(ValueError, match="not a fastseq model file"):
+        models.load(path)
+
+
+def test_classifier_loads_a_saved_body(tmp_path):
+    lm = lstm_lm()
+    lm.save(tmp_path / "lm.pt")
+    clf = SequenceClassifier.from_pretrained(tmp_path / "lm.pt", num_classes=2)
+    for (name, a), b in zip(lm.state_dict().items(), clf.body.state_dict().values()):
+        assert torch.equal(a, b), name
+    with pytest.raises(ValueError, match="vocab_size"):
+        clf.load_body(LSTMLM(dataclasses.replace(lm.config, vocab_size=V + 1)))
+
+
+# ------------------------------------------------------------------------------------ bad configs
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: CausalLMConfig(V, d_model=30, num_heads=4), r"d_model \(30\) must be divisible by num_heads \(4\)"),
+    (lambda: TransformerConfig(V, V, d_model=16, num_heads=3), "divisible by num_heads"),
+    (lambda: MaskedLMConfig(V, 3, d_model=10, num_heads=4), "divisible by num_heads"),
+    (lambda: TransformerConfig(V, V + 1, share_embeddings=True), "share_embeddings needs one vocabulary"),
+    (lambda: LSTMLMConfig(0), "vocab_size must be a positive int"),
+    (lambda: LSTMLMConfig(V, pad_id=V), r"pad_id must be a token id in \[0, vocab_size=17\)"),
+    (lambda: Seq2SeqConfig(V, 5, eos_id=7), "eos_id must be a token id"),
+    (lambda: Seq2SeqConfig(V, V, attention="dot"), "attention must be None or 'additive'"),
+    (lambda: LSTMLMConfig(V, hidden_dropout=1.5), "hidden_dropout must be a probability"),
+    (lambda: MaskedLMConfig(V, mask_id=0, pad_id=0), "mask_id and pad_id must differ"),
+    (lambda: SequenceClassifierConfig("GRU", {}), "body must be one of"),
+    (lambda: CausalLMConfig(V, activation="tanh"), "activation must be 'relu' or 'gelu'"),
+    (lambda: TransformerConfig(V, V, d_model=16, num_heads=4, max_len=0), "max_len must be a positive int"),
+])
+def test_bad_configs_fail_clearly(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_bad_inputs_fail_clearly():
+    model = causal_lm()
+    with pytest.raises(ValueError, match=r"ids in \[0, vocab_size=17\)"):
+        model(torch.tensor([[1, 2, V]]))
+    with pytest.raises(ValueError, match="int64/int32 tensor"):
+        model(torch.rand(2, 3))
+    with pytest.raises(ValueError, match="exceed max_len=32"):
+        model(torch.ones(1, 33, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"lengths must lie in \[1, 3\]"):
+        model(torch.ones(2, 3, dtype=torch.long), torch.tensor([3, 4]))
+    with pytest.raises(ValueError, match="share their batch size"):
+        transformer()(torch.ones(2, 3, dtype=torch.long), torch.ones(3, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="labels must be 2 class ids"):
+        SequenceClassifier.from_pretrained(lstm_lm(), 3).loss(torch.ones(2, 3, dtype=torch.long), torch.rand(2))
+    with pytest.raises(TypeError, match="takes a CausalLMConfig"):
+        CausalLM(LSTMLMConfig(V))
