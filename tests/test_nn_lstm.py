@@ -220,3 +220,34 @@ def test_unavailable_backend_names_it():
     m = fastseq.nn.LSTM(4, 8)
     with backends.use(cpu="cuda"), pytest.raises(backends.BackendUnavailableError, match="backend 'cuda'"):
         m(torch.randn(3, 2, 4))
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("lengths", [(3, 7, 1, 5), (7, 5, 5, 2)], ids=["unsorted", "sorted"])
+def test_lengths_equal_a_packed_sequence(batch_first, lengths):
+    """forward(padded, lengths=...) equals torch.nn.LSTM on the PackedSequence of the same rows: outputs
+    (zero past each length), final states and gradients."""
+    ref, ours = _pair(2, True, 3, batch_first, True)
+    T, B = max(lengths), len(lengths)
+    x = torch.randn(B, T, 6, dtype=torch.float64, requires_grad=True)
+    hx = tuple(torch.randn(4, B, n, dtype=torch.float64, requires_grad=True) for n in (3, 9))
+    xin = x if batch_first else x.transpose(0, 1)
+    out, (h, c) = ours(xin, hx, lengths=torch.tensor(lengths))
+    packed = pack_padded_sequence(xin, torch.tensor(lengths), batch_first=batch_first, enforce_sorted=False)
+    ref_out, (ref_h, ref_c) = ref(packed, hx)
+    ref_out, _ = torch.nn.utils.rnn.pad_packed_sequence(ref_out, batch_first=batch_first, total_length=T)
+    for a, b in ((out, ref_out), (h, ref_h), (c, ref_c)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    weights = torch.randn_like(out)
+    ga = torch.autograd.grad((out * weights).sum() + h.sum() - c.square().sum(), [x, *hx, *ours.parameters()])
+    gb = torch.autograd.grad((ref_out * weights).sum() + ref_h.sum() - ref_c.square().sum(), [x, *hx, *ref.parameters()])
+    for a, b in zip(ga, gb):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_lengths_errors_name_the_argument():
+    lstm = fastseq.nn.LSTM(4, 5, batch_first=True)
+    with pytest.raises(ValueError, match=r"lengths must hold one int in \[1, L=3\] per sequence \(N=2\)"):
+        lstm(torch.randn(2, 3, 4), lengths=torch.tensor([4, 1]))
+    with pytest.raises(ValueError, match="lengths needs a batched, padded input"):
+        lstm(torch.randn(3, 4), lengths=[3])

@@ -30,21 +30,25 @@ def _activation(activation: Union[str, Callable[[Tensor], Tensor]]) -> Callable[
 
 
 class _Layer(nn.Module):
-    """What both layers hold: self-attention, the feed-forward network, two norms and their dropouts."""
+    """What both layers hold: self-attention, the feed-forward network, the norms and dropouts."""
 
     def __init__(self, d_model, nhead, dim_feedforward, dropout, activation, layer_norm_eps, batch_first, norm_first,
-                 bias, factory) -> None:
+                 bias, factory, cross: bool) -> None:
+        """Submodules in torch's order (so state_dicts list the same keys in the same order); `cross` adds
+        the decoder's cross-attention, third norm and third dropout."""
         super().__init__()
-        self.self_attn = MultiheadAttention(d_model, nhead, dropout=dropout, bias=bias, batch_first=batch_first,
-                                            **factory)
+        attention = dict(dropout=dropout, bias=bias, batch_first=batch_first, **factory)
+        self.self_attn = MultiheadAttention(d_model, nhead, **attention)
+        if cross:
+            self.multihead_attn = MultiheadAttention(d_model, nhead, **attention)
         self.linear1 = nn.Linear(d_model, dim_feedforward, bias=bias, **factory)
         self.dropout = nn.Dropout(dropout)
         self.linear2 = nn.Linear(dim_feedforward, d_model, bias=bias, **factory)
         self.norm_first = norm_first
-        self.norm1 = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias, **factory)
-        self.norm2 = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias, **factory)
-        self.dropout1 = nn.Dropout(dropout)
-        self.dropout2 = nn.Dropout(dropout)
+        for i in range(1, 4 if cross else 3):
+            setattr(self, f"norm{i}", nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias, **factory))
+        for i in range(1, 4 if cross else 3):
+            setattr(self, f"dropout{i}", nn.Dropout(dropout))
         self.activation = _activation(activation)
 
     def _sa_block(self, x: Tensor, attn_mask, key_padding_mask, is_causal, lengths, kv_cache) -> Tensor:
@@ -73,7 +77,7 @@ class TransformerEncoderLayer(_Layer):
                  batch_first: bool = False, norm_first: bool = False, bias: bool = True, device=None,
                  dtype=None) -> None:
         super().__init__(d_model, nhead, dim_feedforward, dropout, activation, layer_norm_eps, batch_first,
-                         norm_first, bias, {"device": device, "dtype": dtype})
+                         norm_first, bias, {"device": device, "dtype": dtype}, cross=False)
 
     def forward(self, src: Tensor, src_mask: Optional[Tensor] = None, src_key_padding_mask: Optional[Tensor] = None,
                 is_causal: bool = False, lengths: Lengths = None, kv_cache: Optional[KVCache] = None) -> Tensor:
@@ -102,13 +106,8 @@ class TransformerDecoderLayer(_Layer):
                  activation: Union[str, Callable[[Tensor], Tensor]] = "relu", layer_norm_eps: float = 1e-5,
                  batch_first: bool = False, norm_first: bool = False, bias: bool = True, device=None,
                  dtype=None) -> None:
-        factory = {"device": device, "dtype": dtype}
         super().__init__(d_model, nhead, dim_feedforward, dropout, activation, layer_norm_eps, batch_first,
-                         norm_first, bias, factory)
-        self.multihead_attn = MultiheadAttention(d_model, nhead, dropout=dropout, bias=bias, batch_first=batch_first,
-                                                 **factory)
-        self.norm3 = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias, **factory)
-        self.dropout3 = nn.Dropout(dropout)
+                         norm_first, bias, {"device": device, "dtype": dtype}, cross=True)
 
     def forward(self, tgt: Tensor, memory: Union[Tensor, StaticKV], tgt_mask: Optional[Tensor] = None,
                 memory_mask: Optional[Tensor] = None, tgt_key_padding_mask: Optional[Tensor] = None,

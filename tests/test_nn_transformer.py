@@ -1,0 +1,103 @@
+"""fastseq.nn.TransformerEncoderLayer / TransformerDecoderLayer against torch's, loaded with the same
+state_dict (float64: outputs and every gradient), post-norm and pre-norm, relu and gelu; cross-attention to
+a precomputed StaticKV memory, with beams folded onto it; errors."""
+import pytest
+import torch
+
+from fastseq import nn as fnn
+
+D, HEADS, FF = 16, 4, 24
+
+
+def _pair(kind, **kwargs):
+    ref_cls, our_cls = ((torch.nn.TransformerEncoderLayer, fnn.TransformerEncoderLayer) if kind == "encoder"
+                        else (torch.nn.TransformerDecoderLayer, fnn.TransformerDecoderLayer))
+    ref = ref_cls(D, HEADS, FF, dtype=torch.float64, **kwargs)
+    ours = our_cls(D, HEADS, FF, dtype=torch.float64, **kwargs)
+    assert list(ours.state_dict()) == list(ref.state_dict())
+    ours.load_state_dict(ref.state_dict())
+    return ref.eval(), ours.eval()
+
+
+def _grads(out, module, inputs):
+    w = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)
+    return torch.autograd.grad((out * w).sum(), [*inputs, *module.parameters()])
+
+
+def _check(a, b, ref, ours, inputs, mask=None):
+    if mask is not None:  # compare real positions only
+        a, b = a[~mask], b[~mask]
+    torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10)
+    for x, y in zip(_grads(a, ref, inputs), _grads(b, ours, inputs)):
+        torch.testing.assert_close(y, x, rtol=1e-9, atol=1e-10)
+
+
+CONFIGS = [dict(), dict(norm_first=True), dict(activation="gelu", batch_first=True), dict(bias=False, norm_first=True)]
+
+
+@pytest.mark.parametrize("kwargs", CONFIGS, ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()) or "default")
+@pytest.mark.parametrize("mask", ["padding", "causal", "lengths"])
+def test_encoder_layer_matches_torch(kwargs, mask):
+    ref, ours = _pair("encoder", dropout=0.0, **kwargs)
+    B, S = 3, 7
+    bf = kwargs.get("batch_first", False)
+    x = torch.randn(*((B, S, D) if bf else (S, B, D)), dtype=torch.float64, requires_grad=True)
+    pad = torch.arange(S)[None, :] >= torch.tensor([7, 4, 2])[:, None]
+    if mask == "causal":
+        causal = torch.nn.Transformer.generate_square_subsequent_mask(S, dtype=torch.float64)
+        a, b = ref(x, src_mask=causal, is_causal=True), ours(x, src_mask=causal, is_causal=True)
+        _check(a, b, ref, ours, [x])
+        return
+    a = ref(x, src_key_padding_mask=pad)
+    b = ours(x, lengths=torch.tensor([7, 4, 2])) if mask == "lengths" else ours(x, src_key_padding_mask=pad)
+    real = pad if bf else pad.T
+    _check(a, b, ref, ours, [x], mask=real)
+
+
+@pytest.mark.parametrize("kwargs", CONFIGS, ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()) or "default")
+def test_decoder_layer_matches_torch(kwargs):
+    ref, ours = _pair("decoder", dropout=0.0, **kwargs)
+    B, T, S = 3, 5, 6
+    bf = kwargs.get("batch_first", False)
+    tgt = torch.randn(*((B, T, D) if bf else (T, B, D)), dtype=torch.float64, requires_grad=True)
+    memory = torch.randn(*((B, S, D) if bf else (S, B, D)), dtype=torch.float64, requires_grad=True)
+    pad = torch.arange(S)[None, :] >= torch.tensor([6, 3, 1])[:, None]
+    causal = torch.nn.Transformer.generate_square_subsequent_mask(T, dtype=torch.float64)
+    args = dict(tgt_mask=causal, tgt_is_causal=True, memory_key_padding_mask=pad)
+    _check(ref(tgt, memory, **args), ours(tgt, memory, **args), ref, ours, [tgt, memory])
+    b = ours(tgt, memory, tgt_mask=causal, tgt_is_causal=True, memory_lengths=[6, 3, 1])
+    _check(ref(tgt, memory, **args), b, ref, ours, [tgt, memory])
+
+
+def test_static_memory_with_beams_equals_plain_cross_attention():
+    _, ours = _pair("decoder", dropout=0.0, batch_first=True)
+    B, K, T, S = 3, 4, 2, 6
+    memory = torch.randn(B, S, D, dtype=torch.float64)
+    lengths = torch.tensor([6, 3, 1])
+    tgt = torch.randn(B * K, T, D, dtype=torch.float64)
+    static = ours.multihead_attn.precompute_kv(memory, memory, lengths=lengths)
+    assert static.k.shape == (B, HEADS, S, D // HEADS)  # one copy per sentence, not per beam
+    out = ours(tgt, static, tgt_is_causal=True, tgt_mask=None)
+    expected = ours(tgt, memory.repeat_interleave(K, 0), tgt_is_causal=True, memory_lengths=lengths.repeat_interleave(K))
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    # the attention weights fold back to one row per beam
+    q = tgt[:, :1]
+    _, w = ours.multihead_attn(q, static, None, need_weights=True)
+    _, w_ref = ours.multihead_attn(q, memory.repeat_interleave(K, 0), memory.repeat_interleave(K, 0),
+                                   lengths=lengths.repeat_interleave(K))
+    torch.testing.assert_close(w, w_ref, rtol=1e-12, atol=1e-12)
+
+
+def test_errors_name_the_argument():
+    _, ours = _pair("decoder", batch_first=True)
+    memory = torch.randn(2, 5, D, dtype=torch.float64)
+    tgt = torch.randn(3, 2, D, dtype=torch.float64)
+    static = ours.multihead_attn.precompute_kv(memory, memory)
+    with pytest.raises(ValueError, match=r"query batch \(3\) must be a multiple of the memory batch \(2\)"):
+        ours(tgt, static)
+    with pytest.raises(ValueError, match="memory_mask is not served"):
+        ours(tgt[:2], memory, memory_mask=torch.zeros(2, 5, dtype=torch.bool))
+    with pytest.raises(ValueError, match="StaticKV memory carries its own padding"):
+        ours(tgt[:2], static, memory_lengths=[5, 5])
+    with pytest.raises(ValueError, match="activation must be 'relu', 'gelu' or a callable"):
+        fnn.TransformerEncoderLayer(D, HEADS, activation="tanh")
