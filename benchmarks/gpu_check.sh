@@ -2,7 +2,7 @@
 # One command for a GPU machine (torch, triton, nvcc, ninja and pytest already installed; no network):
 # build fastseq offline, run the whole test suite (the `cuda` tests too) and the benchmark sweep.
 # Everything lands in one folder: $GPU_CHECK_DIR, else $OUT (the device tool's), else ./gpu-check.
-# At most 10 files: build.log info.txt tests.log bench.log {lstm,additive-attention,attention}-*.{json,png}
+# At most 12 files: build.log info.txt tests.log bench.log {lstm,additive-attention,attention,models}-*.{json,png}
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DIR=${GPU_CHECK_DIR:-${OUT:-gpu-check}}

@@ -1,10 +1,11 @@
 """Benchmark sweep: fastseq against the baseline a user would otherwise pick, side by side in one run.
 
-    python benchmarks/sweep.py [--ops lstm additive_attention attention] [--preset cpu|gpu|quick] [--dtypes ...] [--out DIR]
+    python benchmarks/sweep.py [--ops lstm additive_attention attention models] [--preset cpu|gpu|quick] [--dtypes ...] [--out DIR]
 
 One JSON per op (device, versions, dtypes, sizes, commit, the measured ceilings; median and quartiles;
 ratios to the baselines; fractions of the ceilings) and one plot per op, in the output folder.
-The ops' cases and baselines: bench_lstm.py, bench_additive_attention.py, bench_attention.py.
+The ops' cases and baselines: bench_lstm.py, bench_additive_attention.py, bench_attention.py; whole models
+(training and generation against the same models on torch.nn layers): bench_models.py.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_additive_attention  # noqa: E402
 import bench_attention  # noqa: E402
 import bench_lstm  # noqa: E402
+import bench_models  # noqa: E402
 import timing  # noqa: E402
 from timing import DTYPES  # noqa: E402
 
@@ -28,12 +30,15 @@ import fastseq  # noqa: E402
 from fastseq import backends  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-OPS = {"lstm": bench_lstm, "additive_attention": bench_additive_attention, "attention": bench_attention}
+OPS = {"lstm": bench_lstm, "additive_attention": bench_additive_attention, "attention": bench_attention,
+       "models": bench_models}
 
 
 def fused_backends(op: str, device: torch.device) -> list[str]:
-    """The op's compiled and Triton backends that run on this device (Triton on a GPU only)."""
-    implemented = fastseq.ops._dispatch.families()[op]
+    """The compiled and Triton backends that run on this device (Triton on a GPU only) for the op, or for
+    any op a benchmark lists in its FAMILIES (the models)."""
+    families = getattr(OPS[op], "FAMILIES", (op,))
+    implemented = {b for f in families for b in fastseq.ops._dispatch.families()[f]}
     return [b for b in ("cuda", "cpu", "triton") if b in implemented and backends.availability(b, device.type)[0]
             and not (b == "triton" and device.type == "cpu")]
 

@@ -1,0 +1,155 @@
+"""Whole-model benchmark (run by sweep.py): training throughput (tokens per second: forward, backward and an
+AdamW step) of every fastseq model against the same model on torch.nn layers (torch_layers.py), and
+generation speed (new tokens per second, greedy and beam 5); for the CausalLM also greedy decoding without
+a KV cache and with torch's scaled_dot_product_attention on the same cache. Models run in the benchmark's
+dtype (parameters cast), in train mode with dropout for training, eval mode for generation.
+"""
+from __future__ import annotations
+
+import torch
+
+from fastseq.generation import generate
+from fastseq.models import (LSTMLM, CausalLM, CausalLMConfig, LSTMLMConfig, MaskedLM, MaskedLMConfig, Seq2Seq,
+                            Seq2SeqConfig, Transformer, TransformerConfig)
+
+import timing
+from timing import DTYPES
+from torch_layers import torch_layers
+
+FAMILIES = ("lstm", "additive_attention", "attention")  # the ops the models run on (for sweep.py)
+
+# name: (model builder, batch, source length (0: a language model), target length)
+PRESETS = {
+    "quick": {
+        "lstm_lm": (lambda: LSTMLM(LSTMLMConfig(100, 16, 24, 2)), 2, 0, 8),
+        "seq2seq": (lambda: Seq2Seq(Seq2SeqConfig(100, 100, 16, 24, 2)), 2, 6, 5),
+        "seq2seq_additive": (lambda: Seq2Seq(Seq2SeqConfig(100, 100, 16, 24, 1, attention="additive")), 2, 6, 5),
+        "transformer": (lambda: Transformer(TransformerConfig(100, 100, 16, 2, 1, 1, 32)), 2, 6, 5),
+        "causal_lm": (lambda: CausalLM(CausalLMConfig(100, 16, 2, 2, max_len=64)), 2, 0, 8),
+        "masked_lm": (lambda: MaskedLM(MaskedLMConfig(100, 3, 16, 2, 2)), 2, 0, 8),
+    },
+    "cpu": {
+        "lstm_lm": (lambda: LSTMLM(LSTMLMConfig(2000, 128, 256, 2)), 8, 0, 35),
+        "seq2seq": (lambda: Seq2Seq(Seq2SeqConfig(2000, 2000, 128, 256, 2)), 8, 20, 20),
+        "seq2seq_additive": (lambda: Seq2Seq(Seq2SeqConfig(2000, 2000, 128, 256, 1, attention="additive")), 8, 20, 20),
+        "transformer": (lambda: Transformer(TransformerConfig(2000, 2000, 128, 4, 2, 2, 512)), 8, 32, 32),
+        "causal_lm": (lambda: CausalLM(CausalLMConfig(2000, 128, 4, 2, max_len=256)), 8, 0, 64),
+        "masked_lm": (lambda: MaskedLM(MaskedLMConfig(2000, 3, 128, 4, 2)), 8, 0, 64),
+    },
+    "gpu": {  # the sizes of each model's paper or its usual small configuration
+        "lstm_lm": (lambda: LSTMLM(LSTMLMConfig(10000, 400, 1150, 3)), 64, 0, 70),  # AWD-LSTM on PTB
+        "seq2seq": (lambda: Seq2Seq(Seq2SeqConfig(16000, 16000, 512, 1024, 4)), 64, 30, 30),  # Sutskever (smaller)
+        "seq2seq_additive": (lambda: Seq2Seq(Seq2SeqConfig(16000, 16000, 512, 1024, 1, attention="additive")),
+                             64, 30, 30),  # RNNsearch
+        "transformer": (lambda: Transformer(TransformerConfig(16000, 16000)), 32, 128, 128),  # base
+        "causal_lm": (lambda: CausalLM(CausalLMConfig(16000, 768, 12, 12, max_len=1024)), 16, 0, 512),  # GPT-2 small
+        "masked_lm": (lambda: MaskedLM(MaskedLMConfig(16000, 3, 768, 12, 12)), 32, 0, 256),  # BERT-base
+    },
+}
+# generation: (batch, prompt or source length, new tokens)
+GENERATION = {"quick": (2, 6, 4), "cpu": (4, 16, 16), "gpu": (16, 64, 128)}
+GENERATORS = ("lstm_lm", "seq2seq", "seq2seq_additive", "transformer", "causal_lm")
+
+
+def _batch(name, model, B, S, T, device):
+    c = model.config
+    vocab = getattr(c, "vocab_size", None) or c.tgt_vocab_size
+    tokens = torch.randint(4, vocab, (B, T + (1 if S == 0 and name != "masked_lm" else 0)), device=device)
+    if S == 0:
+        return (tokens,)
+    src = torch.randint(4, c.src_vocab_size, (B, S), device=device)
+    return src, tokens
+
+
+def _train_step(model, batch):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=next(model.parameters()).is_cuda)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        model.loss(*batch).backward()
+        opt.step()
+    return step
+
+
+def _training(device, preset, dtype_name):
+    rows = []
+    for name, (build, B, S, T) in PRESETS[preset].items():
+        torch.manual_seed(0)
+        model = build().to(device=device, dtype=DTYPES[dtype_name]).train()
+        batch = _batch(name, model, B, S, T, device)
+        measured = {}
+        for impl, m in (("fastseq", model), ("torch.nn", torch_layers(model))):
+            try:
+                measured[impl] = timing.measure(_train_step(m, batch), device, warmup=3, min_reps=10)
+            except (RuntimeError, NotImplementedError) as e:
+                measured[impl] = {"error": str(e).splitlines()[0][:200]}
+        tokens = B * T
+        rows.append(_row("train", name, dtype_name, {"B": B, "S": S, "T": T}, measured, tokens, "fastseq"))
+    return rows
+
+
+def _generation(device, preset, dtype_name):
+    B, S, new = GENERATION[preset]
+    rows = []
+    for name in GENERATORS:
+        build = PRESETS[preset][name][0]
+        torch.manual_seed(0)
+        model = build().to(device=device, dtype=DTYPES[dtype_name]).eval()
+        vocab = getattr(model.config, "src_vocab_size", None) or model.config.vocab_size
+        inputs = torch.randint(4, vocab, (B, S), device=device)
+        for method, beams in (("greedy", 1), ("beam", 5)):
+            runs = {"fastseq": (model, True)}
+            if name == "causal_lm" and method == "greedy":
+                runs["no-cache"] = (model, False)
+                runs["torch.nn+sdpa-cache"] = (torch_layers(model), True)
+            measured = {}
+            for impl, (m, cache) in runs.items():
+                def fn(m=m, cache=cache):  # eos_id=None: every row generates `new` tokens
+                    generate(m, inputs, max_new_tokens=new, method=method, beams=beams, eos_id=None, use_cache=cache)
+                measured[impl] = timing.measure(fn, device, warmup=1, min_reps=3, min_seconds=0.2)
+            rows.append(_row(f"generate-{method}", name, dtype_name, {"B": B, "S": S, "new": new, "beams": beams},
+                             measured, B * new, "fastseq"))
+    return rows
+
+
+def _row(case, model, dtype_name, sizes, measured, tokens, ours):
+    t = measured[ours]
+    row = {"op": "models", "case": case, "model": model, "dtype": dtype_name, "sizes": sizes, "backend": ours, **t,
+           "baselines": {k: v for k, v in measured.items() if k != ours}, "unit": "tokens/s", "work": tokens}
+    if "median_ms" in t:
+        row["rate"] = tokens / (t["median_ms"] * 1e-3)
+        for base, bt in row["baselines"].items():
+            if "median_ms" in bt:
+                row[f"speedup_vs_{base}"] = bt["median_ms"] / t["median_ms"]
+    return row
+
+
+def run(device, preset, dtype_names, fused_backends, ceilings):
+    rows = []
+    for dtype_name in dtype_names:
+        for part in (_training(device, preset, dtype_name), _generation(device, preset, dtype_name)):
+            for r in part:
+                rows.append(r)
+                rate = f"{r['rate']:12.0f} tokens/s" if "rate" in r else r.get("error", "n/a")
+                vs = "  ".join(f"x{r[k]:.2f} vs {k[11:]}" for k in r if k.startswith("speedup_vs_"))
+                print(f"models {r['case']:<16} {r['model']:<17} {dtype_name} {r['sizes']}  {rate}  {vs}", flush=True)
+    return rows
+
+
+def plot(rows, path):
+    """Speed-up of fastseq over each baseline, one bar per (case, model, baseline)."""
+    labels, values = [], []
+    for r in rows:
+        for k in r:
+            if k.startswith("speedup_vs_"):
+                labels.append(f"{r['case']} {r['model']} {r['dtype']} vs {k[11:]}")
+                values.append(r[k])
+    fig, ax = timing.figure()
+    fig.set_size_inches(9, 0.3 * len(labels) + 1.5)
+    ax.barh(labels, values)
+    ax.axvline(1.0, color="k", linewidth=0.8)
+    ax.set_xlabel("speed-up of fastseq (x)")
+    ax.set_title("Models: training and generation throughput")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
