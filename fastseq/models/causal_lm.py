@@ -19,7 +19,7 @@ from .base import Model, check_config, check_tokens, lengths_tensor
 from .embeddings import Embedding
 from .losses import shifted, token_loss
 from .state import TransformerState
-from .transformer import check_transformer
+from .transformer import check_transformer, layer_stack
 
 
 @dataclass
@@ -63,10 +63,7 @@ class CausalLM(Model):
         c = config
         self.embedding = Embedding(c.vocab_size, c.d_model, c.positions, c.max_len, pad_id=c.pad_id)
         self.dropout = nn.Dropout(c.dropout)
-        self.layers = nn.ModuleList(
-            fnn.TransformerEncoderLayer(c.d_model, c.num_heads, c.dim_feedforward, c.dropout, c.activation,
-                                        c.layer_norm_eps, batch_first=True, norm_first=c.norm_first)
-            for _ in range(c.num_layers))
+        self.layers = layer_stack(fnn.TransformerEncoderLayer, c, c.num_layers)
         self.norm = nn.LayerNorm(c.d_model, eps=c.layer_norm_eps) if c.norm_first else nn.Identity()
         self.output = nn.Linear(c.d_model, c.vocab_size, bias=False)
         if c.tie_weights:

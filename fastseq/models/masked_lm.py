@@ -17,7 +17,7 @@ from .. import nn as fnn
 from .base import Model, check_config, check_tokens, lengths_tensor, padding_mask
 from .embeddings import Embedding
 from .losses import IGNORE, token_loss
-from .transformer import check_transformer
+from .transformer import check_transformer, layer_stack
 
 
 @dataclass
@@ -65,10 +65,7 @@ class MaskedLM(Model):
         self.embedding = Embedding(c.vocab_size, c.d_model, c.positions, c.max_len, pad_id=c.pad_id)
         self.embedding_norm = nn.Identity() if c.norm_first else nn.LayerNorm(c.d_model, eps=c.layer_norm_eps)
         self.dropout = nn.Dropout(c.dropout)
-        self.layers = nn.ModuleList(
-            fnn.TransformerEncoderLayer(c.d_model, c.num_heads, c.dim_feedforward, c.dropout, c.activation,
-                                        c.layer_norm_eps, batch_first=True, norm_first=c.norm_first)
-            for _ in range(c.num_layers))
+        self.layers = layer_stack(fnn.TransformerEncoderLayer, c, c.num_layers)
         self.norm = nn.LayerNorm(c.d_model, eps=c.layer_norm_eps) if c.norm_first else nn.Identity()
         self.head = nn.Sequential(nn.Linear(c.d_model, c.d_model), nn.GELU(), nn.LayerNorm(c.d_model,
                                                                                            eps=c.layer_norm_eps))

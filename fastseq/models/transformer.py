@@ -68,6 +68,13 @@ def check_transformer(owner: str, config) -> None:
         raise ValueError(f"{owner}: activation must be 'relu' or 'gelu', got {config.activation!r}")
 
 
+def layer_stack(layer_cls, config, num_layers: int) -> nn.ModuleList:
+    """num_layers batch-first fastseq Transformer layers of `layer_cls` with the config's sizes."""
+    return nn.ModuleList(layer_cls(config.d_model, config.num_heads, config.dim_feedforward, config.dropout,
+                                   config.activation, config.layer_norm_eps, batch_first=True,
+                                   norm_first=config.norm_first) for _ in range(num_layers))
+
+
 class Transformer(Model):
     """forward(src (B, S), tgt_in (B, T), src_lengths=None) -> logits (B, T, tgt_vocab_size), teacher
     forced (tgt_in starts with BOS); loss(src, tgt, src_lengths, tgt_lengths) with tgt ending in EOS."""
@@ -82,11 +89,8 @@ class Transformer(Model):
         self.src_embedding = Embedding(c.src_vocab_size, c.d_model, **embed)
         self.tgt_embedding = self.src_embedding if c.share_embeddings else Embedding(c.tgt_vocab_size, c.d_model,
                                                                                      **embed)
-        layer = dict(d_model=c.d_model, nhead=c.num_heads, dim_feedforward=c.dim_feedforward, dropout=c.dropout,
-                     activation=c.activation, layer_norm_eps=c.layer_norm_eps, batch_first=True,
-                     norm_first=c.norm_first)
-        self.encoder = nn.ModuleList(fnn.TransformerEncoderLayer(**layer) for _ in range(c.num_encoder_layers))
-        self.decoder = nn.ModuleList(fnn.TransformerDecoderLayer(**layer) for _ in range(c.num_decoder_layers))
+        self.encoder = layer_stack(fnn.TransformerEncoderLayer, c, c.num_encoder_layers)
+        self.decoder = layer_stack(fnn.TransformerDecoderLayer, c, c.num_decoder_layers)
         self.encoder_norm = nn.LayerNorm(c.d_model, eps=c.layer_norm_eps) if c.norm_first else nn.Identity()
         self.decoder_norm = nn.LayerNorm(c.d_model, eps=c.layer_norm_eps) if c.norm_first else nn.Identity()
         self.dropout = nn.Dropout(c.dropout)
