@@ -367,3 +367,21 @@ def test_bad_inputs_fail_clearly():
         SequenceClassifier.from_pretrained(lstm_lm(), 3).loss(torch.ones(2, 3, dtype=torch.long), torch.rand(2))
     with pytest.raises(TypeError, match="takes a CausalLMConfig"):
         CausalLM(LSTMLMConfig(V))
+
+
+@pytest.mark.parametrize("kind", ["lstm_lm", "bahdanau", "transformer", "causal_lm"])
+def test_autocast_bf16_matches_float32(kind):
+    """Under torch.autocast the fastseq ops run in bf16 (they cast their inputs as torch's matmuls do):
+    the loss is close to float32's and every parameter gets a float32 gradient."""
+    model = {"lstm_lm": lstm_lm, "bahdanau": lambda: seq2seq("additive"), "transformer": transformer,
+             "causal_lm": causal_lm}[kind]().eval()
+    tokens, n = batch(B=4, T=7)
+    args = (tokens, with_eos(tokens[:, :5], n.clamp(max=5)), n, n.clamp(max=5)) if kind in ("bahdanau", "transformer") \
+        else (tokens, n)
+    exact = model.loss(*args)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model.loss(*args)
+    low.backward()
+    assert abs(low.item() - exact.item()) < 0.03 * exact.item()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all(), name

@@ -137,7 +137,8 @@ class LSTM(nn.Module):
             raise RuntimeError(f"input.size(-1) must be equal to input_size. Expected {self.input_size}, "
                                f"got {x.size(-1)}")
         weight = self.weight_ih_l0
-        if x.dtype != weight.dtype:
+        autocast = _autocast(x)  # the op casts inputs and weights to the autocast dtype
+        if x.dtype != weight.dtype and not autocast:
             raise TypeError(f"input must have the dtype of the parameters ({weight.dtype}), got {x.dtype}")
         if x.device != weight.device:
             raise RuntimeError(f"input must be on the device of the parameters ({weight.device}), got {x.device}")
@@ -151,7 +152,7 @@ class LSTM(nn.Module):
             expected = (d * self.num_layers, batch, size)
             if tuple(t.shape) != expected:
                 raise RuntimeError(f"Expected {name} size {expected}, got {tuple(t.shape)}")
-            if t.dtype != x.dtype:
+            if t.dtype != x.dtype and not autocast:
                 raise TypeError(f"{name} must have the dtype of input ({x.dtype}), got {t.dtype}")
             if t.device != x.device:
                 raise RuntimeError(f"{name} must be on the device of input ({x.device}), got {t.device}")
@@ -250,6 +251,11 @@ class LSTM(nn.Module):
         return (output.transpose(0, 1) if self.batch_first else output), (h_n, c_n)
 
 
+def _autocast(x: Tensor) -> bool:
+    """Whether torch.autocast is on for x's device (the ops then cast inputs and weights themselves)."""
+    return x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type)
+
+
 class LSTMCell(nn.Module):
     """One LSTM step; see torch.nn.LSTMCell. The gate nonlinearities and the cell update run as one
     fused op (`fastseq.ops.lstm_cell`).
@@ -288,7 +294,7 @@ class LSTMCell(nn.Module):
             raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
         if input.size(-1) != self.input_size:
             raise RuntimeError(f"input has inconsistent input_size: got {input.size(-1)} expected {self.input_size}")
-        if input.dtype != self.weight_ih.dtype:
+        if input.dtype != self.weight_ih.dtype and not _autocast(input):
             raise TypeError(f"input must have the dtype of the parameters ({self.weight_ih.dtype}), got {input.dtype}")
         unbatched = input.dim() == 1
         x = input.unsqueeze(0) if unbatched else input
@@ -302,7 +308,7 @@ class LSTMCell(nn.Module):
                 if tuple(t.shape) != (x.size(0), self.hidden_size):
                     raise RuntimeError(f"Expected {name} size {(x.size(0), self.hidden_size)}, got "
                                        f"{tuple(t.shape)}" + (" (unbatched input)" if unbatched else ""))
-                if t.dtype != x.dtype:
+                if t.dtype != x.dtype and not _autocast(x):
                     raise TypeError(f"{name} must have the dtype of input ({x.dtype}), got {t.dtype}")
         gates = F.linear(x, self.weight_ih, self.bias_ih) + F.linear(h, self.weight_hh, self.bias_hh)
         h, c = ops.lstm_cell(gates, c)

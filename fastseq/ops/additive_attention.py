@@ -87,6 +87,7 @@ def _prepare(op: str, query_proj: Tensor, key_proj: Tensor, v: Tensor, values: T
              query_layout: str) -> tuple[tuple[Tensor, ...], Optional[Tensor], Optional[Tensor]]:
     """Validate the arguments -> ((query_proj, key_proj, v, values) contiguous, lengths as int32 on the
     device of query_proj or None, key_padding_mask contiguous or None)."""
+    query_proj, key_proj, v, values = C.autocast(query_proj, key_proj, v, values)
     for name, t in (("query_proj", query_proj), ("key_proj", key_proj), ("v", v), ("values", values)):
         C.check_float(op, name, t)
         C.check_like(op, name, t, "query_proj", query_proj)

@@ -128,6 +128,7 @@ def attention(
     scale defaults to 1/√D. dropout_p drops attention probabilities (pass 0.0 at evaluation).
     """
     op = "attention"
+    q, k, v = C.autocast(q, k, v)
     _check_heads(op, q, k, v, "(B, Hq, Tq, D)")
     B, Hq, Tq, D = q.shape
     Tk = k.shape[2]

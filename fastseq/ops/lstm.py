@@ -64,6 +64,7 @@ def lstm_cell(gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
     The activations and the cell update are computed in float32 (float64 for float64 inputs).
     """
     op = "lstm_cell"
+    gates, c_prev = C.autocast(gates, c_prev)
     C.check_float(op, "gates", gates)
     C.check_ndim(op, "gates", gates, 2, "(B, 4H)")
     if gates.shape[1] % 4:
@@ -176,6 +177,7 @@ def lstm_layer(
     y (T, B, P) is zero where t >= lengths[b]; h_n, c_n are each row's state after its last token.
     """
     op = "lstm_layer"
+    x, h0, c0, w_ih, w_hh, bias, w_hr = C.autocast(x, h0, c0, w_ih, w_hh, bias, w_hr)
     C.check_float(op, "x", x)
     C.check_ndim(op, "x", x, 3, "(T, B, I)")
     T, B, I = x.shape
