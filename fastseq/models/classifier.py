@@ -1,8 +1,10 @@
 """A sequence classifier over a language model's body, as ULMFiT (Howard & Ruder, "Universal Language Model
 Fine-tuning for Text Classification", 2018): the body's states are pooled by concatenating the last
-real state, the max and the mean over real positions, then a two-layer head (batch norm, dropout,
-linear, ReLU, batch norm, dropout, linear) gives the classes. The body is an LSTMLM, CausalLM or
-MaskedLM, loaded from a pretrained one with `from_pretrained`.
+real state, the max and the mean over real positions, then a two-layer head (norm, dropout, linear, ReLU,
+norm, dropout, linear) gives the classes. The norms are layer norms where ULMFiT has batch norms, so
+that an example's prediction never depends on the rest of its batch, nor on running statistics that
+lag behind during fine-tuning. The body is an LSTMLM, CausalLM or MaskedLM, loaded from a pretrained
+one with `from_pretrained`.
 """
 from __future__ import annotations
 
@@ -49,9 +51,9 @@ class SequenceClassifier(Model):
         self.body = body_cls(body_cls.config_class(**config.body_config))
         pooled = 3 * self.body.feature_size
         self.head = nn.Sequential(
-            nn.BatchNorm1d(pooled), nn.Dropout(config.dropout), nn.Linear(pooled, config.hidden_dim), nn.ReLU(),
-            nn.BatchNorm1d(config.hidden_dim), nn.Dropout(config.dropout), nn.Linear(config.hidden_dim,
-                                                                                     config.num_classes))
+            nn.LayerNorm(pooled), nn.Dropout(config.dropout), nn.Linear(pooled, config.hidden_dim), nn.ReLU(),
+            nn.LayerNorm(config.hidden_dim), nn.Dropout(config.dropout), nn.Linear(config.hidden_dim,
+                                                                                   config.num_classes))
 
     @classmethod
     def from_pretrained(cls, lm: Union[Model, str, os.PathLike], num_classes: int, hidden_dim: int = 50,

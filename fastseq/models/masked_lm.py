@@ -14,9 +14,10 @@ import torch
 from torch import Tensor, nn
 
 from .. import nn as fnn
+from ..data.batching import mask_tokens
 from .base import Model, check_config, check_tokens, lengths_tensor, padding_mask
 from .embeddings import Embedding
-from .losses import IGNORE, token_loss
+from .losses import token_loss
 from .transformer import check_transformer, layer_stack
 
 
@@ -100,16 +101,7 @@ class MaskedLM(Model):
             real &= ~padding_mask(torch.as_tensor(lengths, device=tokens.device), tokens.shape[1])
         if c.pad_id is not None:
             real &= tokens != c.pad_id
-
-        def uniform():
-            return torch.rand(tokens.shape, generator=generator, device=tokens.device)
-
-        chosen = real & (uniform() < c.mask_probability)
-        fate = uniform()
-        masked, randomized = chosen & (fate < 0.8), chosen & (fate >= 0.8) & (fate < 0.9)
-        random_tokens = torch.randint(c.vocab_size, tokens.shape, generator=generator, device=tokens.device)
-        inputs = torch.where(masked, c.mask_id, torch.where(randomized, random_tokens, tokens))
-        return inputs, tokens.masked_fill(~chosen, IGNORE)
+        return mask_tokens(tokens, real, c.mask_id, c.vocab_size, c.mask_probability, generator)
 
     def loss(self, tokens: Tensor, lengths=None, generator: Optional[torch.Generator] = None) -> Tensor:
         """Mask tokens (B, T) as BERT does and return the mean cross-entropy over the chosen positions."""

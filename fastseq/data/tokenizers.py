@@ -1,0 +1,192 @@
+"""Tokenizers: characters, words (a vocabulary with a minimum frequency and <unk>), and byte-pair encoding
+trained with Hugging Face `tokenizers`. All share five special tokens at fixed ids and save to one JSON file.
+
+    tok = CharTokenizer.fit(texts);  ids = tok.encode("To be", bos=True, eos=True);  tok.decode(ids)
+    tok = BPETokenizer.fit(texts, vocab_size=8000);  tok.save("bpe.json");  load_tokenizer("bpe.json")
+"""
+from __future__ import annotations
+
+import collections
+import json
+import os
+import re
+import tempfile
+from typing import Iterable, Sequence
+
+SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>", "<mask>")
+PAD, BOS, EOS, UNK, MASK = range(len(SPECIALS))
+_WORD = re.compile(r"\w+|[^\w\s]")
+
+
+class Tokenizer:
+    """Shared by every tokenizer: ids 0–4 are <pad>, <bos>, <eos>, <unk>, <mask>."""
+
+    kind = ""
+    pad_id, bos_id, eos_id, unk_id, mask_id = PAD, BOS, EOS, UNK, MASK
+
+    @property
+    def vocab_size(self) -> int:
+        raise NotImplementedError
+
+    def _encode(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def _decode(self, ids: Sequence[int]) -> str:
+        raise NotImplementedError
+
+    def _state(self) -> dict:
+        raise NotImplementedError
+
+    def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
+        if not isinstance(text, str):
+            raise TypeError(f"{type(self).__name__}.encode: text must be a str, got {type(text).__name__}")
+        return [BOS] * bos + self._encode(text) + [EOS] * eos
+
+    def decode(self, ids: Iterable[int], skip_special: bool = True) -> str:
+        """Text of ids; stops at the first <eos> and drops the other special tokens when skip_special."""
+        ids = [int(i) for i in ids]
+        if skip_special:
+            if EOS in ids:
+                ids = ids[:ids.index(EOS)]
+            ids = [i for i in ids if i >= len(SPECIALS) or i == UNK]
+        return self._decode(ids)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """One JSON file, written atomically."""
+        path = os.fspath(path)
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump({"format": "fastseq-tokenizer/1", "kind": self.kind, **self._state()}, f, ensure_ascii=False)
+        os.replace(tmp, path)
+
+
+class CharTokenizer(Tokenizer):
+    """One id per character seen in training; others become <unk>."""
+
+    kind = "char"
+
+    def __init__(self, chars: Sequence[str]) -> None:
+        self.chars = list(chars)
+        self.index = {c: i + len(SPECIALS) for i, c in enumerate(self.chars)}
+
+    @classmethod
+    def fit(cls, texts: Iterable[str]) -> "CharTokenizer":
+        seen = set()
+        for text in texts:
+            seen.update(text)
+        return cls(sorted(seen))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(SPECIALS) + len(self.chars)
+
+    def _encode(self, text):
+        return [self.index.get(c, UNK) for c in text]
+
+    def _decode(self, ids):
+        return "".join(self.chars[i - len(SPECIALS)] if i >= len(SPECIALS) else "\ufffd" for i in ids)
+
+    def _state(self):
+        return {"chars": self.chars}
+
+
+class WordTokenizer(Tokenizer):
+    """Words and punctuation marks (regex \\w+|[^\\w\\s]); those seen fewer than min_freq times in
+    training (or past max_size) become <unk>. Decoding joins tokens with spaces."""
+
+    kind = "word"
+
+    def __init__(self, words: Sequence[str], lowercase: bool = False) -> None:
+        self.words, self.lowercase = list(words), lowercase
+        self.index = {w: i + len(SPECIALS) for i, w in enumerate(self.words)}
+
+    @classmethod
+    def fit(cls, texts: Iterable[str], min_freq: int = 1, max_size: int | None = None,
+            lowercase: bool = False) -> "WordTokenizer":
+        if not isinstance(min_freq, int) or min_freq < 1:
+            raise ValueError(f"WordTokenizer.fit: min_freq must be an int >= 1, got {min_freq!r}")
+        counts = collections.Counter()
+        for text in texts:
+            counts.update(_WORD.findall(text.lower() if lowercase else text))
+        words = [w for w, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if n >= min_freq]
+        return cls(words[:max_size] if max_size else words, lowercase)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(SPECIALS) + len(self.words)
+
+    def tokens(self, text: str) -> list[str]:
+        return _WORD.findall(text.lower() if self.lowercase else text)
+
+    def _encode(self, text):
+        return [self.index.get(w, UNK) for w in self.tokens(text)]
+
+    def _decode(self, ids):
+        return " ".join(self.words[i - len(SPECIALS)] if i >= len(SPECIALS) else SPECIALS[i] for i in ids)
+
+    def _state(self):
+        return {"words": self.words, "lowercase": self.lowercase}
+
+
+class BPETokenizer(Tokenizer):
+    """Byte-pair encoding (Sennrich et al. 2016) trained and run by Hugging Face `tokenizers`, with the
+    Metaspace pre-tokenizer, so that decoding restores the text's spacing exactly."""
+
+    kind = "bpe"
+
+    def __init__(self, hf_tokenizer) -> None:
+        self.hf = hf_tokenizer
+        for i, special in enumerate(SPECIALS):
+            if self.hf.token_to_id(special) != i:
+                raise ValueError(f"BPETokenizer: {special} must have id {i}, got {self.hf.token_to_id(special)}")
+
+    @classmethod
+    def fit(cls, texts: Iterable[str], vocab_size: int = 8000, min_frequency: int = 2) -> "BPETokenizer":
+        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import decoders, models, pre_tokenizers, trainers
+
+        hf = HFTokenizer(models.BPE(unk_token="<unk>"))
+        hf.pre_tokenizer = pre_tokenizers.Metaspace()
+        hf.decoder = decoders.Metaspace()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
+                                      special_tokens=list(SPECIALS), show_progress=False)
+        hf.train_from_iterator(texts, trainer)
+        return cls(hf)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.hf.get_vocab_size()
+
+    def _encode(self, text):
+        return self.hf.encode(text, add_special_tokens=False).ids
+
+    def _decode(self, ids):
+        return self.hf.decode(ids, skip_special_tokens=False)
+
+    def _state(self):
+        return {"hf": self.hf.to_str()}
+
+
+def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
+    """The tokenizer saved at `path` by `save`."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            state = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no tokenizer file at {os.fspath(path)!r}") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{os.fspath(path)}: not a fastseq tokenizer file (bad JSON: {e})") from None
+    if not isinstance(state, dict) or state.get("format") != "fastseq-tokenizer/1":
+        raise ValueError(f"{os.fspath(path)}: not a fastseq tokenizer file")
+    kind = state.get("kind")
+    if kind == "char":
+        return CharTokenizer(state["chars"])
+    if kind == "word":
+        return WordTokenizer(state["words"], state.get("lowercase", False))
+    if kind == "bpe":
+        from tokenizers import Tokenizer as HFTokenizer
+
+        return BPETokenizer(HFTokenizer.from_str(state["hf"]))
+    raise ValueError(f"{os.fspath(path)}: unknown tokenizer kind {kind!r} (char, word, bpe)")

@@ -1,0 +1,313 @@
+"""The training loop: AdamW or SGD, a learning-rate schedule, bf16/fp16 autocast (a gradient scaler for
+fp16), gradient accumulation and clipping, periodic evaluation, a progress bar, JSON-lines logs, a PNG of
+the curves, and checkpoints from which a run resumes exactly where it stopped.
+
+Data comes as a function of the step: `batches(i)` returns the i-th micro-batch (a dict of tensors),
+always the same for the same i. A resumed run therefore sees the very batches it would have seen, and
+with the model, optimizer, schedule, scaler and random-number states restored it continues bit for bit
+(on the CPU; GPU kernels may reorder sums). Under torchrun (torch.distributed), each process takes its
+rows of every global batch and DistributedDataParallel averages the gradients; rank 0 logs and saves.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from .schedules import schedule
+
+FORMAT = "fastseq-checkpoint/1"
+
+
+@dataclass
+class TrainConfig:
+    """steps (optimizer steps); lr, optimizer ("adamw" | "sgd"), weight_decay, betas, momentum (SGD);
+    schedule ("constant", "inverse_sqrt", "cosine", "slanted_triangular"), warmup, min_lr_ratio (cosine);
+    grad_clip (0: none), accumulate (micro-batches per step); precision ("fp32", "bf16", "fp16");
+    eval_every, log_every, checkpoint_every (steps; 0: only at the end); out_dir (logs, curves,
+    checkpoint.pt; None: nothing written); resume (continue from out_dir/checkpoint.pt when present);
+    seed; progress (a progress bar)."""
+
+    steps: int = 1000
+    lr: float = 3e-4
+    optimizer: str = "adamw"
+    weight_decay: float = 0.01
+    betas: list = field(default_factory=lambda: [0.9, 0.999])
+    momentum: float = 0.9
+    schedule: str = "constant"
+    warmup: int = 0
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    accumulate: int = 1
+    precision: str = "fp32"
+    eval_every: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 0
+    out_dir: Optional[str] = None
+    resume: bool = True
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self):
+        for name in ("steps", "accumulate", "log_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"TrainConfig: {name} must be an int >= 1, got {value!r}")
+        for name in ("eval_every", "checkpoint_every", "warmup"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"TrainConfig: {name} must be an int >= 0, got {value!r}")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ValueError(f"TrainConfig: optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"TrainConfig: precision must be 'fp32', 'bf16' or 'fp16', got {self.precision!r}")
+        if not self.lr > 0:
+            raise ValueError(f"TrainConfig: lr must be > 0, got {self.lr!r}")
+        schedule(self.schedule, self.steps, self.warmup)  # raises on a bad name
+
+
+class _Objective(nn.Module):
+    """The loss as a module's forward, so that DistributedDataParallel sees every call."""
+
+    def __init__(self, model: nn.Module, loss_fn: Callable) -> None:
+        super().__init__()
+        self.model, self.loss_fn = model, loss_fn
+
+    def forward(self, batch: dict) -> Tensor:
+        return self.loss_fn(self.model, batch)
+
+
+def shard(batch: dict, rank: int, world: int) -> dict:
+    """This process's rows of a global batch (rows rank, rank + world, ...); non-tensors as they are."""
+    return {k: v[rank::world] if isinstance(v, Tensor) and v.dim() > 0 else v for k, v in batch.items()}
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
+
+
+class Trainer:
+    """Trainer(model, config, batches, loss_fn, evaluate=None, param_groups=None, device=None).
+
+    batches(i) -> the i-th micro-batch (dict); loss_fn(model, batch) -> scalar loss; evaluate(model) ->
+    {metric: value} (run without gradients, in eval mode); param_groups: optimizer parameter groups
+    (default all parameters; ULMFiT passes one group per layer with its own lr). `fit()` returns the
+    logged history (a list of dicts)."""
+
+    def __init__(self, model: nn.Module, config: TrainConfig, batches: Callable[[int], dict],
+                 loss_fn: Callable[[nn.Module, dict], Tensor], evaluate: Optional[Callable[[nn.Module], dict]] = None,
+                 param_groups: Optional[list] = None, device: Optional[torch.device] = None) -> None:
+        self.config, self.batches, self.evaluate = config, batches, evaluate
+        self.device = device or next(model.parameters()).device
+        self.model = model.to(self.device)
+        self.distributed = dist.is_available() and dist.is_initialized()
+        self.rank = dist.get_rank() if self.distributed else 0
+        self.world = dist.get_world_size() if self.distributed else 1
+        objective = _Objective(self.model, loss_fn)
+        if self.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            objective = nn.parallel.DistributedDataParallel(objective, device_ids=ids)
+        self.objective = objective
+        groups = param_groups if param_groups is not None else [p for p in model.parameters() if p.requires_grad]
+        c = config
+        if c.optimizer == "adamw":
+            self.optimizer = torch.optim.AdamW(groups, lr=c.lr, betas=tuple(c.betas), weight_decay=c.weight_decay)
+        else:
+            self.optimizer = torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, schedule(c.schedule, c.steps, c.warmup, c.min_lr_ratio))
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=c.precision == "fp16")
+        self.step = 0
+        self.history: list[dict] = []
+        self.checkpoint_path = os.path.join(c.out_dir, "checkpoint.pt") if c.out_dir else None
+        if self.checkpoint_path and c.resume and os.path.exists(self.checkpoint_path):
+            self.load_checkpoint(self.checkpoint_path)
+        elif self.step == 0:
+            torch.manual_seed(c.seed)
+
+    # ------------------------------------------------------------------------------------ the loop
+
+    def fit(self) -> list[dict]:
+        c = self.config
+        bar = self._progress()
+        tokens, losses, started = 0, [], time.perf_counter()
+        while self.step < c.steps:
+            self.objective.train()
+            loss_sum = 0.0
+            for micro in range(c.accumulate):
+                batch = self.batches(self.step * c.accumulate + micro)
+                if self.world > 1:
+                    batch = shard(batch, self.rank, self.world)
+                batch = to_device(batch, self.device)
+                tokens += _count_tokens(batch)
+                with self._autocast():
+                    loss = self.objective(batch) / c.accumulate
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"the loss is {loss.item()} at step {self.step}; lower the learning "
+                                             f"rate or use bf16/fp32 rather than fp16")
+                self.scaler.scale(loss).backward()
+                loss_sum += loss.item()
+            if c.grad_clip > 0:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+            self.step += 1
+            losses.append(loss_sum)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_sum:.4f}", tok_s=f"{tokens / (time.perf_counter() - started):.0f}")
+            if self.step % c.log_every == 0 or self.step == c.steps:
+                elapsed = time.perf_counter() - started
+                self._log({"step": self.step, "loss": sum(losses) / len(losses), "lr": self.scheduler.get_last_lr()[0],
+                           "tokens_per_s": tokens * self.world / elapsed, "elapsed_s": elapsed})
+                losses = []
+            if self.evaluate and ((c.eval_every and self.step % c.eval_every == 0) or self.step == c.steps):
+                self._log({"step": self.step, **self.run_evaluation()}, bar)
+            if self.checkpoint_path and ((c.checkpoint_every and self.step % c.checkpoint_every == 0)
+                                         or self.step == c.steps):
+                self.save_checkpoint(self.checkpoint_path)
+        if bar is not None:
+            bar.close()
+        if self.rank == 0 and c.out_dir:
+            self.plot(os.path.join(c.out_dir, "curves.png"))
+        return self.history
+
+    @torch.no_grad()
+    def run_evaluation(self) -> dict:
+        self.model.eval()
+        with self._autocast():
+            metrics = self.evaluate(self.model)
+        self.model.train()
+        return {f"eval_{k}" if not k.startswith("eval_") else k: v for k, v in metrics.items()}
+
+    def _autocast(self):
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.config.precision)
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
+
+    def _progress(self):
+        if not self.config.progress or self.rank != 0:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=self.config.steps, initial=self.step, desc="train", dynamic_ncols=True)
+
+    def _log(self, row: dict, bar=None) -> None:
+        self.history.append(row)
+        if self.rank != 0:
+            return
+        if bar is not None and any(k.startswith("eval_") for k in row):
+            bar.write("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+        if self.config.out_dir:
+            os.makedirs(self.config.out_dir, exist_ok=True)
+            with open(os.path.join(self.config.out_dir, "log.jsonl"), "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    # ----------------------------------------------------------------------------- checkpoints
+
+    def save_checkpoint(self, path: str) -> None:
+        """Model, optimizer, schedule, scaler, step, history and RNG states, written atomically (rank 0)."""
+        if self.rank != 0:
+            return
+        state = {"format": FORMAT, "step": self.step, "config": dataclasses.asdict(self.config),
+                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                 "history": self.history, "rng": {"torch": torch.get_rng_state(),
+                                                  "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available()
+                                                  else []}}
+        if hasattr(self.model, "config"):
+            state["model_class"] = type(self.model).__name__
+            state["model_config"] = dataclasses.asdict(self.model.config)
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(state, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def load_checkpoint(self, path: str) -> None:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:  # a truncated or foreign file
+            raise ValueError(f"{path}: not a readable fastseq checkpoint ({type(e).__name__}: {e}); delete it to "
+                             f"start afresh") from None
+        if not isinstance(state, dict) or state.get("format") != FORMAT:
+            raise ValueError(f"{path}: not a fastseq checkpoint (format {FORMAT!r})")
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as e:
+            raise ValueError(f"{path}: its model does not match this one: {str(e).splitlines()[0]}") from None
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.history = state["step"], state["history"]
+        torch.set_rng_state(state["rng"]["torch"])
+        if state["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+    def plot(self, path: str) -> Optional[str]:
+        """Training loss (and every eval_* loss) against the step, as a PNG."""
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            return None
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        train = [(r["step"], r["loss"]) for r in self.history if "loss" in r]
+        if train:
+            ax.plot(*zip(*train), label="train loss")
+        for key in sorted({k for r in self.history for k in r if k.startswith("eval_") and "loss" in k}):
+            pts = [(r["step"], r[key]) for r in self.history if key in r]
+            ax.plot(*zip(*pts), marker="o", label=key.replace("_", " "))
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss (nats per token)")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return path
+
+
+def _count_tokens(batch: dict) -> int:
+    for key in ("tgt_lengths", "lengths"):
+        if isinstance(batch.get(key), Tensor):
+            return int(batch[key].sum())
+    for key in ("tokens", "inputs", "tgt"):
+        if isinstance(batch.get(key), Tensor):
+            return batch[key].numel()
+    return 0
+
+
+def init_distributed() -> bool:
+    """Join the process group torchrun describes (gloo on the CPU, nccl on GPUs); False when not under
+    torchrun. Each process then uses GPU LOCAL_RANK."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available():
+        return False
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group(backend)
+    return True
+
+
+__all__ = ["TrainConfig", "Trainer", "init_distributed", "shard"]
