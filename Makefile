@@ -1,7 +1,8 @@
 # fastseq: the commands that do all set-up on a fresh machine.
 #   make test        create .venv, install torch (CPU wheel), triton and the test tools, build
 #                    fastseq._C, run the whole test suite
-#   make demo        the main job (for now: `fastseq info` and an LSTM trained on tiny Shakespeare)
+#   make demo        the main job: `fastseq info`, then `fastseq demo` (a character-level Transformer on
+#                    tiny Shakespeare: progress, validation loss, a curve, samples)
 #   make bench       the benchmark sweep (JSON under benchmarks/results/)
 #   make gpu-check   on a GPU machine with torch already there: build offline, run every test
 #                    (the `cuda` ones too) and the benchmark sweep; results and logs in one folder
@@ -31,7 +32,7 @@ test: install
 
 demo: install
 	$(VENV)/bin/fastseq info
-	$(PY) examples/lstm_char_lm.py
+	$(VENV)/bin/fastseq demo
 
 bench: install
 	$(PY) benchmarks/sweep.py

@@ -1,0 +1,159 @@
+"""The trainer: a resumed run equals an uninterrupted one bit for bit; two gloo processes under
+DistributedDataParallel equal one process with the same global batch; mixed precision trains;
+accumulation equals one big batch; schedules follow their formulas; checkpoints are atomic and a
+corrupt one is refused clearly; metrics; the demo and the `fastseq` command run."""
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from fastseq.models import CausalLM, CausalLMConfig
+from fastseq.train import TrainConfig, Trainer, bleu, perplexity, schedule
+
+V = 23
+
+
+def _model(seed=0, dropout=0.1):
+    torch.manual_seed(seed)
+    return CausalLM(CausalLMConfig(V, 16, 4, 2, dropout=dropout, max_len=16))
+
+
+def _batches(i, rows=8):
+    g = torch.Generator().manual_seed(1000 + i)
+    return {"tokens": torch.randint(0, V, (rows, 9), generator=g)}
+
+
+def _loss(model, batch):
+    return model.loss(batch["tokens"])
+
+
+def _config(tmp_path, **kw):
+    base = dict(steps=8, lr=1e-2, schedule="cosine", warmup=2, log_every=2, eval_every=4, out_dir=str(tmp_path),
+                progress=False, seed=5)
+    return TrainConfig(**{**base, **kw})
+
+
+def _evaluate(model):
+    return {"loss": model.loss(_batches(-1)["tokens"]).item()}
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    straight = _model()
+    Trainer(straight, _config(tmp_path / "a"), _batches, _loss, _evaluate).fit()
+
+    def crashing(i):
+        if i == 5:
+            raise KeyboardInterrupt  # killed between two checkpoints
+        return _batches(i)
+
+    first = _model()
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(first, _config(tmp_path / "b", checkpoint_every=3), crashing, _loss, _evaluate).fit()
+    assert sorted(os.listdir(tmp_path / "b")) == ["checkpoint.pt", "log.jsonl"]  # no temporary file left
+    resumed = _model(seed=99)  # a fresh process: other initial weights, restored from the checkpoint
+    trainer = Trainer(resumed, _config(tmp_path / "b", checkpoint_every=3), _batches, _loss, _evaluate)
+    assert trainer.step == 3
+    history = trainer.fit()
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert [r for r in history if "eval_loss" in r][-1]["eval_loss"] == pytest.approx(_evaluate(straight.eval())["loss"])
+    assert (tmp_path / "b" / "curves.png").exists()
+
+
+def test_accumulation_equals_one_big_batch(tmp_path):
+    big, small = _model(dropout=0.0), _model(dropout=0.0)
+    common = dict(steps=3, optimizer="sgd", grad_clip=0.0, eval_every=0, out_dir=None)
+    Trainer(big, _config(tmp_path, **common), lambda i: _batches(i, rows=8), _loss).fit()
+    halves = lambda i: {"tokens": _batches(i // 2, rows=8)["tokens"][(i % 2) * 4:(i % 2) * 4 + 4]}  # noqa: E731
+    Trainer(small, _config(tmp_path, accumulate=2, **common), halves, _loss).fit()
+    for a, b in zip(big.parameters(), small.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def _ddp_worker(rank, world, init_file, out_file):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    model = _model(dropout=0.0)
+    config = TrainConfig(steps=4, lr=0.05, optimizer="sgd", grad_clip=0.0, progress=False, out_dir=None)
+    Trainer(model, config, _batches, _loss).fit()
+    if rank == 0:
+        torch.save(model.state_dict(), out_file)
+    dist.destroy_process_group()
+
+
+def test_ddp_two_processes_equal_one(tmp_path):
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "ddp.pt")), nprocs=2, join=True)
+    single = _model(dropout=0.0)
+    config = TrainConfig(steps=4, lr=0.05, optimizer="sgd", grad_clip=0.0, progress=False, out_dir=None)
+    Trainer(single, config, _batches, _loss).fit()
+    ddp = torch.load(tmp_path / "ddp.pt")
+    for name, p in single.state_dict().items():
+        torch.testing.assert_close(ddp[name], p, rtol=1e-5, atol=1e-6)
+    assert any(not torch.equal(p, _model(dropout=0.0).state_dict()[n]) for n, p in single.state_dict().items())
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains_like_float32(precision, tmp_path):
+    """The same run in fp32 and under autocast (fp16 with the gradient scaler) ends at nearly the same loss."""
+    before = _evaluate(_model(dropout=0.0).eval())["loss"]
+    finals = {}
+    for p in ("fp32", precision):
+        config = _config(tmp_path, precision=p, steps=30, eval_every=0, out_dir=None)
+        history = Trainer(_model(dropout=0.0), config, lambda i: _batches(-1), _loss, _evaluate).fit()
+        finals[p] = history[-1]["eval_loss"]
+    assert finals["fp32"] < before - 1.0
+    assert abs(finals[precision] - finals["fp32"]) < 0.1, (before, finals)
+
+
+def test_schedules_follow_their_formulas():
+    total = 100
+    slanted = schedule("slanted_triangular", total, cut_frac=0.1, ratio=32)
+    assert slanted(0) == pytest.approx(1 / 32) and slanted(10) == pytest.approx(1.0)
+    assert slanted(55) == pytest.approx((1 + (1 - 45 / 90) * 31) / 32)  # ULMFiT eq. 3
+    inv = schedule("inverse_sqrt", total, warmup=4)
+    assert [inv(s) for s in (0, 3, 15)] == pytest.approx([0.25, 1.0, 0.5])
+    cos = schedule("cosine", total, warmup=10, min_ratio=0.1)
+    assert cos(10) == pytest.approx(1.0) and cos(total) == pytest.approx(0.1)
+    assert cos(55) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        schedule("linear", 10)
+
+
+def test_bad_configs_and_checkpoints(tmp_path):
+    for kwargs, match in [(dict(steps=0), "steps must be an int >= 1"), (dict(optimizer="adam"), "optimizer must be"),
+                          (dict(precision="fp8"), "precision must be"), (dict(schedule="step"), "schedule must be")]:
+        with pytest.raises(ValueError, match=match):
+            TrainConfig(**kwargs)
+    (tmp_path / "checkpoint.pt").write_bytes(b"\x00truncated")
+    with pytest.raises(ValueError, match="not a readable fastseq checkpoint"):
+        Trainer(_model(), _config(tmp_path), _batches, _loss)
+    torch.save({"format": "fastseq-checkpoint/1", "model": {"nope": torch.zeros(1)}}, tmp_path / "checkpoint.pt")
+    with pytest.raises(ValueError, match="its model does not match this one"):
+        Trainer(_model(), _config(tmp_path), _batches, _loss)
+
+
+def test_nan_loss_stops_with_a_reason(tmp_path):
+    with pytest.raises(FloatingPointError, match="the loss is nan at step 0"):
+        Trainer(_model(), _config(tmp_path, out_dir=None), _batches, lambda m, b: m.loss(b["tokens"]) * float("nan")).fit()
+
+
+def test_metrics():
+    assert perplexity(math.log(50.0)) == pytest.approx(50.0)
+    refs = ["the cat sat on the mat .", "a dog runs in the park ."]
+    assert bleu(refs, refs) == pytest.approx(100.0)
+    assert 0 < bleu(["the cat sat on a mat .", "a dog runs in a park ."], refs) < 100
+    with pytest.raises(ValueError, match="2 hypotheses for 1 references"):
+        bleu(refs, refs[:1])
+
+
+def test_demo_command_runs(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "fastseq", "demo", "--steps", "4", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "validation loss" in out.stdout and "--- sample 1" in out.stdout
+    assert {"model.pt", "tokenizer.json", "log.jsonl", "curves.png", "checkpoint.pt"} <= set(os.listdir(tmp_path))
