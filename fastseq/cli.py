@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -23,6 +24,76 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _device(name):
+    import torch
+
+    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .train import Trainer, init_distributed
+    from .train.tasks import apply_overrides, build_run, load_config, save_run
+
+    config = apply_overrides(load_config(args.config), args.set or [])
+    if args.out:
+        config["out_dir"] = args.out
+    config.setdefault("out_dir", os.path.join("runs", os.path.splitext(os.path.basename(args.config))[0]))
+    distributed = init_distributed()
+    device = _device(args.device)
+    if distributed and device.type == "cuda":
+        import torch
+
+        device = torch.device("cuda", torch.cuda.current_device())
+    run = build_run(config, device)
+    print(f"fastseq train: {run.task}, {type(run.model).__name__} "
+          f"({sum(p.numel() for p in run.model.parameters()) / 1e6:.2f}M parameters), vocabulary "
+          f"{run.tokenizer.vocab_size}, {run.train.steps} steps on {device}; run folder {config['out_dir']}")
+    history = Trainer(run.model.to(device), run.train, run.batches, run.loss, run.evaluate, device=device).fit()
+    if not distributed or int(os.environ.get("RANK", 0)) == 0:
+        save_run(run, config["out_dir"])
+    final = [r for r in history if any(k.startswith("eval_") for k in r)]
+    if final:
+        print("final: " + "  ".join(f"{k}={v:.4g}" for k, v in final[-1].items() if k.startswith("eval_")))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .train.tasks import evaluate_run
+
+    metrics = evaluate_run(args.run, args.split, _device(args.device), args.limit)
+    print(json.dumps({"run": args.run, "split": args.split, **metrics}))
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from .generation import generate
+    from .train.tasks import open_run
+
+    device = _device(args.device)
+    model, tokenizer, _ = open_run(args.run, device)
+    texts = args.text or [line.rstrip("\n") for line in sys.stdin]
+    encoder_decoder = "src_vocab_size" in model.config.__dataclass_fields__
+    for text in texts:
+        ids = tokenizer.encode(text) or [tokenizer.unk_id]
+        out = generate(model, torch.tensor([ids], device=device), max_new_tokens=args.max_new_tokens,
+                       method=args.method, beams=args.beams, temperature=args.temperature, top_k=args.top_k,
+                       top_p=args.top_p, seed=args.seed, no_repeat_ngram_size=args.no_repeat_ngram_size)
+        new = tokenizer.decode(out.tokens[0, :out.lengths[0]].tolist())
+        print(new if encoder_decoder else text + new)
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import subprocess
+
+    sweep = os.path.join(args.repo, "benchmarks", "sweep.py")
+    if not os.path.exists(sweep):
+        raise SystemExit(f"fastseq bench runs {sweep}, which is missing: run it from a fastseq checkout (--repo)")
+    return subprocess.call([sys.executable, sweep, *args.sweep_args])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fastseq", description="Fast sequence-model kernels and models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -34,6 +105,37 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
     p.add_argument("--out", default="runs/demo", help="folder for the log, the curve, the model and tokenizer")
     p.set_defaults(func=_demo)
+    p = sub.add_parser("train", help="train a model from a YAML config (see configs/); resumes a stopped run")
+    p.add_argument("--config", required=True, help="YAML: task, data, model, train, generate, out_dir")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. train.steps=100")
+    p.add_argument("--out", default=None, help="the run folder (default: out_dir, else runs/<config name>)")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=_train)
+    p = sub.add_parser("eval", help="metrics of a finished run on a split (perplexity, BLEU, accuracy)")
+    p.add_argument("run", help="the run folder")
+    p.add_argument("--split", default="test")
+    p.add_argument("--limit", type=int, default=None, help="only the first N examples (sentences, texts, windows)")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=_eval)
+    for name in ("generate", "translate"):
+        p = sub.add_parser(name, help="continue prompts (language models) or translate (encoder-decoders)")
+        p.add_argument("run", help="the run folder")
+        p.add_argument("text", nargs="*", help="prompts or sources (default: one per line on stdin)")
+        p.add_argument("--method", choices=("greedy", "sample", "beam"), default="beam" if name == "translate"
+                       else "sample")
+        p.add_argument("--beams", type=int, default=5)
+        p.add_argument("--max-new-tokens", type=int, default=100)
+        p.add_argument("--temperature", type=float, default=0.8)
+        p.add_argument("--top-k", type=int, default=0)
+        p.add_argument("--top-p", type=float, default=1.0)
+        p.add_argument("--no-repeat-ngram-size", type=int, default=0)
+        p.add_argument("--seed", type=int, default=None)
+        p.add_argument("--device", default=None)
+        p.set_defaults(func=_generate)
+    p = sub.add_parser("bench", help="the benchmark sweep (benchmarks/sweep.py of a checkout)")
+    p.add_argument("--repo", default=".", help="the fastseq checkout")
+    p.add_argument("sweep_args", nargs=argparse.REMAINDER, help="passed to sweep.py, e.g. --ops models")
+    p.set_defaults(func=_bench)
     args = parser.parse_args(argv)
     return args.func(args)
 

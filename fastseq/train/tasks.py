@@ -1,0 +1,383 @@
+"""A training run from one config (YAML or a dict): the task, its data and tokenizer, the model, the
+training settings. `fastseq train --config run.yaml` builds it with `build_run` and fits it; `fastseq eval`
+and `fastseq generate` reopen the run's folder.
+
+    task: causal_lm | masked_lm | seq2seq | classify
+    data:  {dataset: tinyshakespeare, train: train, valid: val, tokenizer: {kind: char}, block: 256, batch: 64}
+           {dataset: multi30k, train: train, valid: val, test: test_2016_flickr, reverse: false,
+            tokenizer: {kind: bpe, vocab_size: 8000}, max_tokens: 4096}
+           {files: {train: my.txt, valid: my_valid.txt}, ...}      (a user's own files; pairs: [src, tgt])
+    model: {class: CausalLM, d_model: 384, ...}   (vocabulary sizes and special ids come from the tokenizer)
+           {pretrained: runs/lm}                   (classify: the body, and its tokenizer, from a run folder)
+    train: {steps: 5000, lr: 1e-3, ...}           (fastseq.train.TrainConfig)
+    generate: {method: beam, beams: 5, max_new_tokens: 80}   (seq2seq evaluation: BLEU)
+    out_dir: runs/name
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+from .. import data as D
+from .. import models as M
+from ..generation import generate
+from ..models.losses import token_loss
+from .metrics import bleu, perplexity
+from .trainer import TrainConfig
+
+TASKS = ("causal_lm", "masked_lm", "seq2seq", "classify")
+MODELS = {"causal_lm": ("CausalLM", "LSTMLM"), "masked_lm": ("MaskedLM",), "seq2seq": ("Transformer", "Seq2Seq"),
+          "classify": ("SequenceClassifier",)}
+
+
+@dataclass
+class Run:
+    """What a config builds: the model, tokenizer, data functions and settings of one training run."""
+
+    task: str
+    model: M.Model
+    tokenizer: D.Tokenizer
+    train: TrainConfig
+    batches: Callable[[int], dict]
+    loss: Callable
+    evaluate: Callable
+    config: dict
+
+
+def load_config(path: str) -> dict:
+    import yaml
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no config file at {path}")
+    with open(path) as f:
+        try:
+            config = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            raise ValueError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: a config must be a mapping with task, data, model, train")
+    return config
+
+
+def apply_overrides(config: dict, overrides: list[str]) -> dict:
+    """key.sub=value strings (values parsed as YAML) into a copy of config."""
+    import yaml
+
+    config = json.loads(json.dumps(config))
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"--set takes key=value (e.g. train.steps=100), got {item!r}")
+        key, value = item.split("=", 1)
+        node = config
+        *parents, last = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = yaml.safe_load(value)
+    return config
+
+
+def _section(config: dict, name: str, required: bool = True) -> dict:
+    section = config.get(name)
+    if section is None and not required:
+        return {}
+    if not isinstance(section, dict):
+        raise ValueError(f"config: '{name}' must be a mapping, got {section!r}")
+    return dict(section)
+
+
+def build_run(config: dict, device: torch.device) -> Run:
+    task = config.get("task")
+    if task not in TASKS:
+        raise ValueError(f"config: task must be one of {TASKS}, got {task!r}")
+    unknown = set(config) - {"task", "data", "model", "train", "generate", "out_dir"}
+    if unknown:
+        raise ValueError(f"config: unknown keys {sorted(unknown)} (known: task, data, model, train, generate, out_dir)")
+    data, model_cfg = _section(config, "data"), _section(config, "model")
+    train_cfg = _section(config, "train", required=False)
+    if config.get("out_dir"):
+        train_cfg.setdefault("out_dir", config["out_dir"])
+    try:
+        train = TrainConfig(**train_cfg)
+    except TypeError as e:
+        raise ValueError(f"config: train: {e}") from None
+    builder = {"causal_lm": _language_model, "masked_lm": _masked_lm, "seq2seq": _seq2seq, "classify": _classify}[task]
+    return builder(task, config, data, model_cfg, train, device)
+
+
+# ------------------------------------------------------------------------------------------ pieces
+
+def _records(data: dict, split: str):
+    """The records of a split: a registry data set's, or the user's own file's."""
+    if "dataset" in data:
+        name = data.get(split)
+        if name is None:
+            raise ValueError(f"config: data.{split} must name a split of {data['dataset']!r}")
+        return D.load(data["dataset"], name)
+    files = data.get("files")
+    if not isinstance(files, dict) or split not in files:
+        raise ValueError(f"config: data needs 'dataset' or 'files' with a '{split}' entry")
+    entry = files[split]
+    if isinstance(entry, list):
+        return D.read_parallel(*entry)
+    return D.read_labelled(entry) if data.get("labelled") else D.read_text(entry)
+
+
+def _tokenizer(spec: dict, texts: list[str]) -> D.Tokenizer:
+    spec = dict(spec or {"kind": "char"})
+    kind = spec.pop("kind", "char")
+    if kind == "char":
+        return D.CharTokenizer.fit(texts)
+    if kind == "word":
+        return D.WordTokenizer.fit(texts, **spec)
+    if kind == "bpe":
+        return D.BPETokenizer.fit(texts, **spec)
+    raise ValueError(f"config: data.tokenizer.kind must be char, word or bpe, got {kind!r}")
+
+
+def _model(task: str, model_cfg: dict, fill: dict) -> M.Model:
+    cls_name = model_cfg.pop("class", MODELS[task][0])
+    if cls_name not in MODELS[task]:
+        raise ValueError(f"config: model.class for {task} must be one of {MODELS[task]}, got {cls_name!r}")
+    cls = getattr(M, cls_name)
+    fields = {f.name for f in dataclasses.fields(cls.config_class)}
+    unknown = set(model_cfg) - fields
+    if unknown:
+        raise ValueError(f"config: model: {cls_name} has no settings {sorted(unknown)}")
+    values = {**{k: v for k, v in fill.items() if k in fields}, **model_cfg}
+    return cls(cls.config_class(**values))
+
+
+def _generator(seed: int, i: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + i)
+
+
+def _epoch_batches(lengths: list[int], max_tokens: int, seed: int, collate: Callable[[list[int]], dict]):
+    """batches(i) over epochs of token-budget batches, reshuffled per epoch, deterministic in i."""
+    cache: dict[int, list[list[int]]] = {}
+    first = D.token_budget_batches(lengths, max_tokens, seed=seed)
+    per_epoch = len(first)
+    cache[0] = first
+
+    def batches(i: int) -> dict:
+        epoch = i // per_epoch
+        if epoch not in cache:
+            cache.clear()
+            cache[epoch] = D.token_budget_batches(lengths, max_tokens, seed=seed + epoch)
+        order = cache[epoch]
+        return collate(order[i % len(order)])
+    return batches
+
+
+# ------------------------------------------------------------------------------------------ tasks
+
+def _language_model(task, config, data, model_cfg, train, device) -> Run:
+    train_text, valid_text = _records(data, "train"), _records(data, "valid")
+    tokenizer = _tokenizer(data.get("tokenizer"), [train_text])
+    block, rows = int(data.get("block", 128)), int(data.get("batch", 32))
+    model = _model(task, model_cfg, {"vocab_size": tokenizer.vocab_size, "max_len": block,
+                                     "pad_id": tokenizer.pad_id, "eos_id": tokenizer.eos_id})
+    train_ids, valid_ids = torch.tensor(tokenizer.encode(train_text)), torch.tensor(tokenizer.encode(valid_text))
+
+    def batches(i):
+        return {"tokens": D.stream_windows(train_ids, rows, block, _generator(train.seed, i))}
+
+    def loss(model, batch):
+        return model.loss(batch["tokens"])
+
+    def evaluate(model):
+        g = torch.Generator().manual_seed(train.seed)
+        n = int(data.get("eval_batches", 8))
+        value = sum(model.loss(D.stream_windows(valid_ids, rows, block, g).to(device)).item() for _ in range(n)) / n
+        return {"loss": value, "perplexity": perplexity(value)}
+    return Run(task, model, tokenizer, train, batches, loss, evaluate, config)
+
+
+def _masked_lm(task, config, data, model_cfg, train, device) -> Run:
+    train_text, valid_text = _records(data, "train"), _records(data, "valid")
+    tokenizer = _tokenizer(data.get("tokenizer"), [train_text])
+    block, rows = int(data.get("block", 128)), int(data.get("batch", 32))
+    model = _model(task, model_cfg, {"vocab_size": tokenizer.vocab_size, "mask_id": tokenizer.mask_id,
+                                     "max_len": block, "pad_id": tokenizer.pad_id})
+    train_ids, valid_ids = torch.tensor(tokenizer.encode(train_text)), torch.tensor(tokenizer.encode(valid_text))
+
+    def masked(ids, g):
+        tokens = D.stream_windows(ids, rows, block - 1, g)
+        inputs, labels = D.mask_tokens(tokens, torch.ones_like(tokens, dtype=torch.bool), tokenizer.mask_id,
+                                       tokenizer.vocab_size, model.config.mask_probability, g)
+        return {"inputs": inputs, "labels": labels}
+
+    def batches(i):
+        return masked(train_ids, _generator(train.seed, i))
+
+    def loss(model, batch):
+        return token_loss(model(batch["inputs"]), batch["labels"])
+
+    def evaluate(model):
+        g = torch.Generator().manual_seed(train.seed)
+        total = correct = 0
+        nll = 0.0
+        for _ in range(int(data.get("eval_batches", 8))):
+            batch = {k: v.to(device) for k, v in masked(valid_ids, g).items()}
+            logits = model(batch["inputs"])
+            chosen = batch["labels"] != -100
+            nll += torch.nn.functional.cross_entropy(logits[chosen].float(), batch["labels"][chosen], reduction="sum").item()
+            correct += (logits[chosen].argmax(-1) == batch["labels"][chosen]).sum().item()
+            total += chosen.sum().item()
+        return {"loss": nll / total, "perplexity": perplexity(nll / total), "masked_accuracy": correct / total}
+    return Run(task, model, tokenizer, train, batches, loss, evaluate, config)
+
+
+def _seq2seq(task, config, data, model_cfg, train, device) -> Run:
+    def pairs(split):
+        records = _records(data, split)
+        return [(b, a) for a, b in records] if data.get("reverse") else records
+
+    train_pairs, valid_pairs = pairs("train"), pairs("valid")
+    tokenizer = _tokenizer(data.get("tokenizer", {"kind": "bpe", "vocab_size": 8000}),
+                           [s for p in train_pairs for s in p])
+    V = tokenizer.vocab_size
+    model = _model(task, model_cfg, {"src_vocab_size": V, "tgt_vocab_size": V, "pad_id": tokenizer.pad_id,
+                                     "bos_id": tokenizer.bos_id, "eos_id": tokenizer.eos_id})
+    max_len = int(data.get("max_len", 100))
+
+    def encode(records):
+        return [(tokenizer.encode(s)[:max_len] or [tokenizer.unk_id], tokenizer.encode(t)[:max_len - 1] + [tokenizer.eos_id])
+                for s, t in records]
+
+    train_ids, valid_ids = encode(train_pairs), encode(valid_pairs)
+    lengths = [max(len(s), len(t)) for s, t in train_ids]
+    batches = _epoch_batches(lengths, int(data.get("max_tokens", 4096)), train.seed,
+                             lambda idx: D.collate_pairs([train_ids[i] for i in idx], tokenizer.pad_id))
+    smoothing = float(data.get("label_smoothing", 0.1))
+    gen = {"method": "beam", "beams": 5, "max_new_tokens": max_len, **_section(config, "generate", required=False)}
+
+    def loss(model, batch):
+        return model.loss(batch["src"], batch["tgt"], batch["src_lengths"], batch["tgt_lengths"], smoothing)
+
+    def evaluate(model):
+        n = int(data.get("eval_sentences", 200))
+        batch = {k: v.to(device) for k, v in D.collate_pairs(valid_ids[:n], tokenizer.pad_id).items()}
+        value = model.loss(batch["src"], batch["tgt"], batch["src_lengths"], batch["tgt_lengths"]).item()
+        hyps = translate(model, tokenizer, [s for s, _ in valid_pairs[:n]], device, **gen)
+        return {"loss": value, "perplexity": perplexity(value), "bleu": bleu(hyps, [t for _, t in valid_pairs[:n]])}
+    return Run(task, model, tokenizer, train, batches, loss, evaluate, config)
+
+
+def translate(model, tokenizer, sentences: list[str], device, batch: int = 64, **generate_args) -> list[str]:
+    """Detokenized outputs of an encoder–decoder for source sentences."""
+    out = []
+    for start in range(0, len(sentences), batch):
+        ids = [tokenizer.encode(s) or [tokenizer.unk_id] for s in sentences[start:start + batch]]
+        src, lengths = D.pad(ids, tokenizer.pad_id)
+        result = generate(model, src.to(device), lengths.to(device), **generate_args)
+        out += [tokenizer.decode(row[:n]) for row, n in zip(result.tokens.tolist(), result.lengths.tolist())]
+    return out
+
+
+def _classify(task, config, data, model_cfg, train, device) -> Run:
+    train_records, valid_records = _records(data, "train"), _records(data, "valid")
+    pretrained = model_cfg.pop("pretrained", None)
+    num_classes = int(model_cfg.pop("num_classes", max(label for label, _ in train_records) + 1))
+    if pretrained:
+        lm = M.load(os.path.join(pretrained, "model.pt"))
+        tokenizer = D.load_tokenizer(os.path.join(pretrained, "tokenizer.json"))
+        model = M.SequenceClassifier.from_pretrained(lm, num_classes, **model_cfg)
+    else:
+        tokenizer = _tokenizer(data.get("tokenizer", {"kind": "word"}), [t for _, t in train_records])
+        body = model_cfg.pop("body", {"class": "LSTMLM"})
+        body_cls = body.pop("class", "LSTMLM")
+        body_model = _model("causal_lm" if body_cls != "MaskedLM" else "masked_lm", {"class": body_cls, **body},
+                            {"vocab_size": tokenizer.vocab_size, "mask_id": tokenizer.mask_id,
+                             "pad_id": tokenizer.pad_id, "max_len": int(data.get("max_len", 128))})
+        model = M.SequenceClassifier.from_pretrained(body_model, num_classes, **model_cfg)
+    max_len = int(data.get("max_len", 128))
+
+    def encode(records):
+        return [(label, (tokenizer.encode(text) or [tokenizer.unk_id])[:max_len]) for label, text in records]
+
+    train_ids, valid_ids = encode(train_records), encode(valid_records)
+    batches = _epoch_batches([len(t) for _, t in train_ids], int(data.get("max_tokens", 2048)), train.seed,
+                             lambda idx: D.collate_labelled([train_ids[i] for i in idx], tokenizer.pad_id))
+
+    def loss(model, batch):
+        return model.loss(batch["tokens"], batch["labels"], batch["lengths"])
+
+    def evaluate(model):
+        return classification_metrics(model, valid_ids, tokenizer.pad_id, device)
+    return Run(task, model, tokenizer, train, batches, loss, evaluate, config)
+
+
+def classification_metrics(model, examples, pad_id: int, device, batch: int = 128) -> dict:
+    correct, nll = 0, 0.0
+    for start in range(0, len(examples), batch):
+        b = {k: v.to(device) for k, v in D.collate_labelled(examples[start:start + batch], pad_id).items()}
+        logits = model(b["tokens"], b["lengths"])
+        nll += torch.nn.functional.cross_entropy(logits.float(), b["labels"], reduction="sum").item()
+        correct += (logits.argmax(-1) == b["labels"]).sum().item()
+    return {"loss": nll / len(examples), "accuracy": correct / len(examples), "error": 1 - correct / len(examples)}
+
+
+def save_run(run: Run, out_dir: str) -> None:
+    """The trained model, its tokenizer and the config, beside the trainer's log and checkpoint."""
+    os.makedirs(out_dir, exist_ok=True)
+    run.model.save(os.path.join(out_dir, "model.pt"))
+    run.tokenizer.save(os.path.join(out_dir, "tokenizer.json"))
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(run.config, f, indent=1)
+
+
+def open_run(out_dir: str, device: Optional[torch.device] = None) -> tuple[M.Model, D.Tokenizer, dict]:
+    """(model, tokenizer, config) of a finished run folder."""
+    for name in ("model.pt", "tokenizer.json", "config.json"):
+        if not os.path.exists(os.path.join(out_dir, name)):
+            raise FileNotFoundError(f"{out_dir} is not a finished fastseq run: {name} is missing")
+    model = M.load(os.path.join(out_dir, "model.pt"), map_location=device or "cpu")
+    with open(os.path.join(out_dir, "config.json")) as f:
+        config = json.load(f)
+    return model, D.load_tokenizer(os.path.join(out_dir, "tokenizer.json")), config
+
+
+@torch.no_grad()
+def evaluate_run(out_dir: str, split: str, device: torch.device, limit: Optional[int] = None) -> dict:
+    """Metrics of a finished run on a split of its data: language models, loss and perplexity over the
+    whole split in consecutive windows; masked LMs, masked-token accuracy; seq2seq, BLEU of its
+    generation settings; classifiers, accuracy. limit: only the first examples (windows of 32 rows for
+    language models, batches for masked LMs)."""
+    model, tokenizer, config = open_run(out_dir, device)
+    model.eval()
+    task, data = config["task"], dict(config["data"])
+    data[split] = data.get(split, split)
+    records = _records(data, split)
+    if limit is not None and isinstance(records, list):
+        records = records[:limit]
+    if task == "causal_lm":
+        block = int(data.get("block", 128))
+        ids = torch.tensor(tokenizer.encode(records if limit is None else records[:limit * 32 * block]))
+        windows = ids[:(len(ids) - 1) // block * block + 1]
+        total, count = 0.0, 0
+        for start in range(0, len(windows) - 1, block * 32):
+            rows = torch.stack([windows[j:j + block + 1] for j in range(start, min(start + block * 32, len(windows) - 1),
+                                                                         block)]).to(device)
+            n = rows[:, 1:].numel()
+            total += model.loss(rows).item() * n
+            count += n
+        return {"loss": total / count, "perplexity": perplexity(total / count), "tokens": count}
+    if task == "masked_lm":
+        train = TrainConfig(**{**config.get("train", {}), "out_dir": None})
+        if limit is not None:
+            data["eval_batches"] = min(int(data.get("eval_batches", 8)), limit)
+        run = _masked_lm(task, {**config, "data": data}, {**data, "valid": data[split]}, {}, train, device)
+        return run.evaluate(model)
+    if task == "seq2seq":
+        pairs = [(b, a) for a, b in records] if data.get("reverse") else records
+        gen = {"method": "beam", "beams": 5, "max_new_tokens": int(data.get("max_len", 100)), **config.get("generate", {})}
+        hyps = translate(model, tokenizer, [s for s, _ in pairs], device, **gen)
+        return {"bleu": bleu(hyps, [t for _, t in pairs]), "sentences": len(pairs)}
+    max_len = int(data.get("max_len", 128))
+    examples = [(label, (tokenizer.encode(text) or [tokenizer.unk_id])[:max_len]) for label, text in records]
+    return classification_metrics(model, examples, tokenizer.pad_id, device)

@@ -1,0 +1,79 @@
+"""The `fastseq` command on tiny settings: every example config trains (a few steps, shrunken models), the
+run folder reopens for `eval` and `generate`/`translate`, and bad configs fail naming what is wrong."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(f for f in os.listdir(os.path.join(ROOT, "configs")) if f.endswith(".yaml"))
+SHRINK = {  # per model class: settings that make a run take seconds
+    "CausalLM": ["model.d_model=32", "model.num_heads=2", "model.num_layers=1", "data.block=32", "data.batch=4"],
+    "LSTMLM": ["model.embed_dim=16", "model.hidden_size=32", "model.num_layers=2", "data.block=32", "data.batch=4"],
+    "MaskedLM": ["model.d_model=32", "model.num_heads=2", "model.num_layers=1", "data.block=32", "data.batch=4"],
+    "Transformer": ["model.d_model=32", "model.num_heads=2", "model.num_encoder_layers=1", "model.num_decoder_layers=1",
+                    "model.dim_feedforward=64", "data.tokenizer.vocab_size=500", "data.max_tokens=512",
+                    "data.eval_sentences=4", "generate.max_new_tokens=6", "generate.beams=2"],
+    "Seq2Seq": ["model.embed_dim=16", "model.hidden_size=32", "data.tokenizer.vocab_size=500", "data.max_tokens=512",
+                "data.eval_sentences=4", "generate.max_new_tokens=6", "generate.beams=2"],
+    "classify": ["model.body.embed_dim=16", "model.body.hidden_size=32", "data.max_tokens=512"],
+}
+
+
+def fastseq(*args, timeout=600):
+    out = subprocess.run([sys.executable, "-m", "fastseq", *args], capture_output=True, text=True, timeout=timeout,
+                         cwd=ROOT)
+    return out
+
+
+def _kind(config_name):
+    import yaml
+
+    config = yaml.safe_load(open(os.path.join(ROOT, "configs", config_name)))
+    return "classify" if config["task"] == "classify" else config["model"]["class"], config["task"]
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_every_config_trains_evaluates_and_generates(config, tmp_path):
+    kind, task = _kind(config)
+    sets = [f"--set={s}" for s in SHRINK[kind] + ["train.steps=3", "train.eval_every=0", "train.log_every=1",
+                                                   "train.precision=fp32", "train.progress=false"]]
+    out = fastseq("train", "--config", f"configs/{config}", "--out", str(tmp_path), "--device", "cpu", *sets)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "final: eval_" in out.stdout
+    assert {"model.pt", "tokenizer.json", "config.json", "log.jsonl", "checkpoint.pt"} <= set(os.listdir(tmp_path))
+    rows = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
+    assert [r["step"] for r in rows if "loss" in r and "eval_loss" not in r] == [1, 2, 3]
+    split = "valid" if task != "seq2seq" else "val"
+    out = fastseq("eval", str(tmp_path), "--split", {"masked_lm": "test", "classify": "test"}.get(task, split),
+                  "--limit", "16")
+    assert out.returncode == 0, out.stderr[-3000:]
+    metrics = json.loads(out.stdout.strip().splitlines()[-1])
+    assert {"causal_lm": "perplexity", "masked_lm": "masked_accuracy", "seq2seq": "bleu",
+            "classify": "accuracy"}[task] in metrics
+    if task in ("causal_lm", "seq2seq"):
+        out = fastseq("generate" if task == "causal_lm" else "translate", str(tmp_path), "A man is",
+                      "--max-new-tokens", "5", "--seed", "0")
+        assert out.returncode == 0 and out.stdout.count("\n") == 1, out.stderr[-3000:]  # one line (maybe empty)
+
+
+def test_bad_configs_fail_clearly(tmp_path):
+    cases = {"task: translate\n": "task must be one of",
+             "task: causal_lm\ndata: {dataset: tinyshakespeare, train: train, valid: val}\nmodel: {class: Seq2Seq}\n":
+                 "model.class for causal_lm must be one of",
+             "task: causal_lm\ndata: {dataset: tinyshakespeare, train: train, valid: val}\nmodel: {depth: 3}\n":
+                 r"CausalLM has no settings \['depth'\]",
+             "task: causal_lm\ndata: {dataset: tinyshakespeare, train: train, valid: val}\nmodel: {}\n"
+             "train: {steps: 0}\n": "steps must be an int >= 1",
+             "task: causal_lm\nmodel: {}\ndata: {files: {train: /nonexistent.txt, valid: /nonexistent.txt}}\n":
+                 "no such data file: /nonexistent.txt",
+             "task: [unclosed\n": "not valid YAML"}
+    for i, (text, message) in enumerate(cases.items()):
+        path = tmp_path / f"bad{i}.yaml"
+        path.write_text(text)
+        out = fastseq("train", "--config", str(path), "--out", str(tmp_path / f"run{i}"))
+        assert out.returncode != 0 and message.replace("\\", "") in out.stderr.replace("\\", ""), (text, out.stderr[-500:])
+    out = fastseq("eval", str(tmp_path / "nothing"))
+    assert out.returncode != 0 and "is not a finished fastseq run" in out.stderr
