@@ -6,8 +6,10 @@ from .classifier import SequenceClassifier, SequenceClassifierConfig
 from .lstm_lm import LSTMLM, LSTMLMConfig
 from .masked_lm import MaskedLM, MaskedLMConfig
 from .seq2seq import Seq2Seq, Seq2SeqConfig
+from .ngram import NGramLM
 from .transformer import Transformer, TransformerConfig
+from .word2vec import Word2Vec, Word2VecConfig, Word2VecData
 
 __all__ = ["CausalLM", "CausalLMConfig", "LSTMLM", "LSTMLMConfig", "MaskedLM", "MaskedLMConfig", "Model", "Seq2Seq",
            "Seq2SeqConfig", "SequenceClassifier", "SequenceClassifierConfig", "Transformer", "TransformerConfig",
-           "load"]
+           "NGramLM", "Word2Vec", "Word2VecConfig", "Word2VecData", "load"]
