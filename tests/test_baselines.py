@@ -58,7 +58,7 @@ def test_word2vec_finds_related_words_in_real_text(mode, wikitext):
     pairs = Word2VecData(ids, model.config)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(0)
-    for _ in range(400):
+    for _ in range(600):
         opt.zero_grad()
         model.loss(**pairs.batch(2048, g)).backward()
         opt.step()
@@ -68,7 +68,7 @@ def test_word2vec_finds_related_words_in_real_text(mode, wikitext):
 
     assert len(near("january") & MONTHS) >= 5, near("january")
     assert "she" in near("he"), near("he")
-    assert len(near("three") & {"two", "four", "five", "six", "seven", "eight", "nine", "one"}) >= 2, near("three")
+    assert len(near("three", 10) & {"two", "four", "five", "six", "seven", "eight", "nine", "one"}) >= 2, near("three", 10)
 
 
 def test_word2vec_losses_equal_their_definitions():
