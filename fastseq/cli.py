@@ -57,6 +57,17 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ulmfit(args: argparse.Namespace) -> int:
+    from .train import ulmfit
+    from .train.tasks import apply_overrides, load_config
+
+    config = apply_overrides(load_config(args.config), args.set or [])
+    if args.out:
+        config["out_dir"] = args.out
+    ulmfit.run(config, _device(args.device))
+    return 0
+
+
 def _eval(args: argparse.Namespace) -> int:
     from .train.tasks import evaluate_run
 
@@ -111,6 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="the run folder (default: out_dir, else runs/<config name>)")
     p.add_argument("--device", default=None)
     p.set_defaults(func=_train)
+    p = sub.add_parser("ulmfit", help="ULMFiT: pretrain an LSTM LM, fine-tune it on the task's text, train the "
+                                      "classifier with gradual unfreezing (one config, see configs/ulmfit_*.yaml)")
+    p.add_argument("--config", required=True)
+    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    p.add_argument("--out", default=None)
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=_ulmfit)
     p = sub.add_parser("eval", help="metrics of a finished run on a split (perplexity, BLEU, accuracy)")
     p.add_argument("run", help="the run folder")
     p.add_argument("--split", default="test")

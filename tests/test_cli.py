@@ -8,7 +8,8 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = sorted(f for f in os.listdir(os.path.join(ROOT, "configs")) if f.endswith(".yaml"))
+CONFIGS = sorted(f for f in os.listdir(os.path.join(ROOT, "configs")) if f.endswith(".yaml") and "ulmfit" not in f)
+ULMFIT = sorted(f for f in os.listdir(os.path.join(ROOT, "configs")) if f.startswith("ulmfit"))
 SHRINK = {  # per model class: settings that make a run take seconds
     "CausalLM": ["model.d_model=32", "model.num_heads=2", "model.num_layers=1", "data.block=32", "data.batch=4"],
     "LSTMLM": ["model.embed_dim=16", "model.hidden_size=32", "model.num_layers=2", "data.block=32", "data.batch=4"],
@@ -77,3 +78,17 @@ def test_bad_configs_fail_clearly(tmp_path):
         assert out.returncode != 0 and message.replace("\\", "") in out.stderr.replace("\\", ""), (text, out.stderr[-500:])
     out = fastseq("eval", str(tmp_path / "nothing"))
     assert out.returncode != 0 and "is not a finished fastseq run" in out.stderr
+
+
+@pytest.mark.parametrize("config", ULMFIT)
+def test_ulmfit_runs_three_stages(config, tmp_path):
+    sets = [f"--set={s}" for s in ("model.embed_dim=16", "model.hidden_size=32", "pretrain.steps=3", "finetune.steps=3",
+                                   "classify.steps_per_stage=2", "pretrain.precision=fp32", "finetune.precision=fp32",
+                                   "progress=false")]
+    out = fastseq("ulmfit", "--config", f"configs/{config}", "--out", str(tmp_path), "--device", "cpu", *sets)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "classify stage 5/5" in out.stdout and "eval_accuracy=" in out.stdout
+    assert {"pretrain", "finetune", "classify", "model.pt", "tokenizer.json"} <= set(os.listdir(tmp_path))
+    out = fastseq("eval", str(tmp_path), "--split", "test", "--limit", "50")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert 0 <= json.loads(out.stdout.strip().splitlines()[-1])["accuracy"] <= 1

@@ -157,3 +157,17 @@ def test_demo_command_runs(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "validation loss" in out.stdout and "--- sample 1" in out.stdout
     assert {"model.pt", "tokenizer.json", "log.jsonl", "curves.png", "checkpoint.pt"} <= set(os.listdir(tmp_path))
+
+
+def test_ulmfit_discriminative_rates_and_groups():
+    from fastseq.models import LSTMLM, LSTMLMConfig, SequenceClassifier
+    from fastseq.train.ulmfit import discriminative, layer_groups
+
+    lm = LSTMLM(LSTMLMConfig(30, 8, 12, 3))
+    groups = layer_groups(lm)
+    assert len(groups) == 5 and groups[0] == [lm.embedding.weight] and groups[-1] == [lm.output.bias]
+    assert sum(p.numel() for g in groups for p in g) == sum(p.numel() for p in lm.parameters())
+    rates = [g["lr"] for g in discriminative(groups, 1.0)]
+    assert rates == pytest.approx([2.6 ** -4, 2.6 ** -3, 2.6 ** -2, 2.6 ** -1, 1.0])
+    clf = SequenceClassifier.from_pretrained(lm, 3)
+    assert layer_groups(clf)[-1] == list(clf.head.parameters())

@@ -1,0 +1,140 @@
+"""ULMFiT (Howard & Ruder, "Universal Language Model Fine-tuning for Text Classification", 2018) in three
+stages, one command (`fastseq ulmfit --config configs/ulmfit_trec.yaml`):
+
+1. pretrain an LSTMLM on a general corpus;
+2. fine-tune it on the target task's text with discriminative learning rates (each layer group's rate is
+   the one above it divided by 2.6) and the slanted triangular schedule;
+3. train a SequenceClassifier on that body with gradual unfreezing: first the head alone, then one more
+   layer group from the top per stage, each stage with discriminative rates and a slanted triangular
+   schedule of its own.
+
+The config:
+    general:  [{dataset: wikitext-2, split: valid}, {dataset: multi30k, split: train}]   (text; pairs: English)
+    target:   {dataset: trec, train: train, valid: test}
+    tokenizer: {kind: word, min_freq: 2, lowercase: true}   (fitted on general and target text)
+    model:    LSTMLMConfig settings
+    pretrain: {steps, lr, block, batch, ...}   finetune: {steps, lr, block, batch, ...}   (TrainConfig + block, batch)
+    classify: {steps_per_stage, lr, hidden_dim, dropout, max_tokens, max_len}
+    out_dir:  runs/ulmfit_trec       (stages in pretrain/, finetune/, classify/; the classifier's run folder is out_dir)
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from .. import data as D
+from ..models import LSTMLM, LSTMLMConfig, SequenceClassifier
+from .tasks import _epoch_batches, classification_metrics, save_run, Run
+from .trainer import TrainConfig, Trainer
+
+FACTOR = 2.6  # ULMFiT's ratio between the learning rates of adjacent layer groups
+
+
+def _general_text(sources: list) -> str:
+    parts = []
+    for source in sources:
+        records = D.load(source["dataset"], source["split"])
+        if isinstance(records, str):
+            parts.append(records)
+        elif records and isinstance(records[0][0], str):  # parallel pairs: one side
+            parts.append("\n".join(r[int(source.get("side", 0))] for r in records))
+        else:  # labelled texts
+            parts.append("\n".join(t for _, t in records))
+    return "\n".join(parts)
+
+
+def layer_groups(model: nn.Module) -> list[list[nn.Parameter]]:
+    """An LSTMLM's (or a classifier's) parameters from the bottom group up: the embedding, each LSTM layer,
+    then the output bias (LM) or the head (classifier)."""
+    lm = model.body if isinstance(model, SequenceClassifier) else model
+    groups = [[lm.embedding.weight]] + [list(layer.parameters()) for layer in lm.layers]
+    groups.append(list(model.head.parameters()) if isinstance(model, SequenceClassifier) else [lm.output.bias])
+    return groups
+
+
+def discriminative(groups: list[list[nn.Parameter]], lr: float) -> list[dict]:
+    """Optimizer groups, the top one at lr, each lower one at the rate above it / 2.6."""
+    top = len(groups) - 1
+    return [{"params": params, "lr": lr / FACTOR ** (top - i)} for i, params in enumerate(groups)]
+
+
+def _lm_stage(name, model, tokenizer, text, valid_text, settings, out_dir, device, param_groups=None):
+    settings = dict(settings)
+    block, rows = int(settings.pop("block", 70)), int(settings.pop("batch", 32))
+    config = TrainConfig(**{"out_dir": os.path.join(out_dir, name), **settings})
+    ids, valid = torch.tensor(tokenizer.encode(text)), torch.tensor(tokenizer.encode(valid_text))
+
+    def batches(i):
+        return {"tokens": D.stream_windows(ids, rows, block, torch.Generator().manual_seed(config.seed * 7919 + i))}
+
+    def evaluate(m):
+        g = torch.Generator().manual_seed(config.seed)
+        return {"loss": sum(m.loss(D.stream_windows(valid, rows, block, g).to(device)).item() for _ in range(4)) / 4}
+    print(f"ulmfit {name}: {len(ids):,} tokens, {config.steps} steps")
+    Trainer(model, config, batches, lambda m, b: m.loss(b["tokens"]), evaluate, param_groups, device).fit()
+
+
+def run(config: dict, device: torch.device) -> dict:
+    out_dir = config.get("out_dir", "runs/ulmfit")
+    for key in ("general", "target", "model", "pretrain", "finetune", "classify"):
+        if key not in config:
+            raise ValueError(f"ulmfit config: '{key}' is missing (see fastseq.train.ulmfit)")
+    target = config["target"]
+    train_records = D.load(target["dataset"], target["train"])
+    valid_records = D.load(target["dataset"], target["valid"])
+    general = _general_text(config["general"])
+    target_text = "\n".join(t for _, t in train_records)
+    tok_spec = dict(config.get("tokenizer", {"kind": "word", "min_freq": 2}))
+    tok_spec.pop("kind", None)
+    tokenizer = D.WordTokenizer.fit([general, target_text], **tok_spec)
+    torch.manual_seed(int(config["pretrain"].get("seed", 0)))
+    lm = LSTMLM(LSTMLMConfig(tokenizer.vocab_size, **config["model"], pad_id=tokenizer.pad_id,
+                             eos_id=tokenizer.eos_id)).to(device)
+    held_out = "\n".join(t for _, t in valid_records)
+
+    # 1. general-domain pretraining
+    _lm_stage("pretrain", lm, tokenizer, general, held_out, config["pretrain"], out_dir, device)
+    # 2. target-task LM fine-tuning: discriminative rates, slanted triangular schedule
+    finetune = {"schedule": "slanted_triangular", **config["finetune"]}
+    groups = discriminative(layer_groups(lm), float(finetune.get("lr", 1e-3)))
+    _lm_stage("finetune", lm, tokenizer, target_text, held_out, finetune, out_dir, device, groups)
+
+    # 3. the classifier, gradually unfrozen
+    c = dict(config["classify"])
+    steps, lr = int(c.pop("steps_per_stage", 200)), float(c.pop("lr", 1e-2))
+    max_tokens, max_len = int(c.pop("max_tokens", 2048)), int(c.pop("max_len", 128))
+    num_classes = max(label for label, _ in train_records) + 1
+    model = SequenceClassifier.from_pretrained(lm, num_classes, **c).to(device)
+
+    def encode(records):
+        return [(label, (tokenizer.encode(text) or [tokenizer.unk_id])[:max_len]) for label, text in records]
+
+    train_ids, valid_ids = encode(train_records), encode(valid_records)
+    batches = _epoch_batches([len(t) for _, t in train_ids], max_tokens, 0,
+                             lambda idx: D.collate_labelled([train_ids[i] for i in idx], tokenizer.pad_id))
+    groups = layer_groups(model)
+    metrics = {}
+    for stage in range(1, len(groups) + 1):
+        for i, params in enumerate(groups):
+            for p in params:
+                p.requires_grad_(i >= len(groups) - stage)
+        trainable = groups[len(groups) - stage:]
+        settings = TrainConfig(steps=steps, lr=lr, schedule="slanted_triangular", progress=config.get("progress", True),
+                               out_dir=os.path.join(out_dir, "classify", f"stage{stage}"), eval_every=steps,
+                               log_every=max(1, steps // 10), seed=stage)
+        print(f"ulmfit classify stage {stage}/{len(groups)}: {sum(p.numel() for g in trainable for p in g):,} "
+              f"trainable parameters")
+        history = Trainer(model, settings, lambda i: batches(i + (stage - 1) * steps),
+                          lambda m, b: m.loss(b["tokens"], b["labels"], b["lengths"]),
+                          lambda m: classification_metrics(m, valid_ids, tokenizer.pad_id, device),
+                          discriminative(trainable, lr), device).fit()
+        metrics = {k: v for k, v in history[-1].items() if k.startswith("eval_")}
+    for p in model.parameters():
+        p.requires_grad_(True)
+    run_config = {"task": "classify", "data": {"dataset": target["dataset"], "train": target["train"],
+                                               "valid": target["valid"], "max_len": max_len}, "ulmfit": config}
+    save_run(Run("classify", model, tokenizer, settings, batches, None, None, run_config), out_dir)
+    print("ulmfit: " + "  ".join(f"{k}={v:.4g}" for k, v in metrics.items()) + f"; run folder {out_dir}")
+    return metrics
