@@ -68,6 +68,62 @@ def _ulmfit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _text_of(spec: str):
+    """'dataset:split' -> the split's text (labelled or parallel records joined by lines)."""
+    from . import data
+
+    name, _, split = spec.partition(":")
+    records = data.load(name, split)
+    if isinstance(records, str):
+        return records
+    return "\n".join(r[1] if isinstance(r[0], int) else r[0] for r in records)
+
+
+def _ngram(args: argparse.Namespace) -> int:
+    from .models import NGramLM
+
+    def sentences(text):
+        words = [line.split() for line in text.splitlines() if line.strip()]
+        return [[w.lower() for w in s] for s in words] if args.lowercase else words
+
+    model = NGramLM(args.order, args.discount).fit(sentences(_text_of(args.train)), min_count=args.min_count)
+    result = {"order": args.order, "vocab": len(model.vocab), "perplexity": model.perplexity(sentences(_text_of(args.test)))}
+    print(json.dumps(result))
+    return 0
+
+
+def _word2vec(args: argparse.Namespace) -> int:
+    import torch
+
+    from . import data
+    from .models import Word2Vec, Word2VecConfig, Word2VecData
+
+    text = _text_of(args.data)
+    tokenizer = data.WordTokenizer.fit([text], min_freq=args.min_count, lowercase=True)
+    ids = torch.tensor(tokenizer.encode(text))
+    torch.manual_seed(args.seed)
+    model = Word2Vec(Word2VecConfig(tokenizer.vocab_size, args.dim, args.mode, args.window, args.negative))
+    pairs, generator = Word2VecData(ids, model.config), torch.Generator().manual_seed(args.seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    for step in range(args.steps):
+        optimizer.zero_grad()
+        loss = model.loss(**pairs.batch(args.batch, generator))
+        loss.backward()
+        optimizer.step()
+    print(f"word2vec {args.mode}: {len(ids):,} tokens, vocabulary {tokenizer.vocab_size}, final loss {loss.item():.3f}")
+    words = tokenizer.words
+    for query in args.query:
+        if query.lower() not in tokenizer.index:
+            print(f"{query}: not in the vocabulary")
+            continue
+        near = model.most_similar(tokenizer.index[query.lower()], args.k)
+        print(f"{query}: " + ", ".join(f"{words[i - len(data.SPECIALS)]} ({s:.2f})" for i, s in near))
+    if args.save:
+        model.save(args.save)
+        tokenizer.save(os.path.splitext(args.save)[0] + ".tokenizer.json")
+    return 0
+
+
 def _eval(args: argparse.Namespace) -> int:
     from .train.tasks import evaluate_run
 
@@ -150,11 +206,37 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--seed", type=int, default=None)
         p.add_argument("--device", default=None)
         p.set_defaults(func=_generate)
-    p = sub.add_parser("bench", help="the benchmark sweep (benchmarks/sweep.py of a checkout)")
+    p = sub.add_parser("ngram", help="an interpolated Kneser-Ney n-gram LM: perplexity on held-out text")
+    p.add_argument("--train", default="wikitext-2:valid", help="dataset:split to count")
+    p.add_argument("--test", default="wikitext-2:test", help="dataset:split to score")
+    p.add_argument("--order", type=int, default=3)
+    p.add_argument("--discount", type=float, default=0.75)
+    p.add_argument("--min-count", type=int, default=1)
+    p.add_argument("--lowercase", action="store_true")
+    p.set_defaults(func=_ngram)
+    p = sub.add_parser("word2vec", help="word2vec on a data set, then nearest words to queries")
+    p.add_argument("--data", default="wikitext-2:valid", help="dataset:split")
+    p.add_argument("--mode", choices=("skipgram", "cbow"), default="skipgram")
+    p.add_argument("--dim", type=int, default=100)
+    p.add_argument("--window", type=int, default=5)
+    p.add_argument("--negative", type=int, default=5, help="negative samples (0: full softmax)")
+    p.add_argument("--min-count", type=int, default=5)
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch", type=int, default=2048)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--query", nargs="*", default=["january", "he", "war"])
+    p.add_argument("-k", type=int, default=8)
+    p.add_argument("--save", default=None, help="write the model (and its tokenizer beside it)")
+    p.set_defaults(func=_word2vec)
+    p = sub.add_parser("bench", help="the benchmark sweep (benchmarks/sweep.py of a checkout); other arguments go "
+                                     "to it, e.g. --ops models --preset quick")
     p.add_argument("--repo", default=".", help="the fastseq checkout")
-    p.add_argument("sweep_args", nargs=argparse.REMAINDER, help="passed to sweep.py, e.g. --ops models")
     p.set_defaults(func=_bench)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "bench":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.sweep_args = extra
     return args.func(args)
 
 

@@ -92,3 +92,18 @@ def test_ulmfit_runs_three_stages(config, tmp_path):
     out = fastseq("eval", str(tmp_path), "--split", "test", "--limit", "50")
     assert out.returncode == 0, out.stderr[-3000:]
     assert 0 <= json.loads(out.stdout.strip().splitlines()[-1])["accuracy"] <= 1
+
+
+def test_baseline_and_bench_commands(tmp_path):
+    out = fastseq("ngram", "--train", "trec:train", "--test", "trec:test", "--order", "2")
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout)
+    assert result["order"] == 2 and 1 < result["perplexity"] < result["vocab"]
+    out = fastseq("word2vec", "--data", "trec:train", "--steps", "20", "--dim", "16", "--query", "what", "zzzz",
+                  "--save", str(tmp_path / "w2v.pt"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "what: " in out.stdout and "zzzz: not in the vocabulary" in out.stdout
+    assert (tmp_path / "w2v.pt").exists() and (tmp_path / "w2v.tokenizer.json").exists()
+    out = fastseq("bench", "--ops", "models", "--preset", "quick", "--out", str(tmp_path / "bench"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert any(f.endswith(".json") for f in os.listdir(tmp_path / "bench"))
