@@ -39,8 +39,8 @@ class TorchMultiheadAttention(nn.MultiheadAttention):
             return self._cached(query, kv_cache, lengths), None
         if lengths is not None:
             S = key.shape[1] if self.batch_first else key.shape[0]
-            key_padding_mask = torch.arange(S, device=key.device)[None, :] >= torch.as_tensor(lengths,
-                                                                                                device=key.device)[:, None]
+            lengths = torch.as_tensor(lengths, device=key.device)
+            key_padding_mask = torch.arange(S, device=key.device)[None, :] >= lengths[:, None]
         if is_causal and attn_mask is None:
             L = query.shape[1] if self.batch_first else query.shape[0]
             attn_mask = torch.ones(L, L, dtype=torch.bool, device=query.device).triu(1)

@@ -87,7 +87,8 @@ def _ngram(args: argparse.Namespace) -> int:
         return [[w.lower() for w in s] for s in words] if args.lowercase else words
 
     model = NGramLM(args.order, args.discount).fit(sentences(_text_of(args.train)), min_count=args.min_count)
-    result = {"order": args.order, "vocab": len(model.vocab), "perplexity": model.perplexity(sentences(_text_of(args.test)))}
+    held_out = sentences(_text_of(args.test))
+    result = {"order": args.order, "vocab": len(model.vocab), "perplexity": model.perplexity(held_out)}
     print(json.dumps(result))
     return 0
 

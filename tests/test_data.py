@@ -24,6 +24,8 @@ def shared():
 
 @pytest.mark.parametrize("kind", ["char", "word", "bpe"])
 def test_tokenizers_round_trip_and_save(kind, tmp_path):
+    if kind == "bpe":
+        pytest.importorskip("tokenizers")  # an optional dependency (fastseq[text]); installed by make test
     corpus = TEXTS * 20
     tok = {"char": lambda: data.CharTokenizer.fit(corpus), "word": lambda: data.WordTokenizer.fit(corpus),
            "bpe": lambda: data.BPETokenizer.fit(corpus, vocab_size=120, min_frequency=1)}[kind]()

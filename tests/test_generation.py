@@ -226,3 +226,17 @@ def test_bad_arguments_fail_clearly():
             generate(model, tokens, lengths, **{"max_new_tokens": 3, **kwargs})
     with pytest.raises(ValueError, match="exceed max_len=40"):
         generate(model, tokens, lengths, max_new_tokens=40)
+
+
+@pytest.mark.parametrize("kind", ["causal_lm", "transformer", "bahdanau", "lstm_lm"])
+def test_generation_under_autocast(kind):
+    """Decoding under torch.autocast (as the trainer evaluates in bf16): caches take autocast's dtype and
+    greedy search mostly agrees with float32 on a peaked model."""
+    model = _sharpen(tiny_models()[kind])
+    tokens, lengths = _inputs()
+    exact = generate(model, tokens, lengths, max_new_tokens=6, eos_id=None)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = generate(model, tokens, lengths, max_new_tokens=6, eos_id=None, method="beam", beams=2)
+        greedy = generate(model, tokens, lengths, max_new_tokens=6, eos_id=None)
+    assert low.tokens.shape == (4, 6) and greedy.tokens.shape == (4, 6)
+    assert (greedy.tokens[:, 0] == exact.tokens[:, 0]).float().mean() >= 0.75

@@ -78,7 +78,8 @@ def test_static_memory_with_beams_equals_plain_cross_attention():
     static = ours.multihead_attn.precompute_kv(memory, memory, lengths=lengths)
     assert static.k.shape == (B, HEADS, S, D // HEADS)  # one copy per sentence, not per beam
     out = ours(tgt, static, tgt_is_causal=True, tgt_mask=None)
-    expected = ours(tgt, memory.repeat_interleave(K, 0), tgt_is_causal=True, memory_lengths=lengths.repeat_interleave(K))
+    expected = ours(tgt, memory.repeat_interleave(K, 0), tgt_is_causal=True,
+                    memory_lengths=lengths.repeat_interleave(K))
     torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
     # the attention weights fold back to one row per beam
     q = tgt[:, :1]

@@ -61,7 +61,8 @@ def test_resume_equals_uninterrupted(tmp_path):
     history = trainer.fit()
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
-    assert [r for r in history if "eval_loss" in r][-1]["eval_loss"] == pytest.approx(_evaluate(straight.eval())["loss"])
+    final = [r for r in history if "eval_loss" in r][-1]["eval_loss"]
+    assert final == pytest.approx(_evaluate(straight.eval())["loss"])
     assert (tmp_path / "b" / "curves.png").exists()
 
 
@@ -139,10 +140,12 @@ def test_bad_configs_and_checkpoints(tmp_path):
 
 def test_nan_loss_stops_with_a_reason(tmp_path):
     with pytest.raises(FloatingPointError, match="the loss is nan at step 0"):
-        Trainer(_model(), _config(tmp_path, out_dir=None), _batches, lambda m, b: m.loss(b["tokens"]) * float("nan")).fit()
+        Trainer(_model(), _config(tmp_path, out_dir=None), _batches,
+                lambda m, b: m.loss(b["tokens"]) * float("nan")).fit()
 
 
 def test_metrics():
+    pytest.importorskip("sacrebleu")  # an optional dependency (fastseq[text]); installed by make test
     assert perplexity(math.log(50.0)) == pytest.approx(50.0)
     refs = ["the cat sat on the mat .", "a dog runs in the park ."]
     assert bleu(refs, refs) == pytest.approx(100.0)

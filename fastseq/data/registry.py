@@ -183,7 +183,8 @@ DATASETS = {
         {name: DataFile(f"{_GH}/mhjabreel/CharCnn_Keras/master/data/ag_news_csv/{name}", digest)
          for name, digest in {"test.csv": "521465c2428ed7f02f8d6db6ffdd4b5447c1c701962353eb2c40d548c3c85699",
                               "classes.txt": "612dbfa932f07a6ed837295a7d5746ce7412e7bb4bc32ba919fdb3cda3a1b9b5",
-                              "readme.txt": "779c2e6bbf93dd810d9c7b318006daef7a4bfc34062002461d251dc10fb9f58c"}.items()},
+                              "readme.txt": "779c2e6bbf93dd810d9c7b318006daef7a4bfc34062002461d251dc10fb9f58c",
+                              }.items()},
         {"test": lambda get: _ag_news(get("test.csv")), "classes": lambda get: _text(get("classes.txt")).split()},
         "AG News topics, 4 classes, the test split; (label, title + description): 7,600."),
     "wikitext-2": DataSet(

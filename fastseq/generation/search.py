@@ -125,4 +125,5 @@ class _Hypotheses:
         all_scores = torch.cat([self.scores, scores], dim=1)
         self.scores, pick = all_scores.topk(K, dim=-1)
         self.tokens = torch.cat([self.tokens, tokens], dim=1).gather(1, pick[:, :, None].expand_as(self.tokens))
-        self.lengths = torch.cat([self.lengths, torch.full_like(scores, length, dtype=torch.long)], dim=1).gather(1, pick)
+        new_lengths = torch.full_like(scores, length, dtype=torch.long)
+        self.lengths = torch.cat([self.lengths, new_lengths], dim=1).gather(1, pick)

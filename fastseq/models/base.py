@@ -58,6 +58,14 @@ def lengths_tensor(owner: str, lengths, batch: int, steps: int, device: torch.de
     return lengths.long()
 
 
+def compute_dtype(weight: Tensor) -> torch.dtype:
+    """The dtype activations take: autocast's on the weight's device when it is on, else the weight's."""
+    device = weight.device.type
+    if device in ("cpu", "cuda") and torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return weight.dtype
+
+
 def padding_mask(lengths: Tensor, steps: int) -> Tensor:
     """(B, steps) bool, True at the padded positions t >= lengths[b]."""
     return torch.arange(steps, device=lengths.device)[None, :] >= lengths[:, None]

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import nn as fnn
-from .base import Model, check_config, check_tokens, lengths_tensor
+from .base import Model, check_config, check_tokens, compute_dtype, lengths_tensor
 from .embeddings import Embedding
 from .losses import shifted, token_loss
 from .state import TransformerState
@@ -110,7 +110,7 @@ class CausalLM(Model):
         state = TransformerState(positions=lengths.clone())
         if use_cache:
             head_dim = c.d_model // c.num_heads
-            dtype = self.output.weight.dtype
+            dtype = compute_dtype(self.output.weight)
             state.caches = [fnn.KVCache(B, c.num_heads, head_dim, T + max_new_tokens, dtype=dtype, device=prompt.device)
                             for _ in self.layers]
             hidden = self.run(prompt, torch.arange(T, device=prompt.device), lengths, state.caches)

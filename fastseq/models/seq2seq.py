@@ -105,7 +105,8 @@ class Seq2Seq(Model):
         x = F.dropout(self.src_embedding(src), c.dropout, self.training)
         annotations, (h, cell) = self.encoder(x, lengths=None if lengths is None else lengths.cpu())
         if c.bidirectional_encoder:
-            h, cell = (t.view(c.num_layers, 2, B, -1).permute(0, 2, 1, 3).reshape(c.num_layers, B, -1) for t in (h, cell))
+            h, cell = (t.view(c.num_layers, 2, B, -1).permute(0, 2, 1, 3).reshape(c.num_layers, B, -1)
+                       for t in (h, cell))
             h, cell = torch.tanh(self.bridge_h(h)), self.bridge_c(cell)
         init = [(h[i], cell[i]) for i in range(c.num_layers)]
         memory = None
@@ -154,7 +155,8 @@ class Seq2Seq(Model):
             outputs.append(features)
         return self.output(torch.stack(outputs, dim=1))
 
-    def loss(self, src: Tensor, tgt: Tensor, src_lengths=None, tgt_lengths=None, label_smoothing: float = 0.0) -> Tensor:
+    def loss(self, src: Tensor, tgt: Tensor, src_lengths=None, tgt_lengths=None,
+             label_smoothing: float = 0.0) -> Tensor:
         """Mean cross-entropy of tgt (B, T) (ending with EOS, no BOS) given src, over real target positions."""
         return token_loss(self(src, teacher_forcing(tgt, self.config.bos_id), src_lengths), tgt, tgt_lengths,
                           label_smoothing)

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import nn as fnn
-from .base import Model, check_config, check_tokens, lengths_tensor
+from .base import Model, check_config, check_tokens, compute_dtype, lengths_tensor
 from .embeddings import Embedding
 from .losses import teacher_forcing, token_loss
 from .state import TransformerState
@@ -130,7 +130,8 @@ class Transformer(Model):
         memory, lengths = self.encode(src, src_lengths)
         return self.decode(tgt_in, memory, lengths)
 
-    def loss(self, src: Tensor, tgt: Tensor, src_lengths=None, tgt_lengths=None, label_smoothing: float = 0.0) -> Tensor:
+    def loss(self, src: Tensor, tgt: Tensor, src_lengths=None, tgt_lengths=None,
+             label_smoothing: float = 0.0) -> Tensor:
         """Mean cross-entropy of tgt (B, T) (ending with EOS, no BOS) given src, over real target positions."""
         return token_loss(self(src, teacher_forcing(tgt, self.config.bos_id), src_lengths), tgt, tgt_lengths,
                           label_smoothing)
@@ -152,8 +153,9 @@ class Transformer(Model):
         caches = None
         if use_cache:
             head_dim = c.d_model // c.num_heads
-            caches = [fnn.KVCache(B, c.num_heads, head_dim, max_new_tokens + 1, dtype=memory.dtype,
-                                  device=memory.device) for _ in self.decoder]
+            dtype = compute_dtype(self.output.weight)
+            caches = [fnn.KVCache(B, c.num_heads, head_dim, max_new_tokens + 1, dtype=dtype, device=memory.device)
+                      for _ in self.decoder]
         bos = torch.full((B, 1), c.bos_id, dtype=torch.long, device=src.device)
         state = TransformerState(positions=torch.zeros(B, dtype=torch.long, device=src.device), caches=caches,
                                  tokens=None if use_cache else bos[:, :0], memory=statics)

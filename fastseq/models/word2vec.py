@@ -122,6 +122,7 @@ class Word2VecData:
         out = {"centers": self.ids[centers_at], "contexts": contexts, "context_mask": mask}
         if c.negative:
             # k noise words per center, shared by its context words (word2vec draws them per pair)
-            draws = torch.multinomial(self.noise, centers_at.numel() * c.negative, replacement=True, generator=generator)
+            draws = torch.multinomial(self.noise, centers_at.numel() * c.negative, replacement=True,
+                                      generator=generator)
             out["negatives"] = draws.view(-1, c.negative)
         return out

@@ -225,7 +225,8 @@ def _masked_lm(task, config, data, model_cfg, train, device) -> Run:
             batch = {k: v.to(device) for k, v in masked(valid_ids, g).items()}
             logits = model(batch["inputs"])
             chosen = batch["labels"] != -100
-            nll += torch.nn.functional.cross_entropy(logits[chosen].float(), batch["labels"][chosen], reduction="sum").item()
+            nll += torch.nn.functional.cross_entropy(logits[chosen].float(), batch["labels"][chosen],
+                                                     reduction="sum").item()
             correct += (logits[chosen].argmax(-1) == batch["labels"][chosen]).sum().item()
             total += chosen.sum().item()
         return {"loss": nll / total, "perplexity": perplexity(nll / total), "masked_accuracy": correct / total}
@@ -246,8 +247,8 @@ def _seq2seq(task, config, data, model_cfg, train, device) -> Run:
     max_len = int(data.get("max_len", 100))
 
     def encode(records):
-        return [(tokenizer.encode(s)[:max_len] or [tokenizer.unk_id], tokenizer.encode(t)[:max_len - 1] + [tokenizer.eos_id])
-                for s, t in records]
+        return [(tokenizer.encode(s)[:max_len] or [tokenizer.unk_id],
+                 tokenizer.encode(t)[:max_len - 1] + [tokenizer.eos_id]) for s, t in records]
 
     train_ids, valid_ids = encode(train_pairs), encode(valid_pairs)
     lengths = [max(len(s), len(t)) for s, t in train_ids]
@@ -361,8 +362,8 @@ def evaluate_run(out_dir: str, split: str, device: torch.device, limit: Optional
         windows = ids[:(len(ids) - 1) // block * block + 1]
         total, count = 0.0, 0
         for start in range(0, len(windows) - 1, block * 32):
-            rows = torch.stack([windows[j:j + block + 1] for j in range(start, min(start + block * 32, len(windows) - 1),
-                                                                         block)]).to(device)
+            starts = range(start, min(start + block * 32, len(windows) - 1), block)
+            rows = torch.stack([windows[j:j + block + 1] for j in starts]).to(device)
             n = rows[:, 1:].numel()
             total += model.loss(rows).item() * n
             count += n
@@ -375,7 +376,8 @@ def evaluate_run(out_dir: str, split: str, device: torch.device, limit: Optional
         return run.evaluate(model)
     if task == "seq2seq":
         pairs = [(b, a) for a, b in records] if data.get("reverse") else records
-        gen = {"method": "beam", "beams": 5, "max_new_tokens": int(data.get("max_len", 100)), **config.get("generate", {})}
+        gen = {"method": "beam", "beams": 5, "max_new_tokens": int(data.get("max_len", 100)),
+               **config.get("generate", {})}
         hyps = translate(model, tokenizer, [s for s, _ in pairs], device, **gen)
         return {"bleu": bleu(hyps, [t for _, t in pairs]), "sentences": len(pairs)}
     max_len = int(data.get("max_len", 128))

@@ -170,7 +170,7 @@ class Trainer:
             if self.step % c.log_every == 0 or self.step == c.steps:
                 elapsed = time.perf_counter() - started
                 self._log({"step": self.step, "loss": sum(losses) / len(losses), "lr": self.scheduler.get_last_lr()[0],
-                           "tokens_per_s": tokens * self.world / elapsed, "elapsed_s": elapsed})
+                           "tokens_per_s": tokens * self.world / elapsed, "elapsed_s": elapsed}, bar)
                 losses = []
             if self.evaluate and ((c.eval_every and self.step % c.eval_every == 0) or self.step == c.steps):
                 self._log({"step": self.step, **self.run_evaluation()}, bar)
@@ -196,18 +196,24 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
 
     def _progress(self):
+        """A tqdm bar on rank 0; without tqdm installed, _log prints each logged row instead."""
         if not self.config.progress or self.rank != 0:
             return None
-        from tqdm.auto import tqdm
-
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            return None
         return tqdm(total=self.config.steps, initial=self.step, desc="train", dynamic_ncols=True)
 
     def _log(self, row: dict, bar=None) -> None:
         self.history.append(row)
         if self.rank != 0:
             return
+        text = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
         if bar is not None and any(k.startswith("eval_") for k in row):
-            bar.write("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+            bar.write(text)
+        elif bar is None and self.config.progress:
+            print(text, flush=True)
         if self.config.out_dir:
             os.makedirs(self.config.out_dir, exist_ok=True)
             with open(os.path.join(self.config.out_dir, "log.jsonl"), "a") as f:
