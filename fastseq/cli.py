@@ -45,14 +45,16 @@ def _train(args: argparse.Namespace) -> int:
 
         device = torch.device("cuda", torch.cuda.current_device())
     run = build_run(config, device)
-    print(f"fastseq train: {run.task}, {type(run.model).__name__} "
-          f"({sum(p.numel() for p in run.model.parameters()) / 1e6:.2f}M parameters), vocabulary "
-          f"{run.tokenizer.vocab_size}, {run.train.steps} steps on {device}; run folder {config['out_dir']}")
+    rank0 = int(os.environ.get("RANK", 0)) == 0
+    if rank0:
+        print(f"fastseq train: {run.task}, {type(run.model).__name__} "
+              f"({sum(p.numel() for p in run.model.parameters()) / 1e6:.2f}M parameters), vocabulary "
+              f"{run.tokenizer.vocab_size}, {run.train.steps} steps on {device}; run folder {config['out_dir']}")
     history = Trainer(run.model.to(device), run.train, run.batches, run.loss, run.evaluate, device=device).fit()
-    if not distributed or int(os.environ.get("RANK", 0)) == 0:
+    if rank0:
         save_run(run, config["out_dir"])
     final = [r for r in history if any(k.startswith("eval_") for k in r)]
-    if final:
+    if final and rank0:
         print("final: " + "  ".join(f"{k}={v:.4g}" for k, v in final[-1].items() if k.startswith("eval_")))
     return 0
 

@@ -112,3 +112,17 @@ def test_baseline_and_bench_commands(tmp_path):
     out = fastseq("bench", "--ops", "models", "--preset", "quick", "--out", str(tmp_path / "bench"))
     assert out.returncode == 0, out.stderr[-2000:]
     assert any(f.endswith(".json") for f in os.listdir(tmp_path / "bench"))
+
+
+def test_train_under_torchrun_two_processes(tmp_path):
+    sets = [f"--set={s}" for s in SHRINK["CausalLM"] + ["train.steps=4", "train.eval_every=0", "train.log_every=1",
+                                                        "train.precision=fp32",
+                                                        "train.progress=false"]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "fastseq",
+                          "train", "--config", "configs/char_transformer_shakespeare.yaml", "--out", str(tmp_path),
+                          "--device", "cpu", *sets], capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("fastseq train:") == 1 and out.stdout.count("final: eval_") == 1  # rank 0 speaks
+    rows = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
+    assert [r["step"] for r in rows if "loss" in r and "eval_loss" not in r] == [1, 2, 3, 4]
