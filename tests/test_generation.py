@@ -240,3 +240,17 @@ def test_generation_under_autocast(kind):
         greedy = generate(model, tokens, lengths, max_new_tokens=6, eos_id=None)
     assert low.tokens.shape == (4, 6) and greedy.tokens.shape == (4, 6)
     assert (greedy.tokens[:, 0] == exact.tokens[:, 0]).float().mean() >= 0.75
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("kind", sorted(tiny_models()))
+def test_generation_on_the_gpu_equals_the_cpu(kind):
+    """The same peaked model generates the same tokens on CUDA (decoding kernels, KV caches) as on the CPU."""
+    model = _sharpen(tiny_models()[kind]).double()
+    tokens, lengths = _inputs()
+    expected = generate(model, tokens, lengths, max_new_tokens=8, method="beam", beams=3)
+    gpu = model.float().cuda()
+    for use_cache in (True, False):
+        got = generate(gpu, tokens.cuda(), lengths.cuda(), max_new_tokens=8, method="beam", beams=3,
+                       use_cache=use_cache)
+        assert torch.equal(got.tokens.cpu(), expected.tokens) and torch.equal(got.lengths.cpu(), expected.lengths)

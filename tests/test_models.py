@@ -385,3 +385,32 @@ def test_autocast_bf16_matches_float32(kind):
     assert abs(low.item() - exact.item()) < 0.03 * exact.item()
     for name, p in model.named_parameters():
         assert p.grad is not None and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all(), name
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("kind", ["lstm_lm", "causal_lm", "masked_lm", "bahdanau", "sutskever", "transformer"])
+def test_models_on_the_gpu_match_float64_on_the_cpu(kind):
+    """Every model on CUDA (its fused kernels, float32) against the same weights in float64 on the CPU:
+    logits and the loss's gradients."""
+    make = {"lstm_lm": lstm_lm, "causal_lm": causal_lm, "masked_lm": masked_lm, "bahdanau": lambda: seq2seq("additive"),
+            "sutskever": lambda: seq2seq(None), "transformer": transformer}[kind]
+    model = make().eval()
+    tokens, n = batch(B=4, T=9)
+    encdec = kind in ("bahdanau", "sutskever", "transformer")
+    args = (tokens, with_eos(tokens[:, :6], n.clamp(max=6)), n, n.clamp(max=6)) if encdec else (tokens, n)
+
+    def objective(m, *a):  # the masked LM reconstructs every token (its loss would draw random masks)
+        return token_loss(m(a[0], a[1]), a[0]) if kind == "masked_lm" else m.loss(*a)
+
+    exact = model.double()
+    expected = objective(exact, *args)
+    expected.backward()
+    grads = {k: p.grad.clone() for k, p in exact.named_parameters()}
+    gpu = make().eval()
+    gpu.load_state_dict({k: v.float() for k, v in exact.state_dict().items()})
+    gpu = gpu.cuda()
+    got = objective(gpu, *(a.cuda() for a in args))
+    got.backward()
+    assert abs(got.item() - expected.item()) < 1e-4 * max(1.0, expected.item())
+    for k, p in gpu.named_parameters():
+        torch.testing.assert_close(p.grad.double().cpu(), grads[k], rtol=2e-3, atol=2e-4, msg=k)
