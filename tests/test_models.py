@@ -391,7 +391,7 @@ def test_autocast_bf16_matches_float32(kind):
 @pytest.mark.parametrize("kind", ["lstm_lm", "causal_lm", "masked_lm", "bahdanau", "sutskever", "transformer"])
 def test_models_on_the_gpu_match_float64_on_the_cpu(kind):
     """Every model on CUDA (its fused kernels, float32) against the same weights in float64 on the CPU:
-    logits and the loss's gradients."""
+    the loss and every parameter's gradient."""
     make = {"lstm_lm": lstm_lm, "causal_lm": causal_lm, "masked_lm": masked_lm, "bahdanau": lambda: seq2seq("additive"),
             "sutskever": lambda: seq2seq(None), "transformer": transformer}[kind]
     model = make().eval()

@@ -4,6 +4,7 @@ and `fastseq generate` reopen the run's folder.
 
     task: causal_lm | masked_lm | seq2seq | classify
     data:  {dataset: tinyshakespeare, train: train, valid: val, tokenizer: {kind: char}, block: 256, batch: 64}
+           {dataset: trec, train: train, valid_fraction: 0.1, test: test}   (validation held out of train)
            {dataset: multi30k, train: train, valid: val, test: test_2016_flickr, reverse: false,
             tokenizer: {kind: bpe, vocab_size: 8000}, max_tokens: 4096}
            {files: {train: my.txt, valid: my_valid.txt}, ...}      (a user's own files; pairs: [src, tgt])
@@ -127,6 +128,23 @@ def _records(data: dict, split: str):
     return D.read_labelled(entry) if data.get("labelled") else D.read_text(entry)
 
 
+def _train_valid(data: dict):
+    """The training and validation records: two splits, or with valid_fraction a held-out share of the
+    training split (the last share of a text; a seeded random share of a list), for data sets without a
+    validation split, so that choices are never made on the test split."""
+    fraction = data.get("valid_fraction")
+    if fraction is None:
+        return _records(data, "train"), _records(data, "valid")
+    if not 0 < float(fraction) < 1:
+        raise ValueError(f"config: data.valid_fraction must lie in (0, 1), got {fraction!r}")
+    records = _records(data, "train")
+    cut = int(len(records) * (1 - float(fraction)))
+    if isinstance(records, str):
+        return records[:cut], records[cut:]
+    order = torch.randperm(len(records), generator=torch.Generator().manual_seed(0)).tolist()
+    return [records[i] for i in order[:cut]], [records[i] for i in order[cut:]]
+
+
 def _tokenizer(spec: dict, texts: list[str]) -> D.Tokenizer:
     spec = dict(spec or {"kind": "char"})
     kind = spec.pop("kind", "char")
@@ -176,7 +194,7 @@ def _epoch_batches(lengths: list[int], max_tokens: int, seed: int, collate: Call
 # ------------------------------------------------------------------------------------------ tasks
 
 def _language_model(task, config, data, model_cfg, train, device) -> Run:
-    train_text, valid_text = _records(data, "train"), _records(data, "valid")
+    train_text, valid_text = _train_valid(data)
     tokenizer = _tokenizer(data.get("tokenizer"), [train_text])
     block, rows = int(data.get("block", 128)), int(data.get("batch", 32))
     model = _model(task, model_cfg, {"vocab_size": tokenizer.vocab_size, "max_len": block,
@@ -198,7 +216,7 @@ def _language_model(task, config, data, model_cfg, train, device) -> Run:
 
 
 def _masked_lm(task, config, data, model_cfg, train, device) -> Run:
-    train_text, valid_text = _records(data, "train"), _records(data, "valid")
+    train_text, valid_text = _train_valid(data)
     tokenizer = _tokenizer(data.get("tokenizer"), [train_text])
     block, rows = int(data.get("block", 128)), int(data.get("batch", 32))
     model = _model(task, model_cfg, {"vocab_size": tokenizer.vocab_size, "mask_id": tokenizer.mask_id,
@@ -234,11 +252,10 @@ def _masked_lm(task, config, data, model_cfg, train, device) -> Run:
 
 
 def _seq2seq(task, config, data, model_cfg, train, device) -> Run:
-    def pairs(split):
-        records = _records(data, split)
+    def orient(records):
         return [(b, a) for a, b in records] if data.get("reverse") else records
 
-    train_pairs, valid_pairs = pairs("train"), pairs("valid")
+    train_pairs, valid_pairs = (orient(r) for r in _train_valid(data))
     tokenizer = _tokenizer(data.get("tokenizer", {"kind": "bpe", "vocab_size": 8000}),
                            [s for p in train_pairs for s in p])
     V = tokenizer.vocab_size
@@ -281,7 +298,7 @@ def translate(model, tokenizer, sentences: list[str], device, batch: int = 64, *
 
 
 def _classify(task, config, data, model_cfg, train, device) -> Run:
-    train_records, valid_records = _records(data, "train"), _records(data, "valid")
+    train_records, valid_records = _train_valid(data)
     pretrained = model_cfg.pop("pretrained", None)
     num_classes = int(model_cfg.pop("num_classes", max(label for label, _ in train_records) + 1))
     if pretrained:

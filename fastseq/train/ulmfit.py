@@ -10,7 +10,7 @@ stages, one command (`fastseq ulmfit --config configs/ulmfit_trec.yaml`):
 
 The config:
     general:  [{dataset: wikitext-2, split: valid}, {dataset: multi30k, split: train}]   (text; pairs: English)
-    target:   {dataset: trec, train: train, valid: test}
+    target:   {dataset: trec, train: train, valid_fraction: 0.1}   (or valid: a split)
     tokenizer: {kind: word, min_freq: 2, lowercase: true}   (fitted on general and target text)
     model:    LSTMLMConfig settings
     pretrain: {steps, lr, block, batch, ...}   finetune: {steps, lr, block, batch, ...}   (TrainConfig + block, batch)
@@ -26,7 +26,7 @@ from torch import nn
 
 from .. import data as D
 from ..models import LSTMLM, LSTMLMConfig, SequenceClassifier
-from .tasks import _epoch_batches, classification_metrics, save_run, Run
+from .tasks import Run, _epoch_batches, _train_valid, classification_metrics, save_run
 from .trainer import TrainConfig, Trainer
 
 FACTOR = 2.6  # ULMFiT's ratio between the learning rates of adjacent layer groups
@@ -82,8 +82,7 @@ def run(config: dict, device: torch.device) -> dict:
         if key not in config:
             raise ValueError(f"ulmfit config: '{key}' is missing (see fastseq.train.ulmfit)")
     target = config["target"]
-    train_records = D.load(target["dataset"], target["train"])
-    valid_records = D.load(target["dataset"], target["valid"])
+    train_records, valid_records = _train_valid(target)
     general = _general_text(config["general"])
     target_text = "\n".join(t for _, t in train_records)
     tok_spec = dict(config.get("tokenizer", {"kind": "word", "min_freq": 2}))
@@ -133,8 +132,7 @@ def run(config: dict, device: torch.device) -> dict:
         metrics = {k: v for k, v in history[-1].items() if k.startswith("eval_")}
     for p in model.parameters():
         p.requires_grad_(True)
-    run_config = {"task": "classify", "data": {"dataset": target["dataset"], "train": target["train"],
-                                               "valid": target["valid"], "max_len": max_len}, "ulmfit": config}
+    run_config = {"task": "classify", "data": {**target, "max_len": max_len}, "ulmfit": config}
     save_run(Run("classify", model, tokenizer, settings, batches, None, None, run_config), out_dir)
     print("ulmfit: " + "  ".join(f"{k}={v:.4g}" for k, v in metrics.items()) + f"; run folder {out_dir}")
     return metrics
