@@ -1,11 +1,17 @@
 """The `fastseq` command on tiny settings: every example config trains (a few steps, shrunken models), the
-run folder reopens for `eval` and `generate`/`translate`, and bad configs fail naming what is wrong."""
+run folder reopens for `eval` and `generate`/`translate`, and bad configs fail naming what is wrong. The
+commands run in this process (fastseq.cli.main), except under torchrun."""
+import contextlib
+import io
 import json
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
+
+from fastseq import cli
 
 # configs, BPE, BLEU: installed by make test, not on every GPU image
 for _module in ("yaml", "tokenizers", "sacrebleu"):
@@ -27,10 +33,19 @@ SHRINK = {  # per model class: settings that make a run take seconds
 }
 
 
-def fastseq(*args, timeout=600):
-    out = subprocess.run([sys.executable, "-m", "fastseq", *args], capture_output=True, text=True, timeout=timeout,
-                         cwd=ROOT)
-    return out
+def fastseq(*args):
+    """`fastseq ARGS`, in this process -> returncode, stdout, stderr (an error's message in stderr)."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            code = cli.main([a.replace("configs/", f"{ROOT}/configs/", 1) if a.startswith("configs/") else a
+                             for a in args])
+        except SystemExit as e:  # argparse
+            code = e.code if isinstance(e.code, int) else 1
+        except Exception as e:  # what `python -m fastseq` would print in its traceback's last line
+            print(f"{type(e).__name__}: {e}", file=sys.stderr)
+            code = 1
+    return SimpleNamespace(returncode=code, stdout=stdout.getvalue(), stderr=stderr.getvalue())
 
 
 def _kind(config_name):
@@ -89,7 +104,8 @@ def test_bad_configs_fail_clearly(tmp_path):
 def test_ulmfit_runs_three_stages(config, tmp_path):
     sets = [f"--set={s}" for s in ("model.embed_dim=16", "model.hidden_size=32", "pretrain.steps=3", "finetune.steps=3",
                                    "classify.steps_per_stage=2", "pretrain.precision=fp32", "finetune.precision=fp32",
-                                   "progress=false")]
+                                   "progress=false",  # a small general corpus: pairs and labelled text
+                                   "general=[{dataset: multi30k, split: val, side: 0}, {dataset: trec, split: test}]")]
     out = fastseq("ulmfit", "--config", f"configs/{config}", "--out", str(tmp_path), "--device", "cpu", *sets)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "classify stage 5/5" in out.stdout and "eval_accuracy=" in out.stdout
@@ -109,7 +125,7 @@ def test_baseline_and_bench_commands(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "what: " in out.stdout and "zzzz: not in the vocabulary" in out.stdout
     assert (tmp_path / "w2v.pt").exists() and (tmp_path / "w2v.tokenizer.json").exists()
-    out = fastseq("bench", "--ops", "models", "--preset", "quick", "--out", str(tmp_path / "bench"))
+    out = fastseq("bench", "--repo", ROOT, "--ops", "models", "--preset", "quick", "--out", str(tmp_path / "bench"))
     assert out.returncode == 0, out.stderr[-2000:]
     assert any(f.endswith(".json") for f in os.listdir(tmp_path / "bench"))
 
