@@ -10,8 +10,9 @@ import collections
 import json
 import os
 import re
-import tempfile
 from typing import Iterable, Sequence
+
+from .. import atomic
 
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>", "<mask>")
 PAD, BOS, EOS, UNK, MASK = range(len(SPECIALS))
@@ -53,13 +54,8 @@ class Tokenizer:
 
     def save(self, path: str | os.PathLike) -> None:
         """One JSON file, written atomically."""
-        path = os.fspath(path)
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"format": "fastseq-tokenizer/1", "kind": self.kind, **self._state()}, f, ensure_ascii=False)
-        os.replace(tmp, path)
+        state = {"format": "fastseq-tokenizer/1", "kind": self.kind, **self._state()}
+        atomic.write(path, lambda f: json.dump(state, f, ensure_ascii=False), mode="w")
 
 
 class CharTokenizer(Tokenizer):

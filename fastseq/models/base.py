@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from typing import Any, ClassVar, Union
 
 import torch
 from torch import Tensor, nn
+
+from .. import atomic
 
 FORMAT = "fastseq-model/1"
 _REGISTRY: dict[str, type["Model"]] = {}
@@ -88,22 +89,9 @@ class Model(nn.Module):
 
     def save(self, path: Union[str, os.PathLike]) -> None:
         """Write config and state_dict to `path` atomically (temporary file in the same folder, then rename)."""
-        path = os.fspath(path)
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
         payload = {"format": FORMAT, "model": type(self).__name__, "config": dataclasses.asdict(self.config),
                    "state_dict": self.state_dict()}
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(payload, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic.torch_save(payload, path)
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike], map_location: Union[str, torch.device, None] = "cpu") -> "Model":

@@ -37,3 +37,11 @@ def teacher_forcing(tgt: Tensor, bos_id: int) -> Tensor:
     if tgt.dim() != 2 or tgt.shape[1] < 1:
         raise ValueError(f"targets must have shape (B, T) with T >= 1, got {tuple(tgt.shape)}")
     return torch.cat([tgt.new_full((tgt.shape[0], 1), bos_id), tgt[:, :-1]], dim=1)
+
+
+def target_loss(model, src: Tensor, tgt: Tensor, src_lengths=None, tgt_lengths=None,
+                label_smoothing: float = 0.0) -> Tensor:
+    """An encoder–decoder's teacher-forced loss: tgt (B, T) ends with EOS and has no BOS; the decoder
+    reads BOS + tgt[:, :-1] and is scored on tgt at its real positions."""
+    logits = model(src, teacher_forcing(tgt, model.config.bos_id), src_lengths)
+    return token_loss(logits, tgt, tgt_lengths, label_smoothing)

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from .. import nn as fnn
 from .base import Model, check_config, check_tokens, compute_dtype, lengths_tensor
 from .embeddings import Embedding
-from .losses import teacher_forcing, token_loss
+from .losses import target_loss
 from .state import TransformerState
 
 
@@ -133,8 +133,7 @@ class Transformer(Model):
     def loss(self, src: Tensor, tgt: Tensor, src_lengths=None, tgt_lengths=None,
              label_smoothing: float = 0.0) -> Tensor:
         """Mean cross-entropy of tgt (B, T) (ending with EOS, no BOS) given src, over real target positions."""
-        return token_loss(self(src, teacher_forcing(tgt, self.config.bos_id), src_lengths), tgt, tgt_lengths,
-                          label_smoothing)
+        return target_loss(self, src, tgt, src_lengths, tgt_lengths, label_smoothing)
 
     # ---------------------------------------------------------------------------------- generation
 

@@ -24,6 +24,7 @@ from typing import Callable, Optional
 
 import torch
 
+from .. import atomic
 from .. import data as D
 from .. import models as M
 from ..generation import generate
@@ -345,8 +346,7 @@ def save_run(run: Run, out_dir: str) -> None:
     os.makedirs(out_dir, exist_ok=True)
     run.model.save(os.path.join(out_dir, "model.pt"))
     run.tokenizer.save(os.path.join(out_dir, "tokenizer.json"))
-    with open(os.path.join(out_dir, "config.json"), "w") as f:
-        json.dump(run.config, f, indent=1)
+    atomic.write(os.path.join(out_dir, "config.json"), lambda f: json.dump(run.config, f, indent=1), mode="w")
 
 
 def open_run(out_dir: str, device: Optional[torch.device] = None) -> tuple[M.Model, D.Tokenizer, dict]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -22,6 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from .. import atomic
 from .schedules import schedule
 
 FORMAT = "fastseq-checkpoint/1"
@@ -234,19 +234,7 @@ class Trainer:
         if hasattr(self.model, "config"):
             state["model_class"] = type(self.model).__name__
             state["model_config"] = dataclasses.asdict(self.model.config)
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(state, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic.torch_save(state, path)
 
     def load_checkpoint(self, path: str) -> None:
         try:
