@@ -11,6 +11,7 @@ import copy
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from fastseq import nn as fnn
@@ -105,6 +106,10 @@ def _convert(module: nn.Module):
         return new
     else:
         return None
+    if parametrize.is_parametrized(module):  # e.g. LSTMLM's weight drop: the same parametrizations
+        for name, chain in module.parametrizations.items():
+            for p in chain:
+                parametrize.register_parametrization(new, name, copy.deepcopy(p))
     new.load_state_dict(module.state_dict())
     return new.train(module.training)
 

@@ -76,7 +76,10 @@ def _lm_stage(name, model, tokenizer, text, valid_text, settings, out_dir, devic
     Trainer(model, config, batches, lambda m, b: m.loss(b["tokens"]), evaluate, param_groups, device).fit()
 
 
-def run(config: dict, device: torch.device) -> dict:
+def run(config: dict, device: torch.device, wrap=None) -> dict:
+    """The three stages; wrap(model) -> model, when given, is applied to the LM and to the classifier (the
+    reproduction benchmark swaps their layers for torch.nn's)."""
+    wrap = wrap or (lambda model: model)
     out_dir = config.get("out_dir", "runs/ulmfit")
     for key in ("general", "target", "model", "pretrain", "finetune", "classify"):
         if key not in config:
@@ -89,8 +92,8 @@ def run(config: dict, device: torch.device) -> dict:
     tok_spec.pop("kind", None)
     tokenizer = D.WordTokenizer.fit([general, target_text], **tok_spec)
     torch.manual_seed(int(config["pretrain"].get("seed", 0)))
-    lm = LSTMLM(LSTMLMConfig(tokenizer.vocab_size, **config["model"], pad_id=tokenizer.pad_id,
-                             eos_id=tokenizer.eos_id)).to(device)
+    lm = wrap(LSTMLM(LSTMLMConfig(tokenizer.vocab_size, **config["model"], pad_id=tokenizer.pad_id,
+                                  eos_id=tokenizer.eos_id))).to(device)
     held_out = "\n".join(t for _, t in valid_records)
 
     # 1. general-domain pretraining
@@ -105,7 +108,7 @@ def run(config: dict, device: torch.device) -> dict:
     steps, lr = int(c.pop("steps_per_stage", 200)), float(c.pop("lr", 1e-2))
     max_tokens, max_len = int(c.pop("max_tokens", 2048)), int(c.pop("max_len", 128))
     num_classes = max(label for label, _ in train_records) + 1
-    model = SequenceClassifier.from_pretrained(lm, num_classes, **c).to(device)
+    model = wrap(SequenceClassifier.from_pretrained(lm, num_classes, **c)).to(device)
 
     def encode(records):
         return [(label, (tokenizer.encode(text) or [tokenizer.unk_id])[:max_len]) for label, text in records]
