@@ -114,7 +114,8 @@ class Trainer:
         objective = _Objective(self.model, loss_fn)
         if self.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            objective = nn.parallel.DistributedDataParallel(objective, device_ids=ids)
+            # a classifier leaves its LM's output layer unused: let DDP look for unused parameters
+            objective = nn.parallel.DistributedDataParallel(objective, device_ids=ids, find_unused_parameters=True)
         self.objective = objective
         groups = param_groups if param_groups is not None else [p for p in model.parameters() if p.requires_grad]
         c = config
