@@ -1,4 +1,6 @@
 """Helpers shared by the tests: backends present per device, tolerances, errors."""
+import contextlib
+
 import pytest
 import torch
 
@@ -35,3 +37,15 @@ def backend_params(family: str = "lstm"):
     params += [pytest.param("cuda", b, id=f"cuda-{b}", marks=pytest.mark.cuda)
                for b in ("cuda", "triton", "reference") if b in implemented]
     return params
+
+
+KERNEL_RUNS = [pytest.param("cpu", "triton", id="triton-interpreter"),
+               pytest.param("cuda", None, id="cuda", marks=pytest.mark.cuda)]
+
+
+def kernel_run(device, backend):
+    """The context to run a model's ops in: the Triton kernels on CPU tensors (under the interpreter,
+    where this machine has it) or the default (fastest) backends on the GPU."""
+    if backend is not None and not backends.availability(backend, device)[0]:
+        pytest.skip(f"{backend} on {device}: {backends.availability(backend, device)[1]}")
+    return backends.use(backend) if backend else contextlib.nullcontext()

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from _util import KERNEL_RUNS, kernel_run
 from fastseq.generation import block_repeated_ngrams, generate, top_k_filter, top_p_filter
 from fastseq.models import CausalLM, CausalLMConfig, LSTMLM, LSTMLMConfig, Seq2Seq, Seq2SeqConfig, Transformer, \
     TransformerConfig
@@ -242,15 +243,17 @@ def test_generation_under_autocast(kind):
     assert (greedy.tokens[:, 0] == exact.tokens[:, 0]).float().mean() >= 0.75
 
 
-@pytest.mark.cuda
+@pytest.mark.parametrize("device, backend", KERNEL_RUNS)
 @pytest.mark.parametrize("kind", sorted(tiny_models()))
-def test_generation_on_the_gpu_equals_the_cpu(kind):
-    """The same peaked model generates the same tokens on CUDA (decoding kernels, KV caches) as on the CPU."""
+def test_generation_on_the_kernels_equals_float64(kind, device, backend):
+    """The same peaked model generates the same tokens on the fused kernels (decoding kernels, KV caches;
+    float32) as in float64 on the CPU: on a GPU with the default backends, here with Triton's interpreter."""
     model = _sharpen(tiny_models()[kind]).double()
     tokens, lengths = _inputs()
-    expected = generate(model, tokens, lengths, max_new_tokens=8, method="beam", beams=3)
-    gpu = model.float().cuda()
-    for use_cache in (True, False):
-        got = generate(gpu, tokens.cuda(), lengths.cuda(), max_new_tokens=8, method="beam", beams=3,
-                       use_cache=use_cache)
-        assert torch.equal(got.tokens.cpu(), expected.tokens) and torch.equal(got.lengths.cpu(), expected.lengths)
+    expected = generate(model, tokens, lengths, max_new_tokens=6, method="beam", beams=3)
+    fast = model.float().to(device)
+    with kernel_run(device, backend):
+        for use_cache in (True, False) if device == "cuda" else (True,):
+            got = generate(fast, tokens.to(device), lengths.to(device), max_new_tokens=6, method="beam", beams=3,
+                           use_cache=use_cache)
+            assert torch.equal(got.tokens.cpu(), expected.tokens) and torch.equal(got.lengths.cpu(), expected.lengths)
