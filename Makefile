@@ -7,6 +7,8 @@
 #   make gpu-check   on a GPU machine with torch already there: build offline, run every test
 #                    (the `cuda` ones too) and the benchmark sweep; results and logs in one folder
 #   make cmake-check compile kernels/ with nvcc through CMake (sm_80, sm_90a; ptxas report)
+#   make triton36-check  the ahead-of-time compile checks again under Triton 3.6, the GPU machines'
+#                    (its ptxas allocates registers differently from Triton 3.9's), in .venv-triton3.6
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -17,7 +19,7 @@ export MAX_JOBS ?= 2
 
 SOURCES := setup.py pyproject.toml requirements-dev.txt $(wildcard csrc/*) $(wildcard kernels/*)
 
-.PHONY: install test demo bench gpu-check cmake-check clean
+.PHONY: install test demo bench gpu-check cmake-check triton36-check clean
 
 $(VENV)/.installed: $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,5 +46,9 @@ cmake-check:
 	cmake -S . -B build/cmake -G Ninja
 	cmake --build build/cmake --target fastseq_kernels
 
+triton36-check:
+	$(MAKE) VENV=.venv-triton3.6 TRITON_VERSION=3.6.0 install
+	.venv-triton3.6/bin/python -m pytest -p no:cacheprovider tests/test_compile_checks.py
+
 clean:
-	rm -rf build $(VENV) fastseq/_C*.so *.egg-info .benchmarks
+	rm -rf build $(VENV) .venv-triton3.6 fastseq/_C*.so *.egg-info .benchmarks

@@ -26,13 +26,14 @@ import triton.language as tl
 
 from ..backends import triton_interpret
 from .common import ACC as _ACC
-from .common import key_bound, key_valid, padding_args, precision
+from .common import key_bound, key_valid, launch_options, mask_pointer, padding_args, precision
 
 # Tile sizes per kernel, for float64 apart: the 3-D tanh tile and the accumulators fit the registers
-# without spilling (checked ahead of time for sm_90 and sm_80 by tests/test_compile_checks.py).
+# without spilling (checked ahead of time for sm_90 and sm_80, under Triton 3.6 and 3.9, by
+# tests/test_compile_checks.py).
 FWD = {"BLOCK_Q": 16, "BLOCK_K": 32, "BLOCK_H": 16, "num_warps": 4}
-BWD = {"BLOCK_Q": 16, "BLOCK_K": 16, "BLOCK_H": 16, "num_warps": 8}
-BWD_FP64 = {"BLOCK_Q": 16, "BLOCK_K": 16, "BLOCK_H": 8, "num_warps": 8}
+BWD = {"BLOCK_Q": 16, "BLOCK_K": 16, "BLOCK_H": 16, "num_warps": 8, "maxnreg": 255}
+BWD_FP64 = {"BLOCK_Q": 16, "BLOCK_K": 16, "BLOCK_H": 4, "num_warps": 8}
 DECODE = {"BLOCK_K": 64, "BLOCK_H": 32, "num_warps": 4}
 
 
@@ -239,7 +240,7 @@ def additive_attention_backward(grad_context, query_proj, key_proj, v, values, l
                                HAS_LENGTHS=has_len, HAS_MASK=has_mask, BLOCK_Q=cfg["BLOCK_Q"],
                                BLOCK_K=cfg["BLOCK_K"], BLOCK_H=cfg["BLOCK_H"], BLOCK_D=_block_d(Dv),
                                ACC=_ACC.get(query_proj.dtype, tl.float32), FAST=_fast_tanh(query_proj),
-                               PRECISION=precision(query_proj.dtype), num_warps=cfg["num_warps"])
+                               PRECISION=precision(query_proj.dtype), **launch_options(cfg))
     return (dq.to(query_proj.dtype), dk.to(key_proj.dtype), dv.sum((0, 1)).to(v.dtype), dvalues)
 
 
@@ -267,7 +268,7 @@ def aot_specs():
             flags = {"HAS_LENGTHS": has_len, "HAS_MASK": has_mask, "BLOCK_D": 128, "ACC": acc, "FAST": fast}
             sizes = {"Tq": "i32", "Tk": "i32", "H": "i32", "Dv": "i32"}
             pointers = {"q_ptr": f"*{t}", "k_ptr": f"*{t}", "v_ptr": f"*{t}", "values_ptr": f"*{t}",
-                        "lengths_ptr": "*i32", "mask_ptr": "*u8"}
+                        "lengths_ptr": "*i32", "mask_ptr": mask_pointer(t)}
             variant = f"{t},len{int(has_len)},mask{int(has_mask)}"
             const = {k: "constexpr" for k in ("HAS_LENGTHS", "HAS_MASK", "BLOCK_Q", "BLOCK_K", "BLOCK_H",
                                               "BLOCK_D", "ACC", "FAST", "PRECISION")}
@@ -279,7 +280,7 @@ def aot_specs():
                    "dk_ptr": f"*{a}", "dv_ptr": f"*{a}", "dvalues_ptr": f"*{t}", **sizes, **const}
             yield (f"additive_attention_bwd[{variant}]", _bwd_kernel, bwd,
                    {**flags, **{k: bwd_cfg[k] for k in ("BLOCK_Q", "BLOCK_K", "BLOCK_H")}, "PRECISION": "ieee"},
-                   {"num_warps": bwd_cfg["num_warps"]})
+                   launch_options(bwd_cfg))
             dec = {**pointers, "context_ptr": f"*{t}", "Tk": "i32", "H": "i32", "Dv": "i32",
                    **{k: "constexpr" for k in ("HAS_LENGTHS", "HAS_MASK", "BLOCK_K", "BLOCK_H", "BLOCK_D", "ACC",
                                                "FAST")}}

@@ -37,15 +37,15 @@ import triton
 import triton.language as tl
 
 from ..backends import triton_interpret
-from .common import ACC, key_bound, key_valid, padding_args, precision
+from .common import ACC, key_bound, key_valid, mask_pointer, padding_args, precision
 
 LOG2E = 1.4426950408889634
 MAX_HEAD_DIM = 256
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) tried by the autotuner, per kernel, architecture (90: Hopper,
 # 80: Ampere and the rest), element size (2 or 4 bytes) and largest head dim (64, 128, 256): each
-# compiles without spilling (tests/test_compile_checks.py). With dropout only the last, smallest one
-# runs (Philox's counters take registers).
+# compiles without spilling under Triton 3.6 and 3.9 (tests/test_compile_checks.py). With dropout only
+# the last, smallest one runs (Philox's counters take registers).
 CONFIGS = {
     ("fwd", 90, 2): {64: [(128, 64, 8, 3), (128, 64, 8, 2), (64, 32, 4, 2)],
                      128: [(128, 64, 8, 3), (128, 64, 8, 2), (64, 32, 4, 2)], 256: [(32, 32, 4, 2)]},
@@ -56,9 +56,9 @@ CONFIGS = {
     ("dkdv", 80, 2): {64: [(16, 64, 8, 2), (32, 32, 4, 2)], 128: [(32, 32, 4, 2), (16, 32, 4, 2)],
                       256: [(16, 16, 4, 1)]},
     ("dq", 90, 2): {64: [(128, 64, 8, 2), (64, 32, 4, 2)], 128: [(128, 64, 8, 2), (128, 32, 8, 2), (64, 32, 4, 2)],
-                    256: [(64, 32, 4, 2), (32, 32, 4, 1)]},
-    ("dq", 80, 2): {64: [(128, 64, 8, 2), (64, 32, 4, 2)], 128: [(64, 32, 4, 2), (32, 32, 4, 1)],
-                    256: [(32, 32, 4, 1)]},
+                    256: [(32, 32, 8, 1), (32, 16, 4, 1)]},
+    ("dq", 80, 2): {64: [(128, 64, 8, 2), (64, 32, 4, 2)], 128: [(64, 32, 8, 2), (32, 32, 4, 1)],
+                    256: [(32, 32, 8, 1)]},
 }
 for _kernel in ("fwd", "dkdv", "dq"):  # float32: FMA products (or TF32) hold whole tiles in registers
     for _arch in (90, 80):
@@ -521,7 +521,7 @@ def aot_specs():
                              "dk_ptr", "dv_ptr"],
                     "dq": ["do_ptr", "q_ptr", "k_ptr", "v_ptr", "lengths_ptr", "mask_ptr", "lse_ptr", "delta_ptr",
                            "dq_ptr"]}[kernel]
-        sig = {p: ("*i32" if p == "lengths_ptr" else "*u8" if p == "mask_ptr" else
+        sig = {p: ("*i32" if p == "lengths_ptr" else mask_pointer(t) if p == "mask_ptr" else
                    f"*{a}" if p in ("lse_ptr", "delta_ptr") else f"*{t}") for p in pointers}
         sig.update({n: "i32" for n in ("Hq", "GROUP", "Tq", "Tk", "T_BUCKET")})
         sig.update({"scales_ptr": f"*{a}", "seed": "i64", "p_drop": "fp32"})
@@ -547,7 +547,7 @@ def aot_specs():
                            {"num_warps": warps, "num_stages": stages}, (arch,))
     for t in ("bf16", "fp32", "fp64"):
         a = "fp64" if t == "fp64" else "fp32"
-        sig = {"q_ptr": f"*{t}", "k_ptr": f"*{t}", "v_ptr": f"*{t}", "lengths_ptr": "*i32", "mask_ptr": "*u8",
+        sig = {"q_ptr": f"*{t}", "k_ptr": f"*{t}", "v_ptr": f"*{t}", "lengths_ptr": "*i32", "mask_ptr": mask_pointer(t),
                "part_out_ptr": f"*{a}", "part_lse_ptr": f"*{a}",
                **{n: "i32" for n in ("Hq", "GROUP", "Tk", "k_stride", "v_stride", "chunk", "n_splits")},
                "scales_ptr": f"*{a}",

@@ -15,11 +15,32 @@ def precision(dtype: torch.dtype) -> str:
     return "tf32" if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else "ieee"
 
 
+def launch_options(cfg: dict) -> dict:
+    """The compile options in a tile configuration (num_warps, num_stages, maxnreg), for a launch or an AOT
+    compile alike. maxnreg=255 lifts the register cap that ptxas 12.8 (Triton 3.6's) picks for some of
+    these kernels, which spills, where ptxas 12.9 (Triton 3.9's) uses the registers it needs."""
+    return {k: cfg[k] for k in ("num_warps", "num_stages", "maxnreg") if k in cfg}
+
+
+def mask_dtype(dtype: torch.dtype) -> torch.dtype:
+    """How a bool key_padding_mask reaches kernels whose inputs have `dtype`: as uint8 (its own bytes), or
+    as int32 for float64, where Triton 3.6 cannot lower a float64 `tl.dot` whose operand an 8-bit load
+    feeds ("fp64 don't support largeK MMA")."""
+    return torch.int32 if dtype == torch.float64 else torch.uint8
+
+
+def mask_pointer(t: str) -> str:
+    """The AOT signature of the mask pointer for inputs of Triton type `t` (see mask_dtype)."""
+    return "*i32" if t == "fp64" else "*u8"
+
+
 def padding_args(lengths, mask, ref):
-    """(lengths, mask as uint8, HAS_LENGTHS, HAS_MASK); a one-element dummy stands in for an absent one."""
+    """(lengths, mask as mask_dtype(ref.dtype), HAS_LENGTHS, HAS_MASK); a one-element dummy stands in for
+    an absent one."""
     dummy = ref.new_empty(1, dtype=torch.int32)
-    return (dummy if lengths is None else lengths, (dummy if mask is None else mask).view(torch.uint8),
-            lengths is not None, mask is not None)
+    mask_arg = dummy if mask is None else mask
+    mask_arg = mask_arg.to(torch.int32) if mask_dtype(ref.dtype) == torch.int32 else mask_arg.view(torch.uint8)
+    return dummy if lengths is None else lengths, mask_arg, lengths is not None, mask is not None
 
 
 @triton.jit

@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from .common import ACC as _ACC
-from .common import precision
+from .common import launch_options, precision
 from .lstm_cell import _tanh
 
 
@@ -123,8 +123,8 @@ def _lstm_step_bwd_kernel(
 # Tiles: BLOCK_B rows (tl.dot needs at least 16) by BLOCK_J units (forward) or BLOCK_P columns
 # (backward), reduced over BLOCK_K (forward) or BLOCK_J units (backward). The forward holds four gate
 # tiles at once, the backward four dz tiles and its output: sized so that neither spills (checked for
-# sm_90 and sm_80 by `python -m fastseq.triton.aot`).
-CONFIGS = {"small": dict(BLOCK_B=16, BLOCK_J=32, BLOCK_K=64, num_warps=4),
+# sm_90 and sm_80 by `python -m fastseq.triton.aot`, under Triton 3.6 and 3.9).
+CONFIGS = {"small": dict(BLOCK_B=16, BLOCK_J=32, BLOCK_K=64, num_warps=8),
            "large": dict(BLOCK_B=32, BLOCK_J=32, BLOCK_K=32, num_warps=4),
            "fp64": dict(BLOCK_B=16, BLOCK_J=16, BLOCK_K=16, num_warps=4)}
 
@@ -146,7 +146,7 @@ def forward_out(zx, h_prev, w_hh, c_prev, z_out, c_out, h_out) -> None:
     _lstm_step_fwd_kernel[grid](zx, h_prev, w_hh, c_prev, z_out, c_out, h_out, n, H, P,
                                 BLOCK_B=cfg["BLOCK_B"], BLOCK_J=cfg["BLOCK_J"], BLOCK_K=cfg["BLOCK_K"],
                                 ACC=_ACC.get(zx.dtype, tl.float32), PRECISION=precision(zx.dtype),
-                                num_warps=cfg["num_warps"])
+                                **launch_options(cfg))
 
 
 def backward_out(dh, dc, z, c_prev, w_hh, dz_out, dc_out, dr_out) -> None:
@@ -160,7 +160,7 @@ def backward_out(dh, dc, z, c_prev, w_hh, dz_out, dc_out, dr_out) -> None:
     _lstm_step_bwd_kernel[grid](dh, dc, z, c_prev, w_hh, dz_out, dc_out, dr_out, n, H, P,
                                 BLOCK_B=cfg["BLOCK_B"], BLOCK_J=cfg["BLOCK_J"], BLOCK_P=cfg["BLOCK_J"],
                                 ACC=_ACC.get(z.dtype, tl.float32), PRECISION=precision(z.dtype),
-                                num_warps=cfg["num_warps"])
+                                **launch_options(cfg))
 
 
 def aot_specs():
@@ -171,7 +171,7 @@ def aot_specs():
         for name, cfg in CONFIGS.items():
             if (name == "fp64") != (t == "fp64"):
                 continue
-            options = {"num_warps": cfg["num_warps"]}
+            options = launch_options(cfg)
             sizes = {"n": "i32", "H": "i32", "P": "i32"}
             fwd = {"zx_ptr": f"*{t}", "h_prev_ptr": f"*{t}", "w_hh_ptr": f"*{t}", "c_prev_ptr": f"*{s}",
                    "z_out_ptr": f"*{t}", "c_out_ptr": f"*{s}", "h_out_ptr": f"*{t}", **sizes,
