@@ -7,8 +7,10 @@
 #   make gpu-check   on a GPU machine with torch already there: build offline, run every test
 #                    (the `cuda` ones too) and the benchmark sweep; results and logs in one folder
 #   make cmake-check compile kernels/ with nvcc through CMake (sm_80, sm_90a; ptxas report)
-#   make triton36-check  the ahead-of-time compile checks again under Triton 3.6, the GPU machines'
-#                    (its ptxas allocates registers differently from Triton 3.9's), in .venv-triton3.6
+#   make image-check the GPU machines' torch 2.11 (its CUDA 13.0 build) and Triton 3.6, on this CPU
+#                    machine, in .venv-image (about 5 GB): builds fastseq._C with its CUDA kernels (nvcc)
+#                    from a copy of the tree in build/image and runs every test there (Triton 3.6's
+#                    ptxas allocates registers differently from 3.9's, so the AOT checks differ too)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -19,7 +21,7 @@ export MAX_JOBS ?= 2
 
 SOURCES := setup.py pyproject.toml requirements-dev.txt $(wildcard csrc/*) $(wildcard kernels/*)
 
-.PHONY: install test demo bench gpu-check cmake-check triton36-check clean
+.PHONY: install test demo bench gpu-check cmake-check image-check clean
 
 $(VENV)/.installed: $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,9 +48,16 @@ cmake-check:
 	cmake -S . -B build/cmake -G Ninja
 	cmake --build build/cmake --target fastseq_kernels
 
-triton36-check:
-	$(MAKE) VENV=.venv-triton3.6 TRITON_VERSION=3.6.0 install
-	.venv-triton3.6/bin/python -m pytest -p no:cacheprovider tests/test_compile_checks.py
+# NumPy below 2.3: Triton 3.6's interpreter takes a 1-element array for an int, which 2.3 refuses.
+IMAGE_PY := $(CURDIR)/.venv-image/bin/python
+image-check:
+	test -x $(IMAGE_PY) || $(PYTHON) -m venv .venv-image
+	$(IMAGE_PY) -m pip install -q torch==2.11.0 triton==3.6.0 "numpy<2.3" -r requirements-dev.txt
+	rm -rf build/image && mkdir -p build/image
+	git ls-files -co --exclude-standard | tar -cf - -T - | tar -xf - -C build/image
+	cd build/image && $(IMAGE_PY) -m pip install -q --no-build-isolation --no-deps -e .
+	cd build/image && $(IMAGE_PY) -c "import fastseq._C as C; i = C.build_info(); assert i['with_cuda'], i; print(i)"
+	cd build/image && $(IMAGE_PY) -m pytest -p no:cacheprovider
 
 clean:
-	rm -rf build $(VENV) .venv-triton3.6 fastseq/_C*.so *.egg-info .benchmarks
+	rm -rf build $(VENV) .venv-image fastseq/_C*.so *.egg-info .benchmarks

@@ -20,6 +20,23 @@ def _sources(pattern):
     return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
 
 
+def _cuda_toolkit(cpp_extension):
+    """The CUDA root torch found (CUDA_HOME, else the nvcc on PATH), checked for its headers. An nvcc on
+    PATH that is a wrapper script (/usr/local/bin/nvcc) makes torch guess /usr/local; then /usr/local/cuda
+    is taken if it holds the toolkit, else the build stops here rather than at the first #include."""
+    home = cpp_extension.CUDA_HOME
+    has_headers = lambda root: os.path.isfile(os.path.join(root, "include", "cuda_runtime.h"))
+    if home is None or has_headers(home):
+        return home
+    fallback = "/usr/local/cuda"
+    if not (os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")) and has_headers(fallback):
+        print(f"fastseq: {home} (from the nvcc on PATH) has no include/cuda_runtime.h; using {fallback}")
+        cpp_extension.CUDA_HOME = fallback
+        return fallback
+    raise RuntimeError(f"CUDA_HOME resolves to {home}, which has no include/cuda_runtime.h: set CUDA_HOME to "
+                       "the CUDA toolkit's root (e.g. /usr/local/cuda), or FASTSEQ_BUILD_CUDA=0 for CPU kernels only")
+
+
 def extension_modules():
     if os.environ.get("FASTSEQ_BUILD_EXT", "1") == "0":
         return [], {}
@@ -31,7 +48,7 @@ def extension_modules():
     with_cuda = (
         os.environ.get("FASTSEQ_BUILD_CUDA", "1") != "0"
         and torch.version.cuda is not None
-        and cpp_extension.CUDA_HOME is not None
+        and _cuda_toolkit(cpp_extension) is not None
     )
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0a")
