@@ -33,6 +33,10 @@ def test_kneser_ney_distributions_sum_to_one_on_real_text():
     for history in (["what", "is"], ["how"], [], ["zzz", "qqq"], sentences[3][:2]):
         assert sum(lm.prob(w, history) for w in vocab) == pytest.approx(1.0, abs=1e-9)
     held_out = [t.split() for _, t in text[800:900]]
+    for s in held_out[:5]:  # a sentence's score is the chain rule over its words, each given its whole prefix
+        words = s + [EOS]
+        chain = sum(math.log(lm.prob(w, words[:i])) for i, w in enumerate(words))
+        assert lm.sentence_logprob(s) == (pytest.approx(chain, abs=1e-9), len(words))
     unigram = NGramLM(order=1).fit(sentences)
     assert lm.perplexity(held_out) < 0.7 * unigram.perplexity(held_out)  # context helps a lot on questions
     with pytest.raises(ValueError, match="order must be an int >= 1"):

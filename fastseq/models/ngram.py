@@ -54,6 +54,7 @@ class NGramLM:
             for gram, c in self.counts[k].items():
                 self.totals[k][gram[:-1]] += c
                 self.followers[k][gram[:-1]] += 1
+        self._uniform = 1 / len(self.vocab - {BOS})  # every predictable word, <s> never is
         return self
 
     def _word(self, w: str) -> str:
@@ -71,7 +72,7 @@ class NGramLM:
         if k == 1:
             total = self.totals[1][()]
             kept = max(self.counts[1][(word,)] - self.discount, 0) / total
-            return kept + self.discount * self.followers[1][()] / total / len(self.vocab - {BOS})
+            return kept + self.discount * self.followers[1][()] / total * self._uniform
         total = self.totals[k][history]
         lower = self._prob(word, history[1:], k - 1)
         if total == 0:
@@ -84,8 +85,8 @@ class NGramLM:
 
     def sentence_logprob(self, sentence: Sequence[str]) -> tuple[float, int]:
         """(total natural-log probability of the sentence and its </s>, number of predicted tokens)."""
-        words = list(sentence) + [EOS]
-        total = sum(self.logprob(w, words[:i]) for i, w in enumerate(words))
+        words, context = list(sentence) + [EOS], self.order - 1
+        total = sum(self.logprob(w, words[max(i - context, 0):i]) for i, w in enumerate(words))
         return total, len(words)
 
     def perplexity(self, sentences: Iterable[Sequence[str]]) -> float:
