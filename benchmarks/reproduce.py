@@ -115,7 +115,8 @@ def _ngram_row(scale):
         lm = NGramLM(order).fit(sentences(train))
         results[f"order{order}"] = {"perplexity": lm.perplexity(sentences(test)),
                                     "seconds": time.perf_counter() - start}
-    return {"perplexity": results["order3"]["perplexity"], "orders": results}
+    best = results["order3"]
+    return {"perplexity": best["perplexity"], "train_seconds": best["seconds"], "orders": results}
 
 
 def _word2vec_row(scale, device):
@@ -156,11 +157,13 @@ def markdown(rows: list[dict]) -> str:
         def fmt(x):
             if isinstance(x, float):
                 return f"{x:.4g}"
-            return "—" if x is None else str(x)[:60]
+            if isinstance(x, dict):  # word2vec neighbours: the first two queries, three words each
+                return "; ".join(f"{q} → {', '.join(near[:3])}" for q, near in list(x.items())[:2])
+            return "—" if x is None else str(x)
         speed = (t["train_seconds"] / f["train_seconds"] if "train_seconds" in t and "train_seconds" in f else None)
         target = f"{r['target'][0]} {r['target'][1]}" if r["target"] else "reported"
         lines.append(f"| {r['row']} | {r['config'] or r['kind']} | {r['metric']} | {target} | "
-                     f"{fmt(f.get(r['metric']))} | {fmt(t.get(r['metric']))} | {fmt(f.get('train_seconds'))} s | "
+                     f"{fmt(f.get(r['metric']))} | {fmt(t.get(r['metric']))} | {fmt(f.get('train_seconds'))}{' s' if 'train_seconds' in f else ''} | "
                      f"{fmt(t.get('train_seconds'))}{' s' if 'train_seconds' in t else ''} | "
                      f"{fmt(speed)}{'×' if speed else ''} | {r['anchor']} |")
     return "\n".join(lines) + "\n"
