@@ -104,14 +104,6 @@ fastseq.info()
     assert "fastseq._C no:" in out.stdout
 
 
-# The functions each op family calls on fastseq._C (torch.ops.fastseq_ext.*), by family.
-EXTENSION_FUNCTIONS = {
-    "lstm": ("lstm_cell_forward", "lstm_cell_backward", "lstm_layer_forward", "lstm_layer_backward"),
-    "additive_attention": ("additive_attention_forward", "additive_attention_backward", "additive_attention_decode"),
-    "attention_decode": ("attention_decode",),
-}
-
-
 @pytest.mark.parametrize("device_type", ["cpu", "cuda"], ids=["CPU", "CUDA"])  # runs without a GPU
 def test_the_extension_registers_a_kernel_for_every_op_it_serves(device_type):
     """Every family that lists the extension's `device_type` backend finds its functions registered for
@@ -120,11 +112,11 @@ def test_the_extension_registers_a_kernel_for_every_op_it_serves(device_type):
         pytest.skip(f"fastseq._C is unavailable: {backends.extension_error()}")
     if device_type == "cuda" and not backends.extension_has_cuda():
         pytest.skip("fastseq._C was built without CUDA (`make image-check` builds it with nvcc)")
-    from fastseq.ops._dispatch import families
+    from fastseq.ops._dispatch import families, functions
 
     serving = [family for family, names in families().items() if device_type in names]
     assert serving, f"no op family is served by the extension on {device_type}"
     for family in serving:
-        for function in EXTENSION_FUNCTIONS[family]:
+        for function in functions(family):
             op = f"fastseq_ext::{function}"
             assert torch._C._dispatch_has_kernel_for_dispatch_key(op, device_type.upper()), (family, op)

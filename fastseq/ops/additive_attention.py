@@ -18,7 +18,9 @@ from ..reference.lstm import acc_dtype
 from . import _checks as C
 from ._dispatch import implementation, register
 
-register("additive_attention", reference="fastseq.reference.additive_attention",
+register("additive_attention",
+         ("additive_attention_forward", "additive_attention_backward", "additive_attention_decode"),
+         reference="fastseq.reference.additive_attention",
          triton="fastseq.triton.additive_attention", extension=("cuda",))
 
 

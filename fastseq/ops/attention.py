@@ -18,9 +18,10 @@ from ..reference.lstm import acc_dtype
 from . import _checks as C
 from ._dispatch import implementation, register
 
-register("attention", reference="fastseq.reference.attention", triton="fastseq.triton.attention")
-register("attention_decode", reference="fastseq.reference.attention", triton="fastseq.triton.attention",
-         extension=("cuda",))
+register("attention", ("attention_forward", "attention_backward"), reference="fastseq.reference.attention",
+         triton="fastseq.triton.attention")
+register("attention_decode", ("attention_decode",), reference="fastseq.reference.attention",
+         triton="fastseq.triton.attention", extension=("cuda",))
 
 
 def _impl(function: str, t: Tensor, family: str = "attention"):

@@ -15,7 +15,8 @@ from ..reference.lstm import acc_dtype
 from . import _checks as C
 from ._dispatch import implementation, register
 
-register("lstm", reference="fastseq.reference.lstm", triton="fastseq.triton.lstm",
+register("lstm", ("lstm_cell_forward", "lstm_cell_backward", "lstm_layer_forward", "lstm_layer_backward"),
+         reference="fastseq.reference.lstm", triton="fastseq.triton.lstm",
          extension=("cpu", "cuda"))
 
 
