@@ -29,6 +29,13 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor, terms: int = 1) -> float:
     return ((out - ref).norm() / max(ref.norm().item(), floor)).item()
 
 
+def assert_proportion(hits, n, p: float):
+    """hits of n Bernoulli(p) draws: the share is within 6 binomial standard errors of p, so a correct
+    sampler fails about once in 10^9 runs."""
+    hits, n = float(hits), float(n)
+    assert abs(hits / n - p) < 6 * (p * (1 - p) / n) ** 0.5, f"share {hits / n:.4f} of {n:.0f} draws, expected {p:.4f}"
+
+
 def backend_params(family: str = "lstm"):
     """(device, backend) pairs for an op family: every backend implementing it that is present on the
     CPU; every GPU backend implementing it, marked `cuda`."""

@@ -8,6 +8,7 @@ import shutil
 import pytest
 import torch
 
+from _util import assert_proportion
 from fastseq import data
 from fastseq.data import registry
 
@@ -141,14 +142,10 @@ def test_bert_masking_rates():
     chosen = batch["labels"] != -100
     assert not bool((chosen & ~real).any())
     inputs, labels = batch["inputs"][chosen], batch["labels"][chosen]
-
-    def within_6_sigma(hits, n, p):  # a binomial proportion, so a correct masker fails ~1 run in 10^9
-        assert abs(hits / n - p) < 6 * (p * (1 - p) / n) ** 0.5, (hits / n, p)
-
-    within_6_sigma(chosen.sum().item(), real.sum().item(), 0.15)
-    within_6_sigma((inputs == 4).sum().item(), len(inputs), 0.8)
+    assert_proportion(chosen.sum(), real.sum(), 0.15)
+    assert_proportion((inputs == 4).sum(), len(inputs), 0.8)
     # kept: the 10% left alone plus the 10% randomized that happen to draw their own token
-    within_6_sigma((inputs == labels).sum().item(), len(inputs), 0.1 + 0.1 / 70)
+    assert_proportion((inputs == labels).sum(), len(inputs), 0.1 + 0.1 / 70)
 
 
 def test_own_files(tmp_path):
