@@ -20,8 +20,10 @@ PRESETS = {
     "cpu": [(4, 64, 64, 128, 128), (2, 32, 512, 128, 128)],
     "gpu": [(64, 256, 256, 512, 512), (16, 64, 1024, 512, 256), (16, 64, 4096, 512, 256),
             (16, 64, 16384, 512, 256)],
+    "headline": [(64, 256, 256, 512, 512), (16, 64, 16384, 512, 256)],
 }
-MODES = ("forward", "forward+backward")
+MODES = {"headline": ("forward+backward",)}  # per preset; the others run both
+BASELINES = {"headline": ("naive",)}  # per preset; the others add the torch.compile'd naive form on a GPU
 
 
 def _inputs(device, dtype, B, Tq, Tk, H, Dv, grad):
@@ -61,14 +63,15 @@ def _oom(e: Exception) -> bool:
     return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
 
 
-def bench_case(device, dtype_name, mode, B, Tq, Tk, H, Dv, fused_backends, ceilings):
+def bench_case(device, dtype_name, mode, B, Tq, Tk, H, Dv, fused_backends, ceilings,
+               baselines=("naive", "naive-compiled")):
     dtype = DTYPES[dtype_name]
     args = _inputs(device, dtype, B, Tq, Tk, H, Dv, grad=mode != "forward")
     tanh_count = B * Tq * Tk * H * (1 if mode == "forward" else 3)
     rate = ceilings["tanh_rate_approx" if dtype != torch.float32 else "tanh_rate_exact"]
     sizes = {"B": B, "Tq": Tq, "Tk": Tk, "H": H, "Dv": Dv}
     measured = {}
-    for impl in ("naive", "naive-compiled", *fused_backends):
+    for impl in (*baselines, *fused_backends):
         if impl == "naive-compiled" and device.type != "cuda":
             continue  # inductor's CPU code needs a C++ toolchain at run time; the GPU run has it
         try:
@@ -110,8 +113,9 @@ def run(device, preset, dtype_names, fused_backends, ceilings):
     rows = []
     for B, Tq, Tk, H, Dv in PRESETS[preset]:
         for dtype_name in dtype_names:
-            for mode in MODES:
-                for r in bench_case(device, dtype_name, mode, B, Tq, Tk, H, Dv, fused_backends, ceilings):
+            for mode in MODES.get(preset, ("forward", "forward+backward")):
+                for r in bench_case(device, dtype_name, mode, B, Tq, Tk, H, Dv, fused_backends, ceilings,
+                                    BASELINES.get(preset, ("naive", "naive-compiled"))):
                     rows.append(r)
                     base = "  ".join(f"{k} {_fmt(v)}" for k, v in r["baselines"].items())
                     floor = f"  {r['fraction_of_tanh_floor']:.0%} of tanh floor" if "median_ms" in r else ""

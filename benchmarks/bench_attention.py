@@ -20,12 +20,15 @@ from timing import DTYPES
 
 SDPA = {"sdpa-flash": SDPBackend.FLASH_ATTENTION, "sdpa-efficient": SDPBackend.EFFICIENT_ATTENTION,
         "sdpa-cudnn": SDPBackend.CUDNN_ATTENTION, "sdpa-math": SDPBackend.MATH}
-# training: (B, H, T, D), B·H filling the GPU at each T; seq2seq: (B, E, heads, max_len); decode: (B, H, T, D)
+# training: (B, H, T, D), B·H filling the GPU at each T; seq2seq: (B, E, heads, max_len);
+# decode: (B, Hq, Hkv, T, D), grouped heads as decoders use them
 PRESETS = {
-    "quick": {"train": [(1, 2, 64, 32)], "seq2seq": [(4, 64, 4, 32)], "decode": [(2, 4, 64, 32)]},
-    "cpu": {"train": [(2, 4, 256, 64)], "seq2seq": [(16, 256, 4, 128)], "decode": [(8, 8, 512, 64)]},
+    "quick": {"train": [(1, 2, 64, 32)], "seq2seq": [(4, 64, 4, 32)], "decode": [(2, 4, 2, 64, 32)]},
+    "cpu": {"train": [(2, 4, 256, 64)], "seq2seq": [(16, 256, 4, 128)], "decode": [(8, 8, 2, 512, 64)]},
     "gpu": {"train": [(16, 16, 1024, 128), (8, 16, 2048, 128), (4, 16, 4096, 128), (2, 16, 8192, 128)],
-            "seq2seq": [(64, 512, 8, 128)], "decode": [(64, 32, 2048, 128)]},
+            "seq2seq": [(64, 512, 8, 128)], "decode": [(64, 32, 8, 2048, 128), (1, 32, 8, 16384, 128)]},
+    "headline": {"train": [(4, 16, 4096, 128)], "seq2seq": [],
+                 "decode": [(64, 32, 8, 2048, 128), (1, 32, 8, 16384, 128)]},
 }
 MODES = ("forward", "forward+backward")
 
@@ -109,12 +112,12 @@ def _seq2seq(device, cases, dtype_name, fused, ceilings):
 
 
 def _decode(device, cases, dtype_name, fused_decode, ceilings):
-    """One query per (row, head) against a cache of T positions with ragged lengths."""
+    """One query per (row, query head) against a cache of T positions per key/value head, ragged lengths."""
     dtype = DTYPES[dtype_name]
     rows = []
-    for B, H, T, D in cases["decode"]:
-        k, v = (torch.randn(B, H, T, D, device=device, dtype=dtype) for _ in range(2))
-        q = torch.randn(B, H, D, device=device, dtype=dtype)
+    for B, Hq, Hkv, T, D in cases["decode"]:
+        k, v = (torch.randn(B, Hkv, T, D, device=device, dtype=dtype) for _ in range(2))
+        q = torch.randn(B, Hq, D, device=device, dtype=dtype)
         lengths = torch.randint(T // 2, T + 1, (B,), generator=torch.Generator().manual_seed(0)).to(device)
         seen = (torch.arange(T, device=device)[None, :] < lengths[:, None])[:, None, None, :]
         measured = {}
@@ -125,16 +128,16 @@ def _decode(device, cases, dtype_name, fused_decode, ceilings):
 
                 def fn(impl=impl):
                     with torch.no_grad(), sdpa_kernel(SDPA[impl]):
-                        F.scaled_dot_product_attention(q[:, :, None], k, v, attn_mask=seen)
+                        F.scaled_dot_product_attention(q[:, :, None], k, v, attn_mask=seen, enable_gqa=Hq != Hkv)
             else:
                 def fn(impl=impl):
                     with backends.use(impl):
                         ops.attention_decode(q, k, v, lengths=lengths)
             measured[impl] = _run_measure(fn, device)
-        read = int(lengths.sum()) * H * D * 2 * k.element_size()  # the keys and values each row sees
+        read = int(lengths.sum()) * Hkv * D * 2 * k.element_size()  # the keys and values each row sees
         for impl in fused_decode:
-            rows.append(_row("decode", "forward", dtype_name, impl, {"B": B, "H": H, "T": T, "D": D}, measured,
-                             fused_decode, work=read, ceiling=ceilings["copy_bandwidth"], unit="GB/s"))
+            rows.append(_row("decode", "forward", dtype_name, impl, {"B": B, "Hq": Hq, "Hkv": Hkv, "T": T, "D": D},
+                             measured, fused_decode, work=read, ceiling=ceilings["copy_bandwidth"], unit="GB/s"))
     return rows
 
 

@@ -1,9 +1,12 @@
 """Benchmark sweep: fastseq against the baseline a user would otherwise pick, side by side in one run.
 
-    python benchmarks/sweep.py [--ops lstm additive_attention attention models] [--preset cpu|gpu|quick] [--dtypes ...] [--out DIR]
+    python benchmarks/sweep.py [--ops lstm additive_attention attention models] [--preset cpu|gpu|quick|headline]
+                               [--dtypes ...] [--out DIR | --json FILE]
 
 One JSON per op (device, versions, dtypes, sizes, commit, the measured ceilings; median and quartiles;
-ratios to the baselines; fractions of the ceilings) and one plot per op, in the output folder.
+ratios to the baselines; fractions of the ceilings) and one plot per op, in the output folder; or, with
+--json, every op's rows in one file and no plots (what `make gpu-quick` keeps). The `headline` preset is
+the GPU check's: the cases the project reports, each measured for about 0.1 s, no torch.compile baseline.
 The ops' cases and baselines: bench_lstm.py, bench_additive_attention.py, bench_attention.py; whole models
 (training and generation against the same models on torch.nn layers): bench_models.py.
 """
@@ -51,43 +54,64 @@ def ceilings(device: torch.device, dtype_names: list[str]) -> dict:
     return out
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ops", nargs="+", choices=sorted(OPS), default=sorted(OPS))
-    parser.add_argument("--preset", choices=("quick", "cpu", "gpu"), default=None,
-                        help="sizes to run (default: gpu on a GPU, cpu otherwise)")
-    parser.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), default=None,
-                        help="default: fp32 bf16 on a GPU, fp32 on a CPU")
-    parser.add_argument("--out", default=os.path.join(HERE, "results"), help="folder for the JSON and the plots")
-    args = parser.parse_args(argv)
+PRESETS = ("quick", "cpu", "gpu", "headline")
+SECONDS = {"headline": 0.1}  # seconds per measurement, by preset (else timing.MIN_SECONDS)
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    preset = args.preset or ("gpu" if device.type == "cuda" else "cpu")
-    dtype_names = args.dtypes or (["fp32", "bf16"] if device.type == "cuda" else ["fp32"])
-    measured = ceilings(device, dtype_names)
+
+def metadata(device: torch.device, preset: str, measured: dict) -> dict:
+    """Device, versions, commit and the measured ceilings: what every results file carries."""
     info = fastseq.diagnostics.collect()
-    meta = {
+    return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "commit": timing.commit(), "preset": preset,
         "device": info["device"] or f"CPU: {platform.processor() or platform.machine()} ({os.cpu_count()} cores)",
         "capability": info["capability"], "torch": info["torch"], "torch_cuda": info["torch_cuda"],
         "triton": info["triton"], "python": info["python"], "fastseq": info["fastseq"],
         "extension": info["extension"], "torch_threads": torch.get_num_threads(),
-        "ceilings": measured, "timing": "median of >= 10 runs after 3 warm-up runs"
+        "ceilings": measured, "timing": f"median of >= 10 runs and >= {timing.MIN_SECONDS} s after 3 warm-up runs"
                                         + (" (CUDA events)" if device.type == "cuda" else " (wall clock)"),
     }
-    os.makedirs(args.out, exist_ok=True)
+
+
+def _write_json(path: str, payload: dict) -> None:
+    with open(path + ".tmp", "w") as f:
+        json.dump(payload, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ops", nargs="+", choices=sorted(OPS), default=sorted(OPS))
+    parser.add_argument("--preset", choices=PRESETS, default=None,
+                        help="sizes to run (default: gpu on a GPU, cpu otherwise)")
+    parser.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), default=None,
+                        help="default: fp32 bf16 on a GPU, fp32 on a CPU")
+    parser.add_argument("--out", default=os.path.join(HERE, "results"), help="folder for the JSON and the plots")
+    parser.add_argument("--json", default=None, help="write every op's rows to this one file, no plots")
+    args = parser.parse_args(argv)
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    preset = args.preset or ("gpu" if device.type == "cuda" else "cpu")
+    dtype_names = args.dtypes or (["fp32", "bf16"] if device.type == "cuda" else ["fp32"])
+    timing.MIN_SECONDS = SECONDS.get(preset, timing.MIN_SECONDS)
+    measured = ceilings(device, dtype_names)
+    meta = metadata(device, preset, measured)
+    combined = {}
+    if args.json is None:
+        os.makedirs(args.out, exist_ok=True)
     for op in args.ops:
         fused = fused_backends(op, device)
         if not fused:
             print(f"{op}: no fused backend runs on {device.type} here (see `fastseq info`); skipped")
             continue
         rows = OPS[op].run(device, preset, dtype_names, fused, measured)
+        if args.json is not None:
+            combined[op] = rows
+            _write_json(args.json, {"meta": meta, "results": combined})  # after each op: a timeout keeps the rest
+            continue
         stem = f"{op.replace('_', '-')}-{device.type}-{preset}-{datetime.date.today().isoformat()}"
         path = os.path.join(args.out, stem + ".json")
-        with open(path + ".tmp", "w") as f:
-            json.dump({"meta": meta, "results": rows}, f, indent=1)
-        os.replace(path + ".tmp", path)
+        _write_json(path, {"meta": meta, "results": rows})
         try:
             png = OPS[op].plot(rows, os.path.join(args.out, stem + ".png"))
         except ImportError:

@@ -11,6 +11,8 @@ from typing import Callable
 import torch
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Seconds each measurement runs for at least (after its 10 runs): sweep.py shortens it for the headline preset.
+MIN_SECONDS = 0.5
 
 
 def _sync(device: torch.device) -> None:
@@ -19,8 +21,10 @@ def _sync(device: torch.device) -> None:
 
 
 def measure(fn: Callable[[], object], device: torch.device, warmup: int = 3, min_reps: int = 10,
-            min_seconds: float = 0.5) -> dict:
-    """Median and quartiles in milliseconds of `fn()` after `warmup` calls."""
+            min_seconds: float | None = None) -> dict:
+    """Median and quartiles in milliseconds of `fn()` after `warmup` calls, over at least `min_reps` runs
+    and `min_seconds` (default MIN_SECONDS)."""
+    min_seconds = MIN_SECONDS if min_seconds is None else min_seconds
     for _ in range(warmup):
         fn()
     _sync(device)

@@ -13,14 +13,14 @@ namespace {
 
 constexpr const char* kOp = "attention_decode (backend 'cuda')";
 
-// k, v: (B, Hkv, Tk, D) with each (row, head) block's positions contiguous; returns the elements from
-// one block to the next.
-int64_t cache_stride(const Tensor& t, const char* name) {
-  const int64_t H = t.size(1), T = t.size(2), D = t.size(3);
-  TORCH_CHECK(t.stride(3) == 1 && t.stride(2) == D && t.stride(0) == H * t.stride(1) && t.stride(1) >= T * D, kOp,
-              ": ", name, " must hold each (batch row, head)'s positions contiguously (a tensor or a view of a "
-              "cache's first positions), got strides ", t.strides());
-  return t.stride(1);
+// k, v: (B, Hkv, Tk, D) with each (row, head) block's positions contiguous; returns where the blocks lie.
+// Any batch and head strides serve (a cache's first positions, an expanded batch, one head's odd stride).
+kernels::CacheStrides cache_strides(const Tensor& t, const char* name) {
+  const int64_t T = t.size(2), D = t.size(3);
+  TORCH_CHECK((D == 1 || t.stride(3) == 1) && (T == 1 || t.stride(2) == D), kOp, ": ", name,
+              " must hold each (batch row, head)'s positions contiguously, got strides ", t.strides(),
+              " for sizes ", t.sizes());
+  return {t.stride(0), t.stride(1)};
 }
 
 }  // namespace
@@ -32,7 +32,7 @@ Tensor attention_decode(const Tensor& q, const Tensor& k, const Tensor& v, const
   TORCH_CHECK(D <= kernels::kAttentionDecodeMaxDim && Dv <= kernels::kAttentionDecodeMaxDim, kOp,
               ": the CUDA kernel takes head dims up to ", kernels::kAttentionDecodeMaxDim, ", got D = ", D, ", Dv = ",
               Dv, "; use fastseq.backends.use(cuda=\"triton\")");
-  const int64_t k_stride = cache_stride(k, "k"), v_stride = cache_stride(v, "v");
+  const kernels::CacheStrides k_strides = cache_strides(k, "k"), v_strides = cache_strides(v, "v");
   const int32_t* len = nullptr;
   if (lengths.has_value()) {
     TORCH_CHECK(lengths->scalar_type() == at::kInt && lengths->is_contiguous(), kOp, ": lengths must be contiguous int32");
@@ -56,7 +56,7 @@ Tensor attention_decode(const Tensor& q, const Tensor& k, const Tensor& v, const
     using T = decltype(t);
     check_launch(kernels::attention_decode(in<T>(q), in<T>(k), in<T>(v), len, mask, out<T>(output),
                                            part_out.mutable_data_ptr<float>(), part_lse.mutable_data_ptr<float>(), B,
-                                           Hq, Hkv, Tk, D, Dv, k_stride, v_stride, static_cast<float>(scale), n_splits,
+                                           Hq, Hkv, Tk, D, Dv, k_strides, v_strides, static_cast<float>(scale), n_splits,
                                            stream),
                  "attention_decode");
   };

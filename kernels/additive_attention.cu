@@ -15,6 +15,7 @@
 #include <type_traits>
 
 #include "common.cuh"
+#include "grid.h"
 
 namespace fastseq {
 namespace kernels {
@@ -115,8 +116,9 @@ __global__ void __launch_bounds__(kThreads)
                    const T* __restrict__ values, const int32_t* __restrict__ lengths, const uint8_t* __restrict__ mask,
                    T* __restrict__ context, A* __restrict__ lse, int64_t Tq, int64_t Tk, int64_t H, int64_t Dv) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t b = blockIdx.y;
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * (kWarps / W) + warp / W;
+  const RowBlock at = row_block(blockIdx.x, (Tq + kWarps / W - 1) / (kWarps / W));
+  const int64_t b = at.row;
+  const int64_t i = at.block * (kWarps / W) + warp / W;
   const int part = warp % W;
   const bool active = i < Tq;
   const int64_t n_keys = key_count(lengths, b, Tk);
@@ -184,8 +186,9 @@ __global__ void __launch_bounds__(kThreads)
                          T* __restrict__ grad_k, A* __restrict__ grad_v_partial, T* __restrict__ grad_values,
                          int64_t Tq, int64_t Tk, int64_t H, int64_t Dv) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t b = blockIdx.y;
-  const int64_t j = static_cast<int64_t>(blockIdx.x) * kWarps + warp;
+  const RowBlock at = row_block(blockIdx.x, (Tk + kWarps - 1) / kWarps);
+  const int64_t b = at.row;
+  const int64_t j = at.block * kWarps + warp;
   const bool active = j < key_count(lengths, b, Tk) && key_used(mask, b, j, Tk);
 
   A kv[N], w[N], value[N], t[N], dk[N], dw[N], dvalue[N], dc[N];
@@ -226,7 +229,7 @@ __global__ void __launch_bounds__(kThreads)
   }
   // dv: sum the block's warps through shared memory, 32 elements at a time, one partial per block.
   __shared__ A part[kWarps][32];
-  A* out = grad_v_partial + (b * gridDim.x + blockIdx.x) * H;
+  A* out = grad_v_partial + static_cast<int64_t>(blockIdx.x) * H;  // block b · blocks per row + its block
 #pragma unroll
   for (int u = 0; u < N; ++u) {
     part[warp][lane] = dw[u];
@@ -248,8 +251,9 @@ __global__ void __launch_bounds__(kThreads)
                             const uint8_t* __restrict__ mask, const A* __restrict__ lse, const A* __restrict__ delta,
                             T* __restrict__ grad_q, int64_t Tq, int64_t Tk, int64_t H, int64_t Dv) {
   const int warp = threadIdx.x / 32;
-  const int64_t b = blockIdx.y;
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * kWarps + warp;
+  const RowBlock at = row_block(blockIdx.x, (Tq + kWarps - 1) / kWarps);
+  const int64_t b = at.row;
+  const int64_t i = at.block * kWarps + warp;
   if (i >= Tq) return;
   const A row_lse = lse[b * Tq + i];
   A qv[N], w[N], dc[N], t[N], dq[N];
@@ -281,7 +285,17 @@ template <typename F> cudaError_t with_lanes(int64_t H, int64_t Dv, F&& f) {
   return cudaErrorInvalidValue;
 }
 
-unsigned blocks(int64_t n, int64_t per_block) { return static_cast<unsigned>((n + per_block - 1) / per_block); }
+int64_t blocks(int64_t n, int64_t per_block) { return (n + per_block - 1) / per_block; }
+
+// Launches kernel over B rows × blocks_per_row blocks of kThreads on a flat grid (see grid.h).
+template <typename Kernel, typename... Args>
+cudaError_t launch_rows(Kernel kernel, int64_t B, int64_t blocks_per_row, cudaStream_t stream, Args... args) {
+  if (B == 0 || blocks_per_row == 0) return cudaSuccess;
+  const int64_t n = flat_grid(B, blocks_per_row);
+  if (n == 0) return cudaErrorInvalidConfiguration;  // more blocks than one launch takes
+  kernel<<<static_cast<unsigned>(n), kThreads, 0, stream>>>(args...);
+  return cudaGetLastError();
+}
 
 }  // namespace
 
@@ -295,13 +309,11 @@ cudaError_t additive_attention_forward(const T* q, const T* k, const T* v, const
   return with_lanes(H, Dv, [&](auto n) {
     constexpr int N = decltype(n)::value;
     if (Tq == 1) {
-      forward_kernel<T, A, N, kWarps><<<dim3(1, B), kThreads, 0, stream>>>(q, k, v, values, lengths, mask, context,
-                                                                            lse, Tq, Tk, H, Dv);
-    } else {
-      forward_kernel<T, A, N, 1><<<dim3(blocks(Tq, kWarps), B), kThreads, 0, stream>>>(
-          q, k, v, values, lengths, mask, context, lse, Tq, Tk, H, Dv);
+      return launch_rows(forward_kernel<T, A, N, kWarps>, B, 1, stream, q, k, v, values, lengths, mask, context, lse,
+                         Tq, Tk, H, Dv);
     }
-    return cudaGetLastError();
+    return launch_rows(forward_kernel<T, A, N, 1>, B, blocks(Tq, kWarps), stream, q, k, v, values, lengths, mask,
+                       context, lse, Tq, Tk, H, Dv);
   });
 }
 
@@ -313,13 +325,12 @@ cudaError_t additive_attention_backward(const T* grad_context, const T* q, const
   if (B == 0) return cudaSuccess;
   return with_lanes(H, Dv, [&](auto n) {
     constexpr int N = decltype(n)::value;
-    backward_keys_kernel<T, A, N><<<dim3(blocks(Tk, kWarps), B), kThreads, 0, stream>>>(
-        grad_context, q, k, v, values, lengths, mask, lse, delta, grad_k, grad_v_partial, grad_values, Tq, Tk, H, Dv);
-    if (Tq > 0) {
-      backward_queries_kernel<T, A, N><<<dim3(blocks(Tq, kWarps), B), kThreads, 0, stream>>>(
-          grad_context, q, k, v, values, lengths, mask, lse, delta, grad_q, Tq, Tk, H, Dv);
-    }
-    return cudaGetLastError();
+    cudaError_t status = launch_rows(backward_keys_kernel<T, A, N>, B, blocks(Tk, kWarps), stream, grad_context, q, k,
+                                     v, values, lengths, mask, lse, delta, grad_k, grad_v_partial, grad_values, Tq,
+                                     Tk, H, Dv);
+    if (status != cudaSuccess || Tq == 0) return status;
+    return launch_rows(backward_queries_kernel<T, A, N>, B, blocks(Tq, kWarps), stream, grad_context, q, k, v,
+                       values, lengths, mask, lse, delta, grad_q, Tq, Tk, H, Dv);
   });
 }
 

@@ -10,6 +10,7 @@
 
 #include "attention_decode.h"
 #include "common.cuh"
+#include "grid.h"
 
 namespace fastseq {
 namespace kernels {
@@ -29,13 +30,14 @@ __global__ void __launch_bounds__(kWarps * 32)
     decode_split_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
                         const int32_t* __restrict__ lengths, const uint8_t* __restrict__ mask,
                         float* __restrict__ part_out, float* __restrict__ part_lse, int64_t Hq, int64_t group,
-                        int64_t Tk, int D, int Dv, int64_t k_stride, int64_t v_stride, float scale_log2,
+                        int64_t Tk, int D, int Dv, int64_t k_batch, int64_t k_head, int64_t v_batch, int64_t v_head, float scale_log2,
                         int64_t chunk, int64_t n_splits) {
   __shared__ float s_acc[kWarps][E * 32];
   __shared__ float s_m[kWarps], s_l[kWarps];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int64_t split = blockIdx.x, row = blockIdx.y;  // row = b · Hq + h
-  const int64_t b = row / Hq, kv = b * (Hq / group) + (row % Hq) / group;
+  const RowBlock at = row_block(blockIdx.x, n_splits);
+  const int64_t row = at.row, split = at.block;  // row = b · Hq + h
+  const int64_t b = row / Hq, kv_head = (row % Hq) / group;
   int64_t n_keys = Tk;
   if (lengths != nullptr) n_keys = min(max(static_cast<int64_t>(lengths[b]), int64_t{0}), Tk);
   const int64_t lo = split * chunk, hi = min(lo + chunk, n_keys);
@@ -47,8 +49,8 @@ __global__ void __launch_bounds__(kWarps * 32)
     qr[i] = d < D ? load_as<float>(q + row * D + d) * scale_log2 : 0.0f;
     acc[i] = 0.0f;
   }
-  const T* k_row = k + kv * k_stride;
-  const T* v_row = v + kv * v_stride;
+  const T* k_row = k + b * k_batch + kv_head * k_head;
+  const T* v_row = v + b * v_batch + kv_head * v_head;
   float m = -CUDART_INF_F, l = 0.0f;
   for (int64_t j0 = lo + warp; j0 < hi; j0 += kWarps * kUnroll) {
     float s[kUnroll];
@@ -137,13 +139,14 @@ __global__ void decode_combine_kernel(const float* __restrict__ part_out, const 
 template <typename T, int E>
 cudaError_t launch(const T* q, const T* k, const T* v, const int32_t* lengths, const uint8_t* mask, T* out,
                    float* part_out, float* part_lse, int64_t B, int64_t Hq, int64_t Hkv, int64_t Tk, int64_t D,
-                   int64_t Dv, int64_t k_stride, int64_t v_stride, float scale, int64_t n_splits,
+                   int64_t Dv, CacheStrides k_strides, CacheStrides v_strides, float scale, int64_t n_splits,
                    cudaStream_t stream) {
   const int64_t chunk = (Tk + n_splits - 1) / n_splits;
-  decode_split_kernel<T, E><<<dim3(static_cast<unsigned>(n_splits), static_cast<unsigned>(B * Hq)), kWarps * 32, 0,
-                              stream>>>(q, k, v, lengths, mask, part_out, part_lse, Hq, Hq / Hkv, Tk,
-                                        static_cast<int>(D), static_cast<int>(Dv), k_stride, v_stride,
-                                        scale * kLog2e, chunk, n_splits);
+  const int64_t blocks = flat_grid(B * Hq, n_splits);
+  if (blocks == 0) return cudaErrorInvalidConfiguration;
+  decode_split_kernel<T, E><<<static_cast<unsigned>(blocks), kWarps * 32, 0, stream>>>(
+      q, k, v, lengths, mask, part_out, part_lse, Hq, Hq / Hkv, Tk, static_cast<int>(D), static_cast<int>(Dv),
+      k_strides.batch, k_strides.head, v_strides.batch, v_strides.head, scale * kLog2e, chunk, n_splits);
   decode_combine_kernel<T><<<static_cast<unsigned>(B * Hq), 128, 0, stream>>>(part_out, part_lse, out,
                                                                              static_cast<int>(Dv), n_splits);
   return cudaGetLastError();
@@ -160,21 +163,21 @@ int64_t attention_decode_splits(int64_t batch_heads, int64_t Tk, int multiproces
 template <typename T>
 cudaError_t attention_decode(const T* q, const T* k, const T* v, const int32_t* lengths, const uint8_t* mask, T* out,
                              float* part_out, float* part_lse, int64_t B, int64_t Hq, int64_t Hkv, int64_t Tk,
-                             int64_t D, int64_t Dv, int64_t k_stride, int64_t v_stride, float scale, int64_t n_splits,
-                             cudaStream_t stream) {
+                             int64_t D, int64_t Dv, CacheStrides k_strides, CacheStrides v_strides, float scale,
+                             int64_t n_splits, cudaStream_t stream) {
   if (B == 0 || Hq == 0) return cudaSuccess;
   const int64_t dim = D > Dv ? D : Dv;
-  if (dim <= 32) return launch<T, 1>(q, k, v, lengths, mask, out, part_out, part_lse, B, Hq, Hkv, Tk, D, Dv, k_stride, v_stride, scale, n_splits, stream);
-  if (dim <= 64) return launch<T, 2>(q, k, v, lengths, mask, out, part_out, part_lse, B, Hq, Hkv, Tk, D, Dv, k_stride, v_stride, scale, n_splits, stream);
-  if (dim <= 128) return launch<T, 4>(q, k, v, lengths, mask, out, part_out, part_lse, B, Hq, Hkv, Tk, D, Dv, k_stride, v_stride, scale, n_splits, stream);
-  if (dim <= kAttentionDecodeMaxDim) return launch<T, 8>(q, k, v, lengths, mask, out, part_out, part_lse, B, Hq, Hkv, Tk, D, Dv, k_stride, v_stride, scale, n_splits, stream);
+  if (dim <= 32) return launch<T, 1>(q, k, v, lengths, mask, out, part_out, part_lse, B, Hq, Hkv, Tk, D, Dv, k_strides, v_strides, scale, n_splits, stream);
+  if (dim <= 64) return launch<T, 2>(q, k, v, lengths, mask, out, part_out, part_lse, B, Hq, Hkv, Tk, D, Dv, k_strides, v_strides, scale, n_splits, stream);
+  if (dim <= 128) return launch<T, 4>(q, k, v, lengths, mask, out, part_out, part_lse, B, Hq, Hkv, Tk, D, Dv, k_strides, v_strides, scale, n_splits, stream);
+  if (dim <= kAttentionDecodeMaxDim) return launch<T, 8>(q, k, v, lengths, mask, out, part_out, part_lse, B, Hq, Hkv, Tk, D, Dv, k_strides, v_strides, scale, n_splits, stream);
   return cudaErrorInvalidValue;
 }
 
 #define FASTSEQ_INSTANTIATE(T)                                                                                      \
   template cudaError_t attention_decode<T>(const T*, const T*, const T*, const int32_t*, const uint8_t*, T*, float*, \
-                                           float*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,    \
-                                           int64_t, float, int64_t, cudaStream_t);
+                                           float*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,             \
+                                           CacheStrides, CacheStrides, float, int64_t, cudaStream_t);
 FASTSEQ_INSTANTIATE(float)
 FASTSEQ_INSTANTIATE(__half)
 FASTSEQ_INSTANTIATE(__nv_bfloat16)

@@ -362,3 +362,25 @@ def test_real_size_padded_batch_memory_is_linear():
         ops.attention(*args, causal=True, lengths=torch.tensor([12000], device="cuda")).sum().backward()
     torch.cuda.synchronize()
     assert torch.cuda.max_memory_allocated() - base < 8 * 3 * args[0].numel() * 2
+
+
+@pytest.mark.parametrize("arch", [90, 80])
+@pytest.mark.parametrize("dtype,head_dim,dropout", [(torch.bfloat16, 128, False), (torch.float16, 64, True),
+                                                    (torch.float32, 256, False), (torch.bfloat16, 200, True)])
+def test_autotune_pruning_keeps_the_tiles_meant_for_the_inputs(monkeypatch, arch, dtype, head_dim, dropout):
+    """Triton's own pruning call keeps exactly `configs_for`'s tiles, and recognizes configurations Triton
+    rebuilt from their values (its autotune cache does), whatever attributes it keeps on a Config."""
+    triton = pytest.importorskip("triton")
+    from fastseq.triton import attention as kernels
+
+    monkeypatch.setattr(kernels, "_arch", lambda device: arch)
+    q = torch.empty(1, 1, 1, head_dim, dtype=dtype)
+    for kernel in ("fwd", "dkdv", "dq"):
+        wanted = sorted(kernels.configs_for(kernel, arch, q.element_size(), head_dim, dropout))
+        tuner = kernels._tuned(kernel)
+        tuner.nargs = {"q_ptr": q, "D": head_dim, "Dv": head_dim}
+        assert sorted(kernels.tile_of(c) for c in tuner.prune_configs({"DROPOUT": dropout})) == wanted, kernel
+        rebuilt = [triton.Config(dict(c.kwargs), num_warps=c.num_warps, num_stages=c.num_stages) for c in tuner.configs]
+        kept = tuner.early_config_prune(rebuilt, tuner.nargs, DROPOUT=dropout)
+        assert sorted(kernels.tile_of(c) for c in kept) == wanted, kernel
+        tuner.nargs = None

@@ -104,6 +104,7 @@ fastseq.info()
     assert "fastseq._C no:" in out.stdout
 
 
+@pytest.mark.extension
 @pytest.mark.parametrize("device_type", ["cpu", "cuda"], ids=["CPU", "CUDA"])  # runs without a GPU
 def test_the_extension_registers_a_kernel_for_every_op_it_serves(device_type):
     """Every family that lists the extension's `device_type` backend finds its functions registered for

@@ -35,6 +35,15 @@ def aot_reports():
 
 
 @pytest.mark.parametrize("arch,name", _variants(), ids=lambda v: str(v))
+def test_triton_kernel_fits_the_shared_memory_of_its_architecture(aot_reports, arch, name):
+    from fastseq.triton.aot import SHARED_MEMORY
+
+    report = aot_reports[(arch, name)]
+    assert report["ok"], report.get("error")
+    assert 0 <= report["shared"] <= SHARED_MEMORY[arch], report
+
+
+@pytest.mark.parametrize("arch,name", _variants(), ids=lambda v: str(v))
 def test_triton_kernel_compiles_ahead_of_time_without_spills(aot_reports, arch, name):
     report = aot_reports[(arch, name)]
     assert report["ok"], report.get("error")

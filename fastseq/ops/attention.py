@@ -103,12 +103,13 @@ def _check_scale(op: str, scale) -> None:
 
 
 def _cache_layout(t: Tensor) -> Tensor:
-    """t itself when each (batch row, head) holds its positions contiguously, as a view of the first
-    positions of a longer cache does; else a contiguous copy."""
-    B, H, T, D = t.shape
-    if t.stride(3) == 1 and t.stride(2) == D and t.stride(0) == H * t.stride(1) and t.stride(1) >= T * D:
+    """t itself when each (batch row, head) holds its positions as contiguous rows, whatever its batch and
+    head strides (a view of the first positions of a longer cache, a batch expanded from one row, a single
+    head's odd stride): the decode kernels read those strides. Else a copy in the standard layout."""
+    T, D = t.shape[2], t.shape[3]
+    if (D == 1 or t.stride(3) == 1) and (T == 1 or t.stride(2) == D):
         return t
-    return t.contiguous()
+    return t.clone(memory_format=torch.contiguous_format)
 
 
 def attention(

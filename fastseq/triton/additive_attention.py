@@ -26,7 +26,7 @@ import triton.language as tl
 
 from ..backends import triton_interpret
 from .common import ACC as _ACC
-from .common import key_bound, key_valid, launch_options, mask_pointer, padding_args, precision
+from .common import batch_slices, key_bound, key_valid, launch_options, mask_pointer, padding_args, precision
 
 # Tile sizes per kernel, for float64 apart: the 3-D tanh tile and the accumulators fit the registers
 # without spilling (checked ahead of time for sm_90 and sm_80, under Triton 3.6 and 3.9, by
@@ -213,12 +213,14 @@ def additive_attention_forward(query_proj, key_proj, v, values, lengths, key_pad
     context = query_proj.new_empty(B, Tq, Dv)
     lse = query_proj.new_empty(B, Tq, dtype=acc)
     len_arg, mask_arg, has_len, has_mask = padding_args(lengths, key_padding_mask, query_proj)
-    grid = (triton.cdiv(Tq, FWD["BLOCK_Q"]), B)
-    _fwd_kernel[grid](query_proj, key_proj, v, values, len_arg, mask_arg, context, lse, Tq, Tk, H, Dv,
-                      HAS_LENGTHS=has_len, HAS_MASK=has_mask, BLOCK_Q=FWD["BLOCK_Q"], BLOCK_K=FWD["BLOCK_K"],
-                      BLOCK_H=FWD["BLOCK_H"], BLOCK_D=_block_d(Dv), ACC=_ACC.get(query_proj.dtype, tl.float32),
-                      FAST=_fast_tanh(query_proj), PRECISION=precision(query_proj.dtype),
-                      num_warps=FWD["num_warps"])
+    flags = {"HAS_LENGTHS": has_len, "HAS_MASK": has_mask}
+    for part in batch_slices(B, 1, len_arg, mask_arg, flags):
+        pq, pk, pvalues, pcontext, plse = part(query_proj, key_proj, values, context, lse)
+        _fwd_kernel[(triton.cdiv(Tq, FWD["BLOCK_Q"]), part.rows)](
+            pq, pk, v, pvalues, part.lengths, part.mask, pcontext, plse, Tq, Tk, H, Dv, **flags,
+            BLOCK_Q=FWD["BLOCK_Q"], BLOCK_K=FWD["BLOCK_K"], BLOCK_H=FWD["BLOCK_H"], BLOCK_D=_block_d(Dv),
+            ACC=_ACC.get(query_proj.dtype, tl.float32), FAST=_fast_tanh(query_proj),
+            PRECISION=precision(query_proj.dtype), num_warps=FWD["num_warps"])
     return context, lse
 
 
@@ -235,12 +237,14 @@ def additive_attention_backward(grad_context, query_proj, key_proj, v, values, l
     dv = query_proj.new_zeros(B, n_blocks, H, dtype=acc)
     dvalues = torch.zeros_like(values)
     len_arg, mask_arg, has_len, has_mask = padding_args(lengths, key_padding_mask, query_proj)
-    _bwd_kernel[(n_blocks, B)](grad_context, query_proj, key_proj, v, values, len_arg, mask_arg, lse, delta,
-                               dq, dk, dv, dvalues, Tq, Tk, H, Dv,
-                               HAS_LENGTHS=has_len, HAS_MASK=has_mask, BLOCK_Q=cfg["BLOCK_Q"],
-                               BLOCK_K=cfg["BLOCK_K"], BLOCK_H=cfg["BLOCK_H"], BLOCK_D=_block_d(Dv),
-                               ACC=_ACC.get(query_proj.dtype, tl.float32), FAST=_fast_tanh(query_proj),
-                               PRECISION=precision(query_proj.dtype), **launch_options(cfg))
+    flags = {"HAS_LENGTHS": has_len, "HAS_MASK": has_mask}
+    for part in batch_slices(B, 1, len_arg, mask_arg, flags):
+        _bwd_kernel[(n_blocks, part.rows)](
+            *part(grad_context, query_proj, key_proj), v, *part(values), part.lengths, part.mask,
+            *part(lse, delta, dq, dk, dv, dvalues), Tq, Tk, H, Dv, **flags, BLOCK_Q=cfg["BLOCK_Q"],
+            BLOCK_K=cfg["BLOCK_K"], BLOCK_H=cfg["BLOCK_H"], BLOCK_D=_block_d(Dv),
+            ACC=_ACC.get(query_proj.dtype, tl.float32), FAST=_fast_tanh(query_proj),
+            PRECISION=precision(query_proj.dtype), **launch_options(cfg))
     return (dq.to(query_proj.dtype), dk.to(key_proj.dtype), dv.sum((0, 1)).to(v.dtype), dvalues)
 
 

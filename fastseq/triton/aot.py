@@ -1,5 +1,6 @@
 """Compile every Triton kernel of fastseq ahead of time for a GPU architecture, with no GPU, and report
-each variant's registers and spills (read from ptxas, the one Triton itself uses for that target).
+each variant's registers and spills (read from ptxas, the one Triton itself uses for that target) and
+its shared memory against what one block may take on that architecture (SHARED_MEMORY).
 
     python -m fastseq.triton.aot --arch 90 80 [--json]
 
@@ -18,6 +19,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+
+# Bytes of shared memory one block may use (opted in): 227 KB on sm_90 (H100, H200), 163 KB on sm_80 (A100).
+SHARED_MEMORY = {90: 227 * 1024, 80: 163 * 1024}
 
 SPEC_MODULES = ("fastseq.triton.lstm_cell", "fastseq.triton.lstm_step", "fastseq.triton.additive_attention",
                 "fastseq.triton.attention")
@@ -64,6 +68,7 @@ def compile_one(name, kernel, signature, constexprs, options, arch: int) -> dict
     except Exception as e:  # report, don't stop: every variant gets its line
         return {**report, "ok": False, "error": f"{type(e).__name__}: {e}"}
     ptx = compiled.asm["ptx"]
+    report["shared"] = compiled.metadata.shared
     report["ptx_target"] = next((line.split()[1] for line in ptx.splitlines() if line.startswith(".target")), None)
     # the matrix instructions tl.dot lowered to: Hopper's asynchronous warpgroup MMA, or the warp-level one
     report["mma"] = sorted({m for m, op in (("wgmma", "wgmma.mma_async"), ("mma", "mma.sync")) if op in ptx})
@@ -95,8 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(reports))
     else:
         for r in reports:
-            detail = (f"{r['registers']} registers, {r['spill_stores']}/{r['spill_loads']} bytes spilled"
-                      if r["ok"] else r["error"])
+            detail = (f"{r['registers']} registers, {r['spill_stores']}/{r['spill_loads']} bytes spilled, "
+                      f"{r['shared'] / 1024:.0f} KB shared" if r["ok"] else r["error"])
             print(f"sm_{r['arch']}  {r['name']:<32} {detail}")
     return 0 if all(r["ok"] for r in reports) else 1
 

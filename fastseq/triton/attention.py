@@ -37,7 +37,7 @@ import triton
 import triton.language as tl
 
 from ..backends import triton_interpret
-from .common import ACC, key_bound, key_valid, mask_pointer, padding_args, precision
+from .common import ACC, batch_slices, key_bound, key_valid, mask_pointer, padding_args, precision
 
 LOG2E = 1.4426950408889634
 MAX_HEAD_DIM = 256
@@ -288,22 +288,24 @@ def _bwd_dq_kernel(do_ptr, q_ptr, k_ptr, v_ptr, lengths_ptr, mask_ptr, lse_ptr, 
 
 @triton.jit
 def _decode_split_kernel(q_ptr, k_ptr, v_ptr, lengths_ptr, mask_ptr, part_out_ptr, part_lse_ptr, Hq, GROUP, Tk,
-                         k_stride, v_stride, chunk, n_splits, scales_ptr, D: tl.constexpr, Dv: tl.constexpr,
+                         k_batch, k_head, v_batch, v_head, chunk, n_splits, scales_ptr, D: tl.constexpr, Dv: tl.constexpr,
                          HAS_LENGTHS: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK_G: tl.constexpr,
                          BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, ACC: tl.constexpr,
                          PRECISION: tl.constexpr):
     """The GROUP query heads sharing key/value head `bkv`, over keys [split · chunk, (split + 1) · chunk):
     part_out (B·Hq, n_splits, Dv) normalized within the chunk, part_lse (B·Hq, n_splits) in base 2.
-    k_stride, v_stride: elements from one (batch row × key/value head) to the next (a cache's capacity
-    times the head dim when k, v are views of the first Tk positions of a larger cache)."""
+    k_batch, k_head, v_batch, v_head: elements from one batch row, and one key/value head, to the next
+    (any: a view of a cache's first Tk positions, a batch expanded from one row, a single head's odd
+    stride); each (row, head)'s positions are contiguous rows of D (Dv) elements."""
     qk_scale = tl.load(scales_ptr)
     split = tl.program_id(0)
     bkv = tl.program_id(1).to(tl.int64)
     Hkv = Hq // GROUP
     b = bkv // Hkv
+    kv_head = bkv % Hkv
     g = tl.arange(0, BLOCK_G)
     g_ok = g < GROUP
-    rows = b * Hq + (bkv % Hkv) * GROUP + g  # the query heads' flat (batch row × head) index
+    rows = b * Hq + kv_head * GROUP + g  # the query heads' flat (batch row × head) index
     q = _tile(q_ptr, rows, g_ok, D, BLOCK_D, True)
     n_keys = key_bound(lengths_ptr, b, Tk, HAS_LENGTHS)
     lo = split * chunk
@@ -313,7 +315,7 @@ def _decode_split_kernel(q_ptr, k_ptr, v_ptr, lengths_ptr, mask_ptr, part_out_pt
     acc = tl.zeros((BLOCK_G, BLOCK_DV), dtype=ACC)
     for k0 in range(lo, hi, BLOCK_N):
         keys = k0 + tl.arange(0, BLOCK_N)
-        k = _tile(k_ptr + bkv * k_stride, keys, keys < hi, D, BLOCK_D, True)
+        k = _tile(k_ptr + b * k_batch + kv_head * k_head, keys, keys < hi, D, BLOCK_D, True)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION, out_dtype=ACC) * qk_scale
         s = tl.where(key_valid(mask_ptr, b, keys, hi, Tk, HAS_MASK)[None, :], s, float("-inf"))
         m_new = tl.maximum(m, tl.max(s, axis=1))
@@ -321,7 +323,7 @@ def _decode_split_kernel(q_ptr, k_ptr, v_ptr, lengths_ptr, mask_ptr, part_out_pt
         alpha = tl.exp2(m - shift)
         p = tl.exp2(s - shift[:, None])
         l = l * alpha + tl.sum(p, axis=1)
-        v = _tile(v_ptr + bkv * v_stride, keys, keys < hi, Dv, BLOCK_DV, True)
+        v = _tile(v_ptr + b * v_batch + kv_head * v_head, keys, keys < hi, Dv, BLOCK_DV, True)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION, out_dtype=ACC)
         m = m_new
     empty = l == 0
@@ -373,26 +375,25 @@ def configs_for(kernel: str, arch: int, element_size: int, head_dim: int,
 
 
 def _config_list(kernel: str) -> list[triton.Config]:
-    """Every configuration of a kernel, tagged with (kernel, arch, element size, head dim) and its tile."""
-    configs = []
-    for (name, arch, size), by_dim in CONFIGS.items():
-        if name != kernel:
-            continue
-        for dim, tiles in by_dim.items():
-            for m, n, warps, stages in tiles:
-                config = triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=warps, num_stages=stages)
-                config.fastseq_for, config.fastseq_tile = (kernel, arch, size, dim), (m, n, warps, stages)
-                configs.append(config)
-    return configs
+    """Every distinct tile of a kernel, over architectures, element sizes and head dims."""
+    tiles = sorted({tile for (name, _, _), by_dim in CONFIGS.items() if name == kernel
+                    for dim_tiles in by_dim.values() for tile in dim_tiles})
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st) for m, n, w, st in tiles]
 
 
-def _prune(configs, named_args, **kwargs):
+def tile_of(config: triton.Config) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) of a configuration: read from what Triton itself keeps,
+    so a configuration Triton rebuilt (its autotune cache does) is recognized like the original."""
+    return config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"], config.num_warps, config.num_stages
+
+
+def prune(kernel: str, configs, named_args, **kwargs) -> list[triton.Config]:
+    """The autotuner's early pruning: the configurations among `configs` meant for these inputs (their
+    device's architecture, element size, head dims and dropout; `configs_for`)."""
     args = {**named_args, **kwargs}
     q = args["q_ptr"]
-    kernel, arch, size = configs[0].fastseq_for[0], _arch(q.device), 2 if q.element_size() <= 2 else 4
-    dim = _dim_bucket(max(args["D"], args["Dv"]))
-    wanted = configs_for(kernel, arch, size, dim, args["DROPOUT"])
-    return [c for c in configs if c.fastseq_for == (kernel, arch, size, dim) and c.fastseq_tile in wanted]
+    wanted = configs_for(kernel, _arch(q.device), q.element_size(), max(args["D"], args["Dv"]), args["DROPOUT"])
+    return [c for c in configs if tile_of(c) in wanted]
 
 
 _KEY = ["D", "Dv", "T_BUCKET", "CAUSAL", "HAS_MASK", "DROPOUT"]
@@ -401,7 +402,7 @@ _KEY = ["D", "Dv", "T_BUCKET", "CAUSAL", "HAS_MASK", "DROPOUT"]
 @functools.lru_cache(maxsize=None)
 def _tuned(kernel: str):
     return triton.autotune(configs=_config_list(kernel), key=_KEY,
-                           prune_configs_by={"early_config_prune": _prune})(_KERNELS[kernel])
+                           prune_configs_by={"early_config_prune": functools.partial(prune, kernel)})(_KERNELS[kernel])
 
 
 def _launch(kernel: str, grid, args: tuple, flags: dict, dtype: torch.dtype) -> None:
@@ -449,9 +450,12 @@ def attention_forward(q, k, v, causal, lengths, key_padding_mask, scale, dropout
     out = q.new_empty(B, Hq, Tq, Dv)
     lse = q.new_empty(B, Hq, Tq, dtype=torch.float64 if q.dtype == torch.float64 else torch.float32)
     len_arg, mask_arg, flags = _flags(q, v, causal, lengths, key_padding_mask, dropout_p)
-    args = (q, k, v, len_arg, mask_arg, out, lse, Hq, Hq // Hkv, Tq, Tk, bucket, _scales(q, scale), seed, dropout_p,
-            D, Dv)
-    _launch("fwd", lambda c: (triton.cdiv(Tq, c["BLOCK_M"]), B * Hq), args, flags, q.dtype)
+    scales = _scales(q, scale)
+    for part in batch_slices(B, Hq, len_arg, mask_arg, flags):
+        n = part.rows * Hq
+        args = (*part(q, k, v), part.lengths, part.mask, *part(out, lse), Hq, Hq // Hkv, Tq, Tk, bucket, scales, seed,
+                dropout_p, D, Dv)
+        _launch("fwd", lambda c, n=n: (triton.cdiv(Tq, c["BLOCK_M"]), n), args, flags, q.dtype)
     return out, lse
 
 
@@ -461,10 +465,14 @@ def attention_backward(grad_out, q, k, v, causal, lengths, key_padding_mask, sca
     delta = (grad_out.to(lse.dtype) * out.to(lse.dtype)).sum(-1)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     len_arg, mask_arg, flags = _flags(q, v, causal, lengths, key_padding_mask, dropout_p)
-    common = (grad_out, q, k, v, len_arg, mask_arg, lse, delta)
-    sizes = (Hq, Hq // Hkv, Tq, Tk, bucket, _scales(q, scale), seed, dropout_p, D, Dv)
-    _launch("dkdv", lambda c: (triton.cdiv(Tk, c["BLOCK_N"]), B * Hkv), (*common, dk, dv, *sizes), flags, q.dtype)
-    _launch("dq", lambda c: (triton.cdiv(Tq, c["BLOCK_M"]), B * Hq), (*common, dq, *sizes), flags, q.dtype)
+    scales = _scales(q, scale)
+    for part in batch_slices(B, Hq, len_arg, mask_arg, flags):
+        common = (*part(grad_out, q, k, v), part.lengths, part.mask, *part(lse, delta))
+        sizes = (Hq, Hq // Hkv, Tq, Tk, bucket, scales, seed, dropout_p, D, Dv)
+        n_kv, n_q = part.rows * Hkv, part.rows * Hq
+        _launch("dkdv", lambda c, n=n_kv: (triton.cdiv(Tk, c["BLOCK_N"]), n), (*common, *part(dk, dv), *sizes), flags,
+                q.dtype)
+        _launch("dq", lambda c, n=n_q: (triton.cdiv(Tq, c["BLOCK_M"]), n), (*common, *part(dq), *sizes), flags, q.dtype)
     return dq, dk, dv
 
 
@@ -482,7 +490,7 @@ def decode_splits(batch_heads: int, Tk: int, device: torch.device) -> int:
 
 def attention_decode(q, k, v, lengths, key_padding_mask, scale):
     """q (B, Hq, D) against k (B, Hkv, Tk, D), v (B, Hkv, Tk, Dv) -> (B, Hq, Dv); k and v may be views of
-    the first Tk positions of a longer cache (the layout `fastseq.ops.attention._decode_layout` checks)."""
+    the first Tk positions of a longer cache (any batch and head strides: `fastseq.ops.attention._cache_layout`)."""
     _check_head_dims(q[:, :, None], v)
     B, Hq, D = q.shape
     Hkv, Tk, Dv = k.shape[1], k.shape[2], v.shape[3]
@@ -492,15 +500,18 @@ def attention_decode(q, k, v, lengths, key_padding_mask, scale):
     chunk = triton.cdiv(triton.cdiv(Tk, n_splits), block_n) * block_n
     n_splits = triton.cdiv(Tk, chunk)
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
-    part_out = q.new_empty(B * Hq, n_splits, Dv, dtype=acc)
-    part_lse = q.new_empty(B * Hq, n_splits, dtype=acc)
+    part_out = q.new_empty(B, Hq, n_splits, Dv, dtype=acc)
+    part_lse = q.new_empty(B, Hq, n_splits, dtype=acc)
     len_arg, mask_arg, has_len, has_mask = padding_args(lengths, key_padding_mask, q)
-    _decode_split_kernel[(n_splits, B * Hkv)](
-        q, k, v, len_arg, mask_arg, part_out, part_lse, Hq, group, Tk, k.stride(1), v.stride(1), chunk, n_splits,
-        _scales(q, scale), D, Dv,
-        HAS_LENGTHS=has_len, HAS_MASK=has_mask, BLOCK_G=_block(group), BLOCK_N=block_n,
-        BLOCK_D=_block(D), BLOCK_DV=_block(Dv), ACC=ACC.get(q.dtype, tl.float32), PRECISION=precision(q.dtype),
-        num_warps=DECODE["num_warps"])
+    flags = {"HAS_LENGTHS": has_len, "HAS_MASK": has_mask}
+    scales = _scales(q, scale)
+    for part in batch_slices(B, Hkv, len_arg, mask_arg, flags):
+        pk, pv = part(k, v)
+        _decode_split_kernel[(n_splits, part.rows * Hkv)](
+            *part(q), pk, pv, part.lengths, part.mask, *part(part_out, part_lse), Hq, group, Tk, pk.stride(0),
+            pk.stride(1), pv.stride(0), pv.stride(1), chunk, n_splits, scales, D, Dv, **flags, BLOCK_G=_block(group),
+            BLOCK_N=block_n, BLOCK_D=_block(D), BLOCK_DV=_block(Dv), ACC=ACC.get(q.dtype, tl.float32),
+            PRECISION=precision(q.dtype), num_warps=DECODE["num_warps"])
     out = q.new_empty(B, Hq, Dv)
     _decode_combine_kernel[(B * Hq,)](part_out, part_lse, out, n_splits, Dv, BLOCK_S=triton.next_power_of_2(n_splits),
                                       BLOCK_DV=_block(Dv), num_warps=4)
@@ -549,7 +560,8 @@ def aot_specs():
         a = "fp64" if t == "fp64" else "fp32"
         sig = {"q_ptr": f"*{t}", "k_ptr": f"*{t}", "v_ptr": f"*{t}", "lengths_ptr": "*i32", "mask_ptr": mask_pointer(t),
                "part_out_ptr": f"*{a}", "part_lse_ptr": f"*{a}",
-               **{n: "i32" for n in ("Hq", "GROUP", "Tk", "k_stride", "v_stride", "chunk", "n_splits")},
+               **{n: "i32" for n in ("Hq", "GROUP", "Tk", "chunk", "n_splits")},
+               **{n: "i32" for n in ("k_batch", "k_head", "v_batch", "v_head")},
                "scales_ptr": f"*{a}",
                **{c: "constexpr" for c in ("D", "Dv", "HAS_LENGTHS", "HAS_MASK", "BLOCK_G", "BLOCK_N", "BLOCK_D",
                                            "BLOCK_DV", "ACC", "PRECISION")}}

@@ -1,6 +1,6 @@
-"""Helpers shared by the Triton kernels: the matmul precision of float32 inputs, and the key padding
-rule (a row's key count from `lengths`, the keys a bool `key_padding_mask` pads) as the attention
-kernels read it."""
+"""Helpers shared by the Triton kernels: the matmul precision of float32 inputs, the key padding rule (a
+row's key count from `lengths`, the keys a bool `key_padding_mask` pads) as the attention kernels read
+it, and launches split by batch where a grid would pass CUDA's limits."""
 from __future__ import annotations
 
 import torch
@@ -8,6 +8,32 @@ import triton
 import triton.language as tl
 
 ACC = {torch.float64: tl.float64}  # accumulation dtype per input dtype; float32 otherwise
+MAX_GRID = (2**31 - 1, 65535, 65535)  # programs a launch may have along each grid axis (CUDA's limits)
+
+
+class BatchPart:
+    """Batch rows [start, stop) of one launch: `part(a, b, ...)` slices tensors whose first dim is the
+    batch; `lengths` and `mask` are the padding arguments sliced (or their one-element stand-ins)."""
+
+    def __init__(self, start: int, stop: int, lengths, mask, has_lengths: bool, has_mask: bool):
+        self.start, self.stop, self.rows = start, stop, stop - start
+        self.lengths = lengths[start:stop] if has_lengths else lengths
+        self.mask = mask[start:stop] if has_mask else mask
+
+    def __call__(self, *tensors):
+        return tuple(t[self.start:self.stop] for t in tensors)
+
+
+def batch_slices(B: int, rows_per_batch: int, lengths, mask, flags: dict) -> list[BatchPart]:
+    """The launches a kernel whose grid axis 1 holds batch rows × rows_per_batch programs needs: one
+    while that stays within CUDA's 65,535, else one per slice of the batch that fits. A batch × heads
+    that large is rare, and slicing keeps the kernels' program ids as the common case wants them (a
+    program id derived by division costs registers the attention kernels do not have)."""
+    if rows_per_batch > MAX_GRID[1]:
+        raise ValueError(f"{rows_per_batch} heads per batch row exceed the {MAX_GRID[1]} programs grid axis 1 takes")
+    step = MAX_GRID[1] // max(rows_per_batch, 1)
+    return [BatchPart(b, min(b + step, B), lengths, mask, flags["HAS_LENGTHS"], flags["HAS_MASK"])
+            for b in range(0, B, step)]
 
 
 def precision(dtype: torch.dtype) -> str:
