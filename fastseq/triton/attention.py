@@ -560,8 +560,8 @@ def aot_specs():
         a = "fp64" if t == "fp64" else "fp32"
         sig = {"q_ptr": f"*{t}", "k_ptr": f"*{t}", "v_ptr": f"*{t}", "lengths_ptr": "*i32", "mask_ptr": mask_pointer(t),
                "part_out_ptr": f"*{a}", "part_lse_ptr": f"*{a}",
-               **{n: "i32" for n in ("Hq", "GROUP", "Tk", "chunk", "n_splits")},
-               **{n: "i32" for n in ("k_batch", "k_head", "v_batch", "v_head")},
+               **{n: "i32" for n in ("Hq", "GROUP", "Tk", "k_batch", "k_head", "v_batch", "v_head", "chunk",
+                                     "n_splits")},
                "scales_ptr": f"*{a}",
                **{c: "constexpr" for c in ("D", "Dv", "HAS_LENGTHS", "HAS_MASK", "BLOCK_G", "BLOCK_N", "BLOCK_D",
                                            "BLOCK_DV", "ACC", "PRECISION")}}
