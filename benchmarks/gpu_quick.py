@@ -148,7 +148,10 @@ def main(argv=None) -> int:
              "additive_attention", "attention", "--json", results_path]
     run.step("bench", bench if gpu else None, note="" if gpu else f"{' '.join(bench)} ({why})")
 
-    report = json.load(open(results_path)) if os.path.exists(results_path) else {"meta": {}, "results": {}}
+    report = {"meta": {}, "results": {}}
+    if os.path.exists(results_path):
+        with open(results_path) as f:
+            report = json.load(f)
     report["meta"]["commit"] = os.environ.get("FASTSEQ_COMMIT", report["meta"].get("commit", "unknown"))
     report["steps"] = run.steps
     with open(results_path + ".tmp", "w") as f:
@@ -160,6 +163,7 @@ def main(argv=None) -> int:
     table += ["", *headline(report["results"])]
     print("\n".join(table))
     run.log.write("\n".join(table) + "\n")
+    run.log.close()
     return 0 if all(s["status"] in ("ok", "skipped") for s in run.steps) else 1
 
 

@@ -55,7 +55,7 @@ def _check(run, shapes, device, backend, view):
         assert rel_err(g, e) < TOL[DTYPE], view
     want = torch.autograd.grad(expected, copies, grads, allow_unused=True)
     have = torch.autograd.grad(got, inputs, [g.to(DTYPE) for g in grads], allow_unused=True)
-    for name, h, w in zip(range(len(inputs)), have, want):
+    for name, (h, w) in enumerate(zip(have, want)):
         if w is None:
             assert h is None or not h.any(), (view, name)
             continue
