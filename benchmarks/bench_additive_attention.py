@@ -1,5 +1,5 @@
 """Additive attention benchmark (run by sweep.py): fastseq's fused op on each backend present against the
-naive PyTorch form (fastseq.reference.additive_attention.naive, which builds (B, Tq, Tk, H)), eager and
+naive PyTorch form (fastseq.ops.additive.reference.naive, which builds (B, Tq, Tk, H)), eager and
 torch.compile'd; forward and forward+backward; time and peak extra memory. Each time is also given
 against its floor: the tanh count (one per (b, i, j, h) in the forward, three with the backward, which
 recomputes it twice) over the tanh rate measured on the same device.
@@ -9,19 +9,14 @@ from __future__ import annotations
 import torch
 
 from fastseq import backends, ops
-from fastseq.reference.additive_attention import naive
+from fastseq.ops.additive.reference import naive
+from fastseq.ops.registry import declared
 
 import timing
 from timing import DTYPES
 
 # (B, Tq, Tk, H, Dv)
-PRESETS = {
-    "quick": [(2, 16, 16, 32, 32)],
-    "cpu": [(4, 64, 64, 128, 128), (2, 32, 512, 128, 128)],
-    "gpu": [(64, 256, 256, 512, 512), (16, 64, 1024, 512, 256), (16, 64, 4096, 512, 256),
-            (16, 64, 16384, 512, 256)],
-    "headline": [(64, 256, 256, 512, 512), (16, 64, 16384, 512, 256)],
-}
+PRESETS = declared()["additive_attention"].cases  # (B, Tq, Tk, H, Dv) per preset, declared with the op
 MODES = {"headline": ("forward+backward",)}  # per preset; the others run both
 BASELINES = {"headline": ("naive",)}  # per preset; the others add the torch.compile'd naive form on a GPU
 
@@ -126,14 +121,9 @@ def run(device, preset, dtype_names, fused_backends, ceilings):
 
 def plot(rows, path):
     """Time against Tk, forward+backward, each implementation; one line per (implementation, dtype)."""
-    series = {}
-    for r in rows:
-        if r["mode"] != "forward+backward":
-            continue
-        sz = r["sizes"]
-        shape = f"B{sz['B']} Tq{sz['Tq']} H{sz['H']} Dv{sz['Dv']}"
-        for name, t in [(f"fastseq[{r['backend']}]", r), *r["baselines"].items()]:
-            if "median_ms" in t:
-                series.setdefault(f"{name} {r['dtype']} {shape}", {})[sz["Tk"]] = t["median_ms"]
+    series = timing.series(
+        rows, lambda r: r["mode"] == "forward+backward",
+        lambda r: f"{r['dtype']} B{r['sizes']['B']} Tq{r['sizes']['Tq']} H{r['sizes']['H']} Dv{r['sizes']['Dv']}",
+        lambda r: r["sizes"]["Tk"], lambda r, t: t["median_ms"])
     return timing.line_plot(series, path, "keys Tk", "forward+backward, ms",
                             "Additive attention (missing points: out of memory)", logy=True)

@@ -14,6 +14,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from fastseq import backends, ops
 from fastseq import nn as fnn
+from fastseq.ops.registry import declared
 
 import timing
 from timing import DTYPES
@@ -22,14 +23,8 @@ SDPA = {"sdpa-flash": SDPBackend.FLASH_ATTENTION, "sdpa-efficient": SDPBackend.E
         "sdpa-cudnn": SDPBackend.CUDNN_ATTENTION, "sdpa-math": SDPBackend.MATH}
 # training: (B, H, T, D), B·H filling the GPU at each T; seq2seq: (B, E, heads, max_len);
 # decode: (B, Hq, Hkv, T, D), grouped heads as decoders use them
-PRESETS = {
-    "quick": {"train": [(1, 2, 64, 32)], "seq2seq": [(4, 64, 4, 32)], "decode": [(2, 4, 2, 64, 32)]},
-    "cpu": {"train": [(2, 4, 256, 64)], "seq2seq": [(16, 256, 4, 128)], "decode": [(8, 8, 2, 512, 64)]},
-    "gpu": {"train": [(16, 16, 1024, 128), (8, 16, 2048, 128), (4, 16, 4096, 128), (2, 16, 8192, 128)],
-            "seq2seq": [(64, 512, 8, 128)], "decode": [(64, 32, 8, 2048, 128), (1, 32, 8, 16384, 128)]},
-    "headline": {"train": [(4, 16, 4096, 128)], "seq2seq": [],
-                 "decode": [(64, 32, 8, 2048, 128), (1, 32, 8, 16384, 128)]},
-}
+PRESETS = declared()["attention"].cases  # "train" and "seq2seq" cases per preset, declared with the op
+DECODE = declared()["attention_decode"].cases  # (B, Hq, Hkv, T, D) per preset
 MODES = ("forward", "forward+backward")
 
 
@@ -115,7 +110,7 @@ def _decode(device, cases, dtype_name, fused_decode, ceilings):
     """One query per (row, query head) against a cache of T positions per key/value head, ragged lengths."""
     dtype = DTYPES[dtype_name]
     rows = []
-    for B, Hq, Hkv, T, D in cases["decode"]:
+    for B, Hq, Hkv, T, D in cases:
         k, v = (torch.randn(B, Hkv, T, D, device=device, dtype=dtype) for _ in range(2))
         q = torch.randn(B, Hq, D, device=device, dtype=dtype)
         lengths = torch.randint(T // 2, T + 1, (B,), generator=torch.Generator().manual_seed(0)).to(device)
@@ -160,13 +155,13 @@ def _row(case, mode, dtype_name, impl, sizes, measured, fused, work, ceiling, un
 
 def run(device, preset, dtype_names, fused_backends, ceilings):
     cases = PRESETS[preset]
-    decode_fused = [b for b in ("cuda", "triton", "cpu") if b in ops._dispatch.families()["attention_decode"]
+    decode_fused = [b for b in ("cuda", "triton", "cpu") if b in declared()["attention_decode"].backends
                     and backends.availability(b, device.type)[0] and not (b == "triton" and device.type == "cpu")]
     rows = []
     for dtype_name in dtype_names:
         for part in (_train(device, cases, dtype_name, fused_backends, ceilings),
                      _seq2seq(device, cases, dtype_name, fused_backends, ceilings),
-                     _decode(device, cases, dtype_name, decode_fused, ceilings)):
+                     _decode(device, DECODE[preset], dtype_name, decode_fused, ceilings)):
             for r in part:
                 rows.append(r)
                 rate = f"{r['rate']:8.1f} {r['unit']} ({r['fraction_of_ceiling']:.0%})" if "rate" in r else "n/a"
@@ -179,13 +174,8 @@ def run(device, preset, dtype_names, fused_backends, ceilings):
 
 def plot(rows, path):
     """TFLOP/s against sequence length, training cases; one line per (implementation, mode, causal)."""
-    series = {}
-    for r in rows:
-        if r["case"] != "train":
-            continue
-        sz = r["sizes"]
-        tag = f"{r['mode']} {'causal' if sz['causal'] else 'full'} {r['dtype']}"
-        for name, t in [(f"fastseq[{r['backend']}]", r), *r["baselines"].items()]:
-            if "median_ms" in t:
-                series.setdefault(f"{name} {tag}", {})[sz["T"]] = r["work"] / (t["median_ms"] * 1e-3) / 1e12
+    series = timing.series(
+        rows, lambda r: r["case"] == "train",
+        lambda r: f"{r['mode']} {'causal' if r['sizes']['causal'] else 'full'} {r['dtype']}",
+        lambda r: r["sizes"]["T"], lambda r, t: r["work"] / (t["median_ms"] * 1e-3) / 1e12)
     return timing.line_plot(series, path, "sequence length T", "TFLOP/s", "Multi-head attention, head dim 128")

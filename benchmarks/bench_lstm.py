@@ -7,18 +7,13 @@ import torch
 
 import fastseq.nn
 from fastseq import backends
+from fastseq.ops.registry import declared
 
 import timing
 from timing import DTYPES
 
-# (mode, num_layers, hidden, seq, batch sizes, input size)
-PRESETS = {
-    "quick": [("inference", 1, 128, 32, (1, 8), 128), ("training", 2, 128, 16, (8,), 128)],
-    "cpu": [("inference", 1, 256, 64, (1, 8, 32), 256), ("training", 2, 256, 32, (16,), 256)],
-    "gpu": [("inference", 1, 512, 256, (1, 4, 8, 16, 32, 64, 128, 256), 512),
-            ("training", 2, 512, 128, (64,), 512)],
-    "headline": [("inference", 1, 512, 256, (1, 8, 64, 256), 512), ("training", 2, 512, 128, (64,), 512)],
-}
+# (mode, num_layers, hidden, seq, batch sizes, input size) per preset, declared with the op
+PRESETS = declared()["lstm"].cases
 
 
 def lstm_flops(mode: str, layers: int, hidden: int, seq: int, batch: int, input_size: int) -> float:

@@ -18,34 +18,38 @@ from torch_layers import torch_layers
 
 FAMILIES = ("lstm", "additive_attention", "attention")  # the ops the models run on (for sweep.py)
 
-# name: (model builder, batch, source length (0: a language model), target length)
-PRESETS = {
-    "quick": {
-        "lstm_lm": (lambda: LSTMLM(LSTMLMConfig(100, 16, 24, 2)), 2, 0, 8),
-        "seq2seq": (lambda: Seq2Seq(Seq2SeqConfig(100, 100, 16, 24, 2)), 2, 6, 5),
-        "seq2seq_additive": (lambda: Seq2Seq(Seq2SeqConfig(100, 100, 16, 24, 1, attention="additive")), 2, 6, 5),
-        "transformer": (lambda: Transformer(TransformerConfig(100, 100, 16, 2, 1, 1, 32)), 2, 6, 5),
-        "causal_lm": (lambda: CausalLM(CausalLMConfig(100, 16, 2, 2, max_len=64)), 2, 0, 8),
-        "masked_lm": (lambda: MaskedLM(MaskedLMConfig(100, 3, 16, 2, 2)), 2, 0, 8),
-    },
-    "cpu": {
-        "lstm_lm": (lambda: LSTMLM(LSTMLMConfig(2000, 128, 256, 2)), 8, 0, 35),
-        "seq2seq": (lambda: Seq2Seq(Seq2SeqConfig(2000, 2000, 128, 256, 2)), 8, 20, 20),
-        "seq2seq_additive": (lambda: Seq2Seq(Seq2SeqConfig(2000, 2000, 128, 256, 1, attention="additive")), 8, 20, 20),
-        "transformer": (lambda: Transformer(TransformerConfig(2000, 2000, 128, 4, 2, 2, 512)), 8, 32, 32),
-        "causal_lm": (lambda: CausalLM(CausalLMConfig(2000, 128, 4, 2, max_len=256)), 8, 0, 64),
-        "masked_lm": (lambda: MaskedLM(MaskedLMConfig(2000, 3, 128, 4, 2)), 8, 0, 64),
-    },
-    "gpu": {  # the sizes of each model's paper or its usual small configuration
-        "lstm_lm": (lambda: LSTMLM(LSTMLMConfig(10000, 400, 1150, 3)), 64, 0, 70),  # AWD-LSTM on PTB
-        "seq2seq": (lambda: Seq2Seq(Seq2SeqConfig(16000, 16000, 512, 1024, 4)), 64, 30, 30),  # Sutskever (smaller)
-        "seq2seq_additive": (lambda: Seq2Seq(Seq2SeqConfig(16000, 16000, 512, 1024, 1, attention="additive")),
-                             64, 30, 30),  # RNNsearch
-        "transformer": (lambda: Transformer(TransformerConfig(16000, 16000)), 32, 128, 128),  # base
-        "causal_lm": (lambda: CausalLM(CausalLMConfig(16000, 768, 12, 12, max_len=1024)), 16, 0, 512),  # GPT-2 small
-        "masked_lm": (lambda: MaskedLM(MaskedLMConfig(16000, 3, 768, 12, 12)), 32, 0, 256),  # BERT-base
-    },
+# model: (model class, config class, fixed config arguments, the config's leading arguments per preset);
+# "gpu" holds each model's paper size or its usual small configuration
+MODELS = {
+    "lstm_lm": (LSTMLM, LSTMLMConfig, {}, {"quick": (100, 16, 24, 2), "cpu": (2000, 128, 256, 2),
+                                           "gpu": (10000, 400, 1150, 3)}),  # AWD-LSTM on PTB
+    "seq2seq": (Seq2Seq, Seq2SeqConfig, {}, {"quick": (100, 100, 16, 24, 2), "cpu": (2000, 2000, 128, 256, 2),
+                                             "gpu": (16000, 16000, 512, 1024, 4)}),  # Sutskever (smaller)
+    "seq2seq_additive": (Seq2Seq, Seq2SeqConfig, {"attention": "additive"},  # RNNsearch
+                         {"quick": (100, 100, 16, 24, 1), "cpu": (2000, 2000, 128, 256, 1),
+                          "gpu": (16000, 16000, 512, 1024, 1)}),
+    "transformer": (Transformer, TransformerConfig, {},  # base
+                    {"quick": (100, 100, 16, 2, 1, 1, 32), "cpu": (2000, 2000, 128, 4, 2, 2, 512), "gpu": (16000, 16000)}),
+    "causal_lm": (CausalLM, CausalLMConfig, {"max_len": 1024},  # GPT-2 small
+                  {"quick": (100, 16, 2, 2), "cpu": (2000, 128, 4, 2), "gpu": (16000, 768, 12, 12)}),
+    "masked_lm": (MaskedLM, MaskedLMConfig, {},  # BERT-base
+                  {"quick": (100, 3, 16, 2, 2), "cpu": (2000, 3, 128, 4, 2), "gpu": (16000, 3, 768, 12, 12)}),
 }
+# training: (batch, source length (0: a language model), target length) per preset and model
+TRAINING = {"quick": {"lm": (2, 0, 8), "translation": (2, 6, 5)}, "cpu": {"lm": (8, 0, 64), "translation": (8, 20, 20)},
+            "gpu": {"lm": (32, 0, 256), "translation": (64, 30, 30)}}
+
+
+def _build(name: str, preset: str):
+    model_class, config_class, fixed, sizes = MODELS[name]
+    return model_class(config_class(*sizes[preset], **fixed))
+
+
+def _shape(name: str, preset: str) -> tuple[int, int, int]:
+    """(batch, source length, target length) of a training step."""
+    return TRAINING[preset]["translation" if name in ("seq2seq", "seq2seq_additive", "transformer") else "lm"]
+
+
 # generation: (batch, prompt or source length, new tokens)
 GENERATION = {"quick": (2, 6, 4), "cpu": (4, 16, 16), "gpu": (16, 64, 128)}
 GENERATORS = ("lstm_lm", "seq2seq", "seq2seq_additive", "transformer", "causal_lm")
@@ -73,9 +77,10 @@ def _train_step(model, batch):
 
 def _training(device, preset, dtype_name):
     rows = []
-    for name, (build, B, S, T) in PRESETS[preset].items():
+    for name in MODELS:
+        B, S, T = _shape(name, preset)
         torch.manual_seed(0)
-        model = build().to(device=device, dtype=DTYPES[dtype_name]).train()
+        model = _build(name, preset).to(device=device, dtype=DTYPES[dtype_name]).train()
         batch = _batch(name, model, B, S, T, device)
         measured = {}
         for impl, m in (("fastseq", model), ("torch.nn", torch_layers(model))):
@@ -92,9 +97,8 @@ def _generation(device, preset, dtype_name):
     B, S, new = GENERATION[preset]
     rows = []
     for name in GENERATORS:
-        build = PRESETS[preset][name][0]
         torch.manual_seed(0)
-        model = build().to(device=device, dtype=DTYPES[dtype_name]).eval()
+        model = _build(name, preset).to(device=device, dtype=DTYPES[dtype_name]).eval()
         vocab = getattr(model.config, "src_vocab_size", None) or model.config.vocab_size
         inputs = torch.randint(4, vocab, (B, S), device=device)
         for method, beams in (("greedy", 1), ("beam", 5)):

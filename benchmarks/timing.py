@@ -65,19 +65,6 @@ def copy_bandwidth(device: torch.device) -> float:
     return 2 * src.numel() * 4 / (t * 1e-3)
 
 
-def tanh_rate(device: torch.device, approx: bool = True) -> float:
-    """Measured tanh/s of the device's compute-bound tanh: on a GPU a Triton kernel whose threads chain
-    `tanh.approx.f32` (the special-function unit's rate; approx=False: the exact form the float32
-    kernels use) on registers; on a CPU torch.tanh over a cache-resident float32 tensor."""
-    if device.type != "cuda":
-        x = torch.randn(1 << 16)
-        t = measure(lambda: torch.tanh(x), device, min_seconds=0.2)["median_ms"]
-        return x.numel() / (t * 1e-3)
-    from _tanh_rate import tanh_chain
-
-    return tanh_chain(device, approx)
-
-
 def peak_memory(fn: Callable[[], object], device: torch.device) -> int:
     """Bytes allocated by `fn()` at its peak beyond what was allocated before it (CUDA only; 0 on a CPU)."""
     if device.type != "cuda":
@@ -89,6 +76,19 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> int:
     fn()
     torch.cuda.synchronize(device)
     return torch.cuda.max_memory_allocated(device) - before
+
+
+def series(rows, keep, tag, x, y) -> dict:
+    """Plot lines from benchmark rows: for each row `keep(row)` accepts, a point (x(row), y(row, timing))
+    for fastseq's backend and for every baseline measured, on the line "<implementation> <tag(row)>"."""
+    lines: dict = {}
+    for r in rows:
+        if not keep(r):
+            continue
+        for name, t in [(f"fastseq[{r['backend']}]", r), *r["baselines"].items()]:
+            if "median_ms" in t:
+                lines.setdefault(f"{name} {tag(r)}", {})[x(r)] = y(r, t)
+    return lines
 
 
 def figure():

@@ -1,13 +1,13 @@
-// fastseq_ext::additive_attention_{forward,backward,decode} on CUDA tensors: outputs, the workspace,
-// and the launch of kernels/additive_attention.cu. Semantics: fastseq/reference/additive_attention.py.
+// fastseq_ext::additive_attention{,_backward,_decode} on CUDA tensors: outputs, the workspace,
+// and the launch of kernels/additive_attention.cu. Semantics: fastseq/ops/additive/reference.py.
 // The Python op has checked shapes, dtypes and devices; this checks what only these kernels limit.
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
 
 #include "../kernels/additive_attention.h"
 #include "checks.h"
 #include "cuda_types.h"
-#include "ops.h"
 
 namespace fastseq {
 namespace {
@@ -59,10 +59,9 @@ void launch_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Ten
 
 }  // namespace
 
-std::tuple<Tensor, Tensor> additive_attention_forward(const Tensor& query_proj, const Tensor& key_proj,
-                                                      const Tensor& v, const Tensor& values,
-                                                      const std::optional<Tensor>& lengths,
-                                                      const std::optional<Tensor>& key_padding_mask) {
+std::tuple<Tensor, Tensor> additive_attention(const Tensor& query_proj, const Tensor& key_proj, const Tensor& v,
+                                              const Tensor& values, const std::optional<Tensor>& lengths,
+                                              const std::optional<Tensor>& key_padding_mask) {
   const int64_t B = query_proj.size(0), Tq = query_proj.size(1);
   Tensor context = at::empty({B, Tq, values.size(2)}, query_proj.options());
   Tensor lse = at::empty({B, Tq}, query_proj.options().dtype(at::kFloat));
@@ -106,3 +105,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> additive_attention_backward(
 }
 
 }  // namespace fastseq
+
+// The schemas of fastseq_ext::* are declared once, in fastseq/ops (registry.py); these are the kernels.
+TORCH_LIBRARY_IMPL(fastseq_ext, CUDA, m) {
+  m.impl("additive_attention", &fastseq::additive_attention);
+  m.impl("additive_attention_backward", &fastseq::additive_attention_backward);
+  m.impl("additive_attention_decode", &fastseq::additive_attention_decode);
+}

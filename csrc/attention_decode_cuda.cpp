@@ -1,12 +1,12 @@
 // fastseq_ext::attention_decode on CUDA tensors: the workspace and the launch of
-// kernels/attention_decode.cu. Semantics: fastseq/reference/attention.py (attention_decode).
+// kernels/attention_decode.cu. Semantics: fastseq/ops/dot_product/reference.py (attention_decode).
 // The Python op has checked shapes, dtypes and devices; this checks what only these kernels limit.
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
 
 #include "../kernels/attention_decode.h"
 #include "cuda_types.h"
-#include "ops.h"
 
 namespace fastseq {
 namespace {
@@ -72,3 +72,6 @@ Tensor attention_decode(const Tensor& q, const Tensor& k, const Tensor& v, const
 }
 
 }  // namespace fastseq
+
+// The schema of fastseq_ext::attention_decode is declared once, in fastseq/ops (registry.py).
+TORCH_LIBRARY_IMPL(fastseq_ext, CUDA, m) { m.impl("attention_decode", &fastseq::attention_decode); }

@@ -9,6 +9,8 @@
 
 namespace fastseq {
 
+using at::Tensor;
+
 template <typename T> struct Device { using type = T; };
 template <> struct Device<at::Half> { using type = __half; };
 template <> struct Device<at::BFloat16> { using type = __nv_bfloat16; };

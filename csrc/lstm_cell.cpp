@@ -6,7 +6,6 @@
 #include <tuple>
 
 #include "checks.h"
-#include "ops.h"
 
 namespace fastseq {
 namespace {
@@ -130,7 +129,7 @@ void lstm_cell_backward_out(const at::Tensor& grad_h, const at::Tensor& grad_c, 
   });
 }
 
-std::tuple<at::Tensor, at::Tensor> lstm_cell_forward(const at::Tensor& gates, const at::Tensor& c_prev) {
+std::tuple<at::Tensor, at::Tensor> lstm_cell(const at::Tensor& gates, const at::Tensor& c_prev) {
   auto h = at::empty_like(c_prev, gates.options());
   auto c = at::empty_like(c_prev);
   lstm_cell_forward_out(gates, c_prev, h, c);

@@ -6,6 +6,8 @@
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 
+#include <tuple>
+
 namespace fastseq {
 
 // h = o * tanh(c), c = f * c_prev + i * g from the pre-activations `gates` (rows, 4H).
@@ -22,6 +24,11 @@ void lstm_cell_forward_cuda(const at::Tensor& gates, const at::Tensor& c_prev, c
 void lstm_cell_backward_cuda(const at::Tensor& grad_h, const at::Tensor& grad_c, const at::Tensor& gates,
                              const at::Tensor& c_prev, const at::Tensor& grad_gates, const at::Tensor& grad_c_prev);
 #endif
+
+// The cell as fastseq_ext::lstm_cell and lstm_cell_backward (registered with the layer, lstm_layer.cpp).
+std::tuple<at::Tensor, at::Tensor> lstm_cell(const at::Tensor& gates, const at::Tensor& c_prev);
+std::tuple<at::Tensor, at::Tensor> lstm_cell_backward(const at::Tensor& grad_h, const at::Tensor& grad_c,
+                                                      const at::Tensor& gates, const at::Tensor& c_prev);
 
 // Calls f(T{}, C{}) with T the element type of `gates` and C that of `c` (T itself, or T's
 // accumulation type: the layer loop carries the cell state in float for half inputs).

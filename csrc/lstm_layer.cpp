@@ -1,16 +1,16 @@
 // One LSTM layer in one direction over a whole sequence, forward and backward, with the time loop in
 // C++. Device-generic: GEMMs through ATen (MKL/oneDNN on CPU, cuBLAS on CUDA) and the fused cell of
 // lstm_cell.h for the pointwise work. The math and the workspace contract are those of
-// fastseq/reference/lstm.py; variable lengths (sorted non-increasing) become per-step row counts, so
+// fastseq/ops/lstm/reference.py; variable lengths (sorted non-increasing) become per-step row counts, so
 // inactive rows cost nothing and keep their state untouched.
 #include <ATen/ATen.h>
+#include <torch/library.h>
 
 #include <optional>
 #include <tuple>
 #include <vector>
 
 #include "lstm_cell.h"
-#include "ops.h"
 
 namespace fastseq {
 namespace {
@@ -36,7 +36,7 @@ at::ScalarType acc_type(const Tensor& x) { return x.scalar_type() == at::kDouble
 
 }  // namespace
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_forward(
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer(
     const Tensor& x, const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
     const std::optional<Tensor>& bias, const std::optional<Tensor>& w_hr, const std::optional<Tensor>& lengths,
     bool reverse, bool training) {
@@ -139,3 +139,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_ba
 }
 
 }  // namespace fastseq
+
+// The schemas of fastseq_ext::* are declared once, in fastseq/ops (registry.py); these are the kernels.
+// Every function of the LSTM family is device-generic: the same implementations for CPU and CUDA tensors.
+#define FASTSEQ_LSTM_IMPL(m)                                      \
+  m.impl("lstm_cell", &fastseq::lstm_cell);                       \
+  m.impl("lstm_cell_backward", &fastseq::lstm_cell_backward);     \
+  m.impl("lstm_layer", &fastseq::lstm_layer);                     \
+  m.impl("lstm_layer_backward", &fastseq::lstm_layer_backward);
+
+TORCH_LIBRARY_IMPL(fastseq_ext, CPU, m) { FASTSEQ_LSTM_IMPL(m) }
+#ifdef FASTSEQ_WITH_CUDA
+TORCH_LIBRARY_IMPL(fastseq_ext, CUDA, m) { FASTSEQ_LSTM_IMPL(m) }
+#endif

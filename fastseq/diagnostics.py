@@ -8,7 +8,7 @@ from typing import Any, Optional, TextIO
 import torch
 
 from . import backends
-from .ops._dispatch import families
+from .ops.registry import families
 
 
 def collect() -> dict[str, Any]:

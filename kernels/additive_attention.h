@@ -1,6 +1,6 @@
 // Fused additive (Bahdanau) attention kernels: host-callable launchers. Torch-free.
 //
-// Math, padding rule and workspace: fastseq/reference/additive_attention.py. Row-major, contiguous:
+// Math, padding rule and workspace: fastseq/ops/additive/reference.py. Row-major, contiguous:
 //   q (B, Tq, H), k (B, Tk, H), v (H), values (B, Tk, Dv), context / grad_context (B, Tq, Dv);
 //   lse, delta (B, Tq) in float, lse = +inf for a row
 //   with no key; lengths (B) int32 or null; mask (B, Tk) uint8, nonzero = padded, or null.

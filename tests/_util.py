@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fastseq import backends, ops  # noqa: F401  (importing ops registers the op families)
-from fastseq.ops._dispatch import families
+from fastseq.ops.registry import families
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 # Norm-relative error allowed against a float64 oracle: fp32 math; fp16/bf16 rounding of inputs,

@@ -6,7 +6,7 @@ import torch
 from _util import DTYPES, TOL, backend_params, rel_err
 
 from fastseq import backends, ops
-from fastseq.reference.additive_attention import naive
+from fastseq.ops.additive.reference import naive
 
 # (B, Tq, Tk, H, Dv, padding): odd sizes, several query/key/H tiles, Dv past one 128 tile, both paddings.
 CASES = [

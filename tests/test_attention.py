@@ -371,16 +371,17 @@ def test_autotune_pruning_keeps_the_tiles_meant_for_the_inputs(monkeypatch, arch
     """Triton's own pruning call keeps exactly `configs_for`'s tiles, and recognizes configurations Triton
     rebuilt from their values (its autotune cache does), whatever attributes it keeps on a Config."""
     triton = pytest.importorskip("triton")
-    from fastseq.triton import attention as kernels
+    from fastseq.ops.dot_product import triton_backward, triton_configs, triton_forward
 
-    monkeypatch.setattr(kernels, "_arch", lambda device: arch)
+    fns = {"fwd": triton_forward.fwd_kernel, "dkdv": triton_backward.dkdv_kernel, "dq": triton_backward.dq_kernel}
+    monkeypatch.setattr(triton_configs, "arch", lambda device: arch)
     q = torch.empty(1, 1, 1, head_dim, dtype=dtype)
     for kernel in ("fwd", "dkdv", "dq"):
-        wanted = sorted(kernels.configs_for(kernel, arch, q.element_size(), head_dim, dropout))
-        tuner = kernels._tuned(kernel)
+        wanted = sorted(triton_configs.configs_for(kernel, arch, q.element_size(), head_dim, dropout))
+        tuner = triton_configs.tuned(kernel, fns[kernel])
         tuner.nargs = {"q_ptr": q, "D": head_dim, "Dv": head_dim}
-        assert sorted(kernels.tile_of(c) for c in tuner.prune_configs({"DROPOUT": dropout})) == wanted, kernel
+        assert sorted(triton_configs.tile_of(c) for c in tuner.prune_configs({"DROPOUT": dropout})) == wanted, kernel
         rebuilt = [triton.Config(dict(c.kwargs), num_warps=c.num_warps, num_stages=c.num_stages) for c in tuner.configs]
         kept = tuner.early_config_prune(rebuilt, tuner.nargs, DROPOUT=dropout)
-        assert sorted(kernels.tile_of(c) for c in kept) == wanted, kernel
+        assert sorted(triton_configs.tile_of(c) for c in kept) == wanted, kernel
         tuner.nargs = None

@@ -113,7 +113,7 @@ def test_the_extension_registers_a_kernel_for_every_op_it_serves(device_type):
         pytest.skip(f"fastseq._C is unavailable: {backends.extension_error()}")
     if device_type == "cuda" and not backends.extension_has_cuda():
         pytest.skip("fastseq._C was built without CUDA (`make image-check` builds it with nvcc)")
-    from fastseq.ops._dispatch import families, functions
+    from fastseq.ops.registry import families, functions
 
     serving = [family for family, names in families().items() if device_type in names]
     assert serving, f"no op family is served by the extension on {device_type}"

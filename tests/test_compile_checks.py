@@ -18,7 +18,7 @@ triton = pytest.importorskip("triton")
 
 
 def _variants():
-    from fastseq.triton import aot
+    from fastseq.ops import aot
 
     return [(arch, spec[0]) for arch, spec in aot.variants()]
 
@@ -28,7 +28,7 @@ def aot_reports():
     """One non-interpreted process compiles every variant for sm_90 and sm_80 (the interpreter, which
     the rest of the CPU suite runs under, cannot compile)."""
     env = {**os.environ, "TRITON_INTERPRET": "0"}
-    out = subprocess.run([sys.executable, "-m", "fastseq.triton.aot", "--arch", "90", "80", "--json"],
+    out = subprocess.run([sys.executable, "-m", "fastseq.ops.aot", "--arch", "90", "80", "--json"],
                          capture_output=True, text=True, env=env, cwd=ROOT)
     assert out.stdout.strip(), out.stderr[-4000:]
     return {(r["arch"], r["name"]): r for r in json.loads(out.stdout.strip().splitlines()[-1])}
@@ -36,7 +36,7 @@ def aot_reports():
 
 @pytest.mark.parametrize("arch,name", _variants(), ids=lambda v: str(v))
 def test_triton_kernel_fits_the_shared_memory_of_its_architecture(aot_reports, arch, name):
-    from fastseq.triton.aot import SHARED_MEMORY
+    from fastseq.ops.aot import SHARED_MEMORY
 
     report = aot_reports[(arch, name)]
     assert report["ok"], report.get("error")
@@ -55,7 +55,7 @@ def test_triton_kernel_compiles_ahead_of_time_without_spills(aot_reports, arch, 
 
 def _hopper_attention_tiles():
     """The 16-bit attention variants for sm_90 whose query tile spans a warpgroup (64 rows a group)."""
-    from fastseq.triton import aot
+    from fastseq.ops import aot
 
     for arch, spec in aot.variants((90,)):
         name, options = spec[0], spec[4]

@@ -12,8 +12,8 @@ import torch
 
 triton = pytest.importorskip("triton")
 
-from fastseq.triton import additive_attention as additive  # noqa: E402
-from fastseq.triton import attention  # noqa: E402
+from fastseq.ops.additive import triton as additive  # noqa: E402
+from fastseq.ops.dot_product import triton_backward, triton_configs, triton_decode, triton_forward  # noqa: E402
 from fastseq.triton.common import MAX_GRID  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -42,7 +42,7 @@ def _assert_within_limits(launches, batch):
 
 def _tiles(kernel):
     """Every tile a launch of `kernel` can take: the tuned ones of each architecture and the fixed one."""
-    return [dict(BLOCK_M=m, BLOCK_N=n) for m, n, _, _ in {t for (name, _, _), by_dim in attention.CONFIGS.items()
+    return [dict(BLOCK_M=m, BLOCK_N=n) for m, n, _, _ in {t for (name, _, _), by_dim in triton_configs.CONFIGS.items()
                                                           if name == kernel for ts in by_dim.values() for t in ts}]
 
 
@@ -51,11 +51,11 @@ def recorded_attention(monkeypatch):
     """Attention launches recorded per kernel, each grid evaluated at every tile the kernel may take."""
     launches = {}
 
-    def launch(kernel, grid, args, flags, dtype):
-        for tile in [*_tiles(kernel), attention.FIXED]:
+    def launch(kernel, fn, grid, args, flags, dtype):
+        for tile in [*_tiles(kernel), triton_configs.FIXED]:
             launches.setdefault(kernel, []).append((grid(tile), args[0].shape[0]))
 
-    monkeypatch.setattr(attention, "_launch", launch)
+    monkeypatch.setattr(triton_configs, "launch", launch)
     return launches
 
 
@@ -63,9 +63,9 @@ def test_attention_forward_and_backward_launches_fit_at_any_batch(recorded_atten
     q = torch.randn(B, HQ, 3, 16)
     k, v = torch.randn(B, HKV, 5, 16), torch.randn(B, HKV, 5, 16)
     lengths = torch.randint(0, 6, (B,), dtype=torch.int32)
-    attention.attention_forward(q, k, v, True, lengths, None, 0.25, 0.0, 0)
+    triton_forward.attention(q, k, v, lengths, None, True, 0.25, 0.0, 0)
     out, lse = torch.randn_like(q), torch.randn(B, HQ, 3)
-    attention.attention_backward(torch.randn_like(q), q, k, v, True, lengths, None, 0.25, 0.0, 0, out, lse)
+    triton_backward.attention_backward(torch.randn_like(q), q, k, v, lengths, None, True, 0.25, 0.0, 0, out, lse)
     for kernel in ("fwd", "dkdv", "dq"):
         tiles = len(_tiles(kernel)) + 1
         _assert_within_limits(recorded_attention[kernel], B * tiles)
@@ -73,12 +73,12 @@ def test_attention_forward_and_backward_launches_fit_at_any_batch(recorded_atten
 
 def test_attention_decode_launches_fit_at_any_batch(monkeypatch):
     split, combine = Recorder(), Recorder()
-    monkeypatch.setattr(attention, "_decode_split_kernel", split)
-    monkeypatch.setattr(attention, "_decode_combine_kernel", combine)
+    monkeypatch.setattr(triton_decode, "split_kernel", split)
+    monkeypatch.setattr(triton_decode, "combine_kernel", combine)
     q = torch.randn(B, HQ, 16)
     k, v = torch.randn(B, HKV, 40, 16), torch.randn(B, HKV, 40, 16)
     mask = torch.rand(B, 40) < 0.3
-    attention.attention_decode(q, k, v, None, mask, 0.25)
+    triton_decode.attention_decode(q, k, v, None, mask, 0.25)
     _assert_within_limits(split.launches, B)
     assert all(grid[0] <= MAX_GRID[0] and len(grid) == 1 for grid, _ in combine.launches)
 
@@ -91,7 +91,7 @@ def test_additive_attention_launches_fit_at_any_batch(monkeypatch):
     q, k = torch.randn(batch, 2, 8), torch.randn(batch, 3, 8)
     w, values = torch.randn(8), torch.randn(batch, 3, 4)
     lengths = torch.randint(0, 4, (batch,), dtype=torch.int32)
-    context, lse = additive.additive_attention_forward(q, k, w, values, lengths, None)
+    context, lse = additive.additive_attention(q, k, w, values, lengths, None)
     additive.additive_attention_backward(torch.randn_like(context), q, k, w, values, lengths, None, context,
                                          torch.randn(batch, 2))
     additive.additive_attention_decode(q[:, 0], k, w, values, lengths, None)

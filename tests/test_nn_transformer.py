@@ -1,6 +1,6 @@
 """fastseq.nn.TransformerEncoderLayer / TransformerDecoderLayer against torch's, loaded with the same
 state_dict (float64: outputs and every gradient), post-norm and pre-norm, relu and gelu; cross-attention to
-a precomputed StaticKV memory, with beams folded onto it; errors."""
+a PrecomputedKV memory, with beams folded onto it; errors."""
 import pytest
 import torch
 
@@ -98,7 +98,7 @@ def test_errors_name_the_argument():
         ours(tgt, static)
     with pytest.raises(ValueError, match="memory_mask is not served"):
         ours(tgt[:2], memory, memory_mask=torch.zeros(2, 5, dtype=torch.bool))
-    with pytest.raises(ValueError, match="StaticKV memory carries its own padding"):
+    with pytest.raises(ValueError, match="PrecomputedKV memory carries its own padding"):
         ours(tgt[:2], static, memory_lengths=[5, 5])
     with pytest.raises(ValueError, match="activation must be 'relu', 'gelu' or a callable"):
         fnn.TransformerEncoderLayer(D, HEADS, activation="tanh")

@@ -177,14 +177,14 @@ def test_ulmfit_discriminative_rates_and_groups():
 
 
 def test_validation_held_out_of_the_training_split():
-    from fastseq.train.tasks import _train_valid
+    from fastseq.train.tasks import train_valid
 
-    train, valid = _train_valid({"dataset": "trec", "train": "train", "valid_fraction": 0.1})
+    train, valid = train_valid({"dataset": "trec", "train": "train", "valid_fraction": 0.1})
     assert len(train) + len(valid) == 5452 and len(valid) == 546
     from fastseq import data
     assert sorted(train + valid) == sorted(data.load("trec", "train"))  # a partition of the split
-    assert _train_valid({"dataset": "trec", "train": "train", "valid_fraction": 0.1})[1] == valid  # seeded
-    text, held = _train_valid({"dataset": "tinyshakespeare", "train": "train", "valid_fraction": 0.05})
+    assert train_valid({"dataset": "trec", "train": "train", "valid_fraction": 0.1})[1] == valid  # seeded
+    text, held = train_valid({"dataset": "tinyshakespeare", "train": "train", "valid_fraction": 0.05})
     assert len(held) == len("".join([text, held])) - int(0.95 * len(text + held)) and (text + held)[:20] == text[:20]
     with pytest.raises(ValueError, match="valid_fraction must lie in"):
-        _train_valid({"dataset": "trec", "train": "train", "valid_fraction": 1.5})
+        train_valid({"dataset": "trec", "train": "train", "valid_fraction": 1.5})

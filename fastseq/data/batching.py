@@ -12,8 +12,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-IGNORE = -100
-
+from ..masking import mask_tokens
 
 def pad(sequences: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[Tensor, Tensor]:
     """-> (tokens (B, max length) int64 right-padded with pad_id, lengths (B,) int64)."""
@@ -64,22 +63,6 @@ def stream_windows(stream: Tensor, batch: int, block: int, generator: torch.Gene
                          f"got shape {tuple(stream.shape)}")
     starts = torch.randint(0, stream.numel() - block - 1, (batch,), generator=generator)
     return torch.stack([stream[s:s + block + 1] for s in starts.tolist()])
-
-
-def mask_tokens(tokens: Tensor, real: Tensor, mask_id: int, vocab_size: int, probability: float = 0.15,
-                generator: Optional[torch.Generator] = None) -> tuple[Tensor, Tensor]:
-    """BERT's corruption (Devlin et al. 2019) -> (inputs, labels): each real token (real: bool, like
-    tokens) is chosen with `probability`; of those 80% become mask_id, 10% a random token, 10% stay.
-    labels hold the chosen tokens and -100 (ignored) elsewhere."""
-    def uniform():
-        return torch.rand(tokens.shape, generator=generator, device=tokens.device)
-
-    chosen = real & (uniform() < probability)
-    fate = uniform()
-    masked, randomized = chosen & (fate < 0.8), chosen & (fate >= 0.8) & (fate < 0.9)
-    random_tokens = torch.randint(vocab_size, tokens.shape, generator=generator, device=tokens.device)
-    inputs = torch.where(masked, mask_id, torch.where(randomized, random_tokens, tokens))
-    return inputs, tokens.masked_fill(~chosen, IGNORE)
 
 
 def collate_lm(sequences: Sequence[Sequence[int]], pad_id: int = 0) -> dict:

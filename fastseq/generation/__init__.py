@@ -5,12 +5,9 @@ beam search (length penalty, n-gram blocking), with EOS handling, a length limit
                                       method="beam", beams=5)
     out.tokens, out.lengths, out.scores
 
-A decoder is any model with
-    begin_decoding(inputs (B, S), lengths, max_new_tokens, use_cache) -> (logits (B, V), state)
-        a language model runs its prompts, an encoder–decoder encodes its sources and feeds BOS;
-        logits are those of each row's first new token;
-    decode_step(tokens (N,), state) -> logits (N, V), advancing state by one token;
-    state.reorder(index (N',)) keeping rows `index` (beam search: each beam's parent).
+A decoder is any model that keeps the `Decoder` protocol (protocol.py): begin_decoding(inputs, lengths,
+max_new_tokens, use_cache) -> (logits of each row's first new token, state); decode_step(tokens, state)
+-> logits; state.reorder(index) keeping rows `index` (beam search: each beam's parent).
 fastseq.models' LSTMLM, CausalLM, Seq2Seq and Transformer are decoders: Transformers keep a KVCache per
 layer, recurrent models their (h, c) and the attention's projected keys.
 """
@@ -22,12 +19,13 @@ import torch
 from torch import Tensor
 
 from .logits import block_repeated_ngrams, top_k_filter, top_p_filter
+from .protocol import Decoder, DecodingState
 from .search import Generation, beam_search, sequential
 
 METHODS = ("greedy", "sample", "beam")
 
 
-def generate(model, inputs: Tensor, lengths=None, *, max_new_tokens: int, method: str = "greedy", beams: int = 4,
+def generate(model: Decoder, inputs: Tensor, lengths=None, *, max_new_tokens: int, method: str = "greedy", beams: int = 4,
              length_penalty: float = 1.0, no_repeat_ngram_size: int = 0, temperature: float = 1.0, top_k: int = 0,
              top_p: float = 1.0, eos_id: Union[int, None, str] = "model", pad_id: Union[int, str] = "model",
              seed: Optional[int] = None, use_cache: bool = True) -> Generation:
@@ -41,6 +39,9 @@ def generate(model, inputs: Tensor, lengths=None, *, max_new_tokens: int, method
     occurs twice among a row's generated tokens. use_cache=False reruns the whole sequence each step
     (for comparison; Transformer models only differ).
     """
+    if not isinstance(model, Decoder):
+        raise TypeError(f"generate: model must be a decoder (begin_decoding and decode_step, see "
+                        f"fastseq.generation.Decoder), got {type(model).__name__}")
     config = getattr(model, "config", None)
     if eos_id == "model":
         eos_id = getattr(config, "eos_id", None)
@@ -95,4 +96,5 @@ def _check(method, max_new_tokens, beams, temperature, top_k, top_p, no_repeat_n
         raise ValueError(f"generate: length_penalty must be a number, got {length_penalty!r}")
 
 
-__all__ = ["Generation", "block_repeated_ngrams", "generate", "top_k_filter", "top_p_filter"]
+__all__ = ["Decoder", "DecodingState", "Generation", "block_repeated_ngrams", "generate", "top_k_filter",
+           "top_p_filter"]

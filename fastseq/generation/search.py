@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from .logits import block_repeated_ngrams, top_k_filter, top_p_filter
+from .protocol import Decoder
 
 
 @dataclass
@@ -27,7 +28,7 @@ class Generation:
     scores: Tensor
 
 
-def sequential(model, inputs: Tensor, lengths, max_new_tokens: int, eos_id: Optional[int], pad_id: int,
+def sequential(model: Decoder, inputs: Tensor, lengths, max_new_tokens: int, eos_id: Optional[int], pad_id: int,
                no_repeat_ngram_size: int, use_cache: bool, sample: bool = False, temperature: float = 1.0,
                top_k: int = 0, top_p: float = 1.0, generator: Optional[torch.Generator] = None) -> Generation:
     """One token per row per step: the most likely one (greedy), or one drawn from the filtered
@@ -59,7 +60,7 @@ def sequential(model, inputs: Tensor, lengths, max_new_tokens: int, eos_id: Opti
     return Generation(tokens[:, :int(out_lengths.max())], out_lengths, scores)
 
 
-def beam_search(model, inputs: Tensor, lengths, max_new_tokens: int, beams: int, length_penalty: float,
+def beam_search(model: Decoder, inputs: Tensor, lengths, max_new_tokens: int, beams: int, length_penalty: float,
                 eos_id: Optional[int], pad_id: int, no_repeat_ngram_size: int, use_cache: bool) -> Generation:
     """The best of `beams` hypotheses per sentence by total log-probability / length ** length_penalty.
 

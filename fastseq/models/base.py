@@ -14,9 +14,17 @@ import torch
 from torch import Tensor, nn
 
 from .. import atomic
+from ..numerics import autocast_dtype
 
 FORMAT = "fastseq-model/1"
-_REGISTRY: dict[str, type["Model"]] = {}
+_MODELS: dict[str, type["Model"]] = {}  # every Model subclass by class name (what a model file names)
+
+
+def model_class(name: str) -> type["Model"]:
+    """The Model subclass called `name`; a ValueError listing the known ones if there is none."""
+    if name not in _MODELS:
+        raise ValueError(f"no fastseq model is called {name!r} (known: {sorted(_MODELS)})")
+    return _MODELS[name]
 
 
 def check_config(owner: str, config: Any, positive: tuple[str, ...] = (), probabilities: tuple[str, ...] = (),
@@ -61,10 +69,7 @@ def lengths_tensor(owner: str, lengths, batch: int, steps: int, device: torch.de
 
 def compute_dtype(weight: Tensor) -> torch.dtype:
     """The dtype activations take: autocast's on the weight's device when it is on, else the weight's."""
-    device = weight.device.type
-    if device in ("cpu", "cuda") and torch.is_autocast_enabled(device):
-        return torch.get_autocast_dtype(device)
-    return weight.dtype
+    return autocast_dtype(weight.device) or weight.dtype
 
 
 def padding_mask(lengths: Tensor, steps: int) -> Tensor:
@@ -79,7 +84,7 @@ class Model(nn.Module):
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        _REGISTRY[cls.__name__] = cls
+        _MODELS[cls.__name__] = cls
 
     def __init__(self, config) -> None:
         super().__init__()
@@ -100,9 +105,9 @@ class Model(nn.Module):
         if not isinstance(payload, dict) or payload.get("format") != FORMAT:
             raise ValueError(f"{path}: not a fastseq model file (format {FORMAT!r})")
         name = payload["model"]
-        if name not in _REGISTRY:
-            raise ValueError(f"{path}: holds a {name!r}, which this fastseq does not know (known: {sorted(_REGISTRY)})")
-        model_cls = _REGISTRY[name]
+        if name not in _MODELS:
+            raise ValueError(f"{path}: holds a {name!r}, which this fastseq does not know (known: {sorted(_MODELS)})")
+        model_cls = _MODELS[name]
         if cls is not Model and not issubclass(model_cls, cls):
             raise ValueError(f"{path}: holds a {name}, not a {cls.__name__}")
         model = model_cls(model_cls.config_class(**payload["config"]))

@@ -16,7 +16,7 @@ from typing import Union
 import torch
 from torch import Tensor, nn
 
-from .base import _REGISTRY, Model, check_config, lengths_tensor, padding_mask
+from .base import Model, model_class, check_config, lengths_tensor, padding_mask
 from .losses import token_loss
 
 BODIES = ("LSTMLM", "CausalLM", "MaskedLM")
@@ -47,7 +47,7 @@ class SequenceClassifier(Model):
 
     def __init__(self, config: SequenceClassifierConfig) -> None:
         super().__init__(config)
-        body_cls = _REGISTRY[config.body]
+        body_cls = model_class(config.body)
         self.body = body_cls(body_cls.config_class(**config.body_config))
         pooled = 3 * self.body.feature_size
         self.head = nn.Sequential(

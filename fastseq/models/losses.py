@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-IGNORE = -100  # F.cross_entropy's ignore_index
+from ..masking import IGNORE
+
 
 
 def token_loss(logits: Tensor, targets: Tensor, lengths=None, label_smoothing: float = 0.0) -> Tensor:
@@ -39,9 +40,13 @@ def teacher_forcing(tgt: Tensor, bos_id: int) -> Tensor:
     return torch.cat([tgt.new_full((tgt.shape[0], 1), bos_id), tgt[:, :-1]], dim=1)
 
 
-def target_loss(model, src: Tensor, tgt: Tensor, src_lengths=None, tgt_lengths=None,
-                label_smoothing: float = 0.0) -> Tensor:
-    """An encoder–decoder's teacher-forced loss: tgt (B, T) ends with EOS and has no BOS; the decoder
-    reads BOS + tgt[:, :-1] and is scored on tgt at its real positions."""
-    logits = model(src, teacher_forcing(tgt, model.config.bos_id), src_lengths)
-    return token_loss(logits, tgt, tgt_lengths, label_smoothing)
+class TargetLoss:
+    """The loss of an encoder–decoder model (a mixin: Seq2Seq, Transformer), called as model(src, tgt_in,
+    src_lengths) -> logits with its config's bos_id."""
+
+    def loss(self, src: Tensor, tgt: Tensor, src_lengths=None, tgt_lengths=None,
+             label_smoothing: float = 0.0) -> Tensor:
+        """Mean cross-entropy of tgt (B, T) (ending with EOS, no BOS) given src, over real target positions:
+        the decoder reads BOS + tgt[:, :-1] (teacher forcing)."""
+        logits = self(src, teacher_forcing(tgt, self.config.bos_id), src_lengths)
+        return token_loss(logits, tgt, tgt_lengths, label_smoothing)

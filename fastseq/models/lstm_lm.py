@@ -24,19 +24,19 @@ from .state import RecurrentState
 @dataclass
 class LSTMLMConfig:
     """vocab_size; embed_dim; hidden_size of every layer but the last, whose size is embed_dim when the
-    output is tied (else hidden_size); num_layers; embed_dropout (on the embeddings), hidden_dropout
-    (between layers), output_dropout (before the output layer), weight_drop (on the recurrent weights,
-    AWD-LSTM); tie_weights; pad_id (its embedding stays zero), eos_id (ends generation)."""
+    output is tied (else hidden_size); num_layers; tie_weights; embed_dropout (on the embeddings),
+    hidden_dropout (between layers), output_dropout (before the output layer), weight_drop (on the
+    recurrent weights, AWD-LSTM); pad_id (its embedding stays zero), eos_id (ends generation)."""
 
     vocab_size: int
     embed_dim: int = 400
     hidden_size: int = 1150
     num_layers: int = 3
+    tie_weights: bool = True
     embed_dropout: float = 0.1
     hidden_dropout: float = 0.3
     output_dropout: float = 0.4
     weight_drop: float = 0.0
-    tie_weights: bool = True
     pad_id: Optional[int] = None
     eos_id: Optional[int] = None
 

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import nn as fnn
-from ..data.batching import mask_tokens
+from ..masking import mask_tokens
 from .base import Model, check_config, check_tokens, lengths_tensor, padding_mask
 from .embeddings import Embedding
 from .losses import token_loss
@@ -23,22 +23,22 @@ from .transformer import check_transformer, layer_stack
 
 @dataclass
 class MaskedLMConfig:
-    """vocab_size; mask_id (the [MASK] token); d_model, num_heads, num_layers, dim_feedforward (default
-    4·d_model), dropout, activation, norm_first, positions, max_len; mask_probability (of each real
-    token being chosen: 80% become mask_id, 10% a random token, 10% stay); pad_id (never chosen)."""
+    """vocab_size; mask_id (the [MASK] token); d_model, num_heads, num_layers; mask_probability (of each
+    real token being chosen: 80% become mask_id, 10% a random token, 10% stay); max_len, dim_feedforward
+    (default 4·d_model), dropout, activation, norm_first, positions; pad_id (never chosen)."""
 
     vocab_size: int
     mask_id: int
     d_model: int = 256
     num_heads: int = 4
     num_layers: int = 4
+    mask_probability: float = 0.15
+    max_len: int = 512
     dim_feedforward: Optional[int] = None
     dropout: float = 0.1
     activation: str = "gelu"
     norm_first: bool = False
     positions: str = "learned"
-    max_len: int = 512
-    mask_probability: float = 0.15
     layer_norm_eps: float = 1e-5
     pad_id: Optional[int] = 0
 

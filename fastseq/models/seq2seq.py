@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from .. import nn as fnn
 from .base import Model, check_config, check_tokens, lengths_tensor
-from .losses import target_loss
+from .losses import TargetLoss
 from .state import RecurrentState
 
 
@@ -63,9 +63,9 @@ class Seq2SeqConfig:
                                 ("bos_id", "tgt_vocab_size"), ("eos_id", "tgt_vocab_size")))
 
 
-class Seq2Seq(Model):
-    """forward(src (B, S), tgt_in (B, T), src_lengths=None) -> logits (B, T, tgt_vocab_size), teacher
-    forced (tgt_in starts with BOS); loss(src, tgt, src_lengths, tgt_lengths) with tgt ending in EOS."""
+class Seq2Seq(TargetLoss, Model):
+    """An LSTM encoder–decoder (see the module): forward(src (B, S), tgt_in (B, T), src_lengths=None) ->
+    logits (B, T, tgt_vocab_size), teacher forced (tgt_in starts with BOS); loss as TargetLoss."""
 
     config_class = Seq2SeqConfig
 
@@ -154,11 +154,6 @@ class Seq2Seq(Model):
             features, layers = self._attention_step(embedded[:, t], layers, memory)
             outputs.append(features)
         return self.output(torch.stack(outputs, dim=1))
-
-    def loss(self, src: Tensor, tgt: Tensor, src_lengths=None, tgt_lengths=None,
-             label_smoothing: float = 0.0) -> Tensor:
-        """Mean cross-entropy of tgt (B, T) (ending with EOS, no BOS) given src, over real target positions."""
-        return target_loss(self, src, tgt, src_lengths, tgt_lengths, label_smoothing)
 
     # ---------------------------------------------------------------------------------- generation
 

@@ -29,7 +29,7 @@ class RecurrentState:
 @dataclass
 class TransformerState:
     """A Transformer decoder's per-layer KVCache (or, without a cache, every token so far), the next
-    position of each row, and the per-layer StaticKV cross-attention memory (None for decoder-only)."""
+    position of each row, and the per-layer PrecomputedKV cross-attention memory (None for decoder-only)."""
 
     positions: Tensor
     caches: Optional[list] = None  # of fastseq.nn.KVCache

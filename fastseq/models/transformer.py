@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from .. import nn as fnn
 from .base import Model, check_config, check_tokens, compute_dtype, lengths_tensor
 from .embeddings import Embedding
-from .losses import target_loss
+from .losses import TargetLoss
 from .state import TransformerState
 
 
@@ -75,9 +75,9 @@ def layer_stack(layer_cls, config, num_layers: int) -> nn.ModuleList:
                                    norm_first=config.norm_first) for _ in range(num_layers))
 
 
-class Transformer(Model):
-    """forward(src (B, S), tgt_in (B, T), src_lengths=None) -> logits (B, T, tgt_vocab_size), teacher
-    forced (tgt_in starts with BOS); loss(src, tgt, src_lengths, tgt_lengths) with tgt ending in EOS."""
+class Transformer(TargetLoss, Model):
+    """The Transformer (see the module); its forward and loss are those of every encoder–decoder here
+    (TargetLoss): logits (B, T, tgt_vocab_size) of src (B, S) and tgt_in (B, T), which starts with BOS."""
 
     config_class = TransformerConfig
 
@@ -111,7 +111,7 @@ class Transformer(Model):
     def decode(self, tgt_in: Tensor, memory, memory_lengths=None, positions: Tensor | None = None,
                caches=None) -> Tensor:
         """Decoder over tgt_in (N, T) -> logits (N, T, V). memory: (B, S, d) with memory_lengths, or one
-        StaticKV per layer; positions (N, T) (default 0..T-1); caches: a KVCache per layer."""
+        PrecomputedKV per layer; positions (N, T) (default 0..T-1); caches: a KVCache per layer."""
         check_tokens("Transformer", "tgt_in", tgt_in, self.config.tgt_vocab_size)
         T = tgt_in.shape[1]
         if positions is None:
@@ -129,11 +129,6 @@ class Transformer(Model):
                              f"{tgt_in.shape[0]}")
         memory, lengths = self.encode(src, src_lengths)
         return self.decode(tgt_in, memory, lengths)
-
-    def loss(self, src: Tensor, tgt: Tensor, src_lengths=None, tgt_lengths=None,
-             label_smoothing: float = 0.0) -> Tensor:
-        """Mean cross-entropy of tgt (B, T) (ending with EOS, no BOS) given src, over real target positions."""
-        return target_loss(self, src, tgt, src_lengths, tgt_lengths, label_smoothing)
 
     # ---------------------------------------------------------------------------------- generation
 

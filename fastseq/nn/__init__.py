@@ -2,8 +2,8 @@
 from .additive_attention import AdditiveAttention, PrecomputedKeys
 from .kv_cache import KVCache
 from .lstm import LSTM, LSTMCell
-from .multihead_attention import MultiheadAttention, StaticKV
+from .multihead_attention import MultiheadAttention, PrecomputedKV
 from .transformer import TransformerDecoderLayer, TransformerEncoderLayer
 
-__all__ = ["AdditiveAttention", "KVCache", "LSTM", "LSTMCell", "MultiheadAttention", "PrecomputedKeys", "StaticKV",
+__all__ = ["AdditiveAttention", "KVCache", "LSTM", "LSTMCell", "MultiheadAttention", "PrecomputedKeys", "PrecomputedKV",
            "TransformerDecoderLayer", "TransformerEncoderLayer"]

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from .. import ops
+from ..numerics import autocast_dtype
 
 HiddenState = tuple[Tensor, Tensor]
 
@@ -137,7 +138,7 @@ class LSTM(nn.Module):
             raise RuntimeError(f"input.size(-1) must be equal to input_size. Expected {self.input_size}, "
                                f"got {x.size(-1)}")
         weight = self.weight_ih_l0
-        autocast = _autocast(x)  # the op casts inputs and weights to the autocast dtype
+        autocast = autocast_dtype(x.device) is not None  # the op casts inputs and weights to the autocast dtype
         if x.dtype != weight.dtype and not autocast:
             raise TypeError(f"input must have the dtype of the parameters ({weight.dtype}), got {x.dtype}")
         if x.device != weight.device:
@@ -251,11 +252,6 @@ class LSTM(nn.Module):
         return (output.transpose(0, 1) if self.batch_first else output), (h_n, c_n)
 
 
-def _autocast(x: Tensor) -> bool:
-    """Whether torch.autocast is on for x's device (the ops then cast inputs and weights themselves)."""
-    return x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type)
-
-
 class LSTMCell(nn.Module):
     """One LSTM step; see torch.nn.LSTMCell. The gate nonlinearities and the cell update run as one
     fused op (`fastseq.ops.lstm_cell`).
@@ -294,7 +290,7 @@ class LSTMCell(nn.Module):
             raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
         if input.size(-1) != self.input_size:
             raise RuntimeError(f"input has inconsistent input_size: got {input.size(-1)} expected {self.input_size}")
-        if input.dtype != self.weight_ih.dtype and not _autocast(input):
+        if input.dtype != self.weight_ih.dtype and autocast_dtype(input.device) is None:
             raise TypeError(f"input must have the dtype of the parameters ({self.weight_ih.dtype}), got {input.dtype}")
         unbatched = input.dim() == 1
         x = input.unsqueeze(0) if unbatched else input
@@ -308,7 +304,7 @@ class LSTMCell(nn.Module):
                 if tuple(t.shape) != (x.size(0), self.hidden_size):
                     raise RuntimeError(f"Expected {name} size {(x.size(0), self.hidden_size)}, got "
                                        f"{tuple(t.shape)}" + (" (unbatched input)" if unbatched else ""))
-                if t.dtype != x.dtype and not _autocast(x):
+                if t.dtype != x.dtype and autocast_dtype(x.device) is None:
                     raise TypeError(f"{name} must have the dtype of input ({x.dtype}), got {t.dtype}")
         gates = F.linear(x, self.weight_ih, self.bias_ih) + F.linear(h, self.weight_hh, self.bias_hh)
         h, c = ops.lstm_cell(gates, c)

@@ -10,7 +10,7 @@ attention probabilities before dropout, through the reference path.
 Incremental decoding: pass a `KVCache` as `kv_cache`; the new positions' keys and values are appended
 to it and the queries attend to everything it holds (causally when several queries come at once).
 Cross-attention to a fixed memory: `precompute_kv(memory)` projects its keys and values once; pass the
-`StaticKV` as `key` at every step. Its batch may divide the query's: rows b·K … b·K+K-1 of the queries
+`PrecomputedKV` as `key` at every step. Its batch may divide the query's: rows b·K … b·K+K-1 of the queries
 (K beams of one sentence) then all attend to row b of the memory, without copies of it.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ from .kv_cache import KVCache
 
 
 @dataclass(frozen=True)
-class StaticKV:
+class PrecomputedKV:
     """A memory's keys k (B, heads, S, head_dim) and values v (B, heads, S, head_dim), projected once by
     `MultiheadAttention.precompute_kv`, with its padding (bool key_padding_mask (B, S) and/or lengths (B,))."""
 
@@ -47,11 +47,12 @@ class MultiheadAttention(nn.Module):
     forward(query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
             average_attn_weights=True, is_causal=False, lengths=None, kv_cache=None)
         query (L, N, E) or (N, L, E) with batch_first, or (L, E) unbatched; key (S, N, kdim), value
-        (S, N, vdim) likewise, or key a `StaticKV` and value None. key_padding_mask (N, S): bool, True =
-        ignore, or float with 0 / -inf. lengths (N,) ints: keys at s >= lengths[n] are padding (cheaper
-        than a mask: the kernels skip them); with a kv_cache, how many of the L new positions row n
-        keeps (ragged prompts). Returns (attn_output like query, weights (N, L, S) averaged over heads, (N, heads, L, S)
-        unless average_attn_weights, or None unless need_weights).
+        (S, N, vdim) likewise, or key a `PrecomputedKV` and value None. key_padding_mask (N, S): bool, True =
+        ignore, or float with 0 / -inf. lengths (N,) ints: row n's real keys are the first lengths[n] of
+        the keys this call passes, the rest padding (cheaper than a mask: the kernels skip them); with a
+        kv_cache the keys a call passes are its L new positions, so lengths says how many each row
+        appends (ragged prompts). Returns (attn_output like query, weights (N, L, S) averaged over heads,
+        (N, heads, L, S) unless average_attn_weights, or None unless need_weights).
     """
 
     __constants__ = ["batch_first"]
@@ -117,7 +118,7 @@ class MultiheadAttention(nn.Module):
     # ------------------------------------------------------------------------------------- forward
 
     def precompute_kv(self, key: Tensor, value: Tensor, key_padding_mask: Optional[Tensor] = None,
-                      lengths: Union[Tensor, Sequence[int], None] = None) -> StaticKV:
+                      lengths: Union[Tensor, Sequence[int], None] = None) -> PrecomputedKV:
         """Project a memory's keys and values once, for queries that attend to it at every decoding step.
         key (S, N, kdim) / value (S, N, vdim), batch first with batch_first; masks as in forward."""
         if key.dim() != 3 or value.dim() != 3:
@@ -132,14 +133,14 @@ class MultiheadAttention(nn.Module):
         k, v = F.linear(key, wk, bk), F.linear(value, wv, bv)
         if lengths is not None:
             lengths = torch.as_tensor(lengths, device=k.device)
-        return StaticKV(self._heads(k), self._heads(v), _bool_padding(key_padding_mask), lengths)
+        return PrecomputedKV(self._heads(k), self._heads(v), _bool_padding(key_padding_mask), lengths)
 
-    def forward(self, query: Tensor, key: Union[Tensor, StaticKV], value: Optional[Tensor],
+    def forward(self, query: Tensor, key: Union[Tensor, PrecomputedKV], value: Optional[Tensor],
                 key_padding_mask: Optional[Tensor] = None, need_weights: bool = True,
                 attn_mask: Optional[Tensor] = None, average_attn_weights: bool = True, is_causal: bool = False,
                 lengths: Union[Tensor, Sequence[int], None] = None,
                 kv_cache: Optional[KVCache] = None) -> tuple[Tensor, Optional[Tensor]]:
-        if isinstance(key, StaticKV):
+        if isinstance(key, PrecomputedKV):
             return self._forward_static(query, key, value, key_padding_mask, need_weights, attn_mask,
                                         average_attn_weights, is_causal, lengths, kv_cache)
         batched = query.dim() == 3
@@ -167,14 +168,14 @@ class MultiheadAttention(nn.Module):
             return out.squeeze(0), None if weights is None else weights.squeeze(0)
         return (out if self.batch_first else out.transpose(0, 1)), weights
 
-    def _forward_static(self, query, memory: StaticKV, value, key_padding_mask, need_weights, attn_mask,
+    def _forward_static(self, query, memory: PrecomputedKV, value, key_padding_mask, need_weights, attn_mask,
                         average_attn_weights, is_causal, lengths, kv_cache):
         """Queries (batched) against a precomputed memory; K = N / B query rows per memory row."""
         if value is not None or key_padding_mask is not None or lengths is not None:
-            raise ValueError("MultiheadAttention: with a StaticKV key, give the memory's value and padding to "
+            raise ValueError("MultiheadAttention: with a PrecomputedKV key, give the memory's value and padding to "
                              "precompute_kv, and pass value=None")
         if attn_mask is not None or is_causal or kv_cache is not None:
-            raise ValueError("MultiheadAttention: attention to a StaticKV memory takes no attn_mask, is_causal "
+            raise ValueError("MultiheadAttention: attention to a PrecomputedKV memory takes no attn_mask, is_causal "
                              "or kv_cache")
         if query.dim() != 3 or query.shape[-1] != self.embed_dim:
             raise ValueError(f"MultiheadAttention: query must be batched with {self.embed_dim} features, got shape "
@@ -259,7 +260,7 @@ class MultiheadAttention(nn.Module):
     def _attend_cache(self, q, k, v, cache, key_padding_mask, attn_mask, is_causal, lengths, need_weights):
         if key_padding_mask is not None:
             raise ValueError("MultiheadAttention: with a kv_cache the cache's lengths say which keys each row "
-                             "holds; pass no key_padding_mask (lengths: how many new positions each row keeps)")
+                             "holds; pass no key_padding_mask (lengths: how many of the new positions each row appends)")
         if self.bias_k is not None or self.add_zero_attn:
             raise ValueError("MultiheadAttention: kv_cache does not serve add_bias_kv or add_zero_attn")
         L = q.shape[2]

@@ -4,7 +4,7 @@ TransformerDecoderLayer's arguments, submodule names and state_dict keys, on fas
 
 Post-norm as in the paper, pre-norm with norm_first=True. Beyond torch's arguments they take
 `lengths` (padding the kernels skip), a `KVCache` for the decoder's self-attention while generating,
-and a precomputed `StaticKV` memory for the cross-attention (see fastseq.nn.MultiheadAttention).
+and a precomputed `PrecomputedKV` memory for the cross-attention (see fastseq.nn.MultiheadAttention).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .kv_cache import KVCache
-from .multihead_attention import MultiheadAttention, StaticKV
+from .multihead_attention import MultiheadAttention, PrecomputedKV
 
 Lengths = Union[Tensor, Sequence[int], None]
 
@@ -32,11 +32,16 @@ def _activation(activation: Union[str, Callable[[Tensor], Tensor]]) -> Callable[
 class _Layer(nn.Module):
     """What both layers hold: self-attention, the feed-forward network, the norms and dropouts."""
 
-    def __init__(self, d_model, nhead, dim_feedforward, dropout, activation, layer_norm_eps, batch_first, norm_first,
-                 bias, factory, cross: bool) -> None:
-        """Submodules in torch's order (so state_dicts list the same keys in the same order); `cross` adds
-        the decoder's cross-attention, third norm and third dropout."""
+    has_cross_attention = False  # the decoder: cross-attention, a third norm and a third dropout
+
+    def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048, dropout: float = 0.1,
+                 activation: Union[str, Callable[[Tensor], Tensor]] = "relu", layer_norm_eps: float = 1e-5,
+                 batch_first: bool = False, norm_first: bool = False, bias: bool = True, device=None,
+                 dtype=None) -> None:
+        """torch's arguments; submodules in torch's order (so state_dicts list the same keys in the same
+        order)."""
         super().__init__()
+        factory, cross = {"device": device, "dtype": dtype}, self.has_cross_attention
         attention = dict(dropout=dropout, bias=bias, batch_first=batch_first, **factory)
         self.self_attn = MultiheadAttention(d_model, nhead, **attention)
         if cross:
@@ -72,13 +77,6 @@ class TransformerEncoderLayer(_Layer):
     A decoder-only (GPT-style) model is a stack of these with is_causal=True, and a kv_cache to generate.
     """
 
-    def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048, dropout: float = 0.1,
-                 activation: Union[str, Callable[[Tensor], Tensor]] = "relu", layer_norm_eps: float = 1e-5,
-                 batch_first: bool = False, norm_first: bool = False, bias: bool = True, device=None,
-                 dtype=None) -> None:
-        super().__init__(d_model, nhead, dim_feedforward, dropout, activation, layer_norm_eps, batch_first,
-                         norm_first, bias, {"device": device, "dtype": dtype}, cross=False)
-
     def forward(self, src: Tensor, src_mask: Optional[Tensor] = None, src_key_padding_mask: Optional[Tensor] = None,
                 is_causal: bool = False, lengths: Lengths = None, kv_cache: Optional[KVCache] = None) -> Tensor:
         x = src
@@ -98,18 +96,13 @@ class TransformerDecoderLayer(_Layer):
     forward(tgt, memory, tgt_mask=None, memory_mask=None, tgt_key_padding_mask=None,
             memory_key_padding_mask=None, tgt_is_causal=False, memory_is_causal=False,
             tgt_lengths=None, memory_lengths=None, kv_cache=None):
-    memory (S, N, E) or a `StaticKV` from `multihead_attn.precompute_kv` (whose batch may divide tgt's:
+    memory (S, N, E) or a `PrecomputedKV` from `multihead_attn.precompute_kv` (whose batch may divide tgt's:
     beams); tgt_mask: only the causal mask; memory_mask is not served (None).
     """
 
-    def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048, dropout: float = 0.1,
-                 activation: Union[str, Callable[[Tensor], Tensor]] = "relu", layer_norm_eps: float = 1e-5,
-                 batch_first: bool = False, norm_first: bool = False, bias: bool = True, device=None,
-                 dtype=None) -> None:
-        super().__init__(d_model, nhead, dim_feedforward, dropout, activation, layer_norm_eps, batch_first,
-                         norm_first, bias, {"device": device, "dtype": dtype}, cross=True)
+    has_cross_attention = True
 
-    def forward(self, tgt: Tensor, memory: Union[Tensor, StaticKV], tgt_mask: Optional[Tensor] = None,
+    def forward(self, tgt: Tensor, memory: Union[Tensor, PrecomputedKV], tgt_mask: Optional[Tensor] = None,
                 memory_mask: Optional[Tensor] = None, tgt_key_padding_mask: Optional[Tensor] = None,
                 memory_key_padding_mask: Optional[Tensor] = None, tgt_is_causal: bool = False,
                 memory_is_causal: bool = False, tgt_lengths: Lengths = None, memory_lengths: Lengths = None,
@@ -129,9 +122,9 @@ class TransformerDecoderLayer(_Layer):
         return self.norm3(x + self._ff_block(x, self.dropout3))
 
     def _mha_block(self, x: Tensor, memory, key_padding_mask, lengths) -> Tensor:
-        if isinstance(memory, StaticKV):
+        if isinstance(memory, PrecomputedKV):
             if key_padding_mask is not None or lengths is not None:
-                raise ValueError("TransformerDecoderLayer: a StaticKV memory carries its own padding; pass no "
+                raise ValueError("TransformerDecoderLayer: a PrecomputedKV memory carries its own padding; pass no "
                                  "memory_key_padding_mask or memory_lengths")
             x = self.multihead_attn(x, memory, None, need_weights=False)[0]
         else:

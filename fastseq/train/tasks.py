@@ -129,7 +129,7 @@ def _records(data: dict, split: str):
     return D.read_labelled(entry) if data.get("labelled") else D.read_text(entry)
 
 
-def _train_valid(data: dict):
+def train_valid(data: dict):
     """The training and validation records: two splits, or with valid_fraction a held-out share of the
     training split (the last share of a text; a seeded random share of a list), for data sets without a
     validation split, so that choices are never made on the test split."""
@@ -175,7 +175,7 @@ def _generator(seed: int, i: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + i)
 
 
-def _epoch_batches(lengths: list[int], max_tokens: int, seed: int, collate: Callable[[list[int]], dict]):
+def epoch_batches(lengths: list[int], max_tokens: int, seed: int, collate: Callable[[list[int]], dict]):
     """batches(i) over epochs of token-budget batches, reshuffled per epoch, deterministic in i."""
     cache: dict[int, list[list[int]]] = {}
     first = D.token_budget_batches(lengths, max_tokens, seed=seed)
@@ -195,7 +195,7 @@ def _epoch_batches(lengths: list[int], max_tokens: int, seed: int, collate: Call
 # ------------------------------------------------------------------------------------------ tasks
 
 def _language_model(task, config, data, model_cfg, train, device) -> Run:
-    train_text, valid_text = _train_valid(data)
+    train_text, valid_text = train_valid(data)
     tokenizer = _tokenizer(data.get("tokenizer"), [train_text])
     block, rows = int(data.get("block", 128)), int(data.get("batch", 32))
     model = _model(task, model_cfg, {"vocab_size": tokenizer.vocab_size, "max_len": block,
@@ -217,7 +217,7 @@ def _language_model(task, config, data, model_cfg, train, device) -> Run:
 
 
 def _masked_lm(task, config, data, model_cfg, train, device) -> Run:
-    train_text, valid_text = _train_valid(data)
+    train_text, valid_text = train_valid(data)
     tokenizer = _tokenizer(data.get("tokenizer"), [train_text])
     block, rows = int(data.get("block", 128)), int(data.get("batch", 32))
     model = _model(task, model_cfg, {"vocab_size": tokenizer.vocab_size, "mask_id": tokenizer.mask_id,
@@ -256,7 +256,7 @@ def _seq2seq(task, config, data, model_cfg, train, device) -> Run:
     def orient(records):
         return [(b, a) for a, b in records] if data.get("reverse") else records
 
-    train_pairs, valid_pairs = (orient(r) for r in _train_valid(data))
+    train_pairs, valid_pairs = (orient(r) for r in train_valid(data))
     tokenizer = _tokenizer(data.get("tokenizer", {"kind": "bpe", "vocab_size": 8000}),
                            [s for p in train_pairs for s in p])
     V = tokenizer.vocab_size
@@ -270,7 +270,7 @@ def _seq2seq(task, config, data, model_cfg, train, device) -> Run:
 
     train_ids, valid_ids = encode(train_pairs), encode(valid_pairs)
     lengths = [max(len(s), len(t)) for s, t in train_ids]
-    batches = _epoch_batches(lengths, int(data.get("max_tokens", 4096)), train.seed,
+    batches = epoch_batches(lengths, int(data.get("max_tokens", 4096)), train.seed,
                              lambda idx: D.collate_pairs([train_ids[i] for i in idx], tokenizer.pad_id))
     smoothing = float(data.get("label_smoothing", 0.1))
     gen = {"method": "beam", "beams": 5, "max_new_tokens": max_len, **_section(config, "generate", required=False)}
@@ -299,7 +299,7 @@ def translate(model, tokenizer, sentences: list[str], device, batch: int = 64, *
 
 
 def _classify(task, config, data, model_cfg, train, device) -> Run:
-    train_records, valid_records = _train_valid(data)
+    train_records, valid_records = train_valid(data)
     pretrained = model_cfg.pop("pretrained", None)
     num_classes = int(model_cfg.pop("num_classes", max(label for label, _ in train_records) + 1))
     if pretrained:
@@ -320,7 +320,7 @@ def _classify(task, config, data, model_cfg, train, device) -> Run:
         return [(label, (tokenizer.encode(text) or [tokenizer.unk_id])[:max_len]) for label, text in records]
 
     train_ids, valid_ids = encode(train_records), encode(valid_records)
-    batches = _epoch_batches([len(t) for _, t in train_ids], int(data.get("max_tokens", 2048)), train.seed,
+    batches = epoch_batches([len(t) for _, t in train_ids], int(data.get("max_tokens", 2048)), train.seed,
                              lambda idx: D.collate_labelled([train_ids[i] for i in idx], tokenizer.pad_id))
 
     def loss(model, batch):

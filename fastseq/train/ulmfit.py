@@ -26,7 +26,7 @@ from torch import nn
 
 from .. import data as D
 from ..models import LSTMLM, LSTMLMConfig, SequenceClassifier
-from .tasks import Run, _epoch_batches, _train_valid, classification_metrics, save_run
+from .tasks import Run, epoch_batches, train_valid, classification_metrics, save_run
 from .trainer import TrainConfig, Trainer
 
 FACTOR = 2.6  # ULMFiT's ratio between the learning rates of adjacent layer groups
@@ -85,7 +85,7 @@ def run(config: dict, device: torch.device, wrap=None) -> dict:
         if key not in config:
             raise ValueError(f"ulmfit config: '{key}' is missing (see fastseq.train.ulmfit)")
     target = config["target"]
-    train_records, valid_records = _train_valid(target)
+    train_records, valid_records = train_valid(target)
     general = _general_text(config["general"])
     target_text = "\n".join(t for _, t in train_records)
     tok_spec = dict(config.get("tokenizer", {"kind": "word", "min_freq": 2}))
@@ -114,7 +114,7 @@ def run(config: dict, device: torch.device, wrap=None) -> dict:
         return [(label, (tokenizer.encode(text) or [tokenizer.unk_id])[:max_len]) for label, text in records]
 
     train_ids, valid_ids = encode(train_records), encode(valid_records)
-    batches = _epoch_batches([len(t) for _, t in train_ids], max_tokens, 0,
+    batches = epoch_batches([len(t) for _, t in train_ids], max_tokens, 0,
                              lambda idx: D.collate_labelled([train_ids[i] for i in idx], tokenizer.pad_id))
     groups = layer_groups(model)
     metrics = {}

@@ -7,7 +7,8 @@ import torch
 import triton
 import triton.language as tl
 
-ACC = {torch.float64: tl.float64}  # accumulation dtype per input dtype; float32 otherwise
+from ..numerics import acc_dtype
+
 MAX_GRID = (2**31 - 1, 65535, 65535)  # programs a launch may have along each grid axis (CUDA's limits)
 
 
@@ -34,6 +35,11 @@ def batch_slices(B: int, rows_per_batch: int, lengths, mask, flags: dict) -> lis
     step = MAX_GRID[1] // max(rows_per_batch, 1)
     return [BatchPart(b, min(b + step, B), lengths, mask, flags["HAS_LENGTHS"], flags["HAS_MASK"])
             for b in range(0, B, step)]
+
+
+def acc_type(dtype: torch.dtype):
+    """The Triton type a kernel on `dtype` inputs accumulates in (fastseq.numerics.acc_dtype's rule)."""
+    return tl.float64 if acc_dtype(dtype) == torch.float64 else tl.float32
 
 
 def precision(dtype: torch.dtype) -> str:

@@ -3,7 +3,7 @@ as one GEMM for the input projection of all steps, then one fused Triton kernel 
 + gates + state update; backward: cell backward + recurrent-input GEMM), then the weight gradients in
 one GEMM each after the loop.
 
-Same algorithm, arguments and workspace as csrc/lstm_layer.cpp and fastseq/reference/lstm.py: variable
+Same algorithm, arguments and workspace as csrc/lstm_layer.cpp and fastseq/ops/lstm/reference.py: variable
 lengths (sorted non-increasing) become per-step row counts.
 """
 from __future__ import annotations
@@ -13,12 +13,12 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ..reference.lstm import acc_dtype
-from . import lstm_cell as cell
-from . import lstm_step as step
+from ...numerics import acc_dtype
+from . import triton_cell as cell
+from . import triton_step as step
 
 
-def lstm_cell_forward(gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
+def lstm_cell(gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
     h = torch.empty_like(c_prev, dtype=gates.dtype)
     c = torch.empty_like(c_prev)
     cell.forward_out(gates, c_prev, h, c)
@@ -38,7 +38,7 @@ def _active_rows(lengths: Optional[Tensor], T: int, B: int) -> list[int]:
     return (lengths.unsqueeze(0) > torch.arange(T).unsqueeze(1)).sum(1).tolist()
 
 
-def lstm_layer_forward(x, h0, c0, w_ih, w_hh, bias, w_hr, lengths, reverse, training):
+def lstm_layer(x, h0, c0, w_ih, w_hh, bias, w_hr, lengths, reverse, training):
     T, B, I = x.shape
     H, P = w_hh.shape[0] // 4, h0.shape[1]
     rows = _active_rows(lengths, T, B)

@@ -19,9 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import ACC as _ACC
-from .common import launch_options, precision
-from .lstm_cell import _tanh
+from ...triton.activations import tanh
+from ...triton.common import acc_type, launch_options, precision
 
 
 @triton.jit
@@ -67,11 +66,11 @@ def _lstm_step_fwd_kernel(
                       BLOCK_B, BLOCK_J, BLOCK_K, ACC, PRECISION).to(ty)
     tl.store(z_at + 3 * H, zo, mask=mask)
     i, f = tl.sigmoid(zi.to(ACC)), tl.sigmoid(zf.to(ACC))
-    g, o = _tanh(zg.to(ACC)), tl.sigmoid(zo.to(ACC))
+    g, o = tanh(zg.to(ACC), False), tl.sigmoid(zo.to(ACC))
     state = rows[:, None] * H + units[None, :]
     c = f * tl.load(c_prev_ptr + state, mask=mask, other=0.0).to(ACC) + i * g
     tl.store(c_out_ptr + state, c.to(c_out_ptr.dtype.element_ty), mask=mask)
-    tl.store(h_out_ptr + state, (o * _tanh(c)).to(h_out_ptr.dtype.element_ty), mask=mask)
+    tl.store(h_out_ptr + state, (o * tanh(c, False)).to(h_out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -92,11 +91,11 @@ def _lstm_step_bwd_kernel(
         z = z_ptr + rows[:, None] * 4 * H + units[None, :]
         i = tl.sigmoid(tl.load(z, mask=mask, other=0.0).to(ACC))
         f = tl.sigmoid(tl.load(z + H, mask=mask, other=0.0).to(ACC))
-        g = _tanh(tl.load(z + 2 * H, mask=mask, other=0.0).to(ACC))
+        g = tanh(tl.load(z + 2 * H, mask=mask, other=0.0).to(ACC), False)
         o = tl.sigmoid(tl.load(z + 3 * H, mask=mask, other=0.0).to(ACC))
         state = rows[:, None] * H + units[None, :]
         cp = tl.load(c_prev_ptr + state, mask=mask, other=0.0).to(ACC)
-        tc = _tanh(f * cp + i * g)
+        tc = tanh(f * cp + i * g, False)
         dh = tl.load(dh_ptr + state, mask=mask, other=0.0).to(ACC)
         dc = tl.load(dc_ptr + state, mask=mask, other=0.0).to(ACC) + dh * o * (1 - tc * tc)
         dzi = (dc * g * i * (1 - i)).to(ty)
@@ -123,7 +122,7 @@ def _lstm_step_bwd_kernel(
 # Tiles: BLOCK_B rows (tl.dot needs at least 16) by BLOCK_J units (forward) or BLOCK_P columns
 # (backward), reduced over BLOCK_K (forward) or BLOCK_J units (backward). The forward holds four gate
 # tiles at once, the backward four dz tiles and its output: sized so that neither spills (checked for
-# sm_90 and sm_80 by `python -m fastseq.triton.aot`, under Triton 3.6 and 3.9).
+# sm_90 and sm_80 by `python -m fastseq.ops.aot`, under Triton 3.6 and 3.9).
 CONFIGS = {"small": dict(BLOCK_B=16, BLOCK_J=32, BLOCK_K=64, num_warps=8),
            "large": dict(BLOCK_B=32, BLOCK_J=32, BLOCK_K=32, num_warps=4),
            "fp64": dict(BLOCK_B=16, BLOCK_J=16, BLOCK_K=16, num_warps=4)}
@@ -135,32 +134,30 @@ def config(n: int, dtype: torch.dtype) -> dict:
     return CONFIGS["small" if n <= 16 else "large"]
 
 
+def _launch(kernel, n: int, columns: int, dtype: torch.dtype, args: tuple, **blocks) -> None:
+    """kernel over n active rows × `columns` output units, its tile chosen for n rows of `dtype`."""
+    if n == 0:
+        return
+    cfg = config(n, dtype)
+    grid = (triton.cdiv(n, cfg["BLOCK_B"]), triton.cdiv(columns, cfg["BLOCK_J"]))
+    kernel[grid](*args, BLOCK_B=cfg["BLOCK_B"], BLOCK_J=cfg["BLOCK_J"], **{k: cfg[v] for k, v in blocks.items()},
+                 ACC=acc_type(dtype), PRECISION=precision(dtype), **launch_options(cfg))
+
+
 def forward_out(zx, h_prev, w_hh, c_prev, z_out, c_out, h_out) -> None:
     """One fused step over the n = h_prev.shape[0] active rows; every tensor contiguous."""
     n, P = h_prev.shape
     H = c_prev.shape[1]
-    if n == 0:
-        return
-    cfg = config(n, zx.dtype)
-    grid = (triton.cdiv(n, cfg["BLOCK_B"]), triton.cdiv(H, cfg["BLOCK_J"]))
-    _lstm_step_fwd_kernel[grid](zx, h_prev, w_hh, c_prev, z_out, c_out, h_out, n, H, P,
-                                BLOCK_B=cfg["BLOCK_B"], BLOCK_J=cfg["BLOCK_J"], BLOCK_K=cfg["BLOCK_K"],
-                                ACC=_ACC.get(zx.dtype, tl.float32), PRECISION=precision(zx.dtype),
-                                **launch_options(cfg))
+    _launch(_lstm_step_fwd_kernel, n, H, zx.dtype, (zx, h_prev, w_hh, c_prev, z_out, c_out, h_out, n, H, P),
+            BLOCK_K="BLOCK_K")
 
 
 def backward_out(dh, dc, z, c_prev, w_hh, dz_out, dc_out, dr_out) -> None:
     """One fused backward step over the n = dh.shape[0] active rows; outputs must not alias inputs."""
     n, H = dh.shape
     P = w_hh.shape[1]
-    if n == 0:
-        return
-    cfg = config(n, z.dtype)
-    grid = (triton.cdiv(n, cfg["BLOCK_B"]), triton.cdiv(P, cfg["BLOCK_J"]))
-    _lstm_step_bwd_kernel[grid](dh, dc, z, c_prev, w_hh, dz_out, dc_out, dr_out, n, H, P,
-                                BLOCK_B=cfg["BLOCK_B"], BLOCK_J=cfg["BLOCK_J"], BLOCK_P=cfg["BLOCK_J"],
-                                ACC=_ACC.get(z.dtype, tl.float32), PRECISION=precision(z.dtype),
-                                **launch_options(cfg))
+    _launch(_lstm_step_bwd_kernel, n, P, z.dtype, (dh, dc, z, c_prev, w_hh, dz_out, dc_out, dr_out, n, H, P),
+            BLOCK_P="BLOCK_J")
 
 
 def aot_specs():

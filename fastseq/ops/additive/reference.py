@@ -31,7 +31,7 @@ from typing import Iterator, Optional
 import torch
 from torch import Tensor
 
-from .lstm import acc_dtype
+from ...numerics import acc_dtype
 
 # Elements of the (B, block, Tk, H) tanh tensor materialised at once.
 _BLOCK_ELEMENTS = 1 << 22
@@ -65,7 +65,7 @@ def _masked(s: Tensor, keep: Optional[Tensor]) -> Tensor:
     return s if keep is None else s.masked_fill(~keep[:, None, :], float("-inf"))
 
 
-def additive_attention_forward(
+def additive_attention(
     query_proj: Tensor, key_proj: Tensor, v: Tensor, values: Tensor,
     lengths: Optional[Tensor], key_padding_mask: Optional[Tensor],
 ) -> tuple[Tensor, Tensor]:
@@ -114,7 +114,7 @@ def additive_attention_decode(
     lengths: Optional[Tensor], key_padding_mask: Optional[Tensor],
 ) -> Tensor:
     """One query per row, query_proj (B, H) -> context (B, Dv): a decoder's step, no gradient."""
-    context, _ = additive_attention_forward(query_proj[:, None], key_proj, v, values, lengths, key_padding_mask)
+    context, _ = additive_attention(query_proj[:, None], key_proj, v, values, lengths, key_padding_mask)
     return context[:, 0]
 
 

@@ -3,8 +3,7 @@ and `additive_attention_step` (one query per row against cached keys, as a recur
 once per output token). Torch custom ops with fake implementations and an autograd formula, served by
 the backend `fastseq.backends` chooses: "cuda" (fastseq._C), "triton" or "reference".
 
-The math, the padding rule and the workspace (the log-sum-exp) are in
-fastseq/reference/additive_attention.py.
+The math, the padding rule and the workspace (the log-sum-exp) are in reference.py beside this file.
 """
 from __future__ import annotations
 
@@ -13,70 +12,62 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from ..reference.additive_attention import attention_weights
-from ..reference.lstm import acc_dtype
-from . import _checks as C
-from ._dispatch import implementation, register
+from ...numerics import acc_dtype, autocast
+from .. import checks as C
+from ..registry import EXTENSION, Family, declare
+from .reference import attention_weights
 
-register("additive_attention",
-         ("additive_attention_forward", "additive_attention_backward", "additive_attention_decode"),
-         reference="fastseq.reference.additive_attention",
-         triton="fastseq.triton.additive_attention", extension=("cuda",))
+# (B, Tq, Tk, H, Dv): benchmarks/bench_additive_attention.py against the naive PyTorch form
+CASES = {
+    "quick": [(2, 16, 16, 32, 32)],
+    "cpu": [(4, 64, 64, 128, 128), (2, 32, 512, 128, 128)],
+    "gpu": [(64, 256, 256, 512, 512), (16, 64, 1024, 512, 256), (16, 64, 4096, 512, 256),
+            (16, 64, 16384, 512, 256)],
+    "headline": [(64, 256, 256, 512, 512), (16, 64, 16384, 512, 256)],
+}
+
+_ARGS = "Tensor query_proj, Tensor key_proj, Tensor v, Tensor values, Tensor? lengths, Tensor? key_padding_mask"
+FAMILY = Family(
+    name="additive_attention",
+    functions={
+        "additive_attention": f"({_ARGS}) -> (Tensor, Tensor)",
+        "additive_attention_backward": f"(Tensor grad_context, {_ARGS}, Tensor context, Tensor lse) "
+                                       "-> (Tensor, Tensor, Tensor, Tensor)",
+        "additive_attention_decode": f"({_ARGS}) -> Tensor",
+    },
+    backends={"reference": "fastseq.ops.additive.reference",
+              "triton": "fastseq.ops.additive.triton", "cuda": EXTENSION},
+    kernels=("fastseq.ops.additive.triton",),
+    cases=CASES,
+)
+_OPS = declare(FAMILY)
 
 
-def _impl(function: str, t: Tensor):
-    return implementation("additive_attention", function, t.device.type)
-
-
-@torch.library.custom_op("fastseq::additive_attention", mutates_args=())
-def _attention(query_proj: Tensor, key_proj: Tensor, v: Tensor, values: Tensor, lengths: Optional[Tensor],
-               key_padding_mask: Optional[Tensor]) -> tuple[Tensor, Tensor]:
-    return _impl("additive_attention_forward", query_proj)(query_proj, key_proj, v, values, lengths,
-                                                          key_padding_mask)
-
-
-@_attention.register_fake
+@_OPS["additive_attention"].register_fake
 def _(query_proj, key_proj, v, values, lengths, key_padding_mask):
     B, Tq, _ = query_proj.shape
     return (query_proj.new_empty(B, Tq, values.shape[2]),
             query_proj.new_empty(B, Tq, dtype=acc_dtype(query_proj.dtype)))
 
 
-@torch.library.custom_op("fastseq::additive_attention_backward", mutates_args=())
-def _attention_backward(grad_context: Tensor, query_proj: Tensor, key_proj: Tensor, v: Tensor, values: Tensor,
-                        lengths: Optional[Tensor], key_padding_mask: Optional[Tensor], context: Tensor,
-                        lse: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    return _impl("additive_attention_backward", query_proj)(grad_context, query_proj, key_proj, v, values,
-                                                           lengths, key_padding_mask, context, lse)
-
-
-@_attention_backward.register_fake
-def _(grad_context, query_proj, key_proj, v, values, lengths, key_padding_mask, context, lse):
+@_OPS["additive_attention_backward"].register_fake
+def _(grad_context, query_proj, key_proj, v, values, *_):
     return tuple(torch.empty_like(t) for t in (query_proj, key_proj, v, values))
 
 
 def _setup(ctx, inputs, output):
-    query_proj, key_proj, v, values, lengths, key_padding_mask = inputs
-    context, lse = output
-    ctx.save_for_backward(query_proj, key_proj, v, values, lengths, key_padding_mask, context, lse)
+    ctx.save_for_backward(*inputs, *output)
 
 
 def _backward(ctx, grad_context, _grad_lse):
-    grads = _attention_backward(grad_context.contiguous(), *ctx.saved_tensors)
+    grads = _OPS["additive_attention_backward"](grad_context.contiguous(), *ctx.saved_tensors)
     return (*grads, None, None)
 
 
-_attention.register_autograd(_backward, setup_context=_setup)
+_OPS["additive_attention"].register_autograd(_backward, setup_context=_setup)
 
 
-@torch.library.custom_op("fastseq::additive_attention_decode", mutates_args=())
-def _decode(query_proj: Tensor, key_proj: Tensor, v: Tensor, values: Tensor, lengths: Optional[Tensor],
-            key_padding_mask: Optional[Tensor]) -> Tensor:
-    return _impl("additive_attention_decode", query_proj)(query_proj, key_proj, v, values, lengths,
-                                                         key_padding_mask)
-
-
-@_decode.register_fake
+@_OPS["additive_attention_decode"].register_fake
 def _(query_proj, key_proj, v, values, lengths, key_padding_mask):
     return query_proj.new_empty(query_proj.shape[0], values.shape[2])
 
@@ -89,7 +80,7 @@ def _prepare(op: str, query_proj: Tensor, key_proj: Tensor, v: Tensor, values: T
              query_layout: str) -> tuple[tuple[Tensor, ...], Optional[Tensor], Optional[Tensor]]:
     """Validate the arguments -> ((query_proj, key_proj, v, values) contiguous, lengths as int32 on the
     device of query_proj or None, key_padding_mask contiguous or None)."""
-    query_proj, key_proj, v, values = C.autocast(query_proj, key_proj, v, values)
+    query_proj, key_proj, v, values = autocast(query_proj, key_proj, v, values)
     for name, t in (("query_proj", query_proj), ("key_proj", key_proj), ("v", v), ("values", values)):
         C.check_float(op, name, t)
         C.check_like(op, name, t, "query_proj", query_proj)
@@ -109,15 +100,9 @@ def _prepare(op: str, query_proj: Tensor, key_proj: Tensor, v: Tensor, values: T
 # ------------------------------------------------------------------------------------------ public
 
 
-def additive_attention(
-    query_proj: Tensor,
-    key_proj: Tensor,
-    v: Tensor,
-    values: Tensor,
-    key_padding_mask: Optional[Tensor] = None,
-    lengths: Union[Tensor, Sequence[int], None] = None,
-    return_weights: bool = False,
-) -> Union[Tensor, tuple[Tensor, Tensor]]:
+def additive_attention(query_proj: Tensor, key_proj: Tensor, v: Tensor, values: Tensor,
+                       key_padding_mask: Optional[Tensor] = None, lengths: Union[Tensor, Sequence[int], None] = None,
+                       return_weights: bool = False) -> Union[Tensor, tuple[Tensor, Tensor]]:
     """Additive attention of every query over the keys -> context (B, Tq, Dv) [, weights (B, Tq, Tk)].
 
     query_proj (B, Tq, H) = W_q query + b; key_proj (B, Tk, H) = W_k key; v (H,); values (B, Tk, Dv).
@@ -129,20 +114,15 @@ def additive_attention(
     op = "additive_attention"
     C.check_ndim(op, "query_proj", query_proj, 3, "(B, Tq, H)")
     args, lengths, mask = _prepare(op, query_proj, key_proj, v, values, key_padding_mask, lengths, "(B, Tq, H)")
-    context, _ = _attention(*args, lengths, mask)
+    context, _ = _OPS["additive_attention"](*args, lengths, mask)
     if not return_weights:
         return context
     return context, attention_weights(query_proj, key_proj, v, lengths, key_padding_mask)
 
 
-def additive_attention_step(
-    query_proj: Tensor,
-    key_proj: Tensor,
-    v: Tensor,
-    values: Tensor,
-    key_padding_mask: Optional[Tensor] = None,
-    lengths: Union[Tensor, Sequence[int], None] = None,
-) -> Tensor:
+def additive_attention_step(query_proj: Tensor, key_proj: Tensor, v: Tensor, values: Tensor,
+                            key_padding_mask: Optional[Tensor] = None,
+                            lengths: Union[Tensor, Sequence[int], None] = None) -> Tensor:
     """One decoder step: query_proj (B, H) against cached key_proj (B, Tk, H) -> context (B, Dv).
 
     One kernel launch, no workspace, when no gradient is needed; otherwise the differentiable
@@ -152,6 +132,6 @@ def additive_attention_step(
     C.check_ndim(op, "query_proj", query_proj, 2, "(B, H)")
     args, lengths, mask = _prepare(op, query_proj, key_proj, v, values, key_padding_mask, lengths, "(B, H)")
     if torch.is_grad_enabled() and any(t.requires_grad for t in args):
-        context, _ = _attention(args[0][:, None], *args[1:], lengths, mask)
+        context, _ = _OPS["additive_attention"](args[0][:, None], *args[1:], lengths, mask)
         return context[:, 0]
-    return _decode(*args, lengths, mask)
+    return _OPS["additive_attention_decode"](*args, lengths, mask)

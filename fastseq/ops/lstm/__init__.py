@@ -2,7 +2,7 @@
 sequence). Each is a torch custom op with a fake implementation and an autograd formula, served by the
 backend `fastseq.backends` chooses: "cpu"/"cuda" (fastseq._C), "triton" or "reference".
 
-The math and the workspace contract shared by every backend are in fastseq/reference/lstm.py.
+The math and the workspace contract shared by every backend are in reference.py beside this file.
 """
 from __future__ import annotations
 
@@ -11,38 +11,47 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from ..reference.lstm import acc_dtype
-from . import _checks as C
-from ._dispatch import implementation, register
+from ...numerics import acc_dtype, autocast
+from .. import checks as C
+from ..registry import EXTENSION, Family, declare
 
-register("lstm", ("lstm_cell_forward", "lstm_cell_backward", "lstm_layer_forward", "lstm_layer_backward"),
-         reference="fastseq.reference.lstm", triton="fastseq.triton.lstm",
-         extension=("cpu", "cuda"))
+# (mode, layers, hidden, seq, batch sizes, input size): benchmarks/bench_lstm.py against torch.nn.LSTM
+CASES = {
+    "quick": [("inference", 1, 128, 32, (1, 8), 128), ("training", 2, 128, 16, (8,), 128)],
+    "cpu": [("inference", 1, 256, 64, (1, 8, 32), 256), ("training", 2, 256, 32, (16,), 256)],
+    "gpu": [("inference", 1, 512, 256, (1, 4, 8, 16, 32, 64, 128, 256), 512),
+            ("training", 2, 512, 128, (64,), 512)],
+    "headline": [("inference", 1, 512, 256, (1, 8, 64, 256), 512), ("training", 2, 512, 128, (64,), 512)],
+}
 
-
-def _impl(function: str, t: Tensor):
-    return implementation("lstm", function, t.device.type)
+_LAYER_ARGS = ("Tensor x, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? bias, Tensor? w_hr, "
+               "Tensor? lengths, bool reverse")
+FAMILY = Family(
+    name="lstm",
+    functions={
+        "lstm_cell": "(Tensor gates, Tensor c_prev) -> (Tensor, Tensor)",
+        "lstm_cell_backward": "(Tensor grad_h, Tensor grad_c, Tensor gates, Tensor c_prev) -> (Tensor, Tensor)",
+        "lstm_layer": f"({_LAYER_ARGS}, bool training) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
+        "lstm_layer_backward": f"(Tensor grad_y, Tensor grad_h_n, Tensor grad_c_n, {_LAYER_ARGS}, Tensor y, "
+                               "Tensor gates_ws, Tensor c_ws) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
+    },
+    backends={"reference": "fastseq.ops.lstm.reference", "triton": "fastseq.ops.lstm.triton",
+              "cpu": EXTENSION, "cuda": EXTENSION},
+    kernels=("fastseq.ops.lstm.triton_cell", "fastseq.ops.lstm.triton_step"),
+    cases=CASES,
+)
+_OPS = declare(FAMILY)
 
 
 # ---------------------------------------------------------------------------------------------- cell
 
 
-@torch.library.custom_op("fastseq::lstm_cell", mutates_args=())
-def _lstm_cell(gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
-    return _impl("lstm_cell_forward", gates)(gates, c_prev)
-
-
-@_lstm_cell.register_fake
+@_OPS["lstm_cell"].register_fake
 def _(gates, c_prev):
     return gates.new_empty(c_prev.shape), torch.empty_like(c_prev)
 
 
-@torch.library.custom_op("fastseq::lstm_cell_backward", mutates_args=())
-def _lstm_cell_backward(grad_h: Tensor, grad_c: Tensor, gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
-    return _impl("lstm_cell_backward", gates)(grad_h, grad_c, gates, c_prev)
-
-
-@_lstm_cell_backward.register_fake
+@_OPS["lstm_cell_backward"].register_fake
 def _(grad_h, grad_c, gates, c_prev):
     return torch.empty_like(gates), torch.empty_like(c_prev)
 
@@ -53,10 +62,10 @@ def _cell_setup(ctx, inputs, output):
 
 def _cell_backward(ctx, grad_h, grad_c):
     gates, c_prev = ctx.saved_tensors
-    return _lstm_cell_backward(grad_h.contiguous(), grad_c.contiguous(), gates, c_prev)
+    return _OPS["lstm_cell_backward"](grad_h.contiguous(), grad_c.contiguous(), gates, c_prev)
 
 
-_lstm_cell.register_autograd(_cell_backward, setup_context=_cell_setup)
+_OPS["lstm_cell"].register_autograd(_cell_backward, setup_context=_cell_setup)
 
 
 def lstm_cell(gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
@@ -65,36 +74,20 @@ def lstm_cell(gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
     The activations and the cell update are computed in float32 (float64 for float64 inputs).
     """
     op = "lstm_cell"
-    gates, c_prev = C.autocast(gates, c_prev)
+    gates, c_prev = autocast(gates, c_prev)
     C.check_float(op, "gates", gates)
     C.check_ndim(op, "gates", gates, 2, "(B, 4H)")
     if gates.shape[1] % 4:
         C.fail(op, f"gates.shape[1] must be 4*H, a multiple of 4; got {gates.shape[1]}")
     C.check_shape(op, "c_prev", c_prev, (gates.shape[0], gates.shape[1] // 4), "(B, H)")
     C.check_like(op, "c_prev", c_prev, "gates", gates)
-    return _lstm_cell(gates.contiguous(), c_prev.contiguous())
+    return _OPS["lstm_cell"](gates.contiguous(), c_prev.contiguous())
 
 
 # --------------------------------------------------------------------------------------------- layer
 
 
-@torch.library.custom_op("fastseq::lstm_layer", mutates_args=())
-def _lstm_layer(
-    x: Tensor,
-    h0: Tensor,
-    c0: Tensor,
-    w_ih: Tensor,
-    w_hh: Tensor,
-    bias: Optional[Tensor],
-    w_hr: Optional[Tensor],
-    lengths: Optional[Tensor],
-    reverse: bool,
-    training: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return _impl("lstm_layer_forward", x)(x, h0, c0, w_ih, w_hh, bias, w_hr, lengths, reverse, training)
-
-
-@_lstm_layer.register_fake
+@_OPS["lstm_layer"].register_fake
 def _(x, h0, c0, w_ih, w_hh, bias, w_hr, lengths, reverse, training):
     T, B, _ = x.shape
     H = w_hh.shape[0] // 4
@@ -105,31 +98,8 @@ def _(x, h0, c0, w_ih, w_hh, bias, w_hr, lengths, reverse, training):
     return y, torch.empty_like(h0), torch.empty_like(c0), gates_ws, c_ws
 
 
-@torch.library.custom_op("fastseq::lstm_layer_backward", mutates_args=())
-def _lstm_layer_backward(
-    grad_y: Tensor,
-    grad_h_n: Tensor,
-    grad_c_n: Tensor,
-    x: Tensor,
-    h0: Tensor,
-    c0: Tensor,
-    w_ih: Tensor,
-    w_hh: Tensor,
-    bias: Optional[Tensor],
-    w_hr: Optional[Tensor],
-    lengths: Optional[Tensor],
-    reverse: bool,
-    y: Tensor,
-    gates_ws: Tensor,
-    c_ws: Tensor,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return _impl("lstm_layer_backward", x)(
-        grad_y, grad_h_n, grad_c_n, x, h0, c0, w_ih, w_hh, bias, w_hr, lengths, reverse, y, gates_ws, c_ws
-    )
-
-
-@_lstm_layer_backward.register_fake
-def _(grad_y, grad_h_n, grad_c_n, x, h0, c0, w_ih, w_hh, bias, w_hr, lengths, reverse, y, gates_ws, c_ws):
+@_OPS["lstm_layer_backward"].register_fake
+def _(grad_y, grad_h_n, grad_c_n, x, h0, c0, w_ih, w_hh, bias, w_hr, *_):
     def like(t):
         return x.new_empty(0) if t is None else torch.empty_like(t)
 
@@ -137,39 +107,29 @@ def _(grad_y, grad_h_n, grad_c_n, x, h0, c0, w_ih, w_hh, bias, w_hr, lengths, re
 
 
 def _layer_setup(ctx, inputs, output):
-    x, h0, c0, w_ih, w_hh, bias, w_hr, lengths, reverse, training = inputs
-    y, _, _, gates_ws, c_ws = output
+    *args, reverse, training = inputs
     ctx.reverse, ctx.training = reverse, training
-    ctx.save_for_backward(x, h0, c0, w_ih, w_hh, bias, w_hr, lengths, y, gates_ws, c_ws)
+    ctx.save_for_backward(*args, *output[0:1], *output[3:])
 
 
 def _layer_backward(ctx, grad_y, grad_h_n, grad_c_n, _grad_gates_ws, _grad_c_ws):
     if not ctx.training:
         raise RuntimeError("lstm_layer: backward through a call made with training=False (no workspace saved)")
-    x, h0, c0, w_ih, w_hh, bias, w_hr, lengths, y, gates_ws, c_ws = ctx.saved_tensors
-    grads = _lstm_layer_backward(
-        grad_y.contiguous(), grad_h_n.contiguous(), grad_c_n.contiguous(),
-        x, h0, c0, w_ih, w_hh, bias, w_hr, lengths, ctx.reverse, y, gates_ws, c_ws,
-    )
+    *args, y, gates_ws, c_ws = ctx.saved_tensors
+    grads = _OPS["lstm_layer_backward"](grad_y.contiguous(), grad_h_n.contiguous(), grad_c_n.contiguous(),
+                                       *args, ctx.reverse, y, gates_ws, c_ws)
+    bias, w_hr = args[5], args[6]
     dx, dh0, dc0, dw_ih, dw_hh, dbias, dw_hr = grads
     return (dx, dh0, dc0, dw_ih, dw_hh, None if bias is None else dbias, None if w_hr is None else dw_hr,
             None, None, None)
 
 
-_lstm_layer.register_autograd(_layer_backward, setup_context=_layer_setup)
+_OPS["lstm_layer"].register_autograd(_layer_backward, setup_context=_layer_setup)
 
 
-def lstm_layer(
-    x: Tensor,
-    h0: Tensor,
-    c0: Tensor,
-    w_ih: Tensor,
-    w_hh: Tensor,
-    bias: Optional[Tensor] = None,
-    w_hr: Optional[Tensor] = None,
-    lengths: Union[Tensor, Sequence[int], None] = None,
-    reverse: bool = False,
-) -> tuple[Tensor, Tensor, Tensor]:
+def lstm_layer(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, bias: Optional[Tensor] = None,
+               w_hr: Optional[Tensor] = None, lengths: Union[Tensor, Sequence[int], None] = None,
+               reverse: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     """One LSTM layer in one direction over a time-major sequence -> (y, h_n, c_n).
 
     x (T, B, I); h0 (B, P); c0 (B, H); w_ih (4H, I); w_hh (4H, P); bias (4H,) = b_ih + b_hh or None;
@@ -178,7 +138,7 @@ def lstm_layer(
     y (T, B, P) is zero where t >= lengths[b]; h_n, c_n are each row's state after its last token.
     """
     op = "lstm_layer"
-    x, h0, c0, w_ih, w_hh, bias, w_hr = C.autocast(x, h0, c0, w_ih, w_hh, bias, w_hr)
+    x, h0, c0, w_ih, w_hh, bias, w_hr = autocast(x, h0, c0, w_ih, w_hh, bias, w_hr)
     C.check_float(op, "x", x)
     C.check_ndim(op, "x", x, 3, "(T, B, I)")
     T, B, I = x.shape
@@ -218,5 +178,5 @@ def lstm_layer(
     def c(t):
         return None if t is None else t.contiguous()
 
-    y, h_n, c_n, _, _ = _lstm_layer(*(c(t) for t in params), lengths, bool(reverse), training)
+    y, h_n, c_n, _, _ = _OPS["lstm_layer"](*(c(t) for t in params), lengths, bool(reverse), training)
     return y, h_n, c_n

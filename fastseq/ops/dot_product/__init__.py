@@ -4,7 +4,8 @@ cache, as a decoder calls it once per generated token). Torch custom ops with fa
 an autograd formula for `attention`), served by the backend `fastseq.backends` chooses: "triton" or
 "reference" for `attention`; "cuda" (fastseq._C), "triton" or "reference" for `attention_decode`.
 
-The math, the masking rules and the workspace (the log-sum-exp) are in fastseq/reference/attention.py.
+The math, the masking rules and the workspace (the log-sum-exp) are in reference.py beside this file;
+the Triton kernels in triton_forward.py, triton_backward.py and triton_decode.py.
 """
 from __future__ import annotations
 
@@ -13,68 +14,76 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from ..reference.attention import attention_weights as reference_weights
-from ..reference.lstm import acc_dtype
-from . import _checks as C
-from ._dispatch import implementation, register
+from ...numerics import acc_dtype, autocast
+from .. import checks as C
+from ..registry import EXTENSION, Family, declare
+from .reference import attention_weights as reference_weights
 
-register("attention", ("attention_forward", "attention_backward"), reference="fastseq.reference.attention",
-         triton="fastseq.triton.attention")
-register("attention_decode", ("attention_decode",), reference="fastseq.reference.attention",
-         triton="fastseq.triton.attention", extension=("cuda",))
+# The attention benchmark's cases (benchmarks/bench_attention.py) against torch's SDPA backends:
+# "train" (B, H, T, D) self-attention, causal and not; "seq2seq" (B, E, heads, max_len) padded batches
+# through MultiheadAttention.
+CASES = {
+    "quick": {"train": [(1, 2, 64, 32)], "seq2seq": [(4, 64, 4, 32)]},
+    "cpu": {"train": [(2, 4, 256, 64)], "seq2seq": [(16, 256, 4, 128)]},
+    "gpu": {"train": [(16, 16, 1024, 128), (8, 16, 2048, 128), (4, 16, 4096, 128), (2, 16, 8192, 128)],
+            "seq2seq": [(64, 512, 8, 128)]},
+    "headline": {"train": [(4, 16, 4096, 128)], "seq2seq": []},
+}
+# Decoding (B, Hq, Hkv, T, D): one query per row against a cache of T positions.
+DECODE_CASES = {"quick": [(2, 4, 2, 64, 32)], "cpu": [(8, 8, 2, 512, 64)],
+                "gpu": [(64, 32, 8, 2048, 128), (1, 32, 8, 16384, 128)],
+                "headline": [(64, 32, 8, 2048, 128), (1, 32, 8, 16384, 128)]}
+
+_ARGS = "Tensor q, Tensor k, Tensor v, Tensor? lengths, Tensor? key_padding_mask"
+_FLAGS = "bool causal, float scale, float dropout_p, int seed"
+_TRITON = "fastseq.ops.dot_product.triton_"
+FAMILY = Family(
+    name="attention",
+    functions={"attention": f"({_ARGS}, {_FLAGS}) -> (Tensor, Tensor)",
+               "attention_backward": f"(Tensor grad_out, {_ARGS}, {_FLAGS}, Tensor out, Tensor lse) "
+                                     "-> (Tensor, Tensor, Tensor)"},
+    backends={"reference": "fastseq.ops.dot_product.reference",
+              "triton": (_TRITON + "forward", _TRITON + "backward")},
+    kernels=(_TRITON + "forward", _TRITON + "backward"),
+    cases=CASES,
+)
+DECODE_FAMILY = Family(
+    name="attention_decode",
+    functions={"attention_decode": f"({_ARGS}, float scale) -> Tensor"},
+    backends={"reference": "fastseq.ops.dot_product.reference", "triton": _TRITON + "decode", "cuda": EXTENSION},
+    kernels=(_TRITON + "decode",),
+    cases=DECODE_CASES,
+)
+_OPS = {**declare(FAMILY), **declare(DECODE_FAMILY)}
 
 
-def _impl(function: str, t: Tensor, family: str = "attention"):
-    return implementation(family, function, t.device.type)
-
-
-@torch.library.custom_op("fastseq::attention", mutates_args=())
-def _attention(q: Tensor, k: Tensor, v: Tensor, lengths: Optional[Tensor], key_padding_mask: Optional[Tensor],
-               causal: bool, scale: float, dropout_p: float, seed: int) -> tuple[Tensor, Tensor]:
-    return _impl("attention_forward", q)(q, k, v, causal, lengths, key_padding_mask, scale, dropout_p, seed)
-
-
-@_attention.register_fake
+@_OPS["attention"].register_fake
 def _(q, k, v, lengths, key_padding_mask, causal, scale, dropout_p, seed):
     B, Hq, Tq, _ = q.shape
     return q.new_empty(B, Hq, Tq, v.shape[3]), q.new_empty(B, Hq, Tq, dtype=acc_dtype(q.dtype))
 
 
-@torch.library.custom_op("fastseq::attention_backward", mutates_args=())
-def _attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, lengths: Optional[Tensor],
-                        key_padding_mask: Optional[Tensor], causal: bool, scale: float, dropout_p: float, seed: int,
-                        out: Tensor, lse: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    return _impl("attention_backward", q)(grad_out, q, k, v, causal, lengths, key_padding_mask, scale, dropout_p,
-                                          seed, out, lse)
-
-
-@_attention_backward.register_fake
-def _(grad_out, q, k, v, lengths, key_padding_mask, causal, scale, dropout_p, seed, out, lse):
+@_OPS["attention_backward"].register_fake
+def _(grad_out, q, k, v, *_):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 def _setup(ctx, inputs, output):
-    q, k, v, lengths, key_padding_mask, causal, scale, dropout_p, seed = inputs
-    ctx.flags = (causal, scale, dropout_p, seed)
+    q, k, v, lengths, key_padding_mask, *flags = inputs
+    ctx.flags = flags
     ctx.save_for_backward(q, k, v, lengths, key_padding_mask, *output)
 
 
 def _backward(ctx, grad_out, _grad_lse):
     q, k, v, lengths, key_padding_mask, out, lse = ctx.saved_tensors
-    grads = _attention_backward(grad_out.contiguous(), q, k, v, lengths, key_padding_mask, *ctx.flags, out, lse)
+    grads = _OPS["attention_backward"](grad_out.contiguous(), q, k, v, lengths, key_padding_mask, *ctx.flags, out, lse)
     return (*grads, None, None, None, None, None, None)
 
 
-_attention.register_autograd(_backward, setup_context=_setup)
+_OPS["attention"].register_autograd(_backward, setup_context=_setup)
 
 
-@torch.library.custom_op("fastseq::attention_decode", mutates_args=())
-def _attention_decode(q: Tensor, k: Tensor, v: Tensor, lengths: Optional[Tensor], key_padding_mask: Optional[Tensor],
-                      scale: float) -> Tensor:
-    return _impl("attention_decode", q, "attention_decode")(q, k, v, lengths, key_padding_mask, scale)
-
-
-@_attention_decode.register_fake
+@_OPS["attention_decode"].register_fake
 def _(q, k, v, lengths, key_padding_mask, scale):
     return q.new_empty(q.shape[0], q.shape[1], v.shape[3])
 
@@ -102,7 +111,7 @@ def _check_scale(op: str, scale) -> None:
         C.fail(op, f"scale must be a positive number or None, got {scale!r}")
 
 
-def _cache_layout(t: Tensor) -> Tensor:
+def cache_layout(t: Tensor) -> Tensor:
     """t itself when each (batch row, head) holds its positions as contiguous rows, whatever its batch and
     head strides (a view of the first positions of a longer cache, a batch expanded from one row, a single
     head's odd stride): the decode kernels read those strides. Else a copy in the standard layout."""
@@ -112,16 +121,9 @@ def _cache_layout(t: Tensor) -> Tensor:
     return t.clone(memory_format=torch.contiguous_format)
 
 
-def attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    causal: bool = False,
-    key_padding_mask: Optional[Tensor] = None,
-    lengths: Union[Tensor, Sequence[int], None] = None,
-    scale: Optional[float] = None,
-    dropout_p: float = 0.0,
-) -> Tensor:
+def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, key_padding_mask: Optional[Tensor] = None,
+              lengths: Union[Tensor, Sequence[int], None] = None, scale: Optional[float] = None,
+              dropout_p: float = 0.0) -> Tensor:
     """Scaled dot-product attention of q (B, Hq, Tq, D) over k (B, Hkv, Tk, D), v (B, Hkv, Tk, Dv) -> (B, Hq, Tq, Dv).
 
     Hkv must divide Hq (grouped-query and multi-query attention). causal: query i sees keys
@@ -130,7 +132,7 @@ def attention(
     scale defaults to 1/√D. dropout_p drops attention probabilities (pass 0.0 at evaluation).
     """
     op = "attention"
-    q, k, v = C.autocast(q, k, v)
+    q, k, v = autocast(q, k, v)
     _check_heads(op, q, k, v, "(B, Hq, Tq, D)")
     B, Hq, Tq, D = q.shape
     Tk = k.shape[2]
@@ -142,19 +144,13 @@ def attention(
     lengths = C.check_key_padding(op, key_padding_mask, lengths, B, Tk, q.device)
     mask = None if key_padding_mask is None else key_padding_mask.contiguous()
     seed = int(torch.randint(0, 2**62, ())) if dropout_p > 0 else 0
-    out, _ = _attention(q.contiguous(), k.contiguous(), v.contiguous(), lengths, mask, bool(causal),
+    out, _ = _OPS["attention"](q.contiguous(), k.contiguous(), v.contiguous(), lengths, mask, bool(causal),
                         float(D**-0.5 if scale is None else scale), float(dropout_p), seed)
     return out
 
 
-def attention_decode(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    lengths: Union[Tensor, Sequence[int], None] = None,
-    key_padding_mask: Optional[Tensor] = None,
-    scale: Optional[float] = None,
-) -> Tensor:
+def attention_decode(q: Tensor, k: Tensor, v: Tensor, lengths: Union[Tensor, Sequence[int], None] = None,
+                     key_padding_mask: Optional[Tensor] = None, scale: Optional[float] = None) -> Tensor:
     """One new query per sequence, q (B, Hq, D), against cached keys k (B, Hkv, Tk, D) and values
     v (B, Hkv, Tk, Dv) -> (B, Hq, Dv): a decoder's attention at one generation step.
 
@@ -170,18 +166,12 @@ def attention_decode(
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         return attention(q[:, :, None], k, v, key_padding_mask=key_padding_mask, lengths=lengths, scale=scale)[:, :, 0]
     mask = None if key_padding_mask is None else key_padding_mask.contiguous()
-    return _attention_decode(q.contiguous(), _cache_layout(k), _cache_layout(v), lengths, mask,
+    return _OPS["attention_decode"](q.contiguous(), cache_layout(k), cache_layout(v), lengths, mask,
                              float(q.shape[-1] ** -0.5 if scale is None else scale))
 
 
-def attention_weights(
-    q: Tensor,
-    k: Tensor,
-    causal: bool = False,
-    key_padding_mask: Optional[Tensor] = None,
-    lengths: Union[Tensor, Sequence[int], None] = None,
-    scale: Optional[float] = None,
-) -> Tensor:
+def attention_weights(q: Tensor, k: Tensor, causal: bool = False, key_padding_mask: Optional[Tensor] = None,
+                      lengths: Union[Tensor, Sequence[int], None] = None, scale: Optional[float] = None) -> Tensor:
     """The attention probabilities P (B, Hq, Tq, Tk) of `attention(q, k, v, ...)` before dropout,
     differentiable; zero rows for queries that see no key. They take O(B·Hq·Tq·Tk) memory: the fused
     op never builds them, so ask only when they are needed (the reference computes them)."""

@@ -1,5 +1,5 @@
 """Additive (Bahdanau) attention fused in Triton: scores, softmax and context without ever building the
-(B, Tq, Tk, H) tensor. The math and the padding rule are in fastseq/reference/additive_attention.py.
+(B, Tq, Tk, H) tensor. The math and the padding rule are in fastseq/ops/additive/reference.py.
 
 Forward: one program per (block of queries, row). It streams the keys in blocks with an online softmax;
 each score block s (BLOCK_Q × BLOCK_K) is summed over H in chunks of BLOCK_H as a 3-D tile
@@ -24,9 +24,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ..backends import triton_interpret
-from .common import ACC as _ACC
-from .common import batch_slices, key_bound, key_valid, launch_options, mask_pointer, padding_args, precision
+from ...backends import triton_interpret
+from ...triton.activations import tanh
+from ...triton.common import acc_type, batch_slices, key_bound, key_valid, launch_options, mask_pointer, padding_args, precision
 
 # Tile sizes per kernel, for float64 apart: the 3-D tanh tile and the accumulators fit the registers
 # without spilling (checked ahead of time for sm_90 and sm_80, under Triton 3.6 and 3.9, by
@@ -35,15 +35,6 @@ FWD = {"BLOCK_Q": 16, "BLOCK_K": 32, "BLOCK_H": 16, "num_warps": 4}
 BWD = {"BLOCK_Q": 16, "BLOCK_K": 16, "BLOCK_H": 16, "num_warps": 8, "maxnreg": 255}
 BWD_FP64 = {"BLOCK_Q": 16, "BLOCK_K": 16, "BLOCK_H": 4, "num_warps": 8}
 DECODE = {"BLOCK_K": 64, "BLOCK_H": 32, "num_warps": 4}
-
-
-@triton.jit
-def _tanh(x, FAST: tl.constexpr):
-    if FAST:
-        return tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [x], dtype=tl.float32,
-                                         is_pure=True, pack=1)
-    else:
-        return 2 * tl.sigmoid(2 * x) - 1
 
 
 @triton.jit
@@ -56,7 +47,7 @@ def _tanh_chunk(q_ptr, k_ptr, v_ptr, queries, keys, q_ok, k_ok, h0, H, BLOCK_H: 
     q = tl.load(q_ptr + queries[:, None] * H + h[None, :], mask=q_ok[:, None] & h_ok[None, :], other=0.0)
     k = tl.load(k_ptr + keys[:, None] * H + h[None, :], mask=k_ok[:, None] & h_ok[None, :], other=0.0)
     w = tl.load(v_ptr + h, mask=h_ok, other=0.0).to(ACC)
-    return _tanh(q.to(ACC)[:, None, :] + k.to(ACC)[None, :, :], FAST), w, h, h_ok
+    return tanh(q.to(ACC)[:, None, :] + k.to(ACC)[None, :, :], FAST), w, h, h_ok
 
 
 @triton.jit
@@ -180,7 +171,7 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, values_ptr, lengths_ptr, mask_ptr, conte
             k = tl.load(k_ptr + b * Tk * H + keys[:, None] * H + h[None, :], mask=k_in[:, None] & h_ok[None, :],
                         other=0.0).to(ACC)
             w = tl.load(v_ptr + h, mask=h_ok, other=0.0).to(ACC)
-            s += tl.sum(_tanh(q[None, :] + k, FAST) * w[None, :], axis=1)
+            s += tl.sum(tanh(q[None, :] + k, FAST) * w[None, :], axis=1)
         s = tl.where(key_valid(mask_ptr, b, keys, n_keys, Tk, HAS_MASK), s, float("-inf"))
         m_new = tl.maximum(m, tl.max(s, axis=0))
         shift = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -206,7 +197,7 @@ def _block_d(Dv: int) -> int:
     return max(16, triton.next_power_of_2(Dv))
 
 
-def additive_attention_forward(query_proj, key_proj, v, values, lengths, key_padding_mask):
+def additive_attention(query_proj, key_proj, v, values, lengths, key_padding_mask):
     B, Tq, H = query_proj.shape
     Tk, Dv = values.shape[1], values.shape[2]
     acc = torch.float64 if query_proj.dtype == torch.float64 else torch.float32
@@ -219,7 +210,7 @@ def additive_attention_forward(query_proj, key_proj, v, values, lengths, key_pad
         _fwd_kernel[(triton.cdiv(Tq, FWD["BLOCK_Q"]), part.rows)](
             pq, pk, v, pvalues, part.lengths, part.mask, pcontext, plse, Tq, Tk, H, Dv, **flags,
             BLOCK_Q=FWD["BLOCK_Q"], BLOCK_K=FWD["BLOCK_K"], BLOCK_H=FWD["BLOCK_H"], BLOCK_D=_block_d(Dv),
-            ACC=_ACC.get(query_proj.dtype, tl.float32), FAST=_fast_tanh(query_proj),
+            ACC=acc_type(query_proj.dtype), FAST=_fast_tanh(query_proj),
             PRECISION=precision(query_proj.dtype), num_warps=FWD["num_warps"])
     return context, lse
 
@@ -243,7 +234,7 @@ def additive_attention_backward(grad_context, query_proj, key_proj, v, values, l
             *part(grad_context, query_proj, key_proj), v, *part(values), part.lengths, part.mask,
             *part(lse, delta, dq, dk, dv, dvalues), Tq, Tk, H, Dv, **flags, BLOCK_Q=cfg["BLOCK_Q"],
             BLOCK_K=cfg["BLOCK_K"], BLOCK_H=cfg["BLOCK_H"], BLOCK_D=_block_d(Dv),
-            ACC=_ACC.get(query_proj.dtype, tl.float32), FAST=_fast_tanh(query_proj),
+            ACC=acc_type(query_proj.dtype), FAST=_fast_tanh(query_proj),
             PRECISION=precision(query_proj.dtype), **launch_options(cfg))
     return (dq.to(query_proj.dtype), dk.to(key_proj.dtype), dv.sum((0, 1)).to(v.dtype), dvalues)
 
@@ -255,7 +246,7 @@ def additive_attention_decode(query_proj, key_proj, v, values, lengths, key_padd
     len_arg, mask_arg, has_len, has_mask = padding_args(lengths, key_padding_mask, query_proj)
     _decode_kernel[(B,)](query_proj, key_proj, v, values, len_arg, mask_arg, context, Tk, H, Dv,
                          HAS_LENGTHS=has_len, HAS_MASK=has_mask, BLOCK_K=DECODE["BLOCK_K"],
-                         BLOCK_H=DECODE["BLOCK_H"], BLOCK_D=_block_d(Dv), ACC=_ACC.get(query_proj.dtype, tl.float32),
+                         BLOCK_H=DECODE["BLOCK_H"], BLOCK_D=_block_d(Dv), ACC=acc_type(query_proj.dtype),
                          FAST=_fast_tanh(query_proj), num_warps=DECODE["num_warps"])
     return context
 

@@ -2,11 +2,11 @@
 each variant's registers and spills (read from ptxas, the one Triton itself uses for that target) and
 its shared memory against what one block may take on that architecture (SHARED_MEMORY).
 
-    python -m fastseq.triton.aot --arch 90 80 [--json]
+    python -m fastseq.ops.aot --arch 90 80 [--json]
 
-Each kernel module lists the variants its launchers use in `aot_specs()`: (name, kernel, signature,
-constexprs, options), and optionally the architectures the variant is meant for (configurations tuned
-per architecture). Needs the real JIT: run it with TRITON_INTERPRET unset or 0.
+The kernel modules are those the op families declare (fastseq.ops.registry); each lists the variants its
+launchers use in `aot_specs()`: (name, kernel, signature, constexprs, options), and optionally the
+architectures the variant is meant for (configurations tuned per architecture). Needs the real JIT: run it with TRITON_INTERPRET unset or 0.
 """
 from __future__ import annotations
 
@@ -23,12 +23,15 @@ import tempfile
 # Bytes of shared memory one block may use (opted in): 227 KB on sm_90 (H100, H200), 163 KB on sm_80 (A100).
 SHARED_MEMORY = {90: 227 * 1024, 80: 163 * 1024}
 
-SPEC_MODULES = ("fastseq.triton.lstm_cell", "fastseq.triton.lstm_step", "fastseq.triton.additive_attention",
-                "fastseq.triton.attention")
+def kernel_modules() -> list[str]:
+    """The Triton kernel modules every declared op family lists (fastseq.ops.registry), each once."""
+    from .registry import declared
+
+    return list(dict.fromkeys(m for family in declared().values() for m in family.kernels))
 
 
 def specs():
-    for module in SPEC_MODULES:
+    for module in kernel_modules():
         yield from importlib.import_module(module).aot_specs()
 
 

@@ -19,18 +19,6 @@ def check_float(op: str, name: str, t: torch.Tensor) -> None:
         fail(op, f"{name} must be one of float16, bfloat16, float32, float64; got {t.dtype}", TypeError)
 
 
-def autocast(*tensors: Optional[torch.Tensor]) -> tuple[Optional[torch.Tensor], ...]:
-    """Under torch.autocast on the first tensor's device, the floating tensors in the autocast dtype, as
-    torch's own matmul-bound ops take them (the custom ops then run in it, and gradients flow back to the
-    original dtypes through the casts); otherwise the tensors as they are."""
-    device = next(t for t in tensors if t is not None).device.type
-    if device not in ("cpu", "cuda") or not torch.is_autocast_enabled(device):
-        return tensors
-    dtype = torch.get_autocast_dtype(device)
-    return tuple(t.to(dtype) if t is not None and t.is_floating_point() and t.dtype != dtype
-                 and t.dtype != torch.float64 else t for t in tensors)
-
-
 def check_ndim(op: str, name: str, t: torch.Tensor, ndim: int, layout: str) -> None:
     if t.dim() != ndim:
         fail(op, f"{name} must be {ndim}-D {layout}, got shape {tuple(t.shape)}")

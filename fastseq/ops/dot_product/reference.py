@@ -28,8 +28,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .additive_attention import keep_mask
-from .lstm import acc_dtype
+from ...numerics import acc_dtype
+from ..additive.reference import keep_mask
 
 
 def visible(Tq: int, Tk: int, causal: bool, lengths: Optional[Tensor], key_padding_mask: Optional[Tensor],
@@ -76,9 +76,8 @@ def _probabilities(q, k, scale, causal, lengths, key_padding_mask):
     return torch.exp(s - lse[..., None]), lse
 
 
-def attention_forward(q: Tensor, k: Tensor, v: Tensor, causal: bool, lengths: Optional[Tensor],
-                      key_padding_mask: Optional[Tensor], scale: float, dropout_p: float,
-                      seed: int) -> tuple[Tensor, Tensor]:
+def attention(q: Tensor, k: Tensor, v: Tensor, lengths: Optional[Tensor], key_padding_mask: Optional[Tensor],
+              causal: bool, scale: float, dropout_p: float, seed: int) -> tuple[Tensor, Tensor]:
     """-> (out (B, Hq, Tq, Dv) in the input dtype, lse (B, Hq, Tq) in the accumulation dtype)."""
     acc = acc_dtype(q.dtype)
     qa, ka, va = q.to(acc), k.to(acc), v.to(acc)
@@ -88,9 +87,9 @@ def attention_forward(q: Tensor, k: Tensor, v: Tensor, causal: bool, lengths: Op
     return (p @ _expand_heads(va, q.shape[1])).to(q.dtype), lse
 
 
-def attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, causal: bool, lengths: Optional[Tensor],
-                       key_padding_mask: Optional[Tensor], scale: float, dropout_p: float, seed: int, out: Tensor,
-                       lse: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, lengths: Optional[Tensor],
+                       key_padding_mask: Optional[Tensor], causal: bool, scale: float, dropout_p: float, seed: int,
+                       out: Tensor, lse: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """-> (grad_q, grad_k, grad_v), each in its input's dtype."""
     acc = acc_dtype(q.dtype)
     qa, ka, va, do = q.to(acc), k.to(acc), v.to(acc), grad_out.to(acc)
@@ -125,5 +124,5 @@ def attention_weights(q: Tensor, k: Tensor, causal: bool = False, lengths: Optio
 def attention_decode(q: Tensor, k: Tensor, v: Tensor, lengths: Optional[Tensor], key_padding_mask: Optional[Tensor],
                      scale: float) -> Tensor:
     """One query per row: q (B, Hq, D) against k (B, Hkv, Tk, D), v (B, Hkv, Tk, Dv) -> (B, Hq, Dv)."""
-    out, _ = attention_forward(q[:, :, None], k, v, False, lengths, key_padding_mask, scale, 0.0, 0)
+    out, _ = attention(q[:, :, None], k, v, lengths, key_padding_mask, False, scale, 0.0, 0)
     return out[:, :, 0]

@@ -10,15 +10,11 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import ACC
+from ...triton.activations import tanh
+from ...triton.common import acc_type
 
 BLOCK = 1024
 NUM_WARPS = 8  # 4 elements a thread: the float64 backward fits its registers without spilling
-
-
-@triton.jit
-def _tanh(x):
-    return 2 * tl.sigmoid(2 * x) - 1
 
 
 @triton.jit
@@ -26,7 +22,7 @@ def _activations(z, H, mask, ACC: tl.constexpr):
     """σ(z_i), σ(z_f), tanh(z_g), σ(z_o) of the units whose pre-activations z points at."""
     i = tl.sigmoid(tl.load(z, mask=mask).to(ACC))
     f = tl.sigmoid(tl.load(z + H, mask=mask).to(ACC))
-    g = _tanh(tl.load(z + 2 * H, mask=mask).to(ACC))
+    g = tanh(tl.load(z + 2 * H, mask=mask).to(ACC), False)
     o = tl.sigmoid(tl.load(z + 3 * H, mask=mask).to(ACC))
     return i, f, g, o
 
@@ -40,7 +36,7 @@ def _lstm_cell_fwd_kernel(gates_ptr, c_prev_ptr, h_ptr, c_ptr, N, H, BLOCK: tl.c
     i, f, g, o = _activations(gates_ptr + r * 3 * H + n, H, mask, ACC)
     c = f * tl.load(c_prev_ptr + n, mask=mask).to(ACC) + i * g
     tl.store(c_ptr + n, c.to(c_ptr.dtype.element_ty), mask=mask)
-    tl.store(h_ptr + n, (o * _tanh(c)).to(h_ptr.dtype.element_ty), mask=mask)
+    tl.store(h_ptr + n, (o * tanh(c, False)).to(h_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -53,7 +49,7 @@ def _lstm_cell_bwd_kernel(
     r = n // H
     i, f, g, o = _activations(gates_ptr + r * 3 * H + n, H, mask, ACC)
     cp = tl.load(c_prev_ptr + n, mask=mask).to(ACC)
-    tc = _tanh(f * cp + i * g)
+    tc = tanh(f * cp + i * g, False)
     dh = tl.load(grad_h_ptr + n, mask=mask).to(ACC)
     dc = tl.load(grad_c_ptr + n, mask=mask).to(ACC) + dh * o * (1 - tc * tc)
     dz = grad_gates_ptr + r * 3 * H + n
@@ -73,7 +69,7 @@ def forward_out(gates: torch.Tensor, c_prev: torch.Tensor, h: torch.Tensor, c: t
     """h, c <- cell(gates, c_prev); every tensor contiguous, rows leading."""
     n = c.numel()
     if n:
-        acc = ACC.get(gates.dtype, tl.float32)
+        acc = acc_type(gates.dtype)
         _lstm_cell_fwd_kernel[_grid(n)](gates, c_prev, h, c, n, c.shape[-1], BLOCK=BLOCK, ACC=acc,
                                         num_warps=NUM_WARPS)
 
@@ -82,7 +78,7 @@ def backward_out(grad_h, grad_c, gates, c_prev, grad_gates, grad_c_prev) -> None
     """grad_gates, grad_c_prev <- cell backward; grad_c_prev may be grad_c itself."""
     n = c_prev.numel()
     if n:
-        acc = ACC.get(gates.dtype, tl.float32)
+        acc = acc_type(gates.dtype)
         _lstm_cell_bwd_kernel[_grid(n)](grad_h, grad_c, gates, c_prev, grad_gates, grad_c_prev, n,
                                         c_prev.shape[-1], BLOCK=BLOCK, ACC=acc, num_warps=NUM_WARPS)
 

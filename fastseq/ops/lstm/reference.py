@@ -26,10 +26,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype a computation on `dtype` accumulates and carries state in."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from ...numerics import acc_dtype
 
 
 def _gates(z: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -37,7 +34,7 @@ def _gates(z: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return torch.sigmoid(zi), torch.sigmoid(zf), torch.tanh(zg), torch.sigmoid(zo)
 
 
-def lstm_cell_forward(gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
+def lstm_cell(gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
     """One cell update from pre-activations `gates` (..., 4H) and `c_prev` (..., H) -> (h, c)."""
     acc = acc_dtype(gates.dtype)
     i, f, g, o = _gates(gates.to(acc))
@@ -46,9 +43,7 @@ def lstm_cell_forward(gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
     return h.to(gates.dtype), c.to(c_prev.dtype)
 
 
-def lstm_cell_backward(
-    grad_h: Tensor, grad_c: Tensor, gates: Tensor, c_prev: Tensor
-) -> tuple[Tensor, Tensor]:
+def lstm_cell_backward(grad_h: Tensor, grad_c: Tensor, gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
     """Gradients of one cell update, recomputing the activations from `gates` and `c_prev`.
 
     grad_h, grad_c: gradients w.r.t. the cell's outputs h and c. Returns (grad_gates, grad_c_prev).
@@ -77,18 +72,9 @@ def _where(mask: Optional[Tensor], a: Tensor, b: Tensor) -> Tensor:
     return a if mask is None else torch.where(mask, a, b)
 
 
-def lstm_layer_forward(
-    x: Tensor,
-    h0: Tensor,
-    c0: Tensor,
-    w_ih: Tensor,
-    w_hh: Tensor,
-    bias: Optional[Tensor],
-    w_hr: Optional[Tensor],
-    lengths: Optional[Tensor],
-    reverse: bool,
-    training: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def lstm_layer(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, bias: Optional[Tensor],
+               w_hr: Optional[Tensor], lengths: Optional[Tensor], reverse: bool,
+               training: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """One LSTM layer in one direction over a time-major sequence.
 
     x (T, B, I), h0 (B, P), c0 (B, H), w_ih (4H, I), w_hh (4H, P), bias (4H,) or None,
@@ -112,7 +98,7 @@ def lstm_layer_forward(
 
     for t in (range(T - 1, -1, -1) if reverse else range(T)):
         z = zx[t] + h @ w_hh_a.T
-        h_new, c_new = lstm_cell_forward(z, c)
+        h_new, c_new = lstm_cell(z, c)
         if w_hr_a is not None:
             h_new = h_new @ w_hr_a.T
         active = _active(lengths, t, x)
@@ -124,24 +110,11 @@ def lstm_layer_forward(
     return y.to(x.dtype), h.to(x.dtype), c.to(x.dtype), gates_ws, c_ws
 
 
-def lstm_layer_backward(
-    grad_y: Tensor,
-    grad_h_n: Tensor,
-    grad_c_n: Tensor,
-    x: Tensor,
-    h0: Tensor,
-    c0: Tensor,
-    w_ih: Tensor,
-    w_hh: Tensor,
-    bias: Optional[Tensor],
-    w_hr: Optional[Tensor],
-    lengths: Optional[Tensor],
-    reverse: bool,
-    y: Tensor,
-    gates_ws: Tensor,
-    c_ws: Tensor,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Backpropagation through time for `lstm_layer_forward`, from its outputs and workspace.
+def lstm_layer_backward(grad_y: Tensor, grad_h_n: Tensor, grad_c_n: Tensor, x: Tensor, h0: Tensor, c0: Tensor,
+                        w_ih: Tensor, w_hh: Tensor, bias: Optional[Tensor], w_hr: Optional[Tensor],
+                        lengths: Optional[Tensor], reverse: bool, y: Tensor, gates_ws: Tensor,
+                        c_ws: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Backpropagation through time for `lstm_layer`, from its outputs and workspace.
 
     Returns (grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias, grad_w_hr); grad_bias and
     grad_w_hr are empty tensors when bias / w_hr are None.

@@ -1,0 +1,102 @@
+"""The tile configurations of the attention forward and backward kernels, per architecture, element size
+and head dim, and their autotuning: on a GPU each launch is autotuned over the tiles meant for its inputs
+(pruned early, before any is compiled); float64 and the interpreter take one small fixed tile."""
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+
+from ...backends import triton_interpret
+
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) tried by the autotuner, per kernel, architecture (90: Hopper,
+# 80: Ampere and the rest), element size (2 or 4 bytes) and largest head dim (64, 128, 256): each
+# compiles without spilling under Triton 3.6 and 3.9 (tests/test_compile_checks.py). With dropout only
+# the last, smallest one runs (Philox's counters take registers).
+CONFIGS = {
+    ("fwd", 90, 2): {64: [(128, 64, 8, 3), (128, 64, 8, 2), (64, 32, 4, 2)],
+                     128: [(128, 64, 8, 3), (128, 64, 8, 2), (64, 32, 4, 2)], 256: [(32, 32, 4, 2)]},
+    ("fwd", 80, 2): {64: [(128, 64, 8, 3), (64, 64, 4, 2)], 128: [(128, 64, 8, 3), (128, 64, 8, 2), (64, 32, 4, 2)],
+                     256: [(32, 32, 4, 2)]},
+    ("dkdv", 90, 2): {64: [(16, 64, 8, 2), (32, 32, 4, 2)], 128: [(16, 64, 8, 2), (32, 32, 4, 2)],
+                      256: [(16, 16, 4, 1)]},
+    ("dkdv", 80, 2): {64: [(16, 64, 8, 2), (32, 32, 4, 2)], 128: [(32, 32, 4, 2), (16, 32, 4, 2)],
+                      256: [(16, 16, 4, 1)]},
+    ("dq", 90, 2): {64: [(128, 64, 8, 2), (64, 32, 4, 2)], 128: [(128, 64, 8, 2), (128, 32, 8, 2), (64, 32, 4, 2)],
+                    256: [(32, 32, 8, 1), (32, 16, 4, 1)]},
+    ("dq", 80, 2): {64: [(128, 64, 8, 2), (64, 32, 4, 2)], 128: [(64, 32, 8, 2), (32, 32, 4, 1)],
+                    256: [(32, 32, 8, 1)]},
+}
+for _kernel in ("fwd", "dkdv", "dq"):  # float32: FMA products (or TF32) hold whole tiles in registers
+    for _target in (90, 80):
+        CONFIGS[(_kernel, _target, 4)] = {64: [(16, 16, 4, 1)], 128: [(16, 16, 4, 1)], 256: [(16, 16, 4, 1)]}
+FIXED = {"BLOCK_M": 16, "BLOCK_N": 16, "num_warps": 4, "num_stages": 1}  # float64, and the interpreter
+
+
+def arch(device: torch.device) -> int:
+    """The architecture whose tiles a device takes: 90 (Hopper) or 80 (Ampere and the rest)."""
+    return 90 if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9 else 80
+
+
+def _dim_bucket(head_dim: int) -> int:
+    return 64 if head_dim <= 64 else 128 if head_dim <= 128 else 256
+
+
+def configs_for(kernel: str, target: int, element_size: int, head_dim: int,
+                dropout: bool = False) -> list[tuple[int, int, int, int]]:
+    """The (BLOCK_M, BLOCK_N, num_warps, num_stages) the autotuner tries for these inputs."""
+    tiles = CONFIGS[(kernel, target, 2 if element_size <= 2 else 4)][_dim_bucket(head_dim)]
+    return tiles[-1:] if dropout else tiles
+
+
+def _config_list(kernel: str) -> list[triton.Config]:
+    """Every distinct tile of a kernel, over architectures, element sizes and head dims."""
+    tiles = sorted({tile for (name, _, _), by_dim in CONFIGS.items() if name == kernel
+                    for dim_tiles in by_dim.values() for tile in dim_tiles})
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st) for m, n, w, st in tiles]
+
+
+def tile_of(config: triton.Config) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) of a configuration: read from what Triton itself keeps,
+    so a configuration Triton rebuilt (its autotune cache does) is recognized like the original."""
+    return config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"], config.num_warps, config.num_stages
+
+
+def prune(kernel: str, configs, named_args, **kwargs) -> list[triton.Config]:
+    """The autotuner's early pruning: the configurations among `configs` meant for these inputs (their
+    device's architecture, element size, head dims and dropout; `configs_for`)."""
+    args = {**named_args, **kwargs}
+    q = args["q_ptr"]
+    wanted = configs_for(kernel, arch(q.device), q.element_size(), max(args["D"], args["Dv"]), args["DROPOUT"])
+    return [c for c in configs if tile_of(c) in wanted]
+
+
+_KEY = ["D", "Dv", "T_BUCKET", "CAUSAL", "HAS_MASK", "DROPOUT"]
+
+
+@functools.lru_cache(maxsize=None)
+def tuned(kernel: str, fn):
+    """`fn`, the jit kernel named `kernel` in CONFIGS, autotuned over its tiles."""
+    return triton.autotune(configs=_config_list(kernel), key=_KEY,
+                           prune_configs_by={"early_config_prune": functools.partial(prune, kernel)})(fn)
+
+
+def launch(kernel: str, fn, grid, args: tuple, flags: dict, dtype: torch.dtype) -> None:
+    """Launch `fn` (named `kernel` in CONFIGS) over grid(tile): autotuned on a GPU for 16- and 32-bit
+    inputs; FIXED tiles for float64 and the interpreter."""
+    if dtype == torch.float64 or triton_interpret():
+        fn[grid(FIXED)](*args, **flags, BLOCK_M=FIXED["BLOCK_M"], BLOCK_N=FIXED["BLOCK_N"],
+                        num_warps=FIXED["num_warps"], num_stages=FIXED["num_stages"])
+    else:
+        tuned(kernel, fn)[grid](*args, **flags)
+
+
+def aot_tiles(kernel: str, t: str, dim: int, dropout: bool):
+    """(tile, architectures) pairs the AOT check compiles for a kernel on inputs of Triton type t."""
+    if t == "fp64":
+        yield tuple(FIXED[k] for k in ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages")), (90, 80)
+        return
+    for target in (90, 80):
+        for tile in configs_for(kernel, target, 4 if t == "fp32" else 2, dim, dropout):
+            yield tile, (target,)

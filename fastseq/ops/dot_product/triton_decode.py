@@ -1,0 +1,143 @@
+"""Decoding attention fused in Triton (flash-decoding): one new query per sequence against a KV cache. The
+cache is split into chunks of keys, one program per (chunk, batch row × key/value head), all the query
+heads of a group at once so each key is read once; a second kernel merges the chunks' partial softmaxes.
+k and v are read in place with any batch and head strides (`ops.dot_product.cache_layout`)."""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ...numerics import acc_dtype
+from ...triton.common import acc_type, batch_slices, key_bound, key_valid, mask_pointer, padding_args, precision
+from . import triton_common as common
+from .triton_common import load_tile, store_tile
+
+DECODE = {"BLOCK_N": {2: 64, 4: 16, 8: 16}, "num_warps": 4}  # keys a step, by element size (registers)
+
+
+@triton.jit
+def split_kernel(q_ptr, k_ptr, v_ptr, lengths_ptr, mask_ptr, part_out_ptr, part_lse_ptr, Hq, GROUP, Tk,
+                         k_batch, k_head, v_batch, v_head, chunk, n_splits, scales_ptr, D: tl.constexpr, Dv: tl.constexpr,
+                         HAS_LENGTHS: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK_G: tl.constexpr,
+                         BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, ACC: tl.constexpr,
+                         PRECISION: tl.constexpr):
+    """The GROUP query heads sharing key/value head `bkv`, over keys [split · chunk, (split + 1) · chunk):
+    part_out (B·Hq, n_splits, Dv) normalized within the chunk, part_lse (B·Hq, n_splits) in base 2.
+    k_batch, k_head, v_batch, v_head: elements from one batch row, and one key/value head, to the next
+    (any: a view of a cache's first Tk positions, a batch expanded from one row, a single head's odd
+    stride); each (row, head)'s positions are contiguous rows of D (Dv) elements."""
+    qk_scale = tl.load(scales_ptr)
+    split = tl.program_id(0)
+    bkv = tl.program_id(1).to(tl.int64)
+    Hkv = Hq // GROUP
+    b = bkv // Hkv
+    kv_head = bkv % Hkv
+    g = tl.arange(0, BLOCK_G)
+    g_ok = g < GROUP
+    rows = b * Hq + kv_head * GROUP + g  # the query heads' flat (batch row × head) index
+    q = load_tile(q_ptr, rows, g_ok, D, BLOCK_D, True)
+    n_keys = key_bound(lengths_ptr, b, Tk, HAS_LENGTHS)
+    lo = split * chunk
+    hi = tl.minimum(lo + chunk, n_keys)
+    m = tl.full((BLOCK_G,), float("-inf"), dtype=ACC)
+    l = tl.zeros((BLOCK_G,), dtype=ACC)
+    acc = tl.zeros((BLOCK_G, BLOCK_DV), dtype=ACC)
+    for k0 in range(lo, hi, BLOCK_N):
+        keys = k0 + tl.arange(0, BLOCK_N)
+        k = load_tile(k_ptr + b * k_batch + kv_head * k_head, keys, keys < hi, D, BLOCK_D, True)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION, out_dtype=ACC) * qk_scale
+        s = tl.where(key_valid(mask_ptr, b, keys, hi, Tk, HAS_MASK)[None, :], s, float("-inf"))
+        m_new = tl.maximum(m, tl.max(s, axis=1))
+        shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m - shift)
+        p = tl.exp2(s - shift[:, None])
+        l = l * alpha + tl.sum(p, axis=1)
+        v = load_tile(v_ptr + b * v_batch + kv_head * v_head, keys, keys < hi, Dv, BLOCK_DV, True)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION, out_dtype=ACC)
+        m = m_new
+    empty = l == 0
+    out = tl.where(empty[:, None], 0.0, acc / tl.where(empty, 1.0, l)[:, None])
+    lse = tl.where(empty, float("-inf"), m + tl.log2(tl.where(empty, 1.0, l)))
+    store_tile(part_out_ptr + split * Dv, out, rows * n_splits, g_ok, Dv, BLOCK_DV)
+    tl.store(part_lse_ptr + rows * n_splits + split, lse, mask=g_ok)
+
+
+@triton.jit
+def combine_kernel(part_out_ptr, part_lse_ptr, out_ptr, n_splits, Dv: tl.constexpr, BLOCK_S: tl.constexpr,
+                           BLOCK_DV: tl.constexpr):
+    """out (B·Hq, Dv): the chunks' outputs weighted by their share of the softmax; zeros if none saw a key."""
+    row = tl.program_id(0).to(tl.int64)
+    s = tl.arange(0, BLOCK_S)
+    dv = tl.arange(0, BLOCK_DV)
+    lse = tl.load(part_lse_ptr + row * n_splits + s, mask=s < n_splits, other=float("-inf"))
+    top = tl.max(lse, axis=0)
+    w = tl.where(lse == float("-inf"), 0.0, tl.exp2(lse - tl.where(top == float("-inf"), 0.0, top)))
+    total = tl.sum(w, axis=0)
+    parts = load_tile(part_out_ptr + row * n_splits * Dv, s, s < n_splits, Dv, BLOCK_DV, True)
+    out = tl.sum(parts * w[:, None], axis=0) / tl.where(total == 0, 1.0, total)
+    tl.store(out_ptr + row * Dv + dv, out.to(out_ptr.dtype.element_ty), mask=dv < Dv)
+
+
+def _multiprocessors(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4
+
+
+def decode_splits(batch_heads: int, Tk: int, device: torch.device) -> int:
+    """Chunks of the cache per (batch row, key/value head): enough programs for two waves of the GPU,
+    each chunk at least 64 keys."""
+    return max(1, min(triton.cdiv(2 * _multiprocessors(device), batch_heads), triton.cdiv(Tk, 64)))
+
+
+def attention_decode(q, k, v, lengths, key_padding_mask, scale):
+    """q (B, Hq, D) against k (B, Hkv, Tk, D), v (B, Hkv, Tk, Dv) -> (B, Hq, Dv)."""
+    common.check_head_dims(q, v)
+    B, Hq, D = q.shape
+    Hkv, Tk, Dv = k.shape[1], k.shape[2], v.shape[3]
+    group = Hq // Hkv
+    n_splits = decode_splits(B * Hkv, Tk, q.device)
+    block_n = DECODE["BLOCK_N"][q.element_size()]
+    chunk = triton.cdiv(triton.cdiv(Tk, n_splits), block_n) * block_n
+    n_splits = triton.cdiv(Tk, chunk)
+    acc = acc_dtype(q.dtype)
+    part_out = q.new_empty(B, Hq, n_splits, Dv, dtype=acc)
+    part_lse = q.new_empty(B, Hq, n_splits, dtype=acc)
+    len_arg, mask_arg, has_len, has_mask = padding_args(lengths, key_padding_mask, q)
+    flags = {"HAS_LENGTHS": has_len, "HAS_MASK": has_mask}
+    scales = common.scales(q, scale)
+    for part in batch_slices(B, Hkv, len_arg, mask_arg, flags):
+        pk, pv = part(k, v)
+        split_kernel[(n_splits, part.rows * Hkv)](
+            *part(q), pk, pv, part.lengths, part.mask, *part(part_out, part_lse), Hq, group, Tk, pk.stride(0),
+            pk.stride(1), pv.stride(0), pv.stride(1), chunk, n_splits, scales, D, Dv, **flags,
+            BLOCK_G=common.block(group), BLOCK_N=block_n, BLOCK_D=common.block(D), BLOCK_DV=common.block(Dv),
+            ACC=acc_type(q.dtype), PRECISION=precision(q.dtype), num_warps=DECODE["num_warps"])
+    out = q.new_empty(B, Hq, Dv)
+    combine_kernel[(B * Hq,)](part_out, part_lse, out, n_splits, Dv, BLOCK_S=triton.next_power_of_2(n_splits),
+                              BLOCK_DV=common.block(Dv), num_warps=4)
+    return out
+
+
+def aot_specs():
+    """Both decode kernels at head dim 128 in bf16, fp32 and fp64."""
+    for t in ("bf16", "fp32", "fp64"):
+        a = "fp64" if t == "fp64" else "fp32"
+        sig = {"q_ptr": f"*{t}", "k_ptr": f"*{t}", "v_ptr": f"*{t}", "lengths_ptr": "*i32", "mask_ptr": mask_pointer(t),
+               "part_out_ptr": f"*{a}", "part_lse_ptr": f"*{a}",
+               **{n: "i32" for n in ("Hq", "GROUP", "Tk", "k_batch", "k_head", "v_batch", "v_head", "chunk",
+                                     "n_splits")},
+               "scales_ptr": f"*{a}",
+               **{c: "constexpr" for c in ("D", "Dv", "HAS_LENGTHS", "HAS_MASK", "BLOCK_G", "BLOCK_N", "BLOCK_D",
+                                           "BLOCK_DV", "ACC", "PRECISION")}}
+        yield (f"attention_decode_split[{t},d128]", split_kernel, sig,
+               {"D": 128, "Dv": 128, "HAS_LENGTHS": True, "HAS_MASK": True, "BLOCK_G": 16,
+                "BLOCK_N": DECODE["BLOCK_N"][{"bf16": 2, "fp32": 4, "fp64": 8}[t]],
+                "BLOCK_D": 128, "BLOCK_DV": 128, "ACC": tl.float64 if t == "fp64" else tl.float32,
+                "PRECISION": "ieee"},
+               {"num_warps": DECODE["num_warps"]}, (90, 80))
+        sig = {"part_out_ptr": f"*{a}", "part_lse_ptr": f"*{a}", "out_ptr": f"*{t}", "n_splits": "i32",
+               "Dv": "constexpr", "BLOCK_S": "constexpr", "BLOCK_DV": "constexpr"}
+        yield (f"attention_decode_combine[{t},d128]", combine_kernel, sig,
+               {"Dv": 128, "BLOCK_S": 32, "BLOCK_DV": 128}, {"num_warps": 4}, (90, 80))

@@ -1,0 +1,99 @@
+"""Every op family declared once, and the lookup of the backend that serves each call.
+
+A `Family` declares everything the rest of the tree needs to know about an op family:
+  - its functions, each with the one schema every backend implements (positional arguments, in order);
+  - the backends implementing it: the module (or modules) holding `reference`'s and `triton`'s functions,
+    `EXTENSION` for the compiled `cpu` and `cuda` backends;
+  - its Triton kernel modules, whose `aot_specs()` list the variants `python -m fastseq.ops.aot`
+    compiles ahead of time;
+  - its benchmark cases per preset, which benchmarks/bench_<op>.py runs.
+
+From a declaration, `declare` makes a torch custom op `fastseq::<function>` per function, which calls
+that function of the backend `fastseq.backends` chooses, and defines the schema `fastseq_ext::<function>`
+that the compiled kernels implement (their C++ files register implementations only, checked against this
+schema when fastseq._C loads). The family's own module adds each op's fake implementation and autograd
+formula; `fastseq.ops.aot`, the benchmarks and the tests read the declarations from here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Any, Callable
+
+import torch
+
+from .. import backends
+
+EXTENSION = "fastseq._C"  # the backend module of `cpu` and `cuda`: the kernels fastseq._C registers
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """One op family: its functions with their schemas, its backends, Triton kernel modules and benchmark
+    cases (preset -> the cases benchmarks/bench_<name>.py documents)."""
+
+    name: str
+    functions: dict[str, str]
+    backends: dict[str, str | tuple[str, ...]]
+    kernels: tuple[str, ...] = ()
+    cases: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def function(self, backend: str, name: str) -> Callable:
+        """`backend`'s function `name` for this family."""
+        paths = self.backends[backend]
+        if paths == EXTENSION:
+            if backends.extension() is None:  # importing fastseq._C registers the kernels of fastseq_ext
+                raise backends.BackendUnavailableError(f"fastseq._C is unavailable: {backends.extension_error()}")
+            return getattr(torch.ops.fastseq_ext, name)
+        modules = [importlib.import_module(path) for path in ((paths,) if isinstance(paths, str) else paths)]
+        return next(getattr(m, name) for m in modules if hasattr(m, name))
+
+
+_FAMILIES: dict[str, Family] = {}
+_EXTENSION_LIBRARY = torch.library.Library("fastseq_ext", "DEF")
+
+
+def _dispatcher(family: str, function: str) -> Callable:
+    def run(*args):
+        device = next(a for a in args if isinstance(a, torch.Tensor)).device.type
+        return implementation(family, function, device)(*args)
+
+    run.__name__ = function
+    return run
+
+
+def declare(family: Family) -> dict[str, Any]:
+    """Register `family`; returns its custom ops `fastseq::<function>` by function name."""
+    if family.name in _FAMILIES:
+        raise ValueError(f"op family {family.name!r} is declared twice")
+    _FAMILIES[family.name] = family
+    compiled = EXTENSION in family.backends.values()
+    ops = {}
+    for function, schema in family.functions.items():
+        if compiled:
+            _EXTENSION_LIBRARY.define(function + schema)
+        ops[function] = torch.library.custom_op(f"fastseq::{function}", _dispatcher(family.name, function),
+                                                mutates_args=(), schema=schema)
+    return ops
+
+
+def declared() -> dict[str, Family]:
+    """Every declared op family by name."""
+    return dict(_FAMILIES)
+
+
+def families() -> dict[str, tuple[str, ...]]:
+    """Every declared op family and the backends implementing it."""
+    return {name: tuple(family.backends) for name, family in _FAMILIES.items()}
+
+
+def functions(family: str) -> tuple[str, ...]:
+    """The functions every backend of `family` provides."""
+    return tuple(_FAMILIES[family].functions)
+
+
+def implementation(family: str, function: str, device_type: str) -> Callable:
+    """The function `function` of the backend chosen for `family` on `device_type`."""
+    declaration = _FAMILIES[family]
+    choice = backends.choose(family, device_type, tuple(declaration.backends))
+    return declaration.function(choice.backend, function)
