@@ -16,6 +16,7 @@ def write(path: Union[str, os.PathLike], write_to: Callable, mode: str = "wb") -
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 -> the mode open() would give, as for every other file
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             write_to(f)
             f.flush()
@@ -25,6 +26,12 @@ def write(path: Union[str, os.PathLike], write_to: Callable, mode: str = "wb") -
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def torch_save(obj: Any, path: Union[str, os.PathLike]) -> None:

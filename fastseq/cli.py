@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -30,6 +31,13 @@ def _device(name):
     return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
+def _owned(out_dir: str, rank0: bool):
+    """The run folder's lock, held by rank 0 (every rank of a torchrun job writes through rank 0)."""
+    from .train.run_folder import RunFolder
+
+    return RunFolder(out_dir) if rank0 else contextlib.nullcontext()
+
+
 def _train(args: argparse.Namespace) -> int:
     from .train import Trainer, init_distributed
     from .train.tasks import apply_overrides, build_run, load_config, save_run
@@ -44,15 +52,16 @@ def _train(args: argparse.Namespace) -> int:
         import torch
 
         device = torch.device("cuda", torch.cuda.current_device())
-    run = build_run(config, device)
     rank0 = int(os.environ.get("RANK", 0)) == 0
-    if rank0:
-        print(f"fastseq train: {run.task}, {type(run.model).__name__} "
-              f"({sum(p.numel() for p in run.model.parameters()) / 1e6:.2f}M parameters), vocabulary "
-              f"{run.tokenizer.vocab_size}, {run.train.steps} steps on {device}; run folder {config['out_dir']}")
-    history = Trainer(run.model.to(device), run.train, run.batches, run.loss, run.evaluate, device=device).fit()
-    if rank0:
-        save_run(run, config["out_dir"])
+    with _owned(config["out_dir"], rank0) as folder:
+        run = build_run(config, device)  # the whole config checked before the folder is touched
+        if rank0:
+            folder.start(config, fresh=args.fresh, allow=args.allow_change or ())
+            print(f"fastseq train: {run.task}, {type(run.model).__name__} "
+                  f"({sum(p.numel() for p in run.model.parameters()) / 1e6:.2f}M parameters), vocabulary "
+                  f"{run.tokenizer.vocab_size}, {run.train.steps} steps on {device}; run folder {config['out_dir']}")
+        history = Trainer(run.model.to(device), run.train, run.batches, run.loss, run.evaluate, device=device,
+                          on_save=lambda: save_run(run, config["out_dir"])).fit()
     final = [r for r in history if any(k.startswith("eval_") for k in r)]
     if final and rank0:
         print("final: " + "  ".join(f"{k}={v:.4g}" for k, v in final[-1].items() if k.startswith("eval_")))
@@ -66,7 +75,9 @@ def _ulmfit(args: argparse.Namespace) -> int:
     config = apply_overrides(load_config(args.config), args.set or [])
     if args.out:
         config["out_dir"] = args.out
-    ulmfit.run(config, _device(args.device))
+    config.setdefault("out_dir", "runs/ulmfit")
+    with _owned(config["out_dir"], True):
+        ulmfit.run(config, _device(args.device))
     return 0
 
 
@@ -166,7 +177,11 @@ def _bench(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fastseq", description="Fast sequence-model kernels and models.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="on an error, the whole traceback (default: one line)")
     sub = parser.add_subparsers(dest="command", required=True)
+    add_parser = sub.add_parser
+    sub.add_parser = lambda *a, **k: add_parser(*a, parents=[common], **k)  # --debug on every command
     p = sub.add_parser("info", help="versions, device, what was built, and the backend of each op")
     p.add_argument("--json", action="store_true", help="print as JSON")
     p.set_defaults(func=_info)
@@ -180,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. train.steps=100")
     p.add_argument("--out", default=None, help="the run folder (default: out_dir, else runs/<config name>)")
     p.add_argument("--device", default=None)
+    p.add_argument("--fresh", action="store_true", help="start the run folder's run afresh (its files are removed)")
+    p.add_argument("--allow-change", action="append", metavar="KEY", help="resume although KEY (e.g. train.steps) "
+                                                                           "differs from the folder's config")
     p.set_defaults(func=_train)
     p = sub.add_parser("ulmfit", help="ULMFiT: pretrain an LSTM LM, fine-tune it on the task's text, train the "
                                       "classifier with gradual unfreezing (one config, see configs/ulmfit_*.yaml)")
@@ -240,7 +258,16 @@ def main(argv: list[str] | None = None) -> int:
     if extra and args.command != "bench":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.sweep_args = extra
-    return args.func(args)
+    if args.debug:
+        return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print(f"fastseq {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # one line naming the key, file or argument; --debug for the traceback
+        print(f"fastseq {args.command}: error: {e}  (--debug for the traceback)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -15,12 +15,16 @@ def _open(path: str):
 def read_text(path: str) -> str:
     """The whole file (.gz read transparently)."""
     with _open(path) as f:
-        return f.read()
+        try:
+            return f.read()
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
 def read_lines(path: str) -> list[str]:
-    with _open(path) as f:
-        return [line.rstrip("\n") for line in f]
+    text = read_text(path)
+    lines = text.split("\n")
+    return lines[:-1] if text.endswith("\n") or not text else lines
 
 
 def read_parallel(source_path: str, target_path: str) -> list[tuple[str, str]]:

@@ -172,7 +172,7 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
             state = json.load(f)
     except FileNotFoundError:
         raise FileNotFoundError(f"no tokenizer file at {os.fspath(path)!r}") from None
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{os.fspath(path)}: not a fastseq tokenizer file (bad JSON: {e})") from None
     if not isinstance(state, dict) or state.get("format") != "fastseq-tokenizer/1":
         raise ValueError(f"{os.fspath(path)}: not a fastseq tokenizer file")

@@ -48,7 +48,8 @@ def generate(model: Decoder, inputs: Tensor, lengths=None, *, max_new_tokens: in
     if pad_id == "model":
         pad_id = getattr(config, "pad_id", None)
         pad_id = 0 if pad_id is None else pad_id
-    _check(method, max_new_tokens, beams, temperature, top_k, top_p, no_repeat_ngram_size, length_penalty)
+    check_options(method=method, max_new_tokens=max_new_tokens, beams=beams, temperature=temperature, top_k=top_k,
+                  top_p=top_p, no_repeat_ngram_size=no_repeat_ngram_size, length_penalty=length_penalty)
     vocab = _vocab_size(model)
     for name, value in (("eos_id", eos_id), ("pad_id", pad_id)):
         if value is None and name == "eos_id":
@@ -81,20 +82,23 @@ def _vocab_size(model) -> Optional[int]:
     return None
 
 
-def _check(method, max_new_tokens, beams, temperature, top_k, top_p, no_repeat_ngram_size, length_penalty) -> None:
+def check_options(*, method, max_new_tokens, beams, temperature, top_k, top_p, no_repeat_ngram_size,
+                  length_penalty) -> None:
+    """generate()'s options are valid; else a ValueError naming the option (a run config checks its
+    generate: section with it before training)."""
     if method not in METHODS:
         raise ValueError(f"generate: method must be one of {METHODS}, got {method!r}")
     for name, value, low in (("max_new_tokens", max_new_tokens, 1), ("beams", beams, 1), ("top_k", top_k, 0),
                              ("no_repeat_ngram_size", no_repeat_ngram_size, 0)):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise ValueError(f"generate: {name} must be an int >= {low}, got {value!r}")
-    if not temperature > 0:
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
         raise ValueError(f"generate: temperature must be > 0, got {temperature!r}")
-    if not 0 < top_p <= 1:
+    if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
         raise ValueError(f"generate: top_p must lie in (0, 1], got {top_p!r}")
-    if not isinstance(length_penalty, (int, float)):
+    if isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float)):
         raise ValueError(f"generate: length_penalty must be a number, got {length_penalty!r}")
 
 
-__all__ = ["Decoder", "DecodingState", "Generation", "block_repeated_ngrams", "generate", "top_k_filter",
-           "top_p_filter"]
+__all__ = ["Decoder", "DecodingState", "Generation", "block_repeated_ngrams", "check_options", "generate",
+           "top_k_filter", "top_p_filter"]

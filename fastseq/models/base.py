@@ -101,7 +101,13 @@ class Model(nn.Module):
     @classmethod
     def load(cls, path: Union[str, os.PathLike], map_location: Union[str, torch.device, None] = "cpu") -> "Model":
         """The model saved at `path`; when called on a subclass, it must be that model."""
-        payload = torch.load(os.fspath(path), map_location=map_location, weights_only=True)
+        if not os.path.exists(os.fspath(path)):
+            raise FileNotFoundError(f"no model file at {os.fspath(path)}")
+        try:
+            payload = torch.load(os.fspath(path), map_location=map_location, weights_only=True)
+        except Exception as e:  # truncated, or not a torch file at all
+            raise ValueError(f"{path}: not a readable fastseq model file ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''})") from None
         if not isinstance(payload, dict) or payload.get("format") != FORMAT:
             raise ValueError(f"{path}: not a fastseq model file (format {FORMAT!r})")
         name = payload["model"]

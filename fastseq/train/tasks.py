@@ -17,6 +17,7 @@ and `fastseq generate` reopen the run's folder.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from .. import data as D
 from .. import models as M
 from ..generation import generate
 from ..models.losses import token_loss
+from . import settings as S
 from .metrics import bleu, perplexity
 from .trainer import TrainConfig
 
@@ -96,18 +98,16 @@ def build_run(config: dict, device: torch.device) -> Run:
     task = config.get("task")
     if task not in TASKS:
         raise ValueError(f"config: task must be one of {TASKS}, got {task!r}")
-    unknown = set(config) - {"task", "data", "model", "train", "generate", "out_dir"}
-    if unknown:
-        raise ValueError(f"config: unknown keys {sorted(unknown)} (known: task, data, model, train, generate, out_dir)")
-    data, model_cfg = _section(config, "data"), _section(config, "model")
+    S.known("the top level", config, S.SECTIONS)
+    data, model_cfg = S.check_data(_section(config, "data")), _section(config, "model")
+    S.check_generate(_section(config, "generate", required=False))
     train_cfg = _section(config, "train", required=False)
+    S.known("train", train_cfg, [f.name for f in dataclasses.fields(TrainConfig)])
     if config.get("out_dir"):
         train_cfg.setdefault("out_dir", config["out_dir"])
-    try:
-        train = TrainConfig(**train_cfg)
-    except TypeError as e:
-        raise ValueError(f"config: train: {e}") from None
+    train = TrainConfig(**train_cfg)
     builder = {"causal_lm": _language_model, "masked_lm": _masked_lm, "seq2seq": _seq2seq, "classify": _classify}[task]
+    torch.manual_seed(train.seed)  # before anything random: the model's initial weights too
     return builder(task, config, data, model_cfg, train, device)
 
 
@@ -164,11 +164,21 @@ def _model(task: str, model_cfg: dict, fill: dict) -> M.Model:
         raise ValueError(f"config: model.class for {task} must be one of {MODELS[task]}, got {cls_name!r}")
     cls = getattr(M, cls_name)
     fields = {f.name for f in dataclasses.fields(cls.config_class)}
-    unknown = set(model_cfg) - fields
+    unknown = sorted(set(model_cfg) - fields)
     if unknown:
-        raise ValueError(f"config: model: {cls_name} has no settings {sorted(unknown)}")
+        near = difflib.get_close_matches(unknown[0], sorted(fields), n=1)
+        raise ValueError(f"config: model: {cls_name} has no settings {unknown}"
+                         + (f"; did you mean {near[0]!r}?" if near else ""))
     values = {**{k: v for k, v in fill.items() if k in fields}, **model_cfg}
     return cls(cls.config_class(**values))
+
+
+def _check_stream_sizes(train_ids, valid_ids, window: int) -> None:
+    """Both texts hold more tokens than one window of `window` + 1 (what data.block asks for)."""
+    for split, ids in (("training", train_ids), ("validation", valid_ids)):
+        if ids.numel() < window + 2:
+            raise ValueError(f"config: data: the {split} text holds {ids.numel()} tokens, too few for one window of "
+                             f"data.block + 1 = {window} tokens; lower data.block or give a longer text")
 
 
 def _generator(seed: int, i: int) -> torch.Generator:
@@ -198,9 +208,10 @@ def _language_model(task, config, data, model_cfg, train, device) -> Run:
     train_text, valid_text = train_valid(data)
     tokenizer = _tokenizer(data.get("tokenizer"), [train_text])
     block, rows = int(data.get("block", 128)), int(data.get("batch", 32))
+    train_ids, valid_ids = torch.tensor(tokenizer.encode(train_text)), torch.tensor(tokenizer.encode(valid_text))
+    _check_stream_sizes(train_ids, valid_ids, block + 1)
     model = _model(task, model_cfg, {"vocab_size": tokenizer.vocab_size, "max_len": block,
                                      "pad_id": tokenizer.pad_id, "eos_id": tokenizer.eos_id})
-    train_ids, valid_ids = torch.tensor(tokenizer.encode(train_text)), torch.tensor(tokenizer.encode(valid_text))
 
     def batches(i):
         return {"tokens": D.stream_windows(train_ids, rows, block, _generator(train.seed, i))}
@@ -220,9 +231,10 @@ def _masked_lm(task, config, data, model_cfg, train, device) -> Run:
     train_text, valid_text = train_valid(data)
     tokenizer = _tokenizer(data.get("tokenizer"), [train_text])
     block, rows = int(data.get("block", 128)), int(data.get("batch", 32))
+    train_ids, valid_ids = torch.tensor(tokenizer.encode(train_text)), torch.tensor(tokenizer.encode(valid_text))
+    _check_stream_sizes(train_ids, valid_ids, block)
     model = _model(task, model_cfg, {"vocab_size": tokenizer.vocab_size, "mask_id": tokenizer.mask_id,
                                      "max_len": block, "pad_id": tokenizer.pad_id})
-    train_ids, valid_ids = torch.tensor(tokenizer.encode(train_text)), torch.tensor(tokenizer.encode(valid_text))
 
     def masked(ids, g):
         tokens = D.stream_windows(ids, rows, block - 1, g)
@@ -301,10 +313,20 @@ def translate(model, tokenizer, sentences: list[str], device, batch: int = 64, *
 def _classify(task, config, data, model_cfg, train, device) -> Run:
     train_records, valid_records = train_valid(data)
     pretrained = model_cfg.pop("pretrained", None)
-    num_classes = int(model_cfg.pop("num_classes", max(label for label, _ in train_records) + 1))
+    num_classes = S.number("model.num_classes", model_cfg.pop("num_classes", max(label for label, _ in train_records) + 1),
+                           int, 2)
+    for split, records in (("training", train_records), ("validation", valid_records)):
+        bad = [label for label, _ in records if not 0 <= label < num_classes]
+        if bad:
+            raise ValueError(f"config: data: the {split} examples hold label {bad[0]}, outside [0, num_classes = "
+                             f"{num_classes})")
     if pretrained:
         lm = M.load(os.path.join(pretrained, "model.pt"))
         tokenizer = D.load_tokenizer(os.path.join(pretrained, "tokenizer.json"))
+        vocab = getattr(lm.config, "vocab_size", None)
+        if vocab is not None and tokenizer.vocab_size > vocab:
+            raise ValueError(f"config: model.pretrained: {pretrained}/tokenizer.json has {tokenizer.vocab_size} tokens, "
+                             f"more than the model's vocabulary ({vocab})")
         model = M.SequenceClassifier.from_pretrained(lm, num_classes, **model_cfg)
     else:
         tokenizer = _tokenizer(data.get("tokenizer", {"kind": "word"}), [t for _, t in train_records])
@@ -355,8 +377,11 @@ def open_run(out_dir: str, device: Optional[torch.device] = None) -> tuple[M.Mod
         if not os.path.exists(os.path.join(out_dir, name)):
             raise FileNotFoundError(f"{out_dir} is not a finished fastseq run: {name} is missing")
     model = M.load(os.path.join(out_dir, "model.pt"), map_location=device or "cpu")
-    with open(os.path.join(out_dir, "config.json")) as f:
-        config = json.load(f)
+    try:
+        with open(os.path.join(out_dir, "config.json"), encoding="utf-8") as f:
+            config = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{os.path.join(out_dir, 'config.json')}: not a readable run config ({e})") from None
     return model, D.load_tokenizer(os.path.join(out_dir, "tokenizer.json")), config
 
 

@@ -32,7 +32,8 @@ class TrainConfig:
     """steps (optimizer steps); lr, optimizer ("adamw" | "sgd"), weight_decay, betas, momentum (SGD);
     schedule ("constant", "inverse_sqrt", "cosine", "slanted_triangular"), warmup, min_lr_ratio (cosine);
     grad_clip (0: none), accumulate (micro-batches per step); precision ("fp32", "bf16", "fp16");
-    eval_every, log_every, checkpoint_every (steps; 0: only at the end); out_dir (logs, curves,
+    eval_every, log_every, checkpoint_every (steps; 0: only at the end; a checkpoint is written before
+    the evaluation of its step, so a failing evaluation loses nothing); out_dir (logs, curves,
     checkpoint.pt; None: nothing written); resume (continue from out_dir/checkpoint.pt when present);
     seed; progress (a progress bar)."""
 
@@ -50,7 +51,7 @@ class TrainConfig:
     precision: str = "fp32"
     eval_every: int = 0
     log_every: int = 10
-    checkpoint_every: int = 0
+    checkpoint_every: int = 500
     out_dir: Optional[str] = None
     resume: bool = True
     seed: int = 0
@@ -59,19 +60,47 @@ class TrainConfig:
     def __post_init__(self):
         for name in ("steps", "accumulate", "log_every"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"TrainConfig: {name} must be an int >= 1, got {value!r}")
-        for name in ("eval_every", "checkpoint_every", "warmup"):
+        for name in ("eval_every", "checkpoint_every", "warmup", "seed"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 0:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"TrainConfig: {name} must be an int >= 0, got {value!r}")
+        # numbers: a YAML `3e-4` arrives as a string, taken as the number it spells
+        for name, low, high in (("lr", 0, None), ("weight_decay", 0, None), ("grad_clip", 0, None),
+                                ("momentum", 0, 1), ("min_lr_ratio", 0, 1)):
+            setattr(self, name, _number(name, getattr(self, name), low, high))
+        if not isinstance(self.betas, (list, tuple)) or len(self.betas) != 2:
+            raise ValueError(f"TrainConfig: betas must be two numbers in [0, 1), got {self.betas!r}")
+        self.betas = [_number("betas", b, 0, 1, high_open=True) for b in self.betas]
+        for name in ("resume", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"TrainConfig: {name} must be true or false, got {getattr(self, name)!r}")
+        if self.out_dir is not None and not isinstance(self.out_dir, str):
+            raise ValueError(f"TrainConfig: out_dir must be a path, got {self.out_dir!r}")
         if self.optimizer not in ("adamw", "sgd"):
             raise ValueError(f"TrainConfig: optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"TrainConfig: precision must be 'fp32', 'bf16' or 'fp16', got {self.precision!r}")
         if not self.lr > 0:
             raise ValueError(f"TrainConfig: lr must be > 0, got {self.lr!r}")
+        if self.momentum >= 1:
+            raise ValueError(f"TrainConfig: momentum must lie in [0, 1), got {self.momentum!r}")
         schedule(self.schedule, self.steps, self.warmup)  # raises on a bad name
+
+
+def _number(name: str, value, low: float, high: Optional[float], high_open: bool = False) -> float:
+    """value as a float (numeric strings too) in [low, high] (or [low, high)); else a ValueError naming it."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= low
+            or (high is not None and not (value < high if high_open else value <= high))):
+        bounds = f">= {low}" if high is None else f"in [{low}, {high}{')' if high_open else ']'}"
+        raise ValueError(f"TrainConfig: {name} must be a number {bounds}, got {value!r}")
+    return float(value)
 
 
 class _Objective(nn.Module):
@@ -95,17 +124,19 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 
 class Trainer:
-    """Trainer(model, config, batches, loss_fn, evaluate=None, param_groups=None, device=None).
+    """Trainer(model, config, batches, loss_fn, evaluate=None, param_groups=None, device=None, on_save=None).
 
     batches(i) -> the i-th micro-batch (dict); loss_fn(model, batch) -> scalar loss; evaluate(model) ->
     {metric: value} (run without gradients, in eval mode); param_groups: optimizer parameter groups
-    (default all parameters; ULMFiT passes one group per layer with its own lr). `fit()` returns the
-    logged history (a list of dicts)."""
+    (default all parameters; ULMFiT passes one group per layer with its own lr); on_save(): called on
+    rank 0 after each checkpoint (a run writes its loadable model there). `fit()` returns the logged
+    history (a list of dicts)."""
 
     def __init__(self, model: nn.Module, config: TrainConfig, batches: Callable[[int], dict],
                  loss_fn: Callable[[nn.Module, dict], Tensor], evaluate: Optional[Callable[[nn.Module], dict]] = None,
-                 param_groups: Optional[list] = None, device: Optional[torch.device] = None) -> None:
-        self.config, self.batches, self.evaluate = config, batches, evaluate
+                 param_groups: Optional[list] = None, device: Optional[torch.device] = None,
+                 on_save: Optional[Callable[[], None]] = None) -> None:
+        self.config, self.batches, self.evaluate, self.on_save = config, batches, evaluate, on_save
         self.device = device or next(model.parameters()).device
         self.model = model.to(self.device)
         self.distributed = dist.is_available() and dist.is_initialized()
@@ -173,11 +204,13 @@ class Trainer:
                 self._log({"step": self.step, "loss": sum(losses) / len(losses), "lr": self.scheduler.get_last_lr()[0],
                            "tokens_per_s": tokens * self.world / elapsed, "elapsed_s": elapsed}, bar)
                 losses = []
-            if self.evaluate and ((c.eval_every and self.step % c.eval_every == 0) or self.step == c.steps):
-                self._log({"step": self.step, **self.run_evaluation()}, bar)
             if self.checkpoint_path and ((c.checkpoint_every and self.step % c.checkpoint_every == 0)
                                          or self.step == c.steps):
-                self.save_checkpoint(self.checkpoint_path)
+                self.save_checkpoint(self.checkpoint_path)  # before the evaluation: it may fail
+            if self.evaluate and ((c.eval_every and self.step % c.eval_every == 0) or self.step == c.steps):
+                self._log({"step": self.step, **self.run_evaluation()}, bar)
+                if self.checkpoint_path and self.step == c.steps:
+                    self.save_checkpoint(self.checkpoint_path)  # the final checkpoint holds the final metrics
         if bar is not None:
             bar.close()
         if self.rank == 0 and c.out_dir:
@@ -236,6 +269,8 @@ class Trainer:
             state["model_class"] = type(self.model).__name__
             state["model_config"] = dataclasses.asdict(self.model.config)
         atomic.torch_save(state, path)
+        if self.on_save is not None:
+            self.on_save()
 
     def load_checkpoint(self, path: str) -> None:
         try:
@@ -253,6 +288,9 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.history = state["step"], state["history"]
+        if self.rank == 0 and self.config.out_dir:  # the log as of the checkpoint: no row twice after a kill
+            atomic.write(os.path.join(self.config.out_dir, "log.jsonl"),
+                         lambda f: f.writelines(json.dumps(row) + "\n" for row in self.history), mode="w")
         torch.set_rng_state(state["rng"]["torch"])
         if state["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
