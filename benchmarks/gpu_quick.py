@@ -34,7 +34,8 @@ PY = sys.executable
 # Ops first (every backend and dtype against the float64 reference, strided inputs, registration), then the
 # modules, the models and generation.
 TEST_FILES = ["tests/test_lstm.py", "tests/test_additive_attention.py", "tests/test_attention.py",
-              "tests/test_strided_inputs.py", "tests/test_backends.py", "tests/test_nn_lstm.py",
+              "tests/test_strided_inputs.py", "tests/test_padded_values.py", "tests/test_edge_inputs.py",
+              "tests/test_backends.py", "tests/test_nn_lstm.py",
               "tests/test_nn_additive_attention.py", "tests/test_nn_multihead_attention.py",
               "tests/test_nn_transformer.py", "tests/test_models.py", "tests/test_generation.py"]
 TIMEOUTS = {"info": 30, "build": 200, "tests": 240, "bench": 150}  # seconds; 7 minutes in all at most

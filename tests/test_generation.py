@@ -269,3 +269,32 @@ def test_generation_on_the_kernels_equals_float64(kind, device, backend):
             got = generate(fast, tokens.to(device), lengths.to(device), max_new_tokens=6, method="beam", beams=3,
                            use_cache=use_cache)
             assert torch.equal(got.tokens.cpu(), expected.tokens) and torch.equal(got.lengths.cpu(), expected.lengths)
+
+
+@pytest.mark.parametrize("method", ["greedy", "sample", "beam"])
+@pytest.mark.parametrize("kind", sorted(tiny_models()))
+def test_a_row_whose_every_token_is_banned_ends_with_eos(kind, method):
+    """no_repeat_ngram_size=1 bans every token a row has emitted: past the vocabulary's size a row has
+    nothing left but EOS, which ends it, with a finite score, for every method and model."""
+    model = tiny_models()[kind]
+    eos = model.config.eos_id
+    V = getattr(model.config, "vocab_size", None) or model.config.tgt_vocab_size
+    if model.output.bias is not None:  # make EOS unlikely, so rows end for want of any other token
+        with torch.no_grad():
+            model.output.bias[eos] = -30.0
+    out = generate(model, *_inputs(), max_new_tokens=V + 5, method=method, beams=3, no_repeat_ngram_size=1,
+                   eos_id=eos, seed=0)
+    assert bool(torch.isfinite(out.scores).all()), out.scores
+    for row, n in zip(out.tokens.tolist(), out.lengths.tolist()):
+        assert row[n - 1] == eos and len(set(row[:n - 1])) == n - 1  # no token twice, then EOS
+    with pytest.raises(ValueError, match="no_repeat_ngram_size=1 bans every token of a row and the model has no "
+                                         "eos_id"):
+        generate(model, *_inputs(), max_new_tokens=V + 5, method=method, beams=3, no_repeat_ngram_size=1,
+                 eos_id=None, seed=0)
+
+
+def test_an_empty_batch_generates_nothing():
+    for kind, model in tiny_models().items():
+        for method in ("greedy", "sample", "beam"):
+            out = generate(model, torch.zeros(0, 4, dtype=torch.long), max_new_tokens=3, method=method)
+            assert out.tokens.shape == (0, 0) and out.lengths.shape == (0,) and out.scores.shape == (0,), kind

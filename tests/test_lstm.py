@@ -63,7 +63,9 @@ def test_layer_matches_float64_reference(device, backend, dtype, case):
     names += ["grad_bias"] * bias + ["grad_w_hr"] * bool(P)
     for name, a, e in zip(names, actual, expected):
         assert a.dtype == dtype, f"{name} has dtype {a.dtype}"
-        err = rel_err(a, e)
+        # a gradient element sums 4H gate terms per step over T steps (rel_err's floor for cancelling sums:
+        # at T = H = 1 float32 torch math itself came within 1.4e-5 of the one-term floor)
+        err = rel_err(a, e, terms=4 * H * T if name.startswith("grad_") else 1)
         assert err < TOL[dtype], f"{name}: relative error {err:.2e} >= {TOL[dtype]:.0e}"
     if lengths is not None:  # outputs past each row's length are exactly zero
         pad = torch.arange(T)[:, None] >= lengths[None, :]

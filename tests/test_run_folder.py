@@ -167,3 +167,21 @@ def test_broken_files_name_themselves(tmp_path, content, message):
     else:
         with pytest.raises(ValueError, match=f"{bad}: not a readable fastseq model file"):
             models.load(bad)
+
+
+def test_labels_outside_the_classes_are_refused_before_training(tmp_path):
+    train = tmp_path / "train.txt"
+    train.write_text("0 a good film\n1 a bad film\n-1 an odd film\n1 so bad\n")
+    out = fastseq("train", "--config", "configs/classify_trec.yaml", "--out", str(tmp_path / "run"), "--device=cpu",
+                  f"--set=data={{files: {{train: {train}, valid: {train}}}, labelled: true}}")
+    assert out.returncode == 2 and "hold label -1, outside [0, num_classes = 2)" in out.stderr, out.stderr
+
+
+def test_a_tokenizer_from_another_run_is_refused(tmp_path):
+    for name, width in (("a", "--set=data.tokenizer.kind=char"), ("b", "--set=data.dataset=wikitext-2")):
+        sets = [width] if name == "a" else [width, "--set=data.train=valid", "--set=data.valid=test"]
+        out = fastseq("train", "--config", CONFIG, "--out", str(tmp_path / name), *TINY, *sets)
+        assert out.returncode == 0, out.stderr[-2000:]
+    (tmp_path / "a" / "tokenizer.json").write_bytes((tmp_path / "b" / "tokenizer.json").read_bytes())
+    out = fastseq("generate", str(tmp_path / "a"), "ROMEO:", "--max-new-tokens", "3")
+    assert out.returncode == 2 and "the two files are not from one run" in out.stderr, out.stderr

@@ -57,6 +57,8 @@ def generate(model: Decoder, inputs: Tensor, lengths=None, *, max_new_tokens: in
         if not isinstance(value, int) or isinstance(value, bool) or (vocab is not None and not 0 <= value < vocab):
             raise ValueError(f"generate: {name} must be a token id in [0, {vocab}) (the model's vocabulary), got "
                              f"{value}")
+    if isinstance(inputs, Tensor) and inputs.dim() == 2 and inputs.shape[0] == 0:  # no rows: nothing to generate
+        return Generation(inputs.new_empty(0, 0), inputs.new_empty(0), torch.empty(0, device=inputs.device))
     was_training = model.training
     model.eval()
     try:

@@ -3,6 +3,8 @@ filtering for sampling, and n-gram blocking. Each takes logits (N, V) and return
 the device, with no synchronization."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor
 
@@ -39,3 +41,20 @@ def block_repeated_ngrams(logits: Tensor, tokens: Tensor, n: int) -> Tensor:
     match = (windows[:, :, :-1] == prefix[:, None, :]).all(dim=-1)
     banned = torch.zeros_like(logits).scatter_add_(1, windows[:, :, -1], match.to(logits.dtype))
     return logits.masked_fill(banned > 0, float("-inf"))
+
+
+def end_blocked_rows(blocked: Tensor, logits: Tensor, eos_id: Optional[int], n: int) -> Tensor:
+    """A row whose every token n-gram blocking forbids ends: EOS stays allowed there, with its logit in
+    `logits` (before blocking), so greedy, sampling and beam search alike emit EOS. Without an eos_id
+    such a row is a ValueError naming the setting (found with one host read per step, in that
+    configuration only)."""
+    if n <= 0:
+        return blocked
+    stuck = (blocked == float("-inf")).all(dim=-1, keepdim=True) & (logits > float("-inf")).any(dim=-1, keepdim=True)
+    if eos_id is None:
+        if bool(stuck.any()):
+            raise ValueError(f"generate: no_repeat_ngram_size={n} bans every token of a row and the model has no "
+                             f"eos_id to end it with; lower no_repeat_ngram_size or give an eos_id")
+        return blocked
+    eos = torch.arange(logits.shape[-1], device=logits.device) == eos_id
+    return torch.where(stuck & eos, logits, blocked)

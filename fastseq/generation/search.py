@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .logits import block_repeated_ngrams, top_k_filter, top_p_filter
+from .logits import block_repeated_ngrams, end_blocked_rows, top_k_filter, top_p_filter
 from .protocol import Decoder
 
 
@@ -40,7 +40,9 @@ def sequential(model: Decoder, inputs: Tensor, lengths, max_new_tokens: int, eos
     out_lengths = torch.zeros(B, dtype=torch.long, device=device)
     scores = torch.zeros(B, dtype=torch.float32, device=device)
     for t in range(max_new_tokens):
-        logits = block_repeated_ngrams(logits.float(), tokens[:, :t], no_repeat_ngram_size)
+        logits = logits.float()
+        logits = end_blocked_rows(block_repeated_ngrams(logits, tokens[:, :t], no_repeat_ngram_size), logits, eos_id,
+                                  no_repeat_ngram_size)
         if sample:
             logits = top_p_filter(top_k_filter(logits / temperature, top_k), top_p)
             token = torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)[:, 0]
@@ -82,8 +84,9 @@ def beam_search(model: Decoder, inputs: Tensor, lengths, max_new_tokens: int, be
     penalty = lambda n: float(n) ** length_penalty  # noqa: E731
     n_candidates = min(2 * K, K * V)
     for t in range(T):
-        logp = block_repeated_ngrams(logits.float().log_softmax(dim=-1), alive.view(B * K, T)[:, :t],
-                                     no_repeat_ngram_size)
+        logp = logits.float().log_softmax(dim=-1)
+        logp = end_blocked_rows(block_repeated_ngrams(logp, alive.view(B * K, T)[:, :t], no_repeat_ngram_size), logp,
+                                eos_id, no_repeat_ngram_size)
         candidates = (beam_scores[:, :, None] + logp.view(B, K, V)).view(B, K * V)
         top_scores, top = candidates.topk(n_candidates, dim=-1)
         parent, token = top // V, top % V

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
+from ..ops.checks import check_index
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,8 @@ class PrecomputedKeys:
 
     def index_select(self, index: Tensor) -> "PrecomputedKeys":
         """The rows `index` of the batch (beam search reorders or repeats rows)."""
+        check_index("PrecomputedKeys.index_select", index, self.key_proj.shape[0])
+
         def pick(t):
             return None if t is None else t.index_select(0, index.to(t.device))
 

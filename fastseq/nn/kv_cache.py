@@ -7,6 +7,8 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from ..ops.checks import check_index, integers
+
 
 class KVCache:
     """Keys (B, Hkv, capacity, D) and values (B, Hkv, capacity, Dv) of one attention layer, with the
@@ -60,8 +62,8 @@ class KVCache:
         if counts is None:
             counts_t = torch.full((B,), T, dtype=torch.int32, device=self.k.device)
         else:
-            host = torch.as_tensor(counts, device="cpu")
-            if host.shape != (B,) or host.dtype.is_floating_point or int(host.min()) < 0 or int(host.max()) > T:
+            host = integers("KVCache.append", "counts", counts).cpu()
+            if host.shape != (B,) or (B and (int(host.min()) < 0 or int(host.max()) > T)):
                 raise ValueError(f"KVCache.append: counts must be {B} integers in [0, T={T}], got {counts!r}")
             self.uniform = self.uniform and bool((host == T).all())
             counts_t = host.to(device=self.k.device, dtype=torch.int32)
@@ -85,9 +87,7 @@ class KVCache:
 
     def reorder(self, index: Tensor) -> None:
         """Keep rows `index` (B',) of the cache, in that order (beam search: each beam's parent)."""
-        if index.dim() != 1 or index.dtype not in (torch.int32, torch.int64):
-            raise ValueError(f"KVCache.reorder: index must be a 1-D integer tensor, got {index.dtype} "
-                             f"{tuple(index.shape)}")
+        check_index("KVCache.reorder", index, self.k.shape[0])
         index = index.to(self.k.device)
         self.k = self.k.index_select(0, index)
         self.v = self.v.index_select(0, index)

@@ -19,6 +19,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from .. import ops
 from ..numerics import autocast_dtype
+from ..ops.checks import integers
 
 HiddenState = tuple[Tensor, Tensor]
 
@@ -232,7 +233,7 @@ class LSTM(nn.Module):
         if not isinstance(input, Tensor) or input.dim() != 3:
             raise ValueError("LSTM: lengths needs a batched, padded input tensor (3-D); got "
                              + (f"{input.dim()}-D" if isinstance(input, Tensor) else type(input).__name__))
-        lengths = torch.as_tensor(lengths).to(device="cpu", dtype=torch.int64)
+        lengths = integers("LSTM", "lengths", lengths).to(device="cpu", dtype=torch.int64)
         x = input.transpose(0, 1) if self.batch_first else input
         steps, batch = x.shape[0], x.shape[1]
         if lengths.shape != (batch,) or (batch and (int(lengths.min()) < 1 or int(lengths.max()) > steps)):

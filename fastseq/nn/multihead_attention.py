@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import ops
+from ..ops.checks import check_key_padding
 from .kv_cache import KVCache
 
 
@@ -241,7 +242,8 @@ class MultiheadAttention(nn.Module):
                 raise ValueError("MultiheadAttention: add_bias_kv and add_zero_attn cannot be combined with a causal "
                                  "attn_mask here (the extra keys would fall outside the causal band)")
             if lengths is not None:  # the extra keys come after the padded ones: a mask says which are which
-                past = _lengths_mask(lengths, S, k.device)
+                lengths = check_key_padding("MultiheadAttention", None, lengths, B, S, k.device)
+                past = torch.arange(S, device=k.device)[None, :] >= lengths[:, None]
                 mask, lengths = (past if mask is None else mask | past), None
             if mask is not None:
                 mask = torch.cat([mask, mask.new_zeros(B, extra)], dim=1)
@@ -258,6 +260,10 @@ class MultiheadAttention(nn.Module):
         return out, weights
 
     def _attend_cache(self, q, k, v, cache, key_padding_mask, attn_mask, is_causal, lengths, need_weights):
+        if attn_mask is not None and not is_causal:
+            raise ValueError("MultiheadAttention: with a kv_cache the attention is causal over the cached and new "
+                             "positions; an attn_mask is not served (pass none, or is_causal=True with the causal "
+                             "mask)")
         if key_padding_mask is not None:
             raise ValueError("MultiheadAttention: with a kv_cache the cache's lengths say which keys each row "
                              "holds; pass no key_padding_mask (lengths: how many of the new positions each row appends)")
@@ -312,8 +318,3 @@ def _bool_padding(key_padding_mask: Optional[Tensor]) -> Optional[Tensor]:
     if not bool((key_padding_mask.masked_fill(padded, 0) == 0).all()):
         raise ValueError("MultiheadAttention: a float key_padding_mask must hold only 0 (keep) and -inf (pad)")
     return padded
-
-
-def _lengths_mask(lengths, S: int, device: torch.device) -> Tensor:
-    lengths = torch.as_tensor(lengths, device=device)
-    return torch.arange(S, device=device)[None, :] >= lengths[:, None]

@@ -39,6 +39,37 @@ def check_like(op: str, name: str, t: Optional[torch.Tensor], ref_name: str, ref
         fail(op, f"{name} must be on the device of {ref_name} ({ref.device}), got {t.device}")
 
 
+def integers(op: str, name: str, values) -> torch.Tensor:
+    """`values` (a tensor or a sequence) as an integer tensor: floats and bools are refused, never
+    truncated ([2.7, 5.0] is an error, not [2, 5])."""
+    if not isinstance(values, torch.Tensor):
+        try:
+            values = torch.as_tensor(values)
+        except (TypeError, ValueError, RuntimeError):
+            fail(op, f"{name} must be an integer tensor or a sequence of ints, got {type(values).__name__}",
+                 TypeError)
+        if values.numel() == 0:  # [] has no element type: an empty batch's lengths
+            values = values.long()
+    if values.dtype.is_floating_point or values.dtype.is_complex or values.dtype == torch.bool:
+        shown = values.tolist() if values.numel() <= 8 else f"a {values.dtype} tensor"
+        fail(op, f"{name} must be an integer tensor or a sequence of ints (never truncated), got {values.dtype} "
+                 f"{shown}", TypeError)
+    return values
+
+
+def check_index(owner: str, index: torch.Tensor, rows: int) -> None:
+    """A 1-D integer index of rows in [0, rows) (beam search reorders and repeats rows). The range is
+    checked on CPU tensors only: reading a GPU tensor's values would sync every decoding step, and
+    index_select there stops on a device-side assert instead of reading out of bounds."""
+    if not isinstance(index, torch.Tensor) or index.dim() != 1 or index.dtype not in (torch.int32, torch.int64):
+        got = f"{index.dtype} {tuple(index.shape)}" if isinstance(index, torch.Tensor) else type(index).__name__
+        raise ValueError(f"{owner}: index must be a 1-D int32 or int64 tensor, got {got}")
+    if (index.numel() and index.device.type == "cpu" and not torch.compiler.is_compiling()
+            and (int(index.min()) < 0 or int(index.max()) >= rows)):
+        raise IndexError(f"{owner}: index must lie in [0, {rows}) (the rows held), got min {int(index.min())}, "
+                         f"max {int(index.max())}")
+
+
 def check_lengths(op: str, lengths: torch.Tensor, batch: int, max_len: int) -> None:
     """Per-sequence lengths: CPU int64 (B,), sorted non-increasing, each in [1, max_len]."""
     if not isinstance(lengths, torch.Tensor) or lengths.dtype != torch.int64 or lengths.device.type != "cpu":
@@ -67,10 +98,7 @@ def check_key_padding(op: str, key_padding_mask: Optional[torch.Tensor], lengths
                        f"got {key_padding_mask.device}")
     if lengths is None:
         return None
-    if not isinstance(lengths, torch.Tensor):
-        lengths = torch.as_tensor(lengths)
-    if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
-        fail(op, f"lengths must be an integer tensor, got {lengths.dtype}", TypeError)
+    lengths = integers(op, "lengths", lengths)
     if tuple(lengths.shape) != (B,):
         fail(op, f"lengths must have shape (B,) = ({B},), got {tuple(lengths.shape)}")
     # Checked in eager mode (one sync for GPU lengths); a compiled graph cannot branch on the values,

@@ -382,7 +382,14 @@ def open_run(out_dir: str, device: Optional[torch.device] = None) -> tuple[M.Mod
             config = json.load(f)
     except (ValueError, UnicodeDecodeError) as e:
         raise ValueError(f"{os.path.join(out_dir, 'config.json')}: not a readable run config ({e})") from None
-    return model, D.load_tokenizer(os.path.join(out_dir, "tokenizer.json")), config
+    tokenizer = D.load_tokenizer(os.path.join(out_dir, "tokenizer.json"))
+    vocab = getattr(model.config, "vocab_size", None) or getattr(model.config, "tgt_vocab_size", None)
+    if vocab is None and hasattr(model.config, "body_config"):  # a classifier: its body's vocabulary
+        vocab = model.config.body_config.get("vocab_size")
+    if vocab is not None and tokenizer.vocab_size != vocab:
+        raise ValueError(f"{out_dir}: tokenizer.json has {tokenizer.vocab_size} tokens but model.pt a vocabulary of "
+                         f"{vocab}: the two files are not from one run")
+    return model, tokenizer, config
 
 
 @torch.no_grad()

@@ -65,6 +65,12 @@ def _masked(s: Tensor, keep: Optional[Tensor]) -> Tensor:
     return s if keep is None else s.masked_fill(~keep[:, None, :], float("-inf"))
 
 
+def _unpadded(t: Tensor, keep: Optional[Tensor]) -> Tensor:
+    """key_proj or values (B, Tk, ·) with the padded keys' rows zeroed: whatever they hold (NaN, Inf)
+    must not reach an output or a gradient through 0 · NaN."""
+    return t if keep is None else t.masked_fill(~keep[:, :, None], 0.0)
+
+
 def additive_attention(
     query_proj: Tensor, key_proj: Tensor, v: Tensor, values: Tensor,
     lengths: Optional[Tensor], key_padding_mask: Optional[Tensor],
@@ -74,6 +80,7 @@ def additive_attention(
     B, Tq, _ = query_proj.shape
     q, k, w, vals = (t.to(acc) for t in (query_proj, key_proj, v, values))
     keep = keep_mask(B, key_proj.shape[1], lengths, key_padding_mask, q.device)
+    k, vals = _unpadded(k, keep), _unpadded(vals, keep)
     context = query_proj.new_empty(B, Tq, values.shape[2])
     lse = q.new_empty(B, Tq)
     for rows in _query_blocks(query_proj, key_proj):
@@ -94,6 +101,7 @@ def additive_attention_backward(
     B, Tq, _ = query_proj.shape
     q, k, w, vals, dc = (t.to(acc) for t in (query_proj, key_proj, v, values, grad_context))
     keep = keep_mask(B, key_proj.shape[1], lengths, key_padding_mask, q.device)
+    k, vals = _unpadded(k, keep), _unpadded(vals, keep)
     delta = (dc * context.to(acc)).sum(-1)  # D_i = dc_i · c_i
     dq = torch.empty_like(q)
     dk, dw, dvals = torch.zeros_like(k), torch.zeros_like(w), torch.zeros_like(vals)
@@ -125,7 +133,7 @@ def attention_weights(
     """The weights a (B, Tq, Tk), differentiable, in the input dtype (zero rows where no key is kept)."""
     acc = acc_dtype(query_proj.dtype)
     keep = keep_mask(query_proj.shape[0], key_proj.shape[1], lengths, key_padding_mask, query_proj.device)
-    q, k, w = query_proj.to(acc), key_proj.to(acc), v.to(acc)
+    q, k, w = query_proj.to(acc), _unpadded(key_proj.to(acc), keep), v.to(acc)
     blocks = []
     for rows in _query_blocks(query_proj, key_proj):
         s = _masked(_tanh_block(q[:, rows], k) @ w, keep)

@@ -80,17 +80,15 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, values_ptr, lengths_ptr, mask_ptr, context_
     acc = tl.zeros((BLOCK_Q, BLOCK_D), dtype=ACC)
     for k0 in range(0, n_keys, BLOCK_K):
         keys = k0 + tl.arange(0, BLOCK_K)
-        k_ok = key_valid(mask_ptr, b, keys, n_keys, Tk, HAS_MASK)
-        s = _scores(q_row, k_row, v_ptr, queries, keys, q_ok, keys < n_keys, H, BLOCK_Q, BLOCK_K, BLOCK_H, ACC,
-                    FAST)
+        k_ok = key_valid(mask_ptr, b, keys, n_keys, Tk, HAS_MASK)  # padded keys load as zeros: never NaN
+        s = _scores(q_row, k_row, v_ptr, queries, keys, q_ok, k_ok, H, BLOCK_Q, BLOCK_K, BLOCK_H, ACC, FAST)
         s = tl.where(k_ok[None, :], s, float("-inf"))
         m_new = tl.maximum(m, tl.max(s, axis=1))
         shift = tl.where(m_new == float("-inf"), 0.0, m_new)  # no key yet: keep exp() finite
         alpha = tl.exp(m - shift)
         p = tl.exp(s - shift[:, None])
         denom = denom * alpha + tl.sum(p, axis=1)
-        vals = tl.load(val_row + keys[:, None] * Dv + d[None, :], mask=(keys < n_keys)[:, None] & d_ok[None, :],
-                       other=0.0)
+        vals = tl.load(val_row + keys[:, None] * Dv + d[None, :], mask=k_ok[:, None] & d_ok[None, :], other=0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(vals.dtype), vals, input_precision=PRECISION, out_dtype=ACC)
         m = m_new
 
@@ -162,7 +160,7 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, values_ptr, lengths_ptr, mask_ptr, conte
     acc = tl.zeros((BLOCK_D,), dtype=ACC)
     for k0 in range(0, n_keys, BLOCK_K):
         keys = k0 + tl.arange(0, BLOCK_K)
-        k_in = keys < n_keys
+        k_in = key_valid(mask_ptr, b, keys, n_keys, Tk, HAS_MASK)  # padded keys load as zeros: never NaN
         s = tl.zeros((BLOCK_K,), dtype=ACC)
         for h0 in range(0, H, BLOCK_H):
             h = h0 + tl.arange(0, BLOCK_H)
@@ -172,7 +170,7 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, values_ptr, lengths_ptr, mask_ptr, conte
                         other=0.0).to(ACC)
             w = tl.load(v_ptr + h, mask=h_ok, other=0.0).to(ACC)
             s += tl.sum(tanh(q[None, :] + k, FAST) * w[None, :], axis=1)
-        s = tl.where(key_valid(mask_ptr, b, keys, n_keys, Tk, HAS_MASK), s, float("-inf"))
+        s = tl.where(k_in, s, float("-inf"))
         m_new = tl.maximum(m, tl.max(s, axis=0))
         shift = tl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = tl.exp(m - shift)
@@ -227,6 +225,10 @@ def additive_attention_backward(grad_context, query_proj, key_proj, v, values, l
     dk = query_proj.new_zeros(B, Tk, H, dtype=acc)
     dv = query_proj.new_zeros(B, n_blocks, H, dtype=acc)
     dvalues = torch.zeros_like(values)
+    if key_padding_mask is not None:
+        # Padded keys may hold anything (NaN, Inf). Zeroed here, every product the kernel forms stays finite;
+        # masking the kernel's loads instead takes registers the backward does not have (it spills).
+        key_proj, values = (t.masked_fill(key_padding_mask[..., None], 0) for t in (key_proj, values))
     len_arg, mask_arg, has_len, has_mask = padding_args(lengths, key_padding_mask, query_proj)
     flags = {"HAS_LENGTHS": has_len, "HAS_MASK": has_mask}
     for part in batch_slices(B, 1, len_arg, mask_arg, flags):

@@ -100,6 +100,8 @@ def _check_heads(op: str, q: Tensor, k: Tensor, v: Tensor, q_dims: str) -> None:
     Hkv, Tk = k.shape[1], k.shape[2]
     C.check_shape(op, "k", k, (B, Hkv, Tk, D), "(B, Hkv, Tk, D) with the batch and head dim of q")
     C.check_shape(op, "v", v, (B, Hkv, Tk, v.shape[3]), "(B, Hkv, Tk, Dv) with the B, Hkv, Tk of k")
+    if D < 1 or v.shape[3] < 1:
+        C.fail(op, f"the head dims must be >= 1, got D = {D}, Dv = {v.shape[3]}")
     if Hkv < 1 or Hq % Hkv:
         C.fail(op, f"the key/value heads Hkv = {Hkv} must divide the query heads Hq = {Hq}")
     if Tk < 1:

@@ -16,6 +16,9 @@ A query that sees no key gets a zero output and sends no gradient (lse = +inf, a
 Dropout (p > 0) drops entries of P with a mask drawn from a torch.Generator seeded by `seed`, so the
 backward redraws the same mask; kept entries are scaled by 1 / (1 − p).
 
+Padded keys' rows of k and v are zeroed before use: whatever a padded position holds (NaN, Inf) never
+reaches an output or a gradient (0 · NaN would).
+
 Workspace from the forward to the backward: lse (B, Hq, Tq) in the accumulation dtype (float32; float64
 for float64). Backward, with D_i = dO_i · O_i:
     dP = dO Vᵀ (∘ dropout mask)   dS = P ∘ (dP − D)   dQ = scale · dS K   dK = scale · dSᵀ Q   dV = P_dropᵀ dO
@@ -76,11 +79,19 @@ def _probabilities(q, k, scale, causal, lengths, key_padding_mask):
     return torch.exp(s - lse[..., None]), lse
 
 
+def _unpadded(t: Tensor, lengths: Optional[Tensor], key_padding_mask: Optional[Tensor]) -> Tensor:
+    """k or v (B, Hkv, Tk, ·) with the padded keys' rows zeroed: whatever they hold (NaN, Inf) must not
+    reach an output or a gradient through 0 · NaN."""
+    keep = keep_mask(t.shape[0], t.shape[2], lengths, key_padding_mask, t.device)
+    return t if keep is None else t.masked_fill(~keep[:, None, :, None], 0.0)
+
+
 def attention(q: Tensor, k: Tensor, v: Tensor, lengths: Optional[Tensor], key_padding_mask: Optional[Tensor],
               causal: bool, scale: float, dropout_p: float, seed: int) -> tuple[Tensor, Tensor]:
     """-> (out (B, Hq, Tq, Dv) in the input dtype, lse (B, Hq, Tq) in the accumulation dtype)."""
     acc = acc_dtype(q.dtype)
-    qa, ka, va = q.to(acc), k.to(acc), v.to(acc)
+    qa, ka, va = q.to(acc), _unpadded(k.to(acc), lengths, key_padding_mask), _unpadded(v.to(acc), lengths,
+                                                                                       key_padding_mask)
     p, lse = _probabilities(qa, ka, scale, causal, lengths, key_padding_mask)
     if dropout_p > 0:
         p = p * dropout_mask(p.shape, dropout_p, seed, q.device) / (1 - dropout_p)
@@ -92,7 +103,8 @@ def attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, length
                        out: Tensor, lse: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """-> (grad_q, grad_k, grad_v), each in its input's dtype."""
     acc = acc_dtype(q.dtype)
-    qa, ka, va, do = q.to(acc), k.to(acc), v.to(acc), grad_out.to(acc)
+    qa, do = q.to(acc), grad_out.to(acc)
+    ka, va = (_unpadded(t.to(acc), lengths, key_padding_mask) for t in (k, v))
     Hq, Hkv = q.shape[1], k.shape[1]
     s = scale * (qa @ _expand_heads(ka, Hq).transpose(-1, -2))
     seen = visible(q.shape[2], k.shape[2], causal, lengths, key_padding_mask, q.shape[0], q.device)

@@ -104,6 +104,7 @@ def dq_kernel(do_ptr, q_ptr, k_ptr, v_ptr, lengths_ptr, mask_ptr, lse_ptr, delta
 
 def attention_backward(grad_out, q, k, v, lengths, key_padding_mask, causal, scale, dropout_p, seed, out, lse):
     common.check_head_dims(q, v)
+    k, v = common.unpadded(k, key_padding_mask), common.unpadded(v, key_padding_mask)
     B, Hq, Hkv, Tq, Tk, D, Dv, bucket = common.sizes(q, k, v)
     delta = (grad_out.to(lse.dtype) * out.to(lse.dtype)).sum(-1)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)

@@ -111,6 +111,13 @@ def scales(q, scale):
     return torch.tensor([scale * LOG2E, scale, LOG2E], dtype=acc_dtype(q.dtype), device=q.device)
 
 
+def unpadded(t, key_padding_mask):
+    """k or v (B, Hkv, Tk, ·) with the keys `key_padding_mask` pads zeroed: a padded key's value may hold
+    anything (NaN, Inf), and 0 · NaN must not reach an output or a gradient. Done here, once per call:
+    masking the kernels' tiles instead costs registers they do not have (they spill on sm_80)."""
+    return t if key_padding_mask is None else t.masked_fill(key_padding_mask[:, None, :, None], 0)
+
+
 def sizes(q, k, v):
     """(B, Hq, Hkv, Tq, Tk, D, Dv, the length bucket that keys the autotuner's cache)."""
     B, Hq, Tq, D = q.shape

@@ -94,6 +94,7 @@ def decode_splits(batch_heads: int, Tk: int, device: torch.device) -> int:
 def attention_decode(q, k, v, lengths, key_padding_mask, scale):
     """q (B, Hq, D) against k (B, Hkv, Tk, D), v (B, Hkv, Tk, Dv) -> (B, Hq, Dv)."""
     common.check_head_dims(q, v)
+    k, v = common.unpadded(k, key_padding_mask), common.unpadded(v, key_padding_mask)
     B, Hq, D = q.shape
     Hkv, Tk, Dv = k.shape[1], k.shape[2], v.shape[3]
     group = Hq // Hkv

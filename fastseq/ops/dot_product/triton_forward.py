@@ -86,6 +86,7 @@ def fwd_kernel(q_ptr, k_ptr, v_ptr, lengths_ptr, mask_ptr, out_ptr, lse_ptr, Hq,
 
 def attention(q, k, v, lengths, key_padding_mask, causal, scale, dropout_p, seed):
     common.check_head_dims(q, v)
+    k, v = common.unpadded(k, key_padding_mask), common.unpadded(v, key_padding_mask)
     B, Hq, Hkv, Tq, Tk, D, Dv, bucket = common.sizes(q, k, v)
     out = q.new_empty(B, Hq, Tq, Dv)
     lse = q.new_empty(B, Hq, Tq, dtype=acc_dtype(q.dtype))

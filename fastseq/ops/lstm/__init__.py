@@ -168,10 +168,10 @@ def lstm_layer(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, bi
         C.check_shape(op, "bias", bias, (4 * H,), "(4H,)")
     if lengths is not None:
         if not isinstance(lengths, Tensor):
-            lengths = torch.as_tensor(lengths, dtype=torch.int64)
+            lengths = C.integers(op, "lengths", lengths).to(torch.int64)
         C.check_lengths(op, lengths, B, T)
-        if int(lengths[0]) == T and int(lengths[-1]) == T:
-            lengths = None  # every row runs the whole sequence
+        if B == 0 or (int(lengths[0]) == T and int(lengths[-1]) == T):
+            lengths = None  # every row runs the whole sequence (or there is no row)
     params = (x, h0, c0, w_ih, w_hh, bias, w_hr)
     training = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in params)
 
