@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import fastseq
-from fastseq import backends
+from fastseq import backends, ops
 from fastseq.cli import main
 
 IMPLEMENTED = ("reference", "triton", "cpu", "cuda")
@@ -121,3 +121,34 @@ def test_the_extension_registers_a_kernel_for_every_op_it_serves(device_type):
         for function in functions(family):
             op = f"fastseq_ext::{function}"
             assert torch._C._dispatch_has_kernel_for_dispatch_key(op, device_type.upper()), (family, op)
+
+
+@pytest.mark.parametrize("case", ["lstm_layer", "lstm_cell", "additive_attention", "attention"])
+def test_a_backward_runs_on_its_forward_backend(monkeypatch, case):
+    """The backend a forward ran on runs its backward, whatever backend context the backward sees (the
+    block left, or autograd's worker thread on CUDA): recorded by wrapping the reference's backward."""
+    from fastseq.ops.additive import reference as additive
+    from fastseq.ops.dot_product import reference as dot_product
+    from fastseq.ops.lstm import reference as lstm
+
+    module, name = {"lstm_layer": (lstm, "lstm_layer_backward"), "lstm_cell": (lstm, "lstm_cell_backward"),
+                    "additive_attention": (additive, "additive_attention_backward"),
+                    "attention": (dot_product, "attention_backward")}[case]
+    calls = []
+    original = getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *a: calls.append(name) or original(*a))
+    make = {
+        "lstm_layer": lambda: ops.lstm_layer(*(torch.randn(*s, requires_grad=True) for s in
+                                             ((4, 2, 3), (2, 5), (2, 5), (20, 3), (20, 5))))[0],
+        "lstm_cell": lambda: ops.lstm_cell(torch.randn(2, 20, requires_grad=True), torch.randn(2, 5))[0],
+        "additive_attention": lambda: ops.additive_attention(*(torch.randn(*s, requires_grad=True) for s in
+                                                             ((2, 3, 4), (2, 5, 4), (4,), (2, 5, 6)))),
+        "attention": lambda: ops.attention(*(torch.randn(*s, requires_grad=True) for s in
+                                             ((1, 2, 3, 8), (1, 2, 4, 8), (1, 2, 4, 8)))),
+    }[case]
+    with backends.use("reference"):
+        out = make()
+    assert not calls
+    with backends.use(cpu="triton"):  # the backward's context names another backend
+        out.sum().backward()
+    assert calls == [name]

@@ -9,8 +9,10 @@ A `Family` declares everything the rest of the tree needs to know about an op fa
   - its benchmark cases per preset, which benchmarks/bench_<op>.py runs.
 
 From a declaration, `declare` makes a torch custom op `fastseq::<function>` per function, which calls
-that function of the backend `fastseq.backends` chooses, and defines the schema `fastseq_ext::<function>`
-that the compiled kernels implement (their C++ files register implementations only, checked against this
+that function of the backend `fastseq.backends` chooses (or of the one its last argument, `backend`,
+pins: a forward passes its choice, and its autograd formula passes it on to the backward, so a backward
+runs where its forward ran, whatever context autograd's thread sees), and defines the schema
+`fastseq_ext::<function>` that the compiled kernels implement (their C++ files register implementations only, checked against this
 schema when fastseq._C loads). The family's own module adds each op's fake implementation and autograd
 formula; `fastseq.ops.aot`, the benchmarks and the tests read the declarations from here.
 """
@@ -53,10 +55,21 @@ _FAMILIES: dict[str, Family] = {}
 _EXTENSION_LIBRARY = torch.library.Library("fastseq_ext", "DEF")
 
 
-def _dispatcher(family: str, function: str) -> Callable:
-    def run(*args):
+def _pinnable(schema: str) -> str:
+    """The custom op's schema: the backend function's, plus `str backend=""`, the backend a forward chose
+    and its backward must use ("": choose now)."""
+    args, returns = schema.split(") ->", 1)
+    return f'{args}, str backend="") ->{returns}'
+
+
+def _dispatcher(family: str, function: str, schema: str) -> Callable:
+    arity = len(torch._C.parse_schema(function + schema).arguments)
+
+    def run(*args, backend: str = ""):
+        if len(args) > arity:  # the pinned backend, passed positionally
+            args, backend = args[:arity], args[arity]
         device = next(a for a in args if isinstance(a, torch.Tensor)).device.type
-        return implementation(family, function, device)(*args)
+        return implementation(family, function, device, backend or None)(*args)
 
     run.__name__ = function
     return run
@@ -72,8 +85,8 @@ def declare(family: Family) -> dict[str, Any]:
     for function, schema in family.functions.items():
         if compiled:
             _EXTENSION_LIBRARY.define(function + schema)
-        ops[function] = torch.library.custom_op(f"fastseq::{function}", _dispatcher(family.name, function),
-                                                mutates_args=(), schema=schema)
+        ops[function] = torch.library.custom_op(f"fastseq::{function}", _dispatcher(family.name, function, schema),
+                                                mutates_args=(), schema=_pinnable(schema))
     return ops
 
 
@@ -92,8 +105,16 @@ def functions(family: str) -> tuple[str, ...]:
     return tuple(_FAMILIES[family].functions)
 
 
-def implementation(family: str, function: str, device_type: str) -> Callable:
-    """The function `function` of the backend chosen for `family` on `device_type`."""
-    declaration = _FAMILIES[family]
-    choice = backends.choose(family, device_type, tuple(declaration.backends))
-    return declaration.function(choice.backend, function)
+def chosen(family: str, device_type: str) -> str:
+    """The backend that serves `family` on `device_type` now (fastseq.backends' rules), for a forward to
+    pin. While torch.compile traces: "" (the op chooses when the graph runs; the choice reads context
+    variables, which Dynamo cannot trace)."""
+    if torch.compiler.is_compiling():
+        return ""
+    return backends.choose(family, device_type, tuple(_FAMILIES[family].backends)).backend
+
+
+def implementation(family: str, function: str, device_type: str, pinned: str | None = None) -> Callable:
+    """The function `function` of backend `pinned` (a forward's choice, which its backward keeps), or of
+    the backend chosen for `family` on `device_type`."""
+    return _FAMILIES[family].function(pinned or chosen(family, device_type), function)

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from ...numerics import acc_dtype, autocast
 from .. import checks as C
-from ..registry import EXTENSION, Family, declare
+from ..registry import EXTENSION, Family, chosen, declare
 from .reference import attention_weights
 
 # (B, Tq, Tk, H, Dv): benchmarks/bench_additive_attention.py against the naive PyTorch form
@@ -44,7 +44,7 @@ _OPS = declare(FAMILY)
 
 
 @_OPS["additive_attention"].register_fake
-def _(query_proj, key_proj, v, values, lengths, key_padding_mask):
+def _(query_proj, key_proj, v, values, lengths, key_padding_mask, backend=""):
     B, Tq, _ = query_proj.shape
     return (query_proj.new_empty(B, Tq, values.shape[2]),
             query_proj.new_empty(B, Tq, dtype=acc_dtype(query_proj.dtype)))
@@ -56,19 +56,20 @@ def _(grad_context, query_proj, key_proj, v, values, *_):
 
 
 def _setup(ctx, inputs, output):
-    ctx.save_for_backward(*inputs, *output)
+    *tensors, ctx.backend = inputs  # the forward's backend runs the backward
+    ctx.save_for_backward(*tensors, *output)
 
 
 def _backward(ctx, grad_context, _grad_lse):
-    grads = _OPS["additive_attention_backward"](grad_context.contiguous(), *ctx.saved_tensors)
-    return (*grads, None, None)
+    grads = _OPS["additive_attention_backward"](grad_context.contiguous(), *ctx.saved_tensors, ctx.backend)
+    return (*grads, None, None, None)
 
 
 _OPS["additive_attention"].register_autograd(_backward, setup_context=_setup)
 
 
 @_OPS["additive_attention_decode"].register_fake
-def _(query_proj, key_proj, v, values, lengths, key_padding_mask):
+def _(query_proj, key_proj, v, values, lengths, key_padding_mask, backend=""):
     return query_proj.new_empty(query_proj.shape[0], values.shape[2])
 
 
@@ -114,7 +115,7 @@ def additive_attention(query_proj: Tensor, key_proj: Tensor, v: Tensor, values: 
     op = "additive_attention"
     C.check_ndim(op, "query_proj", query_proj, 3, "(B, Tq, H)")
     args, lengths, mask = _prepare(op, query_proj, key_proj, v, values, key_padding_mask, lengths, "(B, Tq, H)")
-    context, _ = _OPS["additive_attention"](*args, lengths, mask)
+    context, _ = _OPS["additive_attention"](*args, lengths, mask, chosen("additive_attention", args[0].device.type))
     if not return_weights:
         return context
     return context, attention_weights(query_proj, key_proj, v, lengths, key_padding_mask)
@@ -132,6 +133,7 @@ def additive_attention_step(query_proj: Tensor, key_proj: Tensor, v: Tensor, val
     C.check_ndim(op, "query_proj", query_proj, 2, "(B, H)")
     args, lengths, mask = _prepare(op, query_proj, key_proj, v, values, key_padding_mask, lengths, "(B, H)")
     if torch.is_grad_enabled() and any(t.requires_grad for t in args):
-        context, _ = _OPS["additive_attention"](args[0][:, None], *args[1:], lengths, mask)
+        context, _ = _OPS["additive_attention"](args[0][:, None], *args[1:], lengths, mask,
+                                                chosen("additive_attention", args[0].device.type))
         return context[:, 0]
     return _OPS["additive_attention_decode"](*args, lengths, mask)

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ...numerics import acc_dtype, autocast
 from .. import checks as C
-from ..registry import EXTENSION, Family, declare
+from ..registry import EXTENSION, Family, chosen, declare
 from .reference import attention_weights as reference_weights
 
 # The attention benchmark's cases (benchmarks/bench_attention.py) against torch's SDPA backends:
@@ -58,7 +58,7 @@ _OPS = {**declare(FAMILY), **declare(DECODE_FAMILY)}
 
 
 @_OPS["attention"].register_fake
-def _(q, k, v, lengths, key_padding_mask, causal, scale, dropout_p, seed):
+def _(q, k, v, lengths, key_padding_mask, causal, scale, dropout_p, seed, backend=""):
     B, Hq, Tq, _ = q.shape
     return q.new_empty(B, Hq, Tq, v.shape[3]), q.new_empty(B, Hq, Tq, dtype=acc_dtype(q.dtype))
 
@@ -69,22 +69,23 @@ def _(grad_out, q, k, v, *_):
 
 
 def _setup(ctx, inputs, output):
-    q, k, v, lengths, key_padding_mask, *flags = inputs
-    ctx.flags = flags
+    q, k, v, lengths, key_padding_mask, *flags, backend = inputs
+    ctx.flags, ctx.backend = flags, backend  # the forward's backend runs the backward
     ctx.save_for_backward(q, k, v, lengths, key_padding_mask, *output)
 
 
 def _backward(ctx, grad_out, _grad_lse):
     q, k, v, lengths, key_padding_mask, out, lse = ctx.saved_tensors
-    grads = _OPS["attention_backward"](grad_out.contiguous(), q, k, v, lengths, key_padding_mask, *ctx.flags, out, lse)
-    return (*grads, None, None, None, None, None, None)
+    grads = _OPS["attention_backward"](grad_out.contiguous(), q, k, v, lengths, key_padding_mask, *ctx.flags, out, lse,
+                                       ctx.backend)
+    return (*grads, None, None, None, None, None, None, None)
 
 
 _OPS["attention"].register_autograd(_backward, setup_context=_setup)
 
 
 @_OPS["attention_decode"].register_fake
-def _(q, k, v, lengths, key_padding_mask, scale):
+def _(q, k, v, lengths, key_padding_mask, scale, backend=""):
     return q.new_empty(q.shape[0], q.shape[1], v.shape[3])
 
 
@@ -147,7 +148,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, key_padding
     mask = None if key_padding_mask is None else key_padding_mask.contiguous()
     seed = int(torch.randint(0, 2**62, ())) if dropout_p > 0 else 0
     out, _ = _OPS["attention"](q.contiguous(), k.contiguous(), v.contiguous(), lengths, mask, bool(causal),
-                        float(D**-0.5 if scale is None else scale), float(dropout_p), seed)
+                               float(D**-0.5 if scale is None else scale), float(dropout_p), seed,
+                               chosen("attention", q.device.type))
     return out
 
 

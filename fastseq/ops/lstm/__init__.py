@@ -13,7 +13,7 @@ from torch import Tensor
 
 from ...numerics import acc_dtype, autocast
 from .. import checks as C
-from ..registry import EXTENSION, Family, declare
+from ..registry import EXTENSION, Family, chosen, declare
 
 # (mode, layers, hidden, seq, batch sizes, input size): benchmarks/bench_lstm.py against torch.nn.LSTM
 CASES = {
@@ -47,22 +47,23 @@ _OPS = declare(FAMILY)
 
 
 @_OPS["lstm_cell"].register_fake
-def _(gates, c_prev):
+def _(gates, c_prev, backend=""):
     return gates.new_empty(c_prev.shape), torch.empty_like(c_prev)
 
 
 @_OPS["lstm_cell_backward"].register_fake
-def _(grad_h, grad_c, gates, c_prev):
+def _(grad_h, grad_c, gates, c_prev, backend=""):
     return torch.empty_like(gates), torch.empty_like(c_prev)
 
 
 def _cell_setup(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
+    gates, c_prev, ctx.backend = inputs  # the forward's backend runs the backward
+    ctx.save_for_backward(gates, c_prev)
 
 
 def _cell_backward(ctx, grad_h, grad_c):
     gates, c_prev = ctx.saved_tensors
-    return _OPS["lstm_cell_backward"](grad_h.contiguous(), grad_c.contiguous(), gates, c_prev)
+    return (*_OPS["lstm_cell_backward"](grad_h.contiguous(), grad_c.contiguous(), gates, c_prev, ctx.backend), None)
 
 
 _OPS["lstm_cell"].register_autograd(_cell_backward, setup_context=_cell_setup)
@@ -81,14 +82,14 @@ def lstm_cell(gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
         C.fail(op, f"gates.shape[1] must be 4*H, a multiple of 4; got {gates.shape[1]}")
     C.check_shape(op, "c_prev", c_prev, (gates.shape[0], gates.shape[1] // 4), "(B, H)")
     C.check_like(op, "c_prev", c_prev, "gates", gates)
-    return _OPS["lstm_cell"](gates.contiguous(), c_prev.contiguous())
+    return _OPS["lstm_cell"](gates.contiguous(), c_prev.contiguous(), chosen("lstm", gates.device.type))
 
 
 # --------------------------------------------------------------------------------------------- layer
 
 
 @_OPS["lstm_layer"].register_fake
-def _(x, h0, c0, w_ih, w_hh, bias, w_hr, lengths, reverse, training):
+def _(x, h0, c0, w_ih, w_hh, bias, w_hr, lengths, reverse, training, backend=""):
     T, B, _ = x.shape
     H = w_hh.shape[0] // 4
     acc = acc_dtype(x.dtype)
@@ -107,8 +108,8 @@ def _(grad_y, grad_h_n, grad_c_n, x, h0, c0, w_ih, w_hh, bias, w_hr, *_):
 
 
 def _layer_setup(ctx, inputs, output):
-    *args, reverse, training = inputs
-    ctx.reverse, ctx.training = reverse, training
+    *args, reverse, training, backend = inputs
+    ctx.reverse, ctx.training, ctx.backend = reverse, training, backend  # the forward's backend runs the backward
     ctx.save_for_backward(*args, *output[0:1], *output[3:])
 
 
@@ -117,11 +118,11 @@ def _layer_backward(ctx, grad_y, grad_h_n, grad_c_n, _grad_gates_ws, _grad_c_ws)
         raise RuntimeError("lstm_layer: backward through a call made with training=False (no workspace saved)")
     *args, y, gates_ws, c_ws = ctx.saved_tensors
     grads = _OPS["lstm_layer_backward"](grad_y.contiguous(), grad_h_n.contiguous(), grad_c_n.contiguous(),
-                                       *args, ctx.reverse, y, gates_ws, c_ws)
+                                       *args, ctx.reverse, y, gates_ws, c_ws, ctx.backend)
     bias, w_hr = args[5], args[6]
     dx, dh0, dc0, dw_ih, dw_hh, dbias, dw_hr = grads
     return (dx, dh0, dc0, dw_ih, dw_hh, None if bias is None else dbias, None if w_hr is None else dw_hr,
-            None, None, None)
+            None, None, None, None)
 
 
 _OPS["lstm_layer"].register_autograd(_layer_backward, setup_context=_layer_setup)
@@ -178,5 +179,6 @@ def lstm_layer(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, bi
     def c(t):
         return None if t is None else t.contiguous()
 
-    y, h_n, c_n, _, _ = _OPS["lstm_layer"](*(c(t) for t in params), lengths, bool(reverse), training)
+    y, h_n, c_n, _, _ = _OPS["lstm_layer"](*(c(t) for t in params), lengths, bool(reverse), training,
+                                           chosen("lstm", x.device.type))
     return y, h_n, c_n
