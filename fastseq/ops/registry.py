@@ -12,9 +12,10 @@ From a declaration, `declare` makes a torch custom op `fastseq::<function>` per 
 that function of the backend `fastseq.backends` chooses (or of the one its last argument, `backend`,
 pins: a forward passes its choice, and its autograd formula passes it on to the backward, so a backward
 runs where its forward ran, whatever context autograd's thread sees), and defines the schema
-`fastseq_ext::<function>` that the compiled kernels implement (their C++ files register implementations only, checked against this
-schema when fastseq._C loads). The family's own module adds each op's fake implementation and autograd
-formula; `fastseq.ops.aot`, the benchmarks and the tests read the declarations from here.
+`fastseq_ext::<function>` that the compiled kernels implement (their C++ files register implementations
+only, checked against this schema when fastseq._C loads). The family's own module adds each op's fake
+implementation and autograd formula; `fastseq.ops.aot`, the benchmarks and the tests read the
+declarations from here.
 """
 from __future__ import annotations
 
