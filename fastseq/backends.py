@@ -23,10 +23,11 @@ import os
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
-BACKENDS = ("cuda", "cpu", "triton", "reference")
+BACKENDS = ("cuda", "cpu", "triton", "torch", "reference")
 DEVICE_TYPES = ("cpu", "cuda")
 # On CPU tensors Triton runs only on its interpreter, a tool for testing kernels: never the default there.
-DEFAULT_ORDER = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpu", "reference")}
+# torch: torch's own kernels, first on a CPU, where oneDNN's fused LSTM beats the C++ backend (inference).
+DEFAULT_ORDER = {"cuda": ("cuda", "triton", "torch", "reference"), "cpu": ("torch", "cpu", "reference")}
 ENV_VAR = "FASTSEQ_BACKEND"
 
 _override: contextvars.ContextVar[Optional[dict[str, str]]] = contextvars.ContextVar(
@@ -95,6 +96,10 @@ def availability(backend: str, device_type: str) -> tuple[bool, str]:
         return backend == "reference", f"device type {device_type!r} is served by the reference only"
     if backend == "reference":
         return True, "pure PyTorch, runs anywhere"
+    if backend == "torch":
+        if device_type == "cuda" and not cuda_available():
+            return False, "no CUDA device"
+        return True, "torch's own kernels (oneDNN/ATen on a CPU, cuDNN on a GPU)"
     if backend == "triton":
         if triton_version() is None:
             return False, "Triton is not installed"

@@ -8,7 +8,7 @@ from typing import Any, Optional, TextIO
 import torch
 
 from . import backends
-from .ops.registry import families
+from .ops.registry import declared
 
 
 def collect() -> dict[str, Any]:
@@ -30,16 +30,29 @@ def collect() -> dict[str, Any]:
         "extension_error": backends.extension_error(),
         "ops": {},
     }
-    for family, implemented in families().items():
+    for family, declaration in declared().items():
+        implemented = tuple(declaration.backends)
+        training = tuple(b for b in implemented if declaration.provides(b, tuple(declaration.functions)))
+        # functions some backend serves without their backward (torch's kernels): chosen apart for calls
+        # that need no gradient
+        forward_only = {f: tuple(b for b in implemented if declaration.provides(b, (f,)))
+                        for f in declaration.functions if not f.endswith("_backward")}
         per_device = {}
         for device_type in backends.DEVICE_TYPES:
-            try:
-                choice = backends.choose(family, device_type, implemented)
-                per_device[device_type] = {"backend": choice.backend, "why": choice.reason}
-            except (backends.BackendUnavailableError, ValueError) as e:
-                per_device[device_type] = {"backend": None, "why": str(e)}
+            per_device[device_type] = _choice(family, device_type, training)
+            for function, able in forward_only.items():
+                if set(able) - set(training):
+                    per_device[f"{device_type}, {function} without a gradient"] = _choice(family, device_type, able)
         report["ops"][family] = {"implemented": list(implemented), **per_device}
     return report
+
+
+def _choice(family: str, device_type: str, able: tuple[str, ...]) -> dict:
+    try:
+        choice = backends.choose(family, device_type, able)
+        return {"backend": choice.backend, "why": choice.reason}
+    except (backends.BackendUnavailableError, ValueError) as e:
+        return {"backend": None, "why": str(e)}
 
 
 def info(file: Optional[TextIO] = None) -> None:
@@ -63,7 +76,7 @@ def info(file: Optional[TextIO] = None) -> None:
     ]
     for family, row in r["ops"].items():
         lines.append(f"  {family}  (backends: {', '.join(row['implemented'])})")
-        for device_type in backends.DEVICE_TYPES:
+        for device_type in [k for k in row if k != "implemented"]:
             cell = row[device_type]
             lines.append(f"    {device_type:<5} -> {cell['backend'] or 'none'}: {cell['why']}")
     print("\n".join(lines), file=file or sys.stdout)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fastseq import backends, ops  # noqa: F401  (importing ops registers the op families)
-from fastseq.ops.registry import families
+from fastseq.ops.registry import declared
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 # Norm-relative error allowed against a float64 oracle: fp32 math; fp16/bf16 rounding of inputs,
@@ -36,15 +36,23 @@ def assert_proportion(hits, n, p: float):
     assert abs(hits / n - p) < 6 * (p * (1 - p) / n) ** 0.5, f"share {hits / n:.4f} of {n:.0f} draws, expected {p:.4f}"
 
 
-def backend_params(family: str = "lstm"):
-    """(device, backend) pairs for an op family: every backend implementing it that is present on the
-    CPU; every GPU backend implementing it, marked `cuda`."""
-    implemented = families()[family]
+def backend_params(family: str = "lstm", needs=None):
+    """(device, backend) pairs for an op family: every backend implementing every function of `needs`
+    (default: all the family's functions, forward and backward) that is present on the CPU; every GPU
+    backend implementing them, marked `cuda`."""
+    declaration = declared()[family]
+    needs = tuple(declaration.functions) if needs is None else needs
+    implemented = [b for b in declaration.backends if declaration.provides(b, needs)]
     params = [pytest.param("cpu", b, id=f"cpu-{b}") for b in backends.BACKENDS
               if b in implemented and backends.availability(b, "cpu")[0]]
     params += [pytest.param("cuda", b, id=f"cuda-{b}", marks=pytest.mark.cuda)
-               for b in ("cuda", "triton", "reference") if b in implemented]
+               for b in ("cuda", "triton", "torch", "reference") if b in implemented]
     return params
+
+
+def cpu_backends(family: str = "lstm", needs=None) -> list[str]:
+    """The backends of `backend_params` present on the CPU, by name."""
+    return [p.values[1] for p in backend_params(family, needs) if p.values[0] == "cpu"]
 
 
 KERNEL_RUNS = [pytest.param("cpu", "triton", id="triton-interpreter"),

@@ -2,9 +2,10 @@
 float64 reference, forward and backward; gradcheck; opcheck; torch.compile; bad input."""
 import pytest
 import torch
-from _util import DTYPES, TOL, backend_params, rel_err
+from _util import DTYPES, TOL, backend_params, cpu_backends, rel_err
 
 from fastseq import backends, ops
+from fastseq.ops import registry
 
 # (T, B, I, H, P, lengths, reverse, bias): odd sizes, projection, mixed lengths, both directions.
 LAYER_CASES = [
@@ -103,7 +104,7 @@ def test_reference_cell_formula_by_hand():
     torch.testing.assert_close(h, o * torch.tanh(f * c_prev + i * g))
 
 
-@pytest.mark.parametrize("backend", [b for b in backends.BACKENDS if backends.availability(b, "cpu")[0]])
+@pytest.mark.parametrize("backend", cpu_backends())
 @pytest.mark.parametrize("proj,lengths,reverse", [(0, None, False), (2, [3, 1], True), (0, [3, 2], True)])
 def test_layer_gradcheck_float64(backend, proj, lengths, reverse):
     T, B, I, H = 3, 2, 3, 3
@@ -119,7 +120,7 @@ def test_layer_gradcheck_float64(backend, proj, lengths, reverse):
                                                         torch.randn(2, 2, dtype=torch.float64, requires_grad=True)))
 
 
-@pytest.mark.parametrize("backend", [b for b in backends.BACKENDS if backends.availability(b, "cpu")[0]])
+@pytest.mark.parametrize("backend", cpu_backends())
 def test_opcheck(backend):
     T, B, I, H, P = 4, 3, 5, 6, 4
     x, h0, c0, w_ih, w_hh, bias, w_hr = [t.float().requires_grad_() for t in _layer_inputs(T, B, I, H, P, True, "cpu")]
@@ -211,3 +212,40 @@ def test_unavailable_backend_is_an_error_naming_it():
     args = _good()
     with backends.use("cuda"), pytest.raises(backends.BackendUnavailableError, match="backend 'cuda'.*cpu tensors"):
         ops.lstm_layer(**args)
+
+
+@pytest.mark.parametrize("device,backend", backend_params("lstm", needs=("lstm_layer",)))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", LAYER_CASES, ids=lambda c: "T{}-B{}-I{}-H{}-P{}-len{}-rev{}-bias{}".format(
+    c[0], c[1], c[2], c[3], c[4], int(c[5] is not None), int(c[6]), int(c[7])))
+def test_inference_matches_float64_reference(device, backend, dtype, case):
+    """Every backend that serves the layer without a gradient, the `torch` one (torch's fused LSTM) too:
+    lengths, reversed rows and the projection as the reference has them."""
+    if device == "cpu" and backend == "triton" and dtype == torch.bfloat16:
+        pytest.skip("Triton's interpreter computes tl.dot wrongly on bf16 inputs; the cuda run covers bf16")
+    T, B, I, H, P, lengths, reverse, bias = case
+    inputs = [_rounded(t, dtype) for t in _layer_inputs(T, B, I, H, P, bias, device)]
+    lengths = None if lengths is None else torch.tensor(lengths)
+    with backends.use("reference"):
+        expected = ops.lstm_layer(*inputs, lengths=lengths, reverse=reverse)
+    with torch.no_grad(), backends.use(backend):
+        actual = ops.lstm_layer(*(None if t is None else t.to(dtype) for t in inputs), lengths=lengths,
+                                reverse=reverse)
+    for name, a, e in zip(("y", "h_n", "c_n"), actual, expected):
+        assert a.dtype == dtype and rel_err(a, e) < TOL[dtype], f"{name}: relative error {rel_err(a, e):.2e}"
+
+
+def test_the_torch_backend_serves_inference_and_is_passed_over_for_training():
+    args = [t.float() for t in _layer_inputs(4, 2, 3, 5, 0, True, "cpu")[:6]]  # no projection
+    assert registry.chosen("lstm", "cpu", ("lstm_layer",)) == "torch"  # the CPU's first choice without a gradient
+    assert registry.chosen("lstm", "cpu", ("lstm_layer", "lstm_layer_backward")) != "torch"
+    trained = [t.requires_grad_() for t in args]
+    ops.lstm_layer(*trained)[0].sum().backward()  # chosen among the backends with a backward
+    with backends.use("torch"), pytest.raises(backends.BackendUnavailableError,
+                                              match=r"backend 'torch' .* does not implement lstm \(lstm_layer, "
+                                                    r"lstm_layer_backward\)"):
+        ops.lstm_layer(*trained)
+    with torch.no_grad(), backends.use("torch"):
+        torch.library.opcheck(torch.ops.fastseq.lstm_layer.default,
+                              (*(t.detach() for t in args), None, torch.tensor([4, 2]), True, False, "torch"))
+    assert not trained[0].grad.isnan().any()

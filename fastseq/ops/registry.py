@@ -26,6 +26,7 @@ from typing import Any, Callable
 import torch
 
 from .. import backends
+from ..backends import BackendUnavailableError
 
 EXTENSION = "fastseq._C"  # the backend module of `cpu` and `cuda`: the kernels fastseq._C registers
 
@@ -46,10 +47,22 @@ class Family:
         paths = self.backends[backend]
         if paths == EXTENSION:
             if backends.extension() is None:  # importing fastseq._C registers the kernels of fastseq_ext
-                raise backends.BackendUnavailableError(f"fastseq._C is unavailable: {backends.extension_error()}")
+                raise BackendUnavailableError(f"fastseq._C is unavailable: {backends.extension_error()}")
             return getattr(torch.ops.fastseq_ext, name)
         modules = [importlib.import_module(path) for path in ((paths,) if isinstance(paths, str) else paths)]
-        return next(getattr(m, name) for m in modules if hasattr(m, name))
+        found = [getattr(m, name) for m in modules if hasattr(m, name)]
+        if not found:
+            raise BackendUnavailableError(f"backend {backend!r} does not implement {name}")
+        return found[0]
+
+    def provides(self, backend: str, names) -> bool:
+        """Whether `backend` implements every function of `names` (the compiled backends: all of them; the
+        torch backend: those torch has a kernel for)."""
+        paths = self.backends[backend]
+        if paths == EXTENSION:
+            return True
+        modules = [importlib.import_module(path) for path in ((paths,) if isinstance(paths, str) else paths)]
+        return all(any(hasattr(m, name) for m in modules) for name in names)
 
 
 _FAMILIES: dict[str, Family] = {}
@@ -106,16 +119,23 @@ def functions(family: str) -> tuple[str, ...]:
     return tuple(_FAMILIES[family].functions)
 
 
-def chosen(family: str, device_type: str) -> str:
-    """The backend that serves `family` on `device_type` now (fastseq.backends' rules), for a forward to
-    pin. While torch.compile traces: "" (the op chooses when the graph runs; the choice reads context
-    variables, which Dynamo cannot trace)."""
+def chosen(family: str, device_type: str, needs: tuple[str, ...] = ()) -> str:
+    """The backend that serves `family` on `device_type` now (fastseq.backends' rules) among those that
+    implement every function of `needs` (a forward that will need its backward names both), for a
+    forward to pin. While torch.compile traces: "" (the op chooses when the graph runs; the choice reads
+    context variables, which Dynamo cannot trace)."""
     if torch.compiler.is_compiling():
         return ""
-    return backends.choose(family, device_type, tuple(_FAMILIES[family].backends)).backend
+    declaration = _FAMILIES[family]
+    able = tuple(b for b in declaration.backends if declaration.provides(b, needs))
+    label = f"{family} ({', '.join(needs)})" if needs else family
+    return backends.choose(label, device_type, able).backend
 
 
 def implementation(family: str, function: str, device_type: str, pinned: str | None = None) -> Callable:
     """The function `function` of backend `pinned` (a forward's choice, which its backward keeps), or of
     the backend chosen for `family` on `device_type`."""
-    return _FAMILIES[family].function(pinned or chosen(family, device_type), function)
+    declaration = _FAMILIES[family]
+    backward = f"{function}_backward"  # unpinned (a direct or compiled call): a backend its backward has too
+    needs = (function, backward) if backward in declaration.functions else (function,)
+    return declaration.function(pinned or chosen(family, device_type, needs), function)

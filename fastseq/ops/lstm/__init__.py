@@ -1,6 +1,7 @@
 """The LSTM ops: `lstm_cell` (one fused cell update) and `lstm_layer` (one layer, one direction, a whole
 sequence). Each is a torch custom op with a fake implementation and an autograd formula, served by the
-backend `fastseq.backends` chooses: "cpu"/"cuda" (fastseq._C), "triton" or "reference".
+backend `fastseq.backends` chooses: "cpu"/"cuda" (fastseq._C), "triton", "reference", or for a layer
+that needs no gradient "torch" (torch's own fused LSTM, native.py).
 
 The math and the workspace contract shared by every backend are in reference.py beside this file.
 """
@@ -36,7 +37,7 @@ FAMILY = Family(
                                "Tensor gates_ws, Tensor c_ws) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
     },
     backends={"reference": "fastseq.ops.lstm.reference", "triton": "fastseq.ops.lstm.triton",
-              "cpu": EXTENSION, "cuda": EXTENSION},
+              "cpu": EXTENSION, "cuda": EXTENSION, "torch": "fastseq.ops.lstm.native"},
     kernels=("fastseq.ops.lstm.triton_cell", "fastseq.ops.lstm.triton_step"),
     cases=CASES,
 )
@@ -82,7 +83,9 @@ def lstm_cell(gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
         C.fail(op, f"gates.shape[1] must be 4*H, a multiple of 4; got {gates.shape[1]}")
     C.check_shape(op, "c_prev", c_prev, (gates.shape[0], gates.shape[1] // 4), "(B, H)")
     C.check_like(op, "c_prev", c_prev, "gates", gates)
-    return _OPS["lstm_cell"](gates.contiguous(), c_prev.contiguous(), chosen("lstm", gates.device.type))
+    grad = torch.is_grad_enabled() and (gates.requires_grad or c_prev.requires_grad)
+    needs = ("lstm_cell", "lstm_cell_backward") if grad else ("lstm_cell",)
+    return _OPS["lstm_cell"](gates.contiguous(), c_prev.contiguous(), chosen("lstm", gates.device.type, needs))
 
 
 # --------------------------------------------------------------------------------------------- layer
@@ -179,6 +182,7 @@ def lstm_layer(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, bi
     def c(t):
         return None if t is None else t.contiguous()
 
+    needs = ("lstm_layer", "lstm_layer_backward") if training else ("lstm_layer",)
     y, h_n, c_n, _, _ = _OPS["lstm_layer"](*(c(t) for t in params), lengths, bool(reverse), training,
-                                           chosen("lstm", x.device.type))
+                                           chosen("lstm", x.device.type, needs))
     return y, h_n, c_n
