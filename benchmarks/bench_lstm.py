@@ -1,12 +1,16 @@
-"""LSTM layer benchmark (run by sweep.py): fastseq.nn.LSTM on each fused backend present against
+"""LSTM layer benchmark (run by sweep.py): fastseq.nn.LSTM on each fused backend present, and as a user gets
+it without choosing (the default backend, named in the row), against
 torch.nn.LSTM (cuDNN on a GPU, ATen's CPU kernels on a CPU) with the same weights, inference forward and
 training forward+backward; each figure also as a fraction of the measured matmul rate and bandwidth."""
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
 import fastseq.nn
 from fastseq import backends
+from fastseq.ops import registry
 from fastseq.ops.registry import declared
 
 import timing
@@ -59,8 +63,10 @@ def bench_case(device, dtype_name, mode, layers, hidden, seq, batch, input_size,
     nbytes = lstm_bytes(mode, layers, hidden, seq, batch, input_size, x.element_size())
     baseline = timing.measure(run(base), device)
     rows = []
-    for backend in fused_backends:
-        with backends.use(backend):
+    needs = ("lstm_layer",) if mode == "inference" else ("lstm_layer", "lstm_layer_backward")
+    default = registry.chosen("lstm", device.type, needs)  # what a user gets without choosing
+    for backend in [*fused_backends, f"default ({default})"]:
+        with backends.use(backend) if backend in fused_backends else contextlib.nullcontext():
             t = timing.measure(run(ours), device)
         seconds = t["median_ms"] * 1e-3
         rows.append({

@@ -22,7 +22,7 @@ def test_lstm_sweep_runs_every_declared_quick_case(tmp_path):
     fused = sweep.fused_backends("lstm", torch.device("cpu"))
     cases = [(mode, layers, hidden, seq, batch) for mode, layers, hidden, seq, batches, _ in declared()["lstm"].cases["quick"]
              for batch in batches]
-    assert fused and len(rows) == len(cases) * len(fused)
+    assert fused and len(rows) == len(cases) * (len(fused) + 1)  # and the default choice
     assert {(r["mode"], r["sizes"]["layers"], r["sizes"]["hidden"], r["sizes"]["seq"], r["sizes"]["batch"])
             for r in rows} == set(cases)
     for r in rows:
