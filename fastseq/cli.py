@@ -180,17 +180,19 @@ def main(argv: list[str] | None = None) -> int:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="on an error, the whole traceback (default: one line)")
     sub = parser.add_subparsers(dest="command", required=True)
-    add_parser = sub.add_parser
-    sub.add_parser = lambda *a, **k: add_parser(*a, parents=[common], **k)  # --debug on every command
-    p = sub.add_parser("info", help="versions, device, what was built, and the backend of each op")
+
+    def command(name: str, **kwargs) -> argparse.ArgumentParser:  # --debug on every command
+        return sub.add_parser(name, parents=[common], **kwargs)
+
+    p = command("info", help="versions, device, what was built, and the backend of each op")
     p.add_argument("--json", action="store_true", help="print as JSON")
     p.set_defaults(func=_info)
-    p = sub.add_parser("demo", help="train a character-level Transformer on tiny Shakespeare and print samples")
+    p = command("demo", help="train a character-level Transformer on tiny Shakespeare and print samples")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: 5000 on a GPU, 300 on a CPU)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
     p.add_argument("--out", default="runs/demo", help="folder for the log, the curve, the model and tokenizer")
     p.set_defaults(func=_demo)
-    p = sub.add_parser("train", help="train a model from a YAML config (see configs/); resumes a stopped run")
+    p = command("train", help="train a model from a YAML config (see configs/); resumes a stopped run")
     p.add_argument("--config", required=True, help="YAML: task, data, model, train, generate, out_dir")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. train.steps=100")
     p.add_argument("--out", default=None, help="the run folder (default: out_dir, else runs/<config name>)")
@@ -199,21 +201,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--allow-change", action="append", metavar="KEY", help="resume although KEY (e.g. train.steps) "
                                                                            "differs from the folder's config")
     p.set_defaults(func=_train)
-    p = sub.add_parser("ulmfit", help="ULMFiT: pretrain an LSTM LM, fine-tune it on the task's text, train the "
+    p = command("ulmfit", help="ULMFiT: pretrain an LSTM LM, fine-tune it on the task's text, train the "
                                       "classifier with gradual unfreezing (one config, see configs/ulmfit_*.yaml)")
     p.add_argument("--config", required=True)
     p.add_argument("--set", action="append", metavar="KEY=VALUE")
     p.add_argument("--out", default=None)
     p.add_argument("--device", default=None)
     p.set_defaults(func=_ulmfit)
-    p = sub.add_parser("eval", help="metrics of a finished run on a split (perplexity, BLEU, accuracy)")
+    p = command("eval", help="metrics of a finished run on a split (perplexity, BLEU, accuracy)")
     p.add_argument("run", help="the run folder")
     p.add_argument("--split", default="test")
     p.add_argument("--limit", type=int, default=None, help="only the first N examples (sentences, texts, windows)")
     p.add_argument("--device", default=None)
     p.set_defaults(func=_eval)
     for name in ("generate", "translate"):
-        p = sub.add_parser(name, help="continue prompts (language models) or translate (encoder-decoders)")
+        p = command(name, help="continue prompts (language models) or translate (encoder-decoders)")
         p.add_argument("run", help="the run folder")
         p.add_argument("text", nargs="*", help="prompts or sources (default: one per line on stdin)")
         p.add_argument("--method", choices=("greedy", "sample", "beam"), default="beam" if name == "translate"
@@ -227,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--seed", type=int, default=None)
         p.add_argument("--device", default=None)
         p.set_defaults(func=_generate)
-    p = sub.add_parser("ngram", help="an interpolated Kneser-Ney n-gram LM: perplexity on held-out text")
+    p = command("ngram", help="an interpolated Kneser-Ney n-gram LM: perplexity on held-out text")
     p.add_argument("--train", default="wikitext-2:valid", help="dataset:split to count")
     p.add_argument("--test", default="wikitext-2:test", help="dataset:split to score")
     p.add_argument("--order", type=int, default=3)
@@ -235,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-count", type=int, default=1)
     p.add_argument("--lowercase", action="store_true")
     p.set_defaults(func=_ngram)
-    p = sub.add_parser("word2vec", help="word2vec on a data set, then nearest words to queries")
+    p = command("word2vec", help="word2vec on a data set, then nearest words to queries")
     p.add_argument("--data", default="wikitext-2:valid", help="dataset:split")
     p.add_argument("--mode", choices=("skipgram", "cbow"), default="skipgram")
     p.add_argument("--dim", type=int, default=100)
@@ -250,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-k", type=int, default=8)
     p.add_argument("--save", default=None, help="write the model (and its tokenizer beside it)")
     p.set_defaults(func=_word2vec)
-    p = sub.add_parser("bench", help="the benchmark sweep (benchmarks/sweep.py of a checkout); other arguments go "
+    p = command("bench", help="the benchmark sweep (benchmarks/sweep.py of a checkout); other arguments go "
                                      "to it, e.g. --ops models --preset quick")
     p.add_argument("--repo", default=".", help="the fastseq checkout")
     p.set_defaults(func=_bench)
