@@ -49,8 +49,7 @@ class Family:
             if backends.extension() is None:  # importing fastseq._C registers the kernels of fastseq_ext
                 raise BackendUnavailableError(f"fastseq._C is unavailable: {backends.extension_error()}")
             return getattr(torch.ops.fastseq_ext, name)
-        modules = [importlib.import_module(path) for path in ((paths,) if isinstance(paths, str) else paths)]
-        found = [getattr(m, name) for m in modules if hasattr(m, name)]
+        found = [getattr(m, name) for m in self._modules(backend) if hasattr(m, name)]
         if not found:
             raise BackendUnavailableError(f"backend {backend!r} does not implement {name}")
         return found[0]
@@ -58,11 +57,15 @@ class Family:
     def provides(self, backend: str, names) -> bool:
         """Whether `backend` implements every function of `names` (the compiled backends: all of them; the
         torch backend: those torch has a kernel for)."""
-        paths = self.backends[backend]
-        if paths == EXTENSION:
+        if self.backends[backend] == EXTENSION:
             return True
-        modules = [importlib.import_module(path) for path in ((paths,) if isinstance(paths, str) else paths)]
+        modules = self._modules(backend)
         return all(any(hasattr(m, name) for m in modules) for name in names)
+
+    def _modules(self, backend: str) -> list:
+        """The Python modules holding `backend`'s functions."""
+        paths = self.backends[backend]
+        return [importlib.import_module(path) for path in ((paths,) if isinstance(paths, str) else paths)]
 
 
 _FAMILIES: dict[str, Family] = {}

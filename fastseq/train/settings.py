@@ -32,7 +32,7 @@ def known(where: str, given: Iterable[str], keys: Iterable[str]) -> None:
 def number(where: str, value: Any, kind: type, low: float | None = None, high: float | None = None,
            low_open: bool = False, high_open: bool = False) -> Any:
     """value as an int or float (a float also from a numeric string), within [low, high] (open ends where
-    asked); else a one-line error naming `where`."""
+    asked); else a one-line error that starts with `where` (e.g. "config: data.block")."""
     if isinstance(value, str) and kind is float:
         try:
             value = float(value)
@@ -46,7 +46,7 @@ def number(where: str, value: Any, kind: type, low: float | None = None, high: f
     if not ok:
         bounds = (f" in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}" if high is not None
                   else f" {'>' if low_open else '>='} {low}" if low is not None else "")
-        raise ValueError(f"config: {where} must be {'an int' if kind is int else 'a number'}{bounds}, got {value!r}")
+        raise ValueError(f"{where} must be {'an int' if kind is int else 'a number'}{bounds}, got {value!r}")
     return value
 
 
@@ -57,11 +57,11 @@ def check_data(data: dict) -> dict:
     for key, value in data.items():
         kind = DATA_KEYS[key]
         if key in POSITIVE:
-            out[key] = number(f"data.{key}", value, int, 1)
+            out[key] = number(f"config: data.{key}", value, int, 1)
         elif key == "valid_fraction":
-            out[key] = number("data.valid_fraction", value, float, 0, 1, low_open=True, high_open=True)
+            out[key] = number("config: data.valid_fraction", value, float, 0, 1, low_open=True, high_open=True)
         elif key == "label_smoothing":
-            out[key] = number("data.label_smoothing", value, float, 0, 1, high_open=True)
+            out[key] = number("config: data.label_smoothing", value, float, 0, 1, high_open=True)
         elif not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise ValueError(f"config: data.{key} must be a {kind.__name__}, got {value!r}")
     tokenizer = data.get("tokenizer")

@@ -313,7 +313,7 @@ def translate(model, tokenizer, sentences: list[str], device, batch: int = 64, *
 def _classify(task, config, data, model_cfg, train, device) -> Run:
     train_records, valid_records = train_valid(data)
     pretrained = model_cfg.pop("pretrained", None)
-    num_classes = S.number("model.num_classes", model_cfg.pop("num_classes", max(label for label, _ in train_records) + 1),
+    num_classes = S.number("config: model.num_classes", model_cfg.pop("num_classes", max(label for label, _ in train_records) + 1),
                            int, 2)
     for split, records in (("training", train_records), ("validation", valid_records)):
         bad = [label for label, _ in records if not 0 <= label < num_classes]

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from .. import atomic
 from .schedules import schedule
+from .settings import number
 
 FORMAT = "fastseq-checkpoint/1"
 
@@ -69,10 +70,10 @@ class TrainConfig:
         # numbers: a YAML `3e-4` arrives as a string, taken as the number it spells
         for name, low, high in (("lr", 0, None), ("weight_decay", 0, None), ("grad_clip", 0, None),
                                 ("momentum", 0, 1), ("min_lr_ratio", 0, 1)):
-            setattr(self, name, _number(name, getattr(self, name), low, high))
+            setattr(self, name, float(number(f"TrainConfig: {name}", getattr(self, name), float, low, high)))
         if not isinstance(self.betas, (list, tuple)) or len(self.betas) != 2:
             raise ValueError(f"TrainConfig: betas must be two numbers in [0, 1), got {self.betas!r}")
-        self.betas = [_number("betas", b, 0, 1, high_open=True) for b in self.betas]
+        self.betas = [number("TrainConfig: betas", b, float, 0, 1, high_open=True) for b in self.betas]
         for name in ("resume", "progress"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"TrainConfig: {name} must be true or false, got {getattr(self, name)!r}")
@@ -87,20 +88,6 @@ class TrainConfig:
         if self.momentum >= 1:
             raise ValueError(f"TrainConfig: momentum must lie in [0, 1), got {self.momentum!r}")
         schedule(self.schedule, self.steps, self.warmup)  # raises on a bad name
-
-
-def _number(name: str, value, low: float, high: Optional[float], high_open: bool = False) -> float:
-    """value as a float (numeric strings too) in [low, high] (or [low, high)); else a ValueError naming it."""
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            pass
-    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= low
-            or (high is not None and not (value < high if high_open else value <= high))):
-        bounds = f">= {low}" if high is None else f"in [{low}, {high}{')' if high_open else ']'}"
-        raise ValueError(f"TrainConfig: {name} must be a number {bounds}, got {value!r}")
-    return float(value)
 
 
 class _Objective(nn.Module):
