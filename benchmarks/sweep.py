@@ -40,11 +40,12 @@ OPS = {"lstm": bench_lstm, "additive_attention": bench_additive_attention, "atte
 
 
 def fused_backends(op: str, device: torch.device) -> list[str]:
-    """The compiled and Triton backends that run on this device (Triton on a GPU only) for the op, or for
-    any op a benchmark lists in its FAMILIES (the models)."""
+    """The compiled, Triton and torch backends that run on this device (Triton on a GPU only) for the op, or
+    for any op a benchmark lists in its FAMILIES (the models); a benchmark skips a backend for the cases
+    it cannot serve (the torch LSTM has no backward)."""
     families = getattr(OPS[op], "FAMILIES", (op,))
     implemented = {b for f in families for b in declared()[f].backends}
-    return [b for b in ("cuda", "cpu", "triton") if b in implemented and backends.availability(b, device.type)[0]
+    return [b for b in ("cuda", "cpu", "triton", "torch") if b in implemented and backends.availability(b, device.type)[0]
             and not (b == "triton" and device.type == "cpu")]
 
 

@@ -4,6 +4,7 @@ Backends, by the code that runs:
     "cuda"       CUDA C++ kernels in the compiled extension fastseq._C (CUDA tensors)
     "cpu"        C++ CPU kernels in the compiled extension fastseq._C (CPU tensors)
     "triton"     Triton kernels (CUDA tensors; CPU tensors too under TRITON_INTERPRET=1)
+    "torch"      torch's own fused kernels (cuDNN, oneDNN) where torch has one: the LSTM layer's inference
     "reference"  the pure-PyTorch reference (any device)
 
 The user chooses, most specific first:
@@ -26,8 +27,10 @@ from typing import Iterator, Optional
 BACKENDS = ("cuda", "cpu", "triton", "torch", "reference")
 DEVICE_TYPES = ("cpu", "cuda")
 # On CPU tensors Triton runs only on its interpreter, a tool for testing kernels: never the default there.
-# torch: torch's own kernels, first on a CPU, where oneDNN's fused LSTM beats the C++ backend (inference).
-DEFAULT_ORDER = {"cuda": ("cuda", "triton", "torch", "reference"), "cpu": ("torch", "cpu", "reference")}
+# torch: torch's own kernels, first where they serve the call (today the LSTM layer without a gradient):
+# oneDNN's fused LSTM beats the C++ backend on a CPU, and cuDNN's runs at twice the CUDA backend's speed on
+# an H200 at batch 1-256 (benchmarks/results/h200/gpu-quick-2026-11-30.json).
+DEFAULT_ORDER = {"cuda": ("torch", "cuda", "triton", "reference"), "cpu": ("torch", "cpu", "reference")}
 ENV_VAR = "FASTSEQ_BACKEND"
 
 _override: contextvars.ContextVar[Optional[dict[str, str]]] = contextvars.ContextVar(

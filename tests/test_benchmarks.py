@@ -22,7 +22,11 @@ def test_lstm_sweep_runs_every_declared_quick_case(tmp_path):
     fused = sweep.fused_backends("lstm", torch.device("cpu"))
     cases = [(mode, layers, hidden, seq, batch) for mode, layers, hidden, seq, batches, _ in declared()["lstm"].cases["quick"]
              for batch in batches]
-    assert fused and len(rows) == len(cases) * (len(fused) + 1)  # and the default choice
+    # each backend that serves the case (the torch LSTM: inference only), and the default choice
+    able = {mode: [b for b in fused if declared()["lstm"].provides(b, needs)]
+            for mode, needs in (("inference", ("lstm_layer",)), ("training", ("lstm_layer", "lstm_layer_backward")))}
+    assert able["inference"] == fused and "torch" not in able["training"]
+    assert len(rows) == sum(len(able[mode]) + 1 for mode, *_ in cases)
     assert {(r["mode"], r["sizes"]["layers"], r["sizes"]["hidden"], r["sizes"]["seq"], r["sizes"]["batch"])
             for r in rows} == set(cases)
     for r in rows:

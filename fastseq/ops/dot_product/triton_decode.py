@@ -13,7 +13,9 @@ from ...triton.common import acc_type, batch_slices, key_bound, key_valid, mask_
 from . import triton_common as common
 from .triton_common import load_tile, store_tile
 
-DECODE = {"BLOCK_N": {2: 64, 4: 16, 8: 16}, "num_warps": 4}  # keys a step, by element size (registers)
+# Keys a step by element size (registers), the launch's warps and pipeline stages, and the waves of
+# programs over the GPU's multiprocessors the cache is split for (benchmarks/tile_sweep.py measures them).
+DECODE = {"BLOCK_N": {2: 64, 4: 16, 8: 16}, "num_warps": 4, "num_stages": 3, "waves": 2}
 
 
 @triton.jit
@@ -86,9 +88,9 @@ def _multiprocessors(device: torch.device) -> int:
 
 
 def decode_splits(batch_heads: int, Tk: int, device: torch.device) -> int:
-    """Chunks of the cache per (batch row, key/value head): enough programs for two waves of the GPU,
-    each chunk at least 64 keys."""
-    return max(1, min(triton.cdiv(2 * _multiprocessors(device), batch_heads), triton.cdiv(Tk, 64)))
+    """Chunks of the cache per (batch row, key/value head): enough programs for DECODE["waves"] waves of
+    the GPU, each chunk at least 64 keys."""
+    return max(1, min(triton.cdiv(DECODE["waves"] * _multiprocessors(device), batch_heads), triton.cdiv(Tk, 64)))
 
 
 def attention_decode(q, k, v, lengths, key_padding_mask, scale):
@@ -114,7 +116,8 @@ def attention_decode(q, k, v, lengths, key_padding_mask, scale):
             *part(q), pk, pv, part.lengths, part.mask, *part(part_out, part_lse), Hq, group, Tk, pk.stride(0),
             pk.stride(1), pv.stride(0), pv.stride(1), chunk, n_splits, scales, D, Dv, **flags,
             BLOCK_G=common.block(group), BLOCK_N=block_n, BLOCK_D=common.block(D), BLOCK_DV=common.block(Dv),
-            ACC=acc_type(q.dtype), PRECISION=precision(q.dtype), num_warps=DECODE["num_warps"])
+            ACC=acc_type(q.dtype), PRECISION=precision(q.dtype), num_warps=DECODE["num_warps"],
+            num_stages=DECODE["num_stages"])
     out = q.new_empty(B, Hq, Dv)
     combine_kernel[(B * Hq,)](part_out, part_lse, out, n_splits, Dv, BLOCK_S=triton.next_power_of_2(n_splits),
                               BLOCK_DV=common.block(Dv), num_warps=4)
@@ -137,7 +140,7 @@ def aot_specs():
                 "BLOCK_N": DECODE["BLOCK_N"][{"bf16": 2, "fp32": 4, "fp64": 8}[t]],
                 "BLOCK_D": 128, "BLOCK_DV": 128, "ACC": tl.float64 if t == "fp64" else tl.float32,
                 "PRECISION": "ieee"},
-               {"num_warps": DECODE["num_warps"]}, (90, 80))
+               {"num_warps": DECODE["num_warps"], "num_stages": DECODE["num_stages"]}, (90, 80))
         sig = {"part_out_ptr": f"*{a}", "part_lse_ptr": f"*{a}", "out_ptr": f"*{t}", "n_splits": "i32",
                "Dv": "constexpr", "BLOCK_S": "constexpr", "BLOCK_DV": "constexpr"}
         yield (f"attention_decode_combine[{t},d128]", combine_kernel, sig,
