@@ -62,12 +62,14 @@ def _train(device, cases, dtype_name, fused, ceilings):
         for causal in (False, True):
             for mode in MODES:
                 flops = 4 * B * H * T * T * D * (0.5 if causal else 1.0) * (1.0 if mode == "forward" else 3.5)
+                needs = ("attention",) if mode == "forward" else ("attention", "attention_backward")
+                able = [b for b in fused if declared()["attention"].provides(b, needs)]  # torch: forward only
                 measured = {impl: _run_measure(_train_callable(impl, mode, q, k, v, causal), device)
-                            for impl in (*fused, *SDPA) if device.type == "cuda" or impl in (*fused, "sdpa-math")}
+                            for impl in (*able, *SDPA) if device.type == "cuda" or impl in (*able, "sdpa-math")}
                 ceiling = ceilings["matmul_flops"][dtype_name]
-                for impl in fused:
+                for impl in able:
                     rows.append(_row("train", mode, dtype_name, impl, {"B": B, "H": H, "T": T, "D": D,
-                                                                        "causal": causal}, measured, fused,
+                                                                        "causal": causal}, measured, able,
                                      work=flops, ceiling=ceiling, unit="TFLOP/s"))
     return rows
 
@@ -92,6 +94,7 @@ def _seq2seq(device, cases, dtype_name, fused, ceilings):
             ref(x, mem, mem, key_padding_mask=mask, need_weights=False)[0].float().sum().backward()
 
         measured = {"torch-mha": _run_measure(torch_mha, device)}
+        fused = [b for b in fused if declared()["attention"].provides(b, ("attention", "attention_backward"))]
         for impl in fused:
             def fused_mha(impl=impl):
                 with backends.use(impl):
@@ -155,7 +158,7 @@ def _row(case, mode, dtype_name, impl, sizes, measured, fused, work, ceiling, un
 
 def run(device, preset, dtype_names, fused_backends, ceilings):
     cases = PRESETS[preset]
-    decode_fused = [b for b in ("cuda", "triton", "cpu") if b in declared()["attention_decode"].backends
+    decode_fused = [b for b in ("cuda", "triton", "cpu", "torch") if b in declared()["attention_decode"].backends
                     and backends.availability(b, device.type)[0] and not (b == "triton" and device.type == "cpu")]
     rows = []
     for dtype_name in dtype_names:

@@ -101,6 +101,41 @@ def test_matches_float64_reference(device, backend, dtype, case):
         assert err < TOL[dtype], f"{name}: relative error {err:.2e}"
 
 
+@pytest.mark.parametrize("device,backend", backend_params("attention", needs=("attention",)))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "B{}-Hq{}-Hkv{}-Tq{}-Tk{}-D{}-Dv{}-causal{}-{}".format(*c))
+def test_inference_matches_float64_reference(device, backend, dtype, case):
+    """Every backend that serves a forward without a gradient (the torch backend among them), with a row
+    that sees no key (zeros, where SDPA alone gives NaN) and NaN in the padded keys' values."""
+    _skip_interpreted_bf16(device, backend, dtype)
+    B, Hq, Hkv, Tq, Tk, D, Dv, causal, kind = case
+    mask, lengths = _padding(kind, B, Tk)
+    if mask is not None:
+        mask[-1] = True
+        mask = mask.to(device)
+    q, k, v = (t.to(dtype).double().to(device) for t in _inputs(B, Hq, Hkv, Tq, Tk, D, Dv))
+    if lengths is not None and int(lengths.min()) < Tk:
+        b = int(lengths.argmin())
+        v[b, :, int(lengths[b]):] = float("nan")
+    kwargs = dict(causal=causal, key_padding_mask=mask, lengths=lengths)
+    with backends.use("reference"):
+        expected = ops.attention(q, k, v, **kwargs)
+    with torch.no_grad(), backends.use(backend):
+        out = ops.attention(q.to(dtype), k.to(dtype), v.to(dtype), **kwargs)
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    assert rel_err(out, expected) < TOL[dtype], f"relative error {rel_err(out, expected):.2e}"
+    if mask is not None:
+        assert torch.equal(out[-1], torch.zeros_like(out[-1]))
+
+
+def test_torch_backend_serves_no_gradient_and_says_so():
+    q, k, v = (t.requires_grad_() for t in _inputs(1, 2, 2, 3, 3, 4, 4))
+    with backends.use("torch"), pytest.raises(backends.BackendUnavailableError, match="torch"):
+        ops.attention(q, k, v)
+    with torch.no_grad(), backends.use("torch"):  # without a gradient it serves the call
+        torch.testing.assert_close(ops.attention(q, k, v), F.scaled_dot_product_attention(q, k, v))
+
+
 @pytest.mark.parametrize("device,backend", backend_params("attention"))
 def test_queries_that_see_no_key_get_zeros_and_no_gradient(device, backend):
     q, k, v = (t.to(device).requires_grad_() for t in _inputs(2, 2, 2, 3, 4, 8, 8))

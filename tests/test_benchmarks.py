@@ -33,13 +33,26 @@ def test_lstm_sweep_runs_every_declared_quick_case(tmp_path):
         assert r["median_ms"] > 0 and r["baseline_median_ms"] > 0 and r["speedup"] > 0, r
 
 
-@pytest.mark.parametrize("op", ["additive_attention", "attention"])
-def test_attention_sweeps_say_when_no_fused_backend_runs_here(tmp_path, capsys, op):
-    """On a CPU the attention ops' fused backends (CUDA, compiled Triton) do not run: the sweep says so."""
+def test_additive_attention_sweep_says_when_no_fused_backend_runs_here(tmp_path, capsys):
+    """On a CPU the additive attention's fused backends (CUDA, compiled Triton) do not run: the sweep says so."""
     path = tmp_path / "results.json"
-    assert not sweep.fused_backends(op, torch.device("cpu"))
-    assert sweep.main(["--ops", op, "--preset", "quick", "--json", str(path)]) == 0
-    assert f"{op}: no fused backend runs on cpu" in capsys.readouterr().out
+    assert not sweep.fused_backends("additive_attention", torch.device("cpu"))
+    assert sweep.main(["--ops", "additive_attention", "--preset", "quick", "--json", str(path)]) == 0
+    assert "additive_attention: no fused backend runs on cpu" in capsys.readouterr().out
+
+
+def test_attention_sweep_times_the_torch_backend_where_it_serves(tmp_path):
+    """On a CPU the attention's torch backend (SDPA) runs the forward and decoding: one row each, beside
+    torch's math SDPA; the forward+backward has no backend here that serves it."""
+    path = tmp_path / "results.json"
+    assert sweep.fused_backends("attention", torch.device("cpu")) == ["torch"]
+    assert sweep.main(["--ops", "attention", "--preset", "quick", "--json", str(path)]) == 0
+    rows = json.loads(path.read_text())["results"]["attention"]
+    assert {(r["case"], r["mode"], r["backend"]) for r in rows} == {("train", "forward", "torch"),
+                                                                    ("decode", "forward", "torch")}
+    assert len(rows) == 3  # causal and full forward, one decoding case
+    for r in rows:
+        assert r["median_ms"] > 0 and "sdpa-math" in r["baselines"], r
 
 
 def test_models_sweep_quick_preset(tmp_path):

@@ -1,11 +1,12 @@
 """The multi-head scaled dot-product attention ops: `attention` (self or cross, causal, padded, grouped
 heads, dropout), forward and backward, and `attention_decode` (one new query per sequence against a KV
 cache, as a decoder calls it once per generated token). Torch custom ops with fake implementations (and
-an autograd formula for `attention`), served by the backend `fastseq.backends` chooses: "triton" or
-"reference" for `attention`; "cuda" (fastseq._C), "triton" or "reference" for `attention_decode`.
+an autograd formula for `attention`), served by the backend `fastseq.backends` chooses: "triton",
+"torch" (SDPA, without a gradient) or "reference" for `attention`; "cuda" (fastseq._C), "triton", "torch"
+or "reference" for `attention_decode`.
 
 The math, the masking rules and the workspace (the log-sum-exp) are in reference.py beside this file;
-the Triton kernels in triton_forward.py, triton_backward.py and triton_decode.py.
+the Triton kernels in triton_forward.py, triton_backward.py and triton_decode.py; torch's SDPA in native.py.
 """
 from __future__ import annotations
 
@@ -43,14 +44,15 @@ FAMILY = Family(
                "attention_backward": f"(Tensor grad_out, {_ARGS}, {_FLAGS}, Tensor out, Tensor lse) "
                                      "-> (Tensor, Tensor, Tensor)"},
     backends={"reference": "fastseq.ops.dot_product.reference",
-              "triton": (_TRITON + "forward", _TRITON + "backward")},
+              "triton": (_TRITON + "forward", _TRITON + "backward"), "torch": "fastseq.ops.dot_product.native"},
     kernels=(_TRITON + "forward", _TRITON + "backward"),
     cases=CASES,
 )
 DECODE_FAMILY = Family(
     name="attention_decode",
     functions={"attention_decode": f"({_ARGS}, float scale) -> Tensor"},
-    backends={"reference": "fastseq.ops.dot_product.reference", "triton": _TRITON + "decode", "cuda": EXTENSION},
+    backends={"reference": "fastseq.ops.dot_product.reference", "triton": _TRITON + "decode", "cuda": EXTENSION,
+              "torch": "fastseq.ops.dot_product.native"},
     kernels=(_TRITON + "decode",),
     cases=DECODE_CASES,
 )
@@ -147,9 +149,11 @@ def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, key_padding
     lengths = C.check_key_padding(op, key_padding_mask, lengths, B, Tk, q.device)
     mask = None if key_padding_mask is None else key_padding_mask.contiguous()
     seed = int(torch.randint(0, 2**62, ())) if dropout_p > 0 else 0
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    needs = ("attention", "attention_backward") if grad else ("attention",)
     out, _ = _OPS["attention"](q.contiguous(), k.contiguous(), v.contiguous(), lengths, mask, bool(causal),
                                float(D**-0.5 if scale is None else scale), float(dropout_p), seed,
-                               chosen("attention", q.device.type))
+                               chosen("attention", q.device.type, needs))
     return out
 
 

@@ -15,7 +15,8 @@ from .triton_common import load_tile, store_tile
 
 # Keys a step by element size (registers), the launch's warps and pipeline stages, and the waves of
 # programs over the GPU's multiprocessors the cache is split for (benchmarks/tile_sweep.py measures them).
-DECODE = {"BLOCK_N": {2: 64, 4: 16, 8: 16}, "num_warps": 4, "num_stages": 3, "waves": 2}
+# 16-bit: among the fastest of benchmarks/tile_sweep.py's grid on an H200 (bf16, B64 Hq32 Hkv8 T2048).
+DECODE = {"BLOCK_N": {2: 64, 4: 16, 8: 16}, "num_warps": 4, "num_stages": 2, "waves": 4}
 
 
 @triton.jit

@@ -1,0 +1,54 @@
+"""The `torch` backend of the attention ops: torch's `scaled_dot_product_attention` (its flash, cuDNN,
+memory-efficient or math kernel, which torch picks), forward only. It returns no log-sum-exp, so it
+provides no backward: the choice takes it only for calls that need no gradient
+(fastseq.ops.registry.chosen), as the LSTM's torch backend.
+
+The contract is fastseq/ops/dot_product/reference.py's, which SDPA differs from in three places, handled
+here: causal queries are aligned to the end of the keys (SDPA's is_causal aligns them to the start, so a
+mask is passed when Tq != Tk); a query that sees no key gets zeros (SDPA gives NaN); padded keys' k and v
+are zeroed first (0 · NaN in P V would reach the output). Dropout runs through the reference, whose mask a
+seed reproduces (SDPA's draws from the global generator).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ...numerics import acc_dtype
+from ..additive.reference import keep_mask
+from . import reference
+
+
+def _sdpa(q: Tensor, k: Tensor, v: Tensor, lengths: Optional[Tensor], key_padding_mask: Optional[Tensor],
+          causal: bool, scale: float) -> Tensor:
+    """q (B, Hq, Tq, D) over k, v (B, Hkv, Tk, ·) -> (B, Hq, Tq, Dv) under the reference's rules."""
+    B, Hq, Tq, _ = q.shape
+    Hkv, Tk = k.shape[1], k.shape[2]
+    keep = keep_mask(B, Tk, lengths, key_padding_mask, q.device)
+    if keep is not None:
+        padded = ~keep[:, None, :, None]
+        k, v = k.masked_fill(padded, 0), v.masked_fill(padded, 0)
+    gqa = Hq != Hkv
+    if keep is None and (not causal or Tq == Tk):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale, enable_gqa=gqa)
+    seen = reference.visible(Tq, Tk, causal, lengths, key_padding_mask, B, q.device)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=seen, scale=scale, enable_gqa=gqa)
+    return out.masked_fill(~seen.any(-1, keepdim=True), 0)
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, lengths: Optional[Tensor], key_padding_mask: Optional[Tensor],
+              causal: bool, scale: float, dropout_p: float, seed: int) -> tuple[Tensor, Tensor]:
+    """-> (out (B, Hq, Tq, Dv), an empty workspace: no backward runs from this backend)."""
+    if dropout_p > 0:
+        return reference.attention(q, k, v, lengths, key_padding_mask, causal, scale, dropout_p, seed)
+    out = _sdpa(q, k, v, lengths, key_padding_mask, causal, scale)
+    return out, q.new_empty(0, dtype=acc_dtype(q.dtype))
+
+
+def attention_decode(q: Tensor, k: Tensor, v: Tensor, lengths: Optional[Tensor], key_padding_mask: Optional[Tensor],
+                     scale: float) -> Tensor:
+    """q (B, Hq, D) against k, v (B, Hkv, Tk, ·) -> (B, Hq, Dv)."""
+    return _sdpa(q[:, :, None], k, v, lengths, key_padding_mask, False, scale)[:, :, 0]
