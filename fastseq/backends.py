@@ -11,7 +11,8 @@ Backends, by the code that runs:
 The user chooses, most specific first:
     1. `with fastseq.backends.use("triton"):` or `use(cuda="triton", cpu="reference")`;
     2. the environment variable FASTSEQ_BACKEND, e.g. "triton" or "cuda=triton,cpu=reference";
-    3. otherwise the first available of DEFAULT_ORDER[device] that implements the op.
+    3. otherwise the first available of the op family's own order for the device (`Family.order`, where
+       measurements set one) or DEFAULT_ORDER[device], that implements the op.
 A choice that cannot serve the call (not built, no device, not implemented for that op) raises
 BackendUnavailableError naming it and saying why; nothing falls back silently.
 """
@@ -29,7 +30,7 @@ BACKENDS = ("cuda", "cpu", "triton", "torch", "reference")
 DEVICE_TYPES = ("cpu", "cuda")
 # On CPU tensors Triton runs only on its interpreter, a tool for testing kernels: never the default there.
 # torch: torch's own kernels, first where they serve the call (without a gradient): oneDNN's fused LSTM
-# beats the C++ backend on a CPU; on an H200 (benchmarks/results/h200/gpu-quick-2026-11-30.json) cuDNN's
+# beats the C++ backend on a CPU; on an H200 (benchmarks/results/h200/gpu-quick-2026-11-30-*.json) cuDNN's
 # LSTM runs at twice the CUDA backend's speed at batch 1-256, and SDPA's attention forward at 1.6x the
 # Triton kernel's (B4 H16 T4096 D128), its decoding at 1.7-3.5x.
 DEFAULT_ORDER = {"cuda": ("torch", "cuda", "triton", "reference"), "cpu": ("torch", "cpu", "reference")}
@@ -104,7 +105,7 @@ def availability(backend: str, device_type: str) -> tuple[bool, str]:
     if backend == "torch":
         if device_type == "cuda" and not cuda_available():
             return False, "no CUDA device"
-        return True, "torch's own kernels (oneDNN/ATen on a CPU, cuDNN on a GPU)"
+        return True, "torch's own kernels (its fused LSTM: oneDNN/ATen or cuDNN; scaled_dot_product_attention)"
     if backend == "triton":
         if triton_version() is None:
             return False, "Triton is not installed"
@@ -174,8 +175,9 @@ def requested(device_type: str) -> Optional[tuple[str, str]]:
     return None
 
 
-def choose(op: str, device_type: str, implemented: tuple[str, ...]) -> Choice:
-    """The backend that serves `op` on `device_type`, given the backends that implement it."""
+def choose(op: str, device_type: str, implemented: tuple[str, ...], order: Optional[tuple[str, ...]] = None) -> Choice:
+    """The backend that serves `op` on `device_type`, given the backends that implement it; without the
+    user's choice, the first available of `order` (default DEFAULT_ORDER[device_type])."""
     asked = requested(device_type)
     if asked is not None:
         name, source = asked
@@ -190,7 +192,7 @@ def choose(op: str, device_type: str, implemented: tuple[str, ...]) -> Choice:
             )
         return Choice(name, source)
     skipped = []
-    for name in DEFAULT_ORDER.get(device_type, ("reference",)):
+    for name in order or DEFAULT_ORDER.get(device_type, ("reference",)):
         if name not in implemented:
             continue
         ok, why = availability(name, device_type)

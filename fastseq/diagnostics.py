@@ -49,7 +49,7 @@ def collect() -> dict[str, Any]:
 
 def _choice(family: str, device_type: str, able: tuple[str, ...]) -> dict:
     try:
-        choice = backends.choose(family, device_type, able)
+        choice = backends.choose(family, device_type, able, declared()[family].order.get(device_type))
         return {"backend": choice.backend, "why": choice.reason}
     except (backends.BackendUnavailableError, ValueError) as e:
         return {"backend": None, "why": str(e)}

@@ -231,8 +231,11 @@ def test_inference_matches_float64_reference(device, backend, dtype, case):
     with torch.no_grad(), backends.use(backend):
         actual = ops.lstm_layer(*(None if t is None else t.to(dtype) for t in inputs), lengths=lengths,
                                 reverse=reverse)
+    # cuDNN's float32 activations carry a few 1e-5 of relative error each: 2.8e-5 on one element (T = B =
+    # I = H = 1) on an H200, as torch.nn.LSTM has it
+    tol = 6e-5 if (device, backend, dtype) == ("cuda", "torch", torch.float32) else TOL[dtype]
     for name, a, e in zip(("y", "h_n", "c_n"), actual, expected):
-        assert a.dtype == dtype and rel_err(a, e) < TOL[dtype], f"{name}: relative error {rel_err(a, e):.2e}"
+        assert a.dtype == dtype and rel_err(a, e) < tol, f"{name}: relative error {rel_err(a, e):.2e}"
 
 
 def test_the_torch_backend_serves_inference_and_is_passed_over_for_training():

@@ -6,7 +6,9 @@ A `Family` declares everything the rest of the tree needs to know about an op fa
     `EXTENSION` for the compiled `cpu` and `cuda` backends;
   - its Triton kernel modules, whose `aot_specs()` list the variants `python -m fastseq.ops.aot`
     compiles ahead of time;
-  - its benchmark cases per preset, which benchmarks/bench_<op>.py runs.
+  - its benchmark cases per preset, which benchmarks/bench_<op>.py runs;
+  - where measurements on a device rank its backends otherwise than fastseq.backends.DEFAULT_ORDER, its
+    own order for that device.
 
 From a declaration, `declare` makes a torch custom op `fastseq::<function>` per function, which calls
 that function of the backend `fastseq.backends` chooses (or of the one its last argument, `backend`,
@@ -41,6 +43,7 @@ class Family:
     backends: dict[str, str | tuple[str, ...]]
     kernels: tuple[str, ...] = ()
     cases: dict[str, Any] = dataclasses.field(default_factory=dict)
+    order: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
     def function(self, backend: str, name: str) -> Callable:
         """`backend`'s function `name` for this family."""
@@ -132,7 +135,7 @@ def chosen(family: str, device_type: str, needs: tuple[str, ...] = ()) -> str:
     declaration = _FAMILIES[family]
     able = tuple(b for b in declaration.backends if declaration.provides(b, needs))
     label = f"{family} ({', '.join(needs)})" if needs else family
-    return backends.choose(label, device_type, able).backend
+    return backends.choose(label, device_type, able, declaration.order.get(device_type)).backend
 
 
 def implementation(family: str, function: str, device_type: str, pinned: str | None = None) -> Callable:
