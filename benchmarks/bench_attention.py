@@ -63,7 +63,8 @@ def _train(device, cases, dtype_name, fused, ceilings):
             for mode in MODES:
                 flops = 4 * B * H * T * T * D * (0.5 if causal else 1.0) * (1.0 if mode == "forward" else 3.5)
                 needs = ("attention",) if mode == "forward" else ("attention", "attention_backward")
-                able = [b for b in fused if declared()["attention"].provides(b, needs)]  # torch: forward only
+                # torch: a forward, and on a CPU a backward through torch's autograd
+                able = [b for b in fused if declared()["attention"].provides(b, needs, device.type)]
                 measured = {impl: _run_measure(_train_callable(impl, mode, q, k, v, causal), device)
                             for impl in (*able, *SDPA) if device.type == "cuda" or impl in (*able, "sdpa-math")}
                 ceiling = ceilings["matmul_flops"][dtype_name]
@@ -94,7 +95,8 @@ def _seq2seq(device, cases, dtype_name, fused, ceilings):
             ref(x, mem, mem, key_padding_mask=mask, need_weights=False)[0].float().sum().backward()
 
         measured = {"torch-mha": _run_measure(torch_mha, device)}
-        fused = [b for b in fused if declared()["attention"].provides(b, ("attention", "attention_backward"))]
+        fused = [b for b in fused if declared()["attention"].provides(b, ("attention", "attention_backward"),
+                                                                      device.type)]
         for impl in fused:
             def fused_mha(impl=impl):
                 with backends.use(impl):

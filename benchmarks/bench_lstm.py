@@ -64,8 +64,8 @@ def bench_case(device, dtype_name, mode, layers, hidden, seq, batch, input_size,
     baseline = timing.measure(run(base), device)
     rows = []
     needs = ("lstm_layer",) if mode == "inference" else ("lstm_layer", "lstm_layer_backward")
-    default = registry.chosen("lstm", device.type, needs)  # what a user gets without choosing
-    able = [b for b in fused_backends if registry.declared()["lstm"].provides(b, needs)]
+    default = registry.chosen("lstm", device.type, needs, autograd=True)  # what a user gets without choosing
+    able = [b for b in fused_backends if registry.declared()["lstm"].provides(b, needs, device.type)]
     for backend in [*able, f"default ({default})"]:
         with backends.use(backend) if backend in able else contextlib.nullcontext():
             t = timing.measure(run(ours), device)

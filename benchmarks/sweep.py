@@ -42,7 +42,7 @@ OPS = {"lstm": bench_lstm, "additive_attention": bench_additive_attention, "atte
 def fused_backends(op: str, device: torch.device) -> list[str]:
     """The compiled, Triton and torch backends that run on this device (Triton on a GPU only) for the op, or
     for any op a benchmark lists in its FAMILIES (the models); a benchmark skips a backend for the cases
-    it cannot serve (the torch LSTM has no backward)."""
+    it cannot serve (torch's kernels train through autograd on a CPU only)."""
     families = getattr(OPS[op], "FAMILIES", (op,))
     implemented = {b for f in families for b in declared()[f].backends}
     return [b for b in ("cuda", "cpu", "triton", "torch") if b in implemented and backends.availability(b, device.type)[0]

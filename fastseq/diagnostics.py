@@ -32,17 +32,20 @@ def collect() -> dict[str, Any]:
     }
     for family, declaration in declared().items():
         implemented = tuple(declaration.backends)
-        training = tuple(b for b in implemented if declaration.provides(b, tuple(declaration.functions)))
-        # functions some backend serves without their backward (torch's kernels): chosen apart for calls
-        # that need no gradient
-        forward_only = {f: tuple(b for b in implemented if declaration.provides(b, (f,)))
-                        for f in declaration.functions if not f.endswith("_backward")}
         per_device = {}
         for device_type in backends.DEVICE_TYPES:
-            per_device[device_type] = _choice(family, device_type, training)
-            for function, able in forward_only.items():
-                if set(able) - set(training):
-                    per_device[f"{device_type}, {function} without a gradient"] = _choice(family, device_type, able)
+            every = tuple(b for b in implemented if declaration.provides(b, tuple(declaration.functions), device_type))
+            per_device[device_type] = _choice(family, device_type, every)
+            # a function whose choice differs from the family's, with or without a gradient (torch's kernels
+            # serve some functions only, and train through torch's autograd on some devices only)
+            for function in (f for f in declaration.functions if not f.endswith("_backward")):
+                backward = f"{function}_backward"
+                with_gradient = (function, backward) if backward in declaration.functions else (function,)
+                for label, needs in ((function, with_gradient), (f"{function} without a gradient", (function,))):
+                    able = tuple(b for b in implemented if declaration.provides(b, needs, device_type))
+                    choice = _choice(family, device_type, able)
+                    if choice["backend"] != per_device[device_type]["backend"]:
+                        per_device[f"{device_type}, {label}"] = choice
         report["ops"][family] = {"implemented": list(implemented), **per_device}
     return report
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from _util import DTYPES, TOL, backend_params, rel_err
 
 from fastseq import backends, ops
+from fastseq.ops import registry
 
 # (B, Hq, Hkv, Tq, Tk, D, Dv, causal, padding)
 CASES = [
@@ -128,12 +129,18 @@ def test_inference_matches_float64_reference(device, backend, dtype, case):
         assert torch.equal(out[-1], torch.zeros_like(out[-1]))
 
 
-def test_torch_backend_serves_no_gradient_and_says_so():
+def test_torch_backend_trains_through_autograd_on_a_cpu_only():
+    """SDPA's gradient is torch's autograd's, called outside the custom op (which it has no backward for)
+    on a CPU; on CUDA its training awaits a GPU check, so it is passed over there."""
     q, k, v = (t.requires_grad_() for t in _inputs(1, 2, 2, 3, 3, 4, 4))
+    with backends.use("torch"):
+        out = ops.attention(q, k, v)
+        torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v))
+        assert "fastseq" not in type(out.grad_fn).__name__.lower()  # torch's own graph
+    assert registry.chosen("attention", "cpu", ("attention", "attention_backward"), autograd=True) == "torch"
+    assert not registry.declared()["attention"].provides("torch", ("attention", "attention_backward"), "cuda")
     with backends.use("torch"), pytest.raises(backends.BackendUnavailableError, match="torch"):
-        ops.attention(q, k, v)
-    with torch.no_grad(), backends.use("torch"):  # without a gradient it serves the call
-        torch.testing.assert_close(ops.attention(q, k, v), F.scaled_dot_product_attention(q, k, v))
+        torch.ops.fastseq.attention(q, k, v, None, None, False, 0.5, 0.0, 0, "")[0].sum().backward()
 
 
 @pytest.mark.parametrize("device,backend", backend_params("attention"))

@@ -22,10 +22,10 @@ def test_lstm_sweep_runs_every_declared_quick_case(tmp_path):
     fused = sweep.fused_backends("lstm", torch.device("cpu"))
     cases = [(mode, layers, hidden, seq, batch) for mode, layers, hidden, seq, batches, _ in declared()["lstm"].cases["quick"]
              for batch in batches]
-    # each backend that serves the case (the torch LSTM: inference only), and the default choice
-    able = {mode: [b for b in fused if declared()["lstm"].provides(b, needs)]
+    # each backend that serves the case (the torch LSTM trains through autograd on a CPU), and the default
+    able = {mode: [b for b in fused if declared()["lstm"].provides(b, needs, "cpu")]
             for mode, needs in (("inference", ("lstm_layer",)), ("training", ("lstm_layer", "lstm_layer_backward")))}
-    assert able["inference"] == fused and "torch" not in able["training"]
+    assert able["inference"] == able["training"] == fused
     assert len(rows) == sum(len(able[mode]) + 1 for mode, *_ in cases)
     assert {(r["mode"], r["sizes"]["layers"], r["sizes"]["hidden"], r["sizes"]["seq"], r["sizes"]["batch"])
             for r in rows} == set(cases)
@@ -42,17 +42,20 @@ def test_additive_attention_sweep_says_when_no_fused_backend_runs_here(tmp_path,
 
 
 def test_attention_sweep_times_the_torch_backend_where_it_serves(tmp_path):
-    """On a CPU the attention's torch backend (SDPA) runs the forward and decoding: one row each, beside
-    torch's math SDPA; the forward+backward has no backend here that serves it."""
+    """On a CPU the attention's torch backend (SDPA, trained through autograd) runs every case: the forward
+    and forward+backward (causal and full) beside torch's math SDPA, MultiheadAttention beside torch's,
+    and decoding."""
     path = tmp_path / "results.json"
     assert sweep.fused_backends("attention", torch.device("cpu")) == ["torch"]
     assert sweep.main(["--ops", "attention", "--preset", "quick", "--json", str(path)]) == 0
     rows = json.loads(path.read_text())["results"]["attention"]
-    assert {(r["case"], r["mode"], r["backend"]) for r in rows} == {("train", "forward", "torch"),
-                                                                    ("decode", "forward", "torch")}
-    assert len(rows) == 3  # causal and full forward, one decoding case
+    assert {(r["case"], r["mode"], r["backend"]) for r in rows} == {
+        ("train", "forward", "torch"), ("train", "forward+backward", "torch"),
+        ("seq2seq", "forward+backward", "torch"), ("decode", "forward", "torch")}
+    assert len(rows) == 6  # causal and full, forward and forward+backward; one seq2seq; one decoding case
     for r in rows:
-        assert r["median_ms"] > 0 and "sdpa-math" in r["baselines"], r
+        baseline = "torch-mha" if r["case"] == "seq2seq" else "sdpa-math"
+        assert r["median_ms"] > 0 and baseline in r["baselines"], r
 
 
 def test_models_sweep_quick_preset(tmp_path):

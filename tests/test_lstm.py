@@ -238,17 +238,29 @@ def test_inference_matches_float64_reference(device, backend, dtype, case):
         assert a.dtype == dtype and rel_err(a, e) < tol, f"{name}: relative error {rel_err(a, e):.2e}"
 
 
-def test_the_torch_backend_serves_inference_and_is_passed_over_for_training():
+def test_the_torch_backend_trains_through_autograd_where_verified_and_only_there():
+    """On a CPU torch's fused LSTM serves inference and training (its gradient torch's autograd's, called
+    outside the custom op); a backend pinned into the custom op must have a backward of its own, which
+    torch's kernel has not; on CUDA its training awaits a GPU check, so it is passed over there."""
     args = [t.float() for t in _layer_inputs(4, 2, 3, 5, 0, True, "cpu")[:6]]  # no projection
+    training = ("lstm_layer", "lstm_layer_backward")
     assert registry.chosen("lstm", "cpu", ("lstm_layer",)) == "torch"  # the CPU's first choice without a gradient
-    assert registry.chosen("lstm", "cpu", ("lstm_layer", "lstm_layer_backward")) != "torch"
-    trained = [t.requires_grad_() for t in args]
-    ops.lstm_layer(*trained)[0].sum().backward()  # chosen among the backends with a backward
+    assert registry.chosen("lstm", "cpu", training, autograd=True) == "torch"
+    assert registry.chosen("lstm", "cpu", training) != "torch"  # into the custom op: a backend with a backward
+    assert registry.differentiated("lstm", "torch", "cpu") and not registry.differentiated("lstm", "torch", "cuda")
+    assert not registry.declared()["lstm"].provides("torch", training, "cuda")
+    trained = [t.detach().double().requires_grad_() for t in args]
+    y, h, c = ops.lstm_layer(*trained, lengths=[4, 2])
+    assert y.grad_fn is not None and "fastseq" not in type(y.grad_fn).__name__.lower()  # torch's own graph
+    grads = torch.autograd.grad((y.sum() + h.sum() + c.sum()), trained)
+    with backends.use("reference"):
+        expected = torch.autograd.grad(sum(t.sum() for t in ops.lstm_layer(*trained, lengths=[4, 2])), trained)
+    for g, e in zip(grads, expected):
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-10)
     with backends.use("torch"), pytest.raises(backends.BackendUnavailableError,
                                               match=r"backend 'torch' .* does not implement lstm \(lstm_layer, "
                                                     r"lstm_layer_backward\)"):
-        ops.lstm_layer(*trained)
+        torch.ops.fastseq.lstm_layer(*trained, None, None, False, True, "")[0].sum().backward()
     with torch.no_grad(), backends.use("torch"):
         torch.library.opcheck(torch.ops.fastseq.lstm_layer.default,
                               (*(t.detach() for t in args), None, torch.tensor([4, 2]), True, False, "torch"))
-    assert not trained[0].grad.isnan().any()

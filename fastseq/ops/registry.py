@@ -8,7 +8,10 @@ A `Family` declares everything the rest of the tree needs to know about an op fa
     compiles ahead of time;
   - its benchmark cases per preset, which benchmarks/bench_<op>.py runs;
   - where measurements on a device rank its backends otherwise than fastseq.backends.DEFAULT_ORDER, its
-    own order for that device.
+    own order for that device;
+  - the backends whose forward torch's autograd differentiates (torch's own kernels), by the device
+    types where that is verified: for a call that needs a gradient the public op calls such a backend
+    directly, outside the custom op, whose backward it does not implement.
 
 From a declaration, `declare` makes a torch custom op `fastseq::<function>` per function, which calls
 that function of the backend `fastseq.backends` chooses (or of the one its last argument, `backend`,
@@ -44,6 +47,7 @@ class Family:
     kernels: tuple[str, ...] = ()
     cases: dict[str, Any] = dataclasses.field(default_factory=dict)
     order: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    autograd: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
     def function(self, backend: str, name: str) -> Callable:
         """`backend`'s function `name` for this family."""
@@ -57,11 +61,14 @@ class Family:
             raise BackendUnavailableError(f"backend {backend!r} does not implement {name}")
         return found[0]
 
-    def provides(self, backend: str, names) -> bool:
+    def provides(self, backend: str, names, device_type: str | None = None) -> bool:
         """Whether `backend` implements every function of `names` (the compiled backends: all of them; the
-        torch backend: those torch has a kernel for)."""
+        torch backend: those torch has a kernel for), counting, on `device_type`, a backward that torch's
+        autograd derives from a forward of `autograd`'s."""
         if self.backends[backend] == EXTENSION:
             return True
+        if device_type is not None and backend in self.autograd.get(device_type, ()):
+            names = [name for name in names if not name.endswith("_backward")]
         modules = self._modules(backend)
         return all(any(hasattr(m, name) for m in modules) for name in names)
 
@@ -125,17 +132,24 @@ def functions(family: str) -> tuple[str, ...]:
     return tuple(_FAMILIES[family].functions)
 
 
-def chosen(family: str, device_type: str, needs: tuple[str, ...] = ()) -> str:
+def chosen(family: str, device_type: str, needs: tuple[str, ...] = (), autograd: bool = False) -> str:
     """The backend that serves `family` on `device_type` now (fastseq.backends' rules) among those that
     implement every function of `needs` (a forward that will need its backward names both), for a
-    forward to pin. While torch.compile traces: "" (the op chooses when the graph runs; the choice reads
-    context variables, which Dynamo cannot trace)."""
+    forward to pin; with `autograd`, one whose backward torch's autograd derives may serve too (the
+    caller then calls it directly: `differentiated`). While torch.compile traces: "" (the op chooses when
+    the graph runs; the choice reads context variables, which Dynamo cannot trace)."""
     if torch.compiler.is_compiling():
         return ""
     declaration = _FAMILIES[family]
-    able = tuple(b for b in declaration.backends if declaration.provides(b, needs))
+    on = device_type if autograd else None
+    able = tuple(b for b in declaration.backends if declaration.provides(b, needs, on))
     label = f"{family} ({', '.join(needs)})" if needs else family
     return backends.choose(label, device_type, able, declaration.order.get(device_type)).backend
+
+
+def differentiated(family: str, backend: str, device_type: str) -> bool:
+    """Whether `backend` serves a gradient on `device_type` through torch's autograd (called directly)."""
+    return backend in _FAMILIES[family].autograd.get(device_type, ())
 
 
 def implementation(family: str, function: str, device_type: str, pinned: str | None = None) -> Callable:

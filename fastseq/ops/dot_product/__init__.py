@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ...numerics import acc_dtype, autocast
 from .. import checks as C
-from ..registry import EXTENSION, Family, chosen, declare
+from ..registry import EXTENSION, Family, chosen, declare, differentiated
 from .reference import attention_weights as reference_weights
 
 # The attention benchmark's cases (benchmarks/bench_attention.py) against torch's SDPA backends:
@@ -47,6 +47,7 @@ FAMILY = Family(
               "triton": (_TRITON + "forward", _TRITON + "backward"), "torch": "fastseq.ops.dot_product.native"},
     kernels=(_TRITON + "forward", _TRITON + "backward"),
     cases=CASES,
+    autograd={"cpu": ("torch",)},  # SDPA trains under torch's autograd; on CUDA it awaits a GPU check
 )
 DECODE_FAMILY = Family(
     name="attention_decode",
@@ -155,9 +156,11 @@ def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, key_padding
     seed = int(torch.randint(0, 2**62, ())) if dropout_p > 0 else 0
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
     needs = ("attention", "attention_backward") if grad else ("attention",)
-    out, _ = _OPS["attention"](q.contiguous(), k.contiguous(), v.contiguous(), lengths, mask, bool(causal),
-                               float(D**-0.5 if scale is None else scale), float(dropout_p), seed,
-                               chosen("attention", q.device.type, needs))
+    backend = chosen("attention", q.device.type, needs, autograd=True)
+    args = (lengths, mask, bool(causal), float(D**-0.5 if scale is None else scale), float(dropout_p), seed)
+    if grad and differentiated("attention", backend, q.device.type):  # SDPA, under torch's autograd
+        return FAMILY.function(backend, "attention")(q, k, v, *args)[0]
+    out, _ = _OPS["attention"](q.contiguous(), k.contiguous(), v.contiguous(), *args, backend)
     return out
 
 

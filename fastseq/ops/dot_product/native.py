@@ -1,7 +1,7 @@
 """The `torch` backend of the attention ops: torch's `scaled_dot_product_attention` (its flash, cuDNN,
-memory-efficient or math kernel, which torch picks), forward only. It returns no log-sum-exp, so it
-provides no backward: the choice takes it only for calls that need no gradient
-(fastseq.ops.registry.chosen), as the LSTM's torch backend.
+memory-efficient or math kernel, which torch picks). It returns no log-sum-exp, so it implements no
+`attention_backward`: without a gradient the custom op runs it, and where the family lists it under
+`autograd` (a CPU) the public op calls it directly and torch's autograd differentiates it.
 
 The contract is fastseq/ops/dot_product/reference.py's, which SDPA differs from in three places, handled
 here: causal queries are aligned to the end of the keys (SDPA's is_causal aligns them to the start, so a
@@ -41,7 +41,7 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, lengths: Optional[Tensor], key_paddin
 
 def attention(q: Tensor, k: Tensor, v: Tensor, lengths: Optional[Tensor], key_padding_mask: Optional[Tensor],
               causal: bool, scale: float, dropout_p: float, seed: int) -> tuple[Tensor, Tensor]:
-    """-> (out (B, Hq, Tq, Dv), an empty workspace: no backward runs from this backend)."""
+    """-> (out (B, Hq, Tq, Dv), an empty workspace: the backward, where there is one, is autograd's)."""
     if dropout_p > 0:
         return reference.attention(q, k, v, lengths, key_padding_mask, causal, scale, dropout_p, seed)
     out = _sdpa(q, k, v, lengths, key_padding_mask, causal, scale)

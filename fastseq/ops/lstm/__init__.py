@@ -14,7 +14,7 @@ from torch import Tensor
 
 from ...numerics import acc_dtype, autocast
 from .. import checks as C
-from ..registry import EXTENSION, Family, chosen, declare
+from ..registry import EXTENSION, Family, chosen, declare, differentiated
 
 # (mode, layers, hidden, seq, batch sizes, input size): benchmarks/bench_lstm.py against torch.nn.LSTM
 CASES = {
@@ -40,6 +40,9 @@ FAMILY = Family(
               "cpu": EXTENSION, "cuda": EXTENSION, "torch": "fastseq.ops.lstm.native"},
     kernels=("fastseq.ops.lstm.triton_cell", "fastseq.ops.lstm.triton_step"),
     cases=CASES,
+    # torch's fused LSTM trains under torch's autograd on a CPU (twice the C++ backend's speed there); on
+    # CUDA cuDNN's backward awaits a GPU check of its float32 precision
+    autograd={"cpu": ("torch",)},
 )
 _OPS = declare(FAMILY)
 
@@ -183,6 +186,9 @@ def lstm_layer(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, bi
         return None if t is None else t.contiguous()
 
     needs = ("lstm_layer", "lstm_layer_backward") if training else ("lstm_layer",)
-    y, h_n, c_n, _, _ = _OPS["lstm_layer"](*(c(t) for t in params), lengths, bool(reverse), training,
-                                           chosen("lstm", x.device.type, needs))
+    backend = chosen("lstm", x.device.type, needs, autograd=True)
+    if training and differentiated("lstm", backend, x.device.type):  # torch's kernel, under torch's autograd
+        y, h_n, c_n, _, _ = FAMILY.function(backend, "lstm_layer")(*params, lengths, bool(reverse), training)
+        return y, h_n, c_n
+    y, h_n, c_n, _, _ = _OPS["lstm_layer"](*(c(t) for t in params), lengths, bool(reverse), training, backend)
     return y, h_n, c_n

@@ -1,7 +1,7 @@
 """The `torch` backend of the LSTM layer: torch's own fused LSTM kernel (oneDNN/ATen on a CPU, cuDNN on a
-GPU) for one layer and one direction, inference only. It keeps no workspace, so it provides no backward:
-the choice takes it only for calls that need no gradient (fastseq.ops.registry.chosen), where it is what
-torch.nn.LSTM itself runs, minus the module's overhead.
+GPU) for one layer and one direction. It keeps no workspace, so it implements no `lstm_layer_backward`:
+without a gradient the custom op runs it, and where the family lists it under `autograd` (a CPU) the
+public op calls it directly and torch's autograd differentiates it, as in torch.nn.LSTM.
 
 The contract is fastseq/ops/lstm/reference.py's: bias is b_ih + b_hh (torch's kernel adds a zero b_hh),
 rows are sorted by non-increasing length and run as a packed sequence, and a reversed row runs from its
@@ -19,7 +19,6 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from ...backends import BackendUnavailableError
 from ...numerics import acc_dtype
 
 # cuDNN copies the four weights into one buffer every call (they are the caller's separate tensors, not a
@@ -52,9 +51,6 @@ def _ieee_float32(x: Tensor) -> Iterator[None]:
 def lstm_layer(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, bias: Optional[Tensor],
                w_hr: Optional[Tensor], lengths: Optional[Tensor], reverse: bool,
                training: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    if training:
-        raise BackendUnavailableError("the torch backend serves the LSTM layer without a gradient only (it keeps no "
-                                      "workspace for a backward)")
     with _ieee_float32(x):
         return _run(x, h0, c0, w_ih, w_hh, bias, w_hr, lengths, reverse)
 
