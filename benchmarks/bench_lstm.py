@@ -61,12 +61,14 @@ def bench_case(device, dtype_name, mode, layers, hidden, seq, batch, input_size,
 
     flops = lstm_flops(mode, layers, hidden, seq, batch, input_size)
     nbytes = lstm_bytes(mode, layers, hidden, seq, batch, input_size, x.element_size())
-    baseline = timing.measure(run(base), device)
     rows = []
     needs = ("lstm_layer",) if mode == "inference" else ("lstm_layer", "lstm_layer_backward")
     default = registry.chosen("lstm", device.type, needs, autograd=True)  # what a user gets without choosing
     able = [b for b in fused_backends if registry.declared()["lstm"].provides(b, needs, device.type)]
     for backend in [*able, f"default ({default})"]:
+        # the baseline beside each backend: on a CPU a measurement slows the next (the C++ backend's threads
+        # leave torch's 25% slower), so each ratio is of one pair taken together
+        baseline = timing.measure(run(base), device)
         with backends.use(backend) if backend in able else contextlib.nullcontext():
             t = timing.measure(run(ours), device)
         seconds = t["median_ms"] * 1e-3

@@ -52,25 +52,25 @@ def lstm_layer(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, bi
                w_hr: Optional[Tensor], lengths: Optional[Tensor], reverse: bool,
                training: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     with _ieee_float32(x):
-        return _run(x, h0, c0, w_ih, w_hh, bias, w_hr, lengths, reverse)
+        return _run(x, h0, c0, w_ih, w_hh, bias, w_hr, lengths, reverse, training)
 
 
 def _run(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, bias: Optional[Tensor],
-         w_hr: Optional[Tensor], lengths: Optional[Tensor], reverse: bool) -> tuple[Tensor, ...]:
+         w_hr: Optional[Tensor], lengths: Optional[Tensor], reverse: bool, training: bool) -> tuple[Tensor, ...]:
     T, B, _ = x.shape
     params = [w_ih, w_hh] + ([bias, torch.zeros_like(bias)] if bias is not None else [])
     params += [w_hr] if w_hr is not None else []
     hx = (h0[None].contiguous(), c0[None].contiguous())
     if lengths is None:
         xs = x.flip(0) if reverse else x
-        y, h, c = torch._VF.lstm(xs, hx, params, bias is not None, 1, 0.0, False, False, False)
+        y, h, c = torch._VF.lstm(xs, hx, params, bias is not None, 1, 0.0, training, False, False)
         y = y.flip(0) if reverse else y
     else:
         order = _within_rows(T, lengths, x.device)[..., None] if reverse else None
         xs = x.gather(0, order.expand_as(x)) if reverse else x
         packed = pack_padded_sequence(xs, lengths, enforce_sorted=True)
-        data, h, c = torch._VF.lstm(packed.data, packed.batch_sizes, hx, params, bias is not None, 1, 0.0, False,
-                                    False)
+        data, h, c = torch._VF.lstm(packed.data, packed.batch_sizes, hx, params, bias is not None, 1, 0.0,
+                                    training, False)
         y, _ = pad_packed_sequence(PackedSequence(data, packed.batch_sizes), total_length=T)
         y = y.gather(0, order.expand_as(y)) if reverse else y
     return y, h[0], c[0], x.new_empty(0), x.new_empty(0, dtype=acc_dtype(x.dtype))
