@@ -11,7 +11,9 @@ Backends, by the code that runs:
 The user chooses, most specific first:
     1. `with fastseq.backends.use("triton"):` or `use(cuda="triton", cpu="reference")`;
     2. the environment variable FASTSEQ_BACKEND, e.g. "triton" or "cuda=triton,cpu=reference";
-    3. otherwise the first available of the op family's own order for the device (`Family.order`, where
+    3. otherwise, where an op offers its call for timing, the fastest backend measured for the call's
+       shape bucket (fastseq.ops.tuning; FASTSEQ_AUTOTUNE=0 turns it off);
+    4. otherwise the first available of the op family's own order for the device (`Family.order`, where
        measurements set one) or DEFAULT_ORDER[device], that implements the op.
 A choice that cannot serve the call (not built, no device, not implemented for that op) raises
 BackendUnavailableError naming it and saying why; nothing falls back silently.
@@ -173,6 +175,12 @@ def requested(device_type: str) -> Optional[tuple[str, str]]:
         if device_type in env:
             return env[device_type], f"chosen by {ENV_VAR}={spec}"
     return None
+
+
+def candidates(device_type: str, implemented: tuple[str, ...], order: Optional[tuple[str, ...]] = None) -> tuple[str, ...]:
+    """The backends of `order` (default DEFAULT_ORDER[device_type]) that implement the op and run here."""
+    return tuple(name for name in order or DEFAULT_ORDER.get(device_type, ("reference",))
+                 if name in implemented and availability(name, device_type)[0])
 
 
 def choose(op: str, device_type: str, implemented: tuple[str, ...], order: Optional[tuple[str, ...]] = None) -> Choice:

@@ -175,6 +175,39 @@ def _bench(args: argparse.Namespace) -> int:
     return subprocess.call([sys.executable, sweep, *args.sweep_args])
 
 
+def _tune(args: argparse.Namespace) -> int:
+    """A config's model on its first batches, forward and backward as training runs them: each op's
+    backend measured for those shapes and kept (fastseq.ops.tuning); the choices made printed."""
+    import time
+
+    import torch
+
+    from .ops import tuning
+    from .train.tasks import apply_overrides, build_run, load_config
+    from .train.trainer import to_device
+
+    if not tuning.enabled():
+        raise ValueError(f"{tuning.ENV_VAR}=0 turns measurement off: unset it to tune")
+    config = apply_overrides(load_config(args.config), args.set or [])
+    device = _device(args.device)
+    run = build_run(config, device)
+    model = run.model.to(device).train()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(run.train.precision)
+    before, start = set(tuning.choices()), time.perf_counter()
+    for i in range(args.batches):
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss = run.loss(model, to_device(run.batches(i), device))
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+    made = {b: m for b, m in tuning.choices().items() if b not in before}
+    print(f"fastseq tune: {len(made)} new shape bucket(s) from {args.batches} batch(es) of {args.config} on "
+          f"{device} in {time.perf_counter() - start:.1f} s; kept in {tuning.cache_path()}")
+    for bucket, m in sorted(made.items()):
+        times = ", ".join(f"{b} {ms:.3g} ms" for b, ms in sorted(m.times_ms.items(), key=lambda i: i[1]))
+        print(f"  {bucket}  -> {m.backend}  ({times}; chosen in {m.tuning_s:.2f} s)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fastseq", description="Fast sequence-model kernels and models.")
     common = argparse.ArgumentParser(add_help=False)
@@ -187,6 +220,12 @@ def main(argv: list[str] | None = None) -> int:
     p = command("info", help="versions, device, what was built, and the backend of each op")
     p.add_argument("--json", action="store_true", help="print as JSON")
     p.set_defaults(func=_info)
+    p = command("tune", help="measure each op's backend at a config's training shapes ahead of training")
+    p.add_argument("--config", required=True, help="YAML: as for train")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. data.max_tokens=2048")
+    p.add_argument("--batches", type=int, default=4, help="batches to run (their shapes are the ones measured)")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=_tune)
     p = command("demo", help="train a character-level Transformer on tiny Shakespeare and print samples")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: 5000 on a GPU, 300 on a CPU)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")

@@ -1,13 +1,16 @@
-"""`fastseq info`: versions, device, what was built, and the backend each op would use, and why."""
+"""`fastseq info`: versions, device, what was built, the backend each op would use and why, and the
+backends chosen by measurement per shape bucket with each candidate's time."""
 from __future__ import annotations
 
 import platform
 import sys
+from dataclasses import asdict
 from typing import Any, Optional, TextIO
 
 import torch
 
 from . import backends
+from .ops import tuning
 from .ops.registry import declared
 
 
@@ -47,6 +50,8 @@ def collect() -> dict[str, Any]:
                     if choice["backend"] != per_device[device_type]["backend"]:
                         per_device[f"{device_type}, {label}"] = choice
         report["ops"][family] = {"implemented": list(implemented), **per_device}
+    report["autotune"] = {"enabled": tuning.enabled(), "cache": tuning.cache_path(),
+                          "choices": {bucket: asdict(m) for bucket, m in sorted(tuning.choices().items())}}
     return report
 
 
@@ -82,4 +87,10 @@ def info(file: Optional[TextIO] = None) -> None:
         for device_type in [k for k in row if k != "implemented"]:
             cell = row[device_type]
             lines.append(f"    {device_type:<5} -> {cell['backend'] or 'none'}: {cell['why']}")
+    tuned = r["autotune"]
+    lines.append(f"measured   {tuning.ENV_VAR}={'on' if tuned['enabled'] else 'off'}; "
+                 f"{len(tuned['choices'])} shape bucket(s) in {tuned['cache']}")
+    for bucket, m in tuned["choices"].items():  # family|device|dtype|gradient|sizes|flags
+        times = ", ".join(f"{b} {ms:.3g} ms" for b, ms in sorted(m["times_ms"].items(), key=lambda i: i[1]))
+        lines.append(f"  {bucket}  -> {m['backend']}  ({times}; chosen in {m['tuning_s']:.2f} s)")
     print("\n".join(lines), file=file or sys.stdout)

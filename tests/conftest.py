@@ -1,13 +1,16 @@
 """Test set-up: without a GPU, Triton kernels run on the interpreter (set before Triton is imported);
-tests marked `cuda` are skipped; every test gets a fresh random seed, printed so a failure can be rerun."""
+tests marked `cuda` are skipped; every test gets a fresh random seed, printed so a failure can be rerun.
+Backends are chosen by measurement as users get them, the choices kept in a file of this run's own."""
 import os
 import random
+import tempfile
 
 import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+os.environ.setdefault("FASTSEQ_CACHE", os.path.join(tempfile.mkdtemp(prefix="fastseq-tests-"), "choices.json"))
 
 import pytest  # noqa: E402
 

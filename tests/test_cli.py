@@ -142,3 +142,25 @@ def test_train_under_torchrun_two_processes(tmp_path):
     assert out.stdout.count("fastseq train:") == 1 and out.stdout.count("final: eval_") == 1  # rank 0 speaks
     rows = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
     assert [r["step"] for r in rows if "loss" in r and "eval_loss" not in r] == [1, 2, 3, 4]
+
+
+def test_tune_measures_a_configs_shapes_and_info_lists_them(tmp_path, monkeypatch):
+    """`fastseq tune` runs a config's first batches, forward and backward: the LSTM LM's layer calls are
+    measured (torch's kernel and the C++ one) and kept; `fastseq info` then lists the bucket."""
+    from fastseq.ops import tuning
+
+    monkeypatch.setenv("FASTSEQ_CACHE", str(tmp_path / "choices.json"))
+    monkeypatch.setenv("FASTSEQ_AUTOTUNE", "1")
+    tuning.forget()
+    sets = [f"--set={s}" for s in SHRINK["LSTMLM"] + ["train.precision=fp32"]]
+    out = fastseq("tune", "--config", "configs/char_lstm_shakespeare.yaml", "--batches", "1", "--device", "cpu", *sets)
+    assert out.returncode == 0, out.stderr
+    assert "new shape bucket(s)" in out.stdout and "lstm|cpu|float32|grad|32x4x" in out.stdout
+    (bucket, measured), *_ = tuning.choices().items()
+    assert set(measured.times_ms) == {"torch", "cpu"}
+    listed = fastseq("info")
+    assert bucket in listed.stdout and f"-> {measured.backend}" in listed.stdout
+    monkeypatch.setenv("FASTSEQ_AUTOTUNE", "0")
+    off = fastseq("tune", "--config", "configs/char_lstm_shakespeare.yaml", "--device", "cpu", *sets)
+    assert off.returncode != 0 and "FASTSEQ_AUTOTUNE=0" in off.stderr
+    tuning.forget()

@@ -32,6 +32,7 @@ import torch
 
 from .. import backends
 from ..backends import BackendUnavailableError
+from . import tuning
 
 EXTENSION = "fastseq._C"  # the backend module of `cpu` and `cuda`: the kernels fastseq._C registers
 
@@ -132,19 +133,28 @@ def functions(family: str) -> tuple[str, ...]:
     return tuple(_FAMILIES[family].functions)
 
 
-def chosen(family: str, device_type: str, needs: tuple[str, ...] = (), autograd: bool = False) -> str:
+def chosen(family: str, device_type: str, needs: tuple[str, ...] = (), autograd: bool = False,
+           call: tuning.Call | None = None) -> str:
     """The backend that serves `family` on `device_type` now (fastseq.backends' rules) among those that
     implement every function of `needs` (a forward that will need its backward names both), for a
     forward to pin; with `autograd`, one whose backward torch's autograd derives may serve too (the
-    caller then calls it directly: `differentiated`). While torch.compile traces: "" (the op chooses when
-    the graph runs; the choice reads context variables, which Dynamo cannot trace)."""
+    caller then calls it directly: `differentiated`). Given the `call`, and no backend forced by the
+    user, the fastest of them for its shape bucket (fastseq.ops.tuning; the reference is timed only when
+    nothing else serves). While torch.compile traces: "" (the op chooses when the graph runs; the choice
+    reads context variables, which Dynamo cannot trace)."""
     if torch.compiler.is_compiling():
         return ""
     declaration = _FAMILIES[family]
     on = device_type if autograd else None
     able = tuple(b for b in declaration.backends if declaration.provides(b, needs, on))
+    order = declaration.order.get(device_type)
+    if call is not None and backends.requested(device_type) is None:
+        fast = tuple(b for b in backends.candidates(device_type, able, order) if b != "reference")
+        measured = tuning.pick(family, fast, call)
+        if measured is not None:
+            return measured
     label = f"{family} ({', '.join(needs)})" if needs else family
-    return backends.choose(label, device_type, able, declaration.order.get(device_type)).backend
+    return backends.choose(label, device_type, able, order).backend
 
 
 def differentiated(family: str, backend: str, device_type: str) -> bool:

@@ -12,8 +12,10 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from ... import backends
 from ...numerics import acc_dtype, autocast
 from .. import checks as C
+from .. import tuning
 from ..registry import EXTENSION, Family, chosen, declare, differentiated
 
 # (mode, layers, hidden, seq, batch sizes, input size): benchmarks/bench_lstm.py against torch.nn.LSTM
@@ -186,7 +188,16 @@ def lstm_layer(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, bi
         return None if t is None else t.contiguous()
 
     needs = ("lstm_layer", "lstm_layer_backward") if training else ("lstm_layer",)
-    backend = chosen("lstm", x.device.type, needs, autograd=True)
+
+    def trial(name: str) -> None:  # this call on backend `name`, forward and backward, for the chooser
+        with backends.use(**{x.device.type: name}), torch.set_grad_enabled(training):
+            copies = [None if t is None else t.detach().requires_grad_(t.requires_grad) for t in params]
+            outs = lstm_layer(*copies, lengths=lengths, reverse=reverse)
+            if training:
+                torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])
+
+    call = tuning.Call(x.device, x.dtype, training, (T, B, I, H, P), (lengths is not None, bool(reverse)), trial)
+    backend = chosen("lstm", x.device.type, needs, autograd=True, call=call)
     if training and differentiated("lstm", backend, x.device.type):  # torch's kernel, under torch's autograd
         y, h_n, c_n, _, _ = FAMILY.function(backend, "lstm_layer")(*params, lengths, bool(reverse), training)
         return y, h_n, c_n

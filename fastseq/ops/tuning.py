@@ -1,0 +1,214 @@
+"""The backend of an op chosen by measurement, as torch.backends.cudnn.benchmark chooses a convolution's
+algorithm: the first call in a new shape bucket times each backend that can serve it, on that call's own
+inputs (the forward, and its backward when a gradient is needed), and keeps the fastest for the bucket.
+
+A bucket is the op family, the device's name, the dtype, whether a gradient is needed, and the call's
+sizes rounded up to powers of two (and its flags). Choices live in memory and in a JSON file, by default
+~/.cache/fastseq/backend-choices.json (FASTSEQ_CACHE names another), kept apart per torch, Triton and
+fastseq version and written atomically; a file that is corrupt, from other versions or unwritable gives
+one warning and the choices stay in memory. FASTSEQ_AUTOTUNE=0 turns measurement off (the static order
+decides); a backend the user forces (fastseq.backends.use, FASTSEQ_BACKEND) is never second-guessed;
+nothing is timed while torch.compile traces or a CUDA graph captures (the cached or static choice serves).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import statistics
+import threading
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Callable, Optional
+
+import torch
+
+ENV_VAR = "FASTSEQ_AUTOTUNE"
+CACHE_ENV_VAR = "FASTSEQ_CACHE"
+# Timed runs per backend after one warm-up run: REPEATS, one when the warm-up took over SLOW seconds, none
+# on a CPU when it took over ALONE (a first call's one-time costs, oneDNN's primitives, are small beside it;
+# on a GPU a first call compiles and autotunes kernels, so it never counts)
+REPEATS, SLOW, ALONE = 3, 0.05, 1.0
+
+
+@dataclass(frozen=True)
+class Call:
+    """What the chooser needs to time a call: its device, dtype, sizes and flags (the bucket), and `run`,
+    which makes the same call on the backend it is given."""
+
+    device: torch.device
+    dtype: torch.dtype
+    gradient: bool
+    sizes: tuple[int, ...]
+    flags: tuple
+    run: Callable[[str], None]
+
+
+@dataclass
+class Measured:
+    """A bucket's choice: the backend, each candidate's median time, and what measuring them cost."""
+
+    backend: str
+    times_ms: dict[str, float]
+    tuning_s: float
+
+
+_lock = threading.Lock()
+_memory: dict[str, Measured] = {}
+_file: dict[str, Measured] | None = None  # the cache file's choices, read once
+_warned: set[str] = set()
+
+
+def enabled() -> bool:
+    """Whether calls are timed to choose a backend (FASTSEQ_AUTOTUNE, default on)."""
+    value = os.environ.get(ENV_VAR, "1").strip().lower()
+    if value not in ("0", "1", "false", "true", "off", "on", ""):
+        raise ValueError(f"{ENV_VAR} must be 0 or 1, got {os.environ[ENV_VAR]!r}")
+    return value not in ("0", "false", "off")
+
+
+def can_measure(device: torch.device) -> bool:
+    """No timing while torch.compile traces or a CUDA graph captures: the cached or static choice serves."""
+    if torch.compiler.is_compiling():
+        return False
+    return not (device.type == "cuda" and torch.cuda.is_current_stream_capturing())
+
+
+def cache_path() -> str:
+    default = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "fastseq",
+                           "backend-choices.json")
+    return os.environ.get(CACHE_ENV_VAR) or default
+
+
+def _versions() -> dict[str, str]:
+    from .. import __version__
+    from ..backends import triton_version
+
+    return {"torch": torch.__version__, "triton": triton_version() or "none", "fastseq": __version__}
+
+
+def _bucket(n: int) -> int:
+    return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
+
+
+@functools.lru_cache(maxsize=None)
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def key(family: str, call: Call) -> str:
+    """The bucket of a call: its sizes rounded up to powers of two, its flags (booleans, kinds) as they are."""
+    parts = [family, _device_name(call.device), str(call.dtype).removeprefix("torch."),
+             "grad" if call.gradient else "nograd", "x".join(str(_bucket(s)) for s in call.sizes), *map(str, call.flags)]
+    return "|".join(parts)
+
+
+def _warn(kind: str, message: str) -> None:
+    if kind not in _warned:
+        _warned.add(kind)
+        warnings.warn(f"fastseq backend choices: {message}; choosing in memory only", RuntimeWarning, stacklevel=4)
+
+
+def _read() -> dict[str, Measured]:
+    path = cache_path()
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        if data.get("versions") != _versions():
+            _warn("stale", f"{path} holds choices for {data.get('versions')}, not {_versions()}: they are remeasured")
+            return {}
+        return {k: Measured(**v) for k, v in data["choices"].items()}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as error:
+        _warn("corrupt", f"{path} cannot be read ({type(error).__name__}: {error})")
+        return {}
+
+
+def _loaded() -> dict[str, Measured]:
+    global _file
+    if _file is None:
+        _file = _read()
+    return _file
+
+
+def _save() -> None:
+    """The file's choices and this process's, written to a temporary file and renamed over the cache."""
+    path = cache_path()
+    merged = {**_read(), **_memory}
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump({"versions": _versions(), "choices": {k: asdict(v) for k, v in merged.items()}}, f, indent=1)
+        os.replace(tmp, path)
+    except OSError as error:
+        _warn("unwritable", f"{path} cannot be written ({error})")
+
+
+def cached(bucket: str) -> Optional[Measured]:
+    """The choice kept for a bucket, in memory or in the cache file."""
+    with _lock:
+        return _memory.get(bucket) or _loaded().get(bucket)
+
+
+def choices() -> dict[str, Measured]:
+    """Every choice known to this process: the cache file's and those made here."""
+    with _lock:
+        return {**_loaded(), **_memory}
+
+
+def forget() -> None:
+    """Drop the choices held in memory and reread the cache file on next use (tests, a changed file)."""
+    global _file
+    with _lock:
+        _memory.clear()
+        _file = None
+        _warned.clear()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time_ms(run: Callable[[], None], device: torch.device) -> float:
+    """Median milliseconds of `run()` after one warm-up run (on a GPU it compiles and autotunes kernels)."""
+    start = time.perf_counter()
+    run()
+    _sync(device)
+    warm_up = time.perf_counter() - start
+    if warm_up > ALONE and device.type != "cuda":
+        return warm_up * 1e3
+    repeats = 1 if warm_up > SLOW else REPEATS
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        _sync(device)
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def pick(family: str, candidates: tuple[str, ...], call: Call) -> Optional[str]:
+    """The fastest of `candidates` for the call's bucket: kept, or measured now (when measuring is allowed)
+    by `call.run(backend)` under a forked random state, so the caller's random stream is untouched. None
+    when there is nothing to choose between, measurement is off, or it cannot run now and nothing is kept."""
+    if len(candidates) < 2 or not enabled():
+        return None
+    bucket = key(family, call)
+    hit = cached(bucket)
+    if hit is not None and hit.backend in candidates:
+        return hit.backend
+    if not can_measure(call.device):
+        return None
+    start = time.perf_counter()
+    devices = [call.device] if call.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        times = {b: _time_ms(lambda b=b: call.run(b), call.device) for b in candidates}
+    best = min(times, key=times.get)
+    with _lock:
+        _memory[bucket] = Measured(best, times, time.perf_counter() - start)
+        _save()
+    return best

@@ -1,0 +1,157 @@
+"""Backend choice by measurement (fastseq.ops.tuning): the first call in a shape bucket times each backend
+that serves it and keeps the fastest, in memory and in a JSON cache; a forced backend, FASTSEQ_AUTOTUNE=0
+and torch.compile tracing leave it out; a bad cache file degrades to memory with one warning; the
+caller's random stream and results are what the chosen backend gives."""
+import json
+import time
+import warnings
+
+import pytest
+import torch
+
+from fastseq import backends, ops
+from fastseq.ops import registry, tuning
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    path = tmp_path / "choices.json"
+    monkeypatch.setenv("FASTSEQ_CACHE", str(path))
+    monkeypatch.setenv("FASTSEQ_AUTOTUNE", "1")
+    tuning.forget()
+    yield path
+    tuning.forget()
+
+
+def _lstm_args(T=6, B=3, I=5, H=7, grad=False):
+    tensors = [torch.randn(T, B, I), torch.randn(B, H), torch.randn(B, H), torch.randn(4 * H, I),
+               torch.randn(4 * H, H), torch.randn(4 * H)]
+    return [t.requires_grad_(grad) for t in tensors]
+
+
+def _spy(monkeypatch, slow: str, seconds: float = 0.003):
+    """Record which backend each lstm_layer call runs on, and make `slow` slower by `seconds`."""
+    ran = []
+    original = registry.Family.function
+
+    def function(self, backend, name):
+        fn = original(self, backend, name)
+        if self.name != "lstm" or name != "lstm_layer":
+            return fn
+
+        def spied(*args, **kwargs):
+            ran.append(backend)
+            if backend == slow:
+                time.sleep(seconds)
+            return fn(*args, **kwargs)
+        return spied
+    monkeypatch.setattr(registry.Family, "function", function)
+    return ran
+
+
+def test_first_call_times_each_backend_and_keeps_the_fastest(cache, monkeypatch):
+    ran = _spy(monkeypatch, slow="torch")
+    x = _lstm_args()
+    with torch.no_grad():
+        ops.lstm_layer(*x)
+    assert {"torch", "cpu"} <= set(ran)  # both timed on this call's inputs
+    (bucket, measured), = tuning.choices().items()
+    assert measured.backend == "cpu" and set(measured.times_ms) == {"torch", "cpu"}
+    assert measured.times_ms["torch"] > measured.times_ms["cpu"] and measured.tuning_s > 0
+    assert bucket.startswith("lstm|cpu|float32|nograd|8x4x8x8x8|False|False")
+    ran.clear()
+    with torch.no_grad():
+        ops.lstm_layer(*_lstm_args(T=5))  # the same bucket (T rounds up to 8): no timing, the kept choice
+    assert ran == ["cpu"]
+    saved = json.loads(cache.read_text())
+    assert saved["versions"]["torch"] == torch.__version__ and saved["choices"][bucket]["backend"] == "cpu"
+
+
+def test_a_gradient_is_its_own_bucket_timed_forward_and_backward(cache, monkeypatch):
+    ran = _spy(monkeypatch, slow="cpu")
+    x = _lstm_args(grad=True)
+    y, h, c = ops.lstm_layer(*x)
+    (y.sum() + h.sum() + c.sum()).backward()
+    (bucket, measured), = tuning.choices().items()
+    assert "|grad|" in bucket and measured.backend == "torch"
+    assert all(t.grad is not None for t in x)
+    for t in x:  # the trials' gradients do not reach the caller's tensors: one backward's worth only
+        expected = torch.autograd.grad(sum(o.sum() for o in ops.lstm_layer(*x)), t, retain_graph=False)[0]
+        torch.testing.assert_close(t.grad, expected)
+        break
+
+
+def test_the_cache_file_serves_a_new_process(cache, monkeypatch):
+    with torch.no_grad():
+        ops.lstm_layer(*_lstm_args())
+    (bucket, measured), = tuning.choices().items()
+    tuning.forget()  # a new process: memory empty, the file read
+    ran = _spy(monkeypatch, slow="none")
+    with torch.no_grad():
+        ops.lstm_layer(*_lstm_args())
+    assert ran == [measured.backend]
+
+
+def test_a_forced_backend_and_autotune_off_are_not_measured(cache, monkeypatch):
+    ran = _spy(monkeypatch, slow="none")
+    with torch.no_grad(), backends.use("cpu"):
+        ops.lstm_layer(*_lstm_args())
+    assert ran == ["cpu"] and not tuning.choices()
+    monkeypatch.setenv("FASTSEQ_AUTOTUNE", "0")
+    with torch.no_grad():
+        ops.lstm_layer(*_lstm_args())
+    assert ran == ["cpu", "torch"] and not tuning.choices()  # the static order: torch first on a CPU
+    monkeypatch.setenv("FASTSEQ_AUTOTUNE", "maybe")
+    with pytest.raises(ValueError, match="FASTSEQ_AUTOTUNE must be 0 or 1"):
+        ops.lstm_layer(*_lstm_args())
+
+
+@pytest.mark.parametrize("content", ["{not json", json.dumps({"versions": {"torch": "0.0"}, "choices": {}}),
+                                     json.dumps({"versions": None})])
+def test_a_corrupt_or_stale_cache_degrades_to_memory_with_one_warning(cache, content):
+    cache.write_text(content)
+    with pytest.warns(RuntimeWarning, match="fastseq backend choices"), torch.no_grad():
+        ops.lstm_layer(*_lstm_args())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with torch.no_grad():
+            ops.lstm_layer(*_lstm_args(B=40))  # a second bucket: no second warning
+    assert len(tuning.choices()) == 2
+
+
+def test_an_unwritable_cache_degrades_to_memory_with_one_warning(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("FASTSEQ_CACHE", str(blocker / "choices.json"))  # a folder that is a file
+    monkeypatch.setenv("FASTSEQ_AUTOTUNE", "1")
+    tuning.forget()
+    with pytest.warns(RuntimeWarning, match="cannot be written"), torch.no_grad():
+        ops.lstm_layer(*_lstm_args())
+    assert len(tuning.choices()) == 1
+    tuning.forget()
+
+
+def test_the_callers_random_stream_is_untouched(cache):
+    q, k, v = (torch.randn(2, 2, 9, 8, requires_grad=True) for _ in range(3))
+    torch.manual_seed(5)
+    ops.attention(q, k, v, dropout_p=0.3)  # the first call of its bucket: timed
+    after_tuned = torch.rand(3)
+    torch.manual_seed(5)
+    ops.attention(q, k, v, dropout_p=0.3)  # kept: not timed
+    assert torch.equal(torch.rand(3), after_tuned)
+
+
+def test_the_cost_of_choosing_is_recorded(cache):
+    """Each bucket keeps what choosing cost (fastseq info prints it): at least the timed runs themselves."""
+    x = [torch.randn(32, 16, 64), torch.randn(16, 64), torch.randn(16, 64), torch.randn(256, 64),
+         torch.randn(256, 64), torch.randn(256)]
+    with torch.no_grad():
+        ops.lstm_layer(*x)
+    (measured,) = tuning.choices().values()
+    assert measured.tuning_s >= sum(measured.times_ms.values()) / 1e3 > 0
+
+
+def test_compile_tracing_does_not_measure(cache, monkeypatch):
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    call = tuning.Call(torch.device("cpu"), torch.float32, False, (4,), (), lambda b: pytest.fail("timed"))
+    assert tuning.pick("lstm", ("torch", "cpu"), call) is None
