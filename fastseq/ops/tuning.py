@@ -26,10 +26,10 @@ import torch
 
 ENV_VAR = "FASTSEQ_AUTOTUNE"
 CACHE_ENV_VAR = "FASTSEQ_CACHE"
-# Timed runs per backend after one warm-up run: REPEATS, one when the warm-up took over SLOW seconds, none
-# on a CPU when it took over ALONE (a first call's one-time costs, oneDNN's primitives, are small beside it;
-# on a GPU a first call compiles and autotunes kernels, so it never counts)
-REPEATS, SLOW, ALONE = 3, 0.05, 1.0
+# Timed runs per backend after one warm-up run, which never counts (a first call pays one-time costs: a
+# process's first torch LSTM on a CPU took 1.06 s against 4 ms after; on a GPU, compiling and autotuning
+# kernels): REPEATS, or one when the warm-up took over SLOW seconds
+REPEATS, SLOW = 3, 0.05
 
 
 @dataclass(frozen=True)
@@ -174,14 +174,11 @@ def _sync(device: torch.device) -> None:
 
 
 def _time_ms(run: Callable[[], None], device: torch.device) -> float:
-    """Median milliseconds of `run()` after one warm-up run (on a GPU it compiles and autotunes kernels)."""
+    """Median milliseconds of `run()` after one warm-up run."""
     start = time.perf_counter()
     run()
     _sync(device)
-    warm_up = time.perf_counter() - start
-    if warm_up > ALONE and device.type != "cuda":
-        return warm_up * 1e3
-    repeats = 1 if warm_up > SLOW else REPEATS
+    repeats = 1 if time.perf_counter() - start > SLOW else REPEATS
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
