@@ -36,14 +36,15 @@ def assert_proportion(hits, n, p: float):
     assert abs(hits / n - p) < 6 * (p * (1 - p) / n) ** 0.5, f"share {hits / n:.4f} of {n:.0f} draws, expected {p:.4f}"
 
 
-def backend_params(family: str = "lstm", needs=None):
+def backend_params(family: str = "lstm", needs=None, autograd: bool = True):
     """(device, backend) pairs for an op family: every backend implementing every function of `needs`
     (default: all the family's functions, forward and backward) that is present on the CPU; every GPU
-    backend implementing them, marked `cuda`."""
+    backend implementing them, marked `cuda`. With `autograd`, a backward torch's autograd derives counts
+    where it is verified (through the public ops); without, only the custom op's own (a test of the op)."""
     declaration = declared()[family]
     needs = tuple(declaration.functions) if needs is None else needs
-    serves = {device: [b for b in declaration.backends if declaration.provides(b, needs, device)]
-              for device in ("cpu", "cuda")}  # a backward by torch's autograd counts where it is verified
+    serves = {device: [b for b in declaration.backends if declaration.provides(b, needs, device if autograd else None)]
+              for device in ("cpu", "cuda")}
     params = [pytest.param("cpu", b, id=f"cpu-{b}") for b in backends.BACKENDS
               if b in serves["cpu"] and backends.availability(b, "cpu")[0]]
     params += [pytest.param("cuda", b, id=f"cuda-{b}", marks=pytest.mark.cuda)
@@ -51,9 +52,9 @@ def backend_params(family: str = "lstm", needs=None):
     return params
 
 
-def cpu_backends(family: str = "lstm", needs=None) -> list[str]:
+def cpu_backends(family: str = "lstm", needs=None, autograd: bool = True) -> list[str]:
     """The backends of `backend_params` present on the CPU, by name."""
-    return [p.values[1] for p in backend_params(family, needs) if p.values[0] == "cpu"]
+    return [p.values[1] for p in backend_params(family, needs, autograd) if p.values[0] == "cpu"]
 
 
 KERNEL_RUNS = [pytest.param("cpu", "triton", id="triton-interpreter"),

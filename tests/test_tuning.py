@@ -155,3 +155,15 @@ def test_compile_tracing_does_not_measure(cache, monkeypatch):
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     call = tuning.Call(torch.device("cpu"), torch.float32, False, (4,), (), lambda b: pytest.fail("timed"))
     assert tuning.pick("lstm", ("torch", "cpu"), call) is None
+
+
+def test_served_records_what_ran_and_not_the_choosers_trials(cache):
+    x = _lstm_args(grad=True)
+    with registry.served() as record:
+        y, h, c = ops.lstm_layer(*x)  # the first call of its bucket: timed on every candidate first
+        (y.sum() + h.sum() + c.sum()).backward()
+    (measured,) = tuning.choices().values()
+    if registry.differentiated("lstm", measured.backend, "cpu"):  # torch's autograd runs its backward
+        assert record == [("lstm", "lstm_layer", measured.backend)]
+    else:
+        assert record == [("lstm", "lstm_layer", measured.backend), ("lstm", "lstm_layer_backward", measured.backend)]

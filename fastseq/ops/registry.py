@@ -24,9 +24,11 @@ declarations from here.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import importlib
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -52,6 +54,9 @@ class Family:
 
     def function(self, backend: str, name: str) -> Callable:
         """`backend`'s function `name` for this family."""
+        record = _served.get()
+        if record is not None:
+            record.append((self.name, name, backend))
         paths = self.backends[backend]
         if paths == EXTENSION:
             if backends.extension() is None:  # importing fastseq._C registers the kernels of fastseq_ext
@@ -80,6 +85,22 @@ class Family:
 
 
 _FAMILIES: dict[str, Family] = {}
+_served: contextvars.ContextVar[list | None] = contextvars.ContextVar("fastseq_served", default=None)
+
+
+@contextlib.contextmanager
+def served() -> Iterator[list[tuple[str, str, str]]]:
+    """Records (family, function, backend) for each op function run inside the block (on this thread),
+    the backward's when it runs here: which backend served what.
+
+    >>> with served() as record: model(x)
+    """
+    record: list[tuple[str, str, str]] = []
+    token = _served.set(record)
+    try:
+        yield record
+    finally:
+        _served.reset(token)
 _EXTENSION_LIBRARY = torch.library.Library("fastseq_ext", "DEF")
 
 
@@ -150,7 +171,11 @@ def chosen(family: str, device_type: str, needs: tuple[str, ...] = (), autograd:
     order = declaration.order.get(device_type)
     if call is not None and backends.requested(device_type) is None:
         fast = tuple(b for b in backends.candidates(device_type, able, order) if b != "reference")
-        measured = tuning.pick(family, fast, call)
+        token = _served.set(None)  # the chooser's trial runs are not what served the call
+        try:
+            measured = tuning.pick(family, fast, call)
+        finally:
+            _served.reset(token)
         if measured is not None:
             return measured
     label = f"{family} ({', '.join(needs)})" if needs else family

@@ -170,7 +170,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, key_padding
                        (bool(causal), lengths is not None or mask is not None, dropout_p > 0), trial)
     backend = chosen("attention", q.device.type, needs, autograd=True, call=call)
     args = (lengths, mask, bool(causal), float(D**-0.5 if scale is None else scale), float(dropout_p), seed)
-    if grad and differentiated("attention", backend, q.device.type):  # SDPA, under torch's autograd
+    if differentiated("attention", backend, q.device.type):  # SDPA, under torch's autograd
         return FAMILY.function(backend, "attention")(q, k, v, *args)[0]
     out, _ = _OPS["attention"](q.contiguous(), k.contiguous(), v.contiguous(), *args, backend)
     return out

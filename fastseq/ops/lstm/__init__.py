@@ -90,7 +90,19 @@ def lstm_cell(gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
     C.check_like(op, "c_prev", c_prev, "gates", gates)
     grad = torch.is_grad_enabled() and (gates.requires_grad or c_prev.requires_grad)
     needs = ("lstm_cell", "lstm_cell_backward") if grad else ("lstm_cell",)
-    return _OPS["lstm_cell"](gates.contiguous(), c_prev.contiguous(), chosen("lstm", gates.device.type, needs))
+
+    def trial(name: str) -> None:  # this call on backend `name`, forward and backward, for the chooser
+        with backends.use(**{gates.device.type: name}), torch.set_grad_enabled(grad):
+            h, c = lstm_cell(gates.detach().requires_grad_(gates.requires_grad),
+                             c_prev.detach().requires_grad_(c_prev.requires_grad))
+            if grad:
+                torch.autograd.backward((h, c), (torch.ones_like(h), torch.ones_like(c)))
+
+    call = tuning.Call(gates.device, gates.dtype, grad, tuple(gates.shape), (), trial)
+    backend = chosen("lstm", gates.device.type, needs, autograd=True, call=call)
+    if differentiated("lstm", backend, gates.device.type):  # torch's ops, under torch's autograd
+        return FAMILY.function(backend, "lstm_cell")(gates, c_prev)
+    return _OPS["lstm_cell"](gates.contiguous(), c_prev.contiguous(), backend)
 
 
 # --------------------------------------------------------------------------------------------- layer
@@ -198,7 +210,7 @@ def lstm_layer(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, bi
 
     call = tuning.Call(x.device, x.dtype, training, (T, B, I, H, P), (lengths is not None, bool(reverse)), trial)
     backend = chosen("lstm", x.device.type, needs, autograd=True, call=call)
-    if training and differentiated("lstm", backend, x.device.type):  # torch's kernel, under torch's autograd
+    if differentiated("lstm", backend, x.device.type):  # torch's kernel, under torch's autograd
         y, h_n, c_n, _, _ = FAMILY.function(backend, "lstm_layer")(*params, lengths, bool(reverse), training)
         return y, h_n, c_n
     y, h_n, c_n, _, _ = _OPS["lstm_layer"](*(c(t) for t in params), lengths, bool(reverse), training, backend)

@@ -1,7 +1,12 @@
-"""The `torch` backend of the LSTM layer: torch's own fused LSTM kernel (oneDNN/ATen on a CPU, cuDNN on a
-GPU) for one layer and one direction. It keeps no workspace, so it implements no `lstm_layer_backward`:
-without a gradient the custom op runs it, and where the family lists it under `autograd` (a CPU) the
-public op calls it directly and torch's autograd differentiates it, as in torch.nn.LSTM.
+"""The `torch` backend of the LSTM ops: torch's own fused LSTM kernel (oneDNN/ATen on a CPU, cuDNN on a
+GPU) for one layer and one direction, and the cell as torch.nn.LSTMCell computes it. It keeps no workspace,
+so it implements no backward: without a gradient the custom op runs it, and where the family lists it
+under `autograd` (a CPU) the public op calls it directly and torch's autograd differentiates it, as in
+torch.nn.LSTM.
+
+The cell: torch has no fused LSTM cell kernel on a CPU; torch.nn.LSTMCell runs its gates' activations and
+the state update as pointwise torch ops, which is what reference.lstm_cell is (in float32 for 16-bit
+inputs, as the op's contract has it): the same function, differentiated by torch's autograd.
 
 The contract is fastseq/ops/lstm/reference.py's: bias is b_ih + b_hh (torch's kernel adds a zero b_hh),
 rows are sorted by non-increasing length and run as a packed sequence, and a reversed row runs from its
@@ -20,6 +25,7 @@ from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from ...numerics import acc_dtype
+from .reference import lstm_cell  # noqa: F401  (the cell, as torch.nn.LSTMCell runs it: see above)
 
 # cuDNN copies the four weights into one buffer every call (they are the caller's separate tensors, not a
 # module's flat buffer) and warns about it once; the copy is part of this backend's measured time.

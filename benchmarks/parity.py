@@ -1,0 +1,173 @@
+"""Drop-in parity: fastseq.nn's LSTM, LSTMCell, MultiheadAttention and TransformerEncoderLayer against
+the torch.nn modules they replace, over the shapes of the never-slower-than-torch targets, as a user gets
+them (the default backends, chosen by measurement). Each fastseq time is taken just after torch's for the
+same case (on a CPU a measurement slows the one after it), median of several runs after warm-up; each row
+names the backends that served it (fastseq.ops.registry.served).
+
+    python benchmarks/parity.py [--preset quick|cpu|gpu] [--json PATH]
+
+Writes one JSON file (device, versions, commit, every row; default benchmarks/results/parity-<device>-
+<preset>-<date>-<commit>.json) and prints a Markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import itertools
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import timing  # noqa: E402
+
+import fastseq  # noqa: E402
+from fastseq.ops.registry import served  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+MODES = ("inference", "training")
+# lstm: (layers, hidden, seq, batch) with input = hidden; cell: (hidden, batch), 16 steps; mha: (batch, seq,
+# embed, causal), a head per 64 channels; encoder: (batch, seq, embed), feed-forward 4x, a head per 64.
+GRIDS = {
+    "quick": {"lstm": [(1, 32, 8, 2), (2, 32, 8, 2)], "cell": [(32, 2)], "mha": [(2, 16, 64, False), (2, 16, 64, True)],
+              "encoder": [(2, 16, 64)]},
+    "cpu": {"lstm": [(layers, h, t, b) for layers, h, b in itertools.product((1, 2), (256, 512, 1024), (1, 8, 32, 64))
+                     for t in ((32, 256) if h == 256 else (64,))],
+            "cell": list(itertools.product((256, 512, 1024), (1, 8, 32, 64))),
+            "mha": [(4, t, e, causal) for t in (64, 256, 1024) for e in (256, 512, 1024) for causal in (False, True)],
+            "encoder": [(4, t, e) for t in (64, 256) for e in (256, 512)]},
+    "gpu": {"lstm": [(layers, h, t, b) for layers, h, b in itertools.product((1, 2), (256, 512, 1024), (1, 8, 64, 256))
+                     for t in (64, 256)],
+            "cell": list(itertools.product((256, 512, 1024), (1, 64, 256))),
+            "mha": [(8, t, e, causal) for t in (256, 1024, 4096) for e in (512, 1024) for causal in (False, True)],
+            "encoder": [(8, t, e) for t in (256, 1024) for e in (512, 1024)]},
+}
+
+
+def _pair(make, inputs, mode):
+    """(torch's module, fastseq's with the same weights) and a call of each running one step of `mode`."""
+    base, ours = make()
+    ours.load_state_dict(base.state_dict())
+    if mode == "inference":
+        base.eval(), ours.eval()
+
+    def step(module):
+        def fn():
+            if mode == "inference":
+                with torch.no_grad():
+                    module(*inputs)
+            else:
+                out = module(*inputs)
+                out = out[0] if isinstance(out, tuple) else out
+                out.float().sum().backward()
+        return fn
+    return step(base), step(ours)
+
+
+def _cases(grid, device, dtype):
+    """(module name, sizes, factory of the two modules, inputs) per case."""
+    for layers, h, t, b in grid["lstm"]:
+        x = torch.randn(t, b, h, device=device, dtype=dtype)
+        yield ("LSTM", {"layers": layers, "hidden": h, "seq": t, "batch": b},
+               lambda layers=layers, h=h: (torch.nn.LSTM(h, h, layers).to(device, dtype),
+                                           fastseq.nn.LSTM(h, h, layers).to(device, dtype)), (x,))
+    for h, b in grid["cell"]:
+        xs = torch.randn(16, b, h, device=device, dtype=dtype)
+
+        class Loop(torch.nn.Module):  # a cell run over 16 steps, as a decoder runs it
+            def __init__(self, cell):
+                super().__init__()
+                self.cell = cell
+
+            def forward(self, xs):
+                state, outs = None, []
+                for x in xs:
+                    state = self.cell(x, state)
+                    outs.append(state[0])
+                return torch.stack(outs)
+        yield ("LSTMCell", {"hidden": h, "batch": b, "steps": 16},
+               lambda h=h: (Loop(torch.nn.LSTMCell(h, h)).to(device, dtype),
+                            Loop(fastseq.nn.LSTMCell(h, h)).to(device, dtype)), (xs,))
+    for b, t, e, causal in grid["mha"]:
+        x = torch.randn(b, t, e, device=device, dtype=dtype, requires_grad=True)
+        mask = torch.nn.Transformer.generate_square_subsequent_mask(t, device=device, dtype=dtype) if causal else None
+
+        class Self(torch.nn.Module):  # self-attention, as a Transformer layer calls it
+            def __init__(self, attn):
+                super().__init__()
+                self.attn = attn
+
+            def forward(self, x):
+                return self.attn(x, x, x, attn_mask=mask, is_causal=causal, need_weights=False)[0]
+        yield ("MultiheadAttention", {"batch": b, "seq": t, "embed": e, "heads": e // 64, "causal": causal},
+               lambda e=e: (Self(torch.nn.MultiheadAttention(e, e // 64, batch_first=True)).to(device, dtype),
+                            Self(fastseq.nn.MultiheadAttention(e, e // 64, batch_first=True)).to(device, dtype)), (x,))
+    for b, t, e in grid["encoder"]:
+        x = torch.randn(b, t, e, device=device, dtype=dtype, requires_grad=True)
+        kwargs = dict(d_model=e, nhead=e // 64, dim_feedforward=4 * e, dropout=0.0, batch_first=True)
+        yield ("TransformerEncoderLayer", {"batch": b, "seq": t, "embed": e},
+               lambda kwargs=kwargs: (torch.nn.TransformerEncoderLayer(**kwargs).to(device, dtype),
+                                      fastseq.nn.TransformerEncoderLayer(**kwargs).to(device, dtype)), (x,))
+
+
+def run(preset: str, device: torch.device, dtype: torch.dtype) -> list[dict]:
+    rows = []
+    for module, sizes, make, inputs in _cases(GRIDS[preset], device, dtype):
+        for mode in MODES:
+            torch.manual_seed(0)
+            base, ours = _pair(make, inputs, mode)
+            t_base = timing.measure(base, device, min_reps=5, min_seconds=0.2)
+            t_ours = timing.measure(ours, device, min_reps=5, min_seconds=0.2)
+            with served() as record:
+                ours()
+            backends = sorted({f"{function}:{backend}" for _, function, backend in record})
+            row = {"module": module, "mode": mode, "sizes": sizes, "torch_ms": t_base["median_ms"],
+                   "fastseq_ms": t_ours["median_ms"], "ratio": t_base["median_ms"] / t_ours["median_ms"],
+                   "torch": t_base, "fastseq": t_ours, "served": backends}
+            rows.append(row)
+            print(f"{module:<24} {mode:<9} {json.dumps(sizes):<70} torch {row['torch_ms']:9.3f} ms  fastseq "
+                  f"{row['fastseq_ms']:9.3f} ms  x{row['ratio']:.2f}  {', '.join(backends) or 'torch ops only'}",
+                  flush=True)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| module | mode | sizes | torch.nn | fastseq | ratio | served by |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        sizes = " ".join(f"{k}={v}" for k, v in r["sizes"].items())
+        lines.append(f"| {r['module']} | {r['mode']} | {sizes} | {r['torch_ms']:.3f} ms | {r['fastseq_ms']:.3f} ms | "
+                     f"{r['ratio']:.2f}× | {', '.join(r['served']) or 'torch ops'} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", choices=sorted(GRIDS), default=None, help="default: gpu on a GPU, else cpu")
+    parser.add_argument("--dtype", choices=sorted(timing.DTYPES), default=None, help="default: bf16 on a GPU, else fp32")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    preset = args.preset or ("gpu" if device.type == "cuda" else "cpu")
+    dtype_name = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
+    commit = os.environ.get("FASTSEQ_COMMIT") or timing.commit()
+    meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "commit": commit,
+            "preset": preset, "dtype": dtype_name, "device": torch.cuda.get_device_name() if device.type == "cuda"
+            else "cpu", "torch": torch.__version__, "fastseq": fastseq.__version__,
+            "torch_threads": torch.get_num_threads(), "timing": "median of >= 5 runs and >= 0.2 s after 3 warm-up "
+            "runs, torch's module measured just before fastseq's"}
+    rows = run(preset, device, timing.DTYPES[dtype_name])
+    path = args.json or os.path.join(HERE, "results", f"parity-{device.type}-{preset}-{datetime.date.today()}-"
+                                                      f"{commit[:7]}.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump({"meta": meta, "rows": rows}, f, indent=1)
+    os.replace(path + ".tmp", path)
+    print(table(rows))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
