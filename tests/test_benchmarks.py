@@ -1,7 +1,8 @@
 """The one benchmark harness (benchmarks/sweep.py over bench_<op>.py, cases declared with each op) runs end
 to end on its quick preset here: every op case declared for it on every fused backend this machine has,
 against its baseline; every model trains on fastseq and on torch.nn layers and every decoder generates;
-the sweep writes JSON rows with the ratios to the baselines."""
+the sweep writes JSON rows with the ratios to the baselines; benchmarks/parity.py times every drop-in
+module beside its torch.nn twin."""
 import json
 import os
 import sys
@@ -69,3 +70,20 @@ def test_models_sweep_quick_preset(tmp_path):
     greedy = {r["model"]: r for r in rows if r["case"] == "generate-greedy"}
     assert {"speedup_vs_no-cache", "speedup_vs_torch.nn+sdpa-cache"} <= set(greedy["causal_lm"])
     assert {r["model"] for r in rows if r["case"] == "generate-beam"} == set(greedy)
+
+
+def test_parity_quick_preset_times_every_module_beside_torch(tmp_path):
+    """benchmarks/parity.py: each drop-in module against its torch.nn twin, inference and training, each
+    row with both times and the backends that served it."""
+    import parity
+
+    path = tmp_path / "parity.json"
+    assert parity.main(["--preset", "quick", "--json", str(path)]) == 0
+    rows = json.loads(path.read_text())["rows"]
+    assert {(r["module"], r["mode"]) for r in rows} == {(m, mode) for m in ("LSTM", "LSTMCell", "MultiheadAttention",
+                                                                         "TransformerEncoderLayer")
+                                                        for mode in ("inference", "training")}
+    for r in rows:
+        assert r["torch_ms"] > 0 and r["fastseq_ms"] > 0 and r["ratio"] == r["torch_ms"] / r["fastseq_ms"], r
+        family = {"LSTM": "lstm_layer", "LSTMCell": "lstm_cell"}.get(r["module"], "attention")
+        assert any(s.startswith(f"{family}:") for s in r["served"]), r
