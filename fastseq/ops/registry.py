@@ -79,12 +79,26 @@ class Family:
         return all(any(hasattr(m, name) for m in modules) for name in names)
 
     def _modules(self, backend: str) -> list:
-        """The Python modules holding `backend`'s functions."""
-        paths = self.backends[backend]
-        return [importlib.import_module(path) for path in ((paths,) if isinstance(paths, str) else paths)]
+        """The Python modules holding `backend`'s functions (imported once)."""
+        found = _MODULES.get((self.name, backend))
+        if found is None:
+            paths = self.backends[backend]
+            found = [importlib.import_module(path) for path in ((paths,) if isinstance(paths, str) else paths)]
+            _MODULES[(self.name, backend)] = found
+        return found
+
+    def able(self, needs: tuple[str, ...], device_type: str | None = None) -> tuple[str, ...]:
+        """The backends that provide `needs` (`provides`), computed once per question: every op call asks."""
+        found = _ABLE.get((self.name, needs, device_type))
+        if found is None:
+            found = tuple(b for b in self.backends if self.provides(b, needs, device_type))
+            _ABLE[(self.name, needs, device_type)] = found
+        return found
 
 
 _FAMILIES: dict[str, Family] = {}
+_MODULES: dict[tuple[str, str], list] = {}
+_ABLE: dict[tuple, tuple[str, ...]] = {}
 _served: contextvars.ContextVar[list | None] = contextvars.ContextVar("fastseq_served", default=None)
 
 
@@ -166,8 +180,7 @@ def chosen(family: str, device_type: str, needs: tuple[str, ...] = (), autograd:
     if torch.compiler.is_compiling():
         return ""
     declaration = _FAMILIES[family]
-    on = device_type if autograd else None
-    able = tuple(b for b in declaration.backends if declaration.provides(b, needs, on))
+    able = declaration.able(tuple(needs), device_type if autograd else None)
     order = declaration.order.get(device_type)
     if call is not None and backends.requested(device_type) is None:
         fast = tuple(b for b in backends.candidates(device_type, able, order) if b != "reference")
