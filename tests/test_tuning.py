@@ -29,7 +29,7 @@ def _lstm_args(T=6, B=3, I=5, H=7, grad=False):
     return [t.requires_grad_(grad) for t in tensors]
 
 
-def _spy(monkeypatch, slow: str, seconds: float = 0.003):
+def _spy(monkeypatch, slow: str, seconds: float = 0.02):
     """Record which backend each lstm_layer call runs on, and make `slow` slower by `seconds`."""
     ran = []
     original = registry.Family.function
@@ -167,3 +167,27 @@ def test_served_records_what_ran_and_not_the_choosers_trials(cache):
         assert record == [("lstm", "lstm_layer", measured.backend)]
     else:
         assert record == [("lstm", "lstm_layer", measured.backend), ("lstm", "lstm_layer_backward", measured.backend)]
+
+
+@pytest.mark.cuda
+def test_choice_by_measurement_on_a_gpu(cache):
+    """On a GPU: decoding and the LSTM layer's inference timed on every backend that runs there (CUDA
+    events' synchronisation, Triton's first-call compilation in the warm-up), the fastest kept, and its
+    answer the reference's."""
+    torch.manual_seed(0)
+    q = torch.randn(4, 8, 64, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(4, 2, 300, 64, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    lengths = torch.tensor([300, 17, 150, 1], device="cuda")
+    out = ops.attention_decode(q, k, v, lengths=lengths)
+    with backends.use("reference"):
+        expected = ops.attention_decode(q.double(), k.double(), v.double(), lengths=lengths)
+    (bucket, measured), = tuning.choices().items()
+    assert bucket.startswith(f"attention_decode|{torch.cuda.get_device_name()}|bfloat16|nograd|4x8x2x512x64x64")
+    assert set(measured.times_ms) == {b for b in ("triton", "cuda", "torch") if backends.availability(b, "cuda")[0]}
+    assert (out.double() - expected).norm() / expected.norm() < 2e-2
+    x = _lstm_args(T=20, B=8, I=32, H=64)
+    with torch.no_grad():
+        y, h, c = ops.lstm_layer(*(t.cuda() for t in x))
+        expected = ops.lstm_layer(*x)
+    assert len(tuning.choices()) == 2
+    torch.testing.assert_close(y.cpu(), expected[0], rtol=1e-4, atol=1e-4)
