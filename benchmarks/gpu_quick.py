@@ -8,12 +8,15 @@ three files (that machine sends back at most eight):
     log           every step's output
     results.json  device, versions, commit, the steps and every benchmark figure
     junit.xml     the tests
+    parity.json   the drop-in modules against torch.nn (benchmarks/parity.py's headline preset)
 Steps:
     build   the prebuilt extension (`make gpu-prebuild`, carried in build/prebuilt) when its build_info
             names the running torch and CUDA; else `pip install` offline with TORCH_CUDA_ARCH_LIST=9.0a
     tests   the `cuda`- and `extension`-marked tests, ops first, then modules, models and generation, on 8
             workers with a per-test timeout; nothing that needs ../shared/data (it does not travel)
     bench   benchmarks/sweep.py's headline preset in bf16, against cuDNN, SDPA and the naive forms
+    parity  benchmarks/parity.py's headline preset in bf16: fastseq.nn's modules as a user gets them
+            (backends chosen by measurement) against torch.nn's
 Without a GPU (or with --dry-run) the GPU steps are skipped and the plan is printed: what runs here is
 the prebuilt library's check. FASTSEQ_COMMIT names the commit (the device machine's copy has no .git).
 """
@@ -38,7 +41,8 @@ TEST_FILES = ["tests/test_tuning.py", "tests/test_lstm.py", "tests/test_additive
               "tests/test_backends.py", "tests/test_nn_lstm.py",
               "tests/test_nn_additive_attention.py", "tests/test_nn_multihead_attention.py",
               "tests/test_nn_transformer.py", "tests/test_models.py", "tests/test_generation.py"]
-TIMEOUTS = {"info": 30, "build": 200, "tests": 240, "bench": 150}  # seconds; 7 minutes in all at most
+# seconds; 7 minutes in all at most with the prebuilt extension (measured on an H200: tests 70, bench 46)
+TIMEOUTS = {"info": 30, "build": 200, "tests": 180, "bench": 120, "parity": 80}
 BUILD_ENV = {"TORCH_CUDA_ARCH_LIST": "9.0a", "MAX_JOBS": "16"}
 
 
@@ -151,6 +155,8 @@ def main(argv=None) -> int:
     bench = [PY, "benchmarks/sweep.py", "--preset", "headline", "--dtypes", "bf16", "--ops", "lstm",
              "additive_attention", "attention", "--json", results_path]
     run.step("bench", bench if gpu else None, note="" if gpu else f"{' '.join(bench)} ({why})")
+    parity = [PY, "benchmarks/parity.py", "--preset", "headline", "--json", os.path.join(args.out, "parity.json")]
+    run.step("parity", parity if gpu else None, note="" if gpu else f"{' '.join(parity)} ({why})")
 
     report = {"meta": {}, "results": {}}
     if os.path.exists(results_path):

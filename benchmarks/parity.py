@@ -4,7 +4,7 @@ them (the default backends, chosen by measurement). Each fastseq time is taken j
 same case (on a CPU a measurement slows the one after it), median of several runs after warm-up; each row
 names the backends that served it (fastseq.ops.registry.served).
 
-    python benchmarks/parity.py [--preset quick|cpu|gpu] [--json PATH]
+    python benchmarks/parity.py [--preset quick|cpu|gpu|headline] [--json PATH]
 
 Writes one JSON file (device, versions, commit, every row; default benchmarks/results/parity-<device>-
 <preset>-<date>-<commit>.json) and prints a Markdown table.
@@ -39,6 +39,8 @@ GRIDS = {
             "cell": list(itertools.product((256, 512, 1024), (1, 8, 32, 64))),
             "mha": [(4, t, e, causal) for t in (64, 256, 1024) for e in (256, 512, 1024) for causal in (False, True)],
             "encoder": [(4, t, e) for t in (64, 256) for e in (256, 512)]},
+    "headline": {"lstm": [(1, 512, 256, 1), (1, 512, 256, 64), (2, 512, 128, 64)], "cell": [(512, 64)],
+                 "mha": [(8, 1024, 1024, False), (8, 1024, 1024, True)], "encoder": [(8, 1024, 1024)]},
     "gpu": {"lstm": [(layers, h, t, b) for layers, h, b in itertools.product((1, 2), (256, 512, 1024), (1, 8, 64, 256))
                      for t in (64, 256)],
             "cell": list(itertools.product((256, 512, 1024), (1, 64, 256))),
@@ -113,7 +115,8 @@ def _cases(grid, device, dtype):
                                       fastseq.nn.TransformerEncoderLayer(**kwargs).to(device, dtype)), (x,))
 
 
-def run(preset: str, device: torch.device, dtype: torch.dtype) -> list[dict]:
+def run(preset: str, device: torch.device, dtype: torch.dtype, save=lambda rows: None) -> list[dict]:
+    """Every case of the preset, `save(rows)` after each (a timeout keeps what was measured)."""
     rows = []
     for module, sizes, make, inputs in _cases(GRIDS[preset], device, dtype):
         for mode in MODES:
@@ -128,6 +131,7 @@ def run(preset: str, device: torch.device, dtype: torch.dtype) -> list[dict]:
                    "fastseq_ms": t_ours["median_ms"], "ratio": t_base["median_ms"] / t_ours["median_ms"],
                    "torch": t_base, "fastseq": t_ours, "served": backends}
             rows.append(row)
+            save(rows)
             print(f"{module:<24} {mode:<9} {json.dumps(sizes):<70} torch {row['torch_ms']:9.3f} ms  fastseq "
                   f"{row['fastseq_ms']:9.3f} ms  x{row['ratio']:.2f}  {', '.join(backends) or 'torch ops only'}",
                   flush=True)
@@ -158,12 +162,15 @@ def main(argv: list[str] | None = None) -> int:
             else "cpu", "torch": torch.__version__, "fastseq": fastseq.__version__,
             "torch_threads": torch.get_num_threads(), "timing": "median of >= 5 runs and >= 0.2 s after 3 warm-up "
             "runs, torch's module measured just before fastseq's"}
-    rows = run(preset, device, timing.DTYPES[dtype_name])
     path = args.json or os.path.join(HERE, "results", f"parity-{device.type}-{preset}-{datetime.date.today()}-"
                                                       f"{commit[:7]}.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=1)
-    os.replace(path + ".tmp", path)
+
+    def save(rows):
+        with open(path + ".tmp", "w") as f:
+            json.dump({"meta": meta, "rows": rows}, f, indent=1)
+        os.replace(path + ".tmp", path)
+
+    rows = run(preset, device, timing.DTYPES[dtype_name], save)
     print(table(rows))
     print(f"wrote {path}")
     return 0
