@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import timing  # noqa: E402
 
 import fastseq  # noqa: E402
+from fastseq import atomic  # noqa: E402
 from fastseq.ops.registry import served  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -166,9 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                                                       f"{commit[:7]}.json")
 
     def save(rows):
-        with open(path + ".tmp", "w") as f:
-            json.dump({"meta": meta, "rows": rows}, f, indent=1)
-        os.replace(path + ".tmp", path)
+        atomic.write(path, lambda f: json.dump({"meta": meta, "rows": rows}, f, indent=1), "w")
 
     rows = run(preset, device, timing.DTYPES[dtype_name], save)
     print(table(rows))

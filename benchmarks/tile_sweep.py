@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import timing  # noqa: E402
-from fastseq import backends  # noqa: E402
+from fastseq import atomic, backends  # noqa: E402
 from fastseq.ops import attention, attention_decode  # noqa: E402
 from fastseq.ops.dot_product import triton_configs, triton_decode  # noqa: E402
 
@@ -53,9 +53,7 @@ class Sweep:
     def add(self, row: dict) -> None:
         self.rows.append(row)
         print(json.dumps(row), flush=True)
-        with open(self.path + ".tmp", "w") as f:
-            json.dump({"meta": self.meta, "rows": self.rows}, f, indent=1)
-        os.replace(self.path + ".tmp", self.path)
+        atomic.write(self.path, lambda f: json.dump({"meta": self.meta, "rows": self.rows}, f, indent=1), "w")
 
 
 def _set_tile(kernel: str, tile) -> None:

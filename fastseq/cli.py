@@ -203,8 +203,7 @@ def _tune(args: argparse.Namespace) -> int:
     print(f"fastseq tune: {len(made)} new shape bucket(s) from {args.batches} batch(es) of {args.config} on "
           f"{device} in {time.perf_counter() - start:.1f} s; kept in {tuning.cache_path()}")
     for bucket, m in sorted(made.items()):
-        times = ", ".join(f"{b} {ms:.3g} ms" for b, ms in sorted(m.times_ms.items(), key=lambda i: i[1]))
-        print(f"  {bucket}  -> {m.backend}  ({times}; chosen in {m.tuning_s:.2f} s)")
+        print(f"  {tuning.describe(bucket, m)}")
     return 0
 
 

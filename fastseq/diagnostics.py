@@ -91,6 +91,5 @@ def info(file: Optional[TextIO] = None) -> None:
     lines.append(f"measured   {tuning.ENV_VAR}={'on' if tuned['enabled'] else 'off'}; "
                  f"{len(tuned['choices'])} shape bucket(s) in {tuned['cache']}")
     for bucket, m in tuned["choices"].items():  # family|device|dtype|gradient|sizes|flags
-        times = ", ".join(f"{b} {ms:.3g} ms" for b, ms in sorted(m["times_ms"].items(), key=lambda i: i[1]))
-        lines.append(f"  {bucket}  -> {m['backend']}  ({times}; chosen in {m['tuning_s']:.2f} s)")
+        lines.append(f"  {tuning.describe(bucket, tuning.Measured(**m))}")
     print("\n".join(lines), file=file or sys.stdout)

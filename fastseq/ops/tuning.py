@@ -20,9 +20,11 @@ import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
+
+from .. import atomic, backends
 
 ENV_VAR = "FASTSEQ_AUTOTUNE"
 CACHE_ENV_VAR = "FASTSEQ_CACHE"
@@ -43,6 +45,22 @@ class Call:
     sizes: tuple[int, ...]
     flags: tuple
     run: Callable[[str], None]
+
+    @classmethod
+    def rerun(cls, fn: Callable, args: Sequence, gradient: bool, sizes: Sequence[int], flags: Sequence = ()) -> "Call":
+        """The Call of the public op `fn(*args)`, timed by calling it again on each backend (forced, so it
+        chooses nothing itself) on detached copies of its tensors, whose gradients reach none of the
+        caller's, and, when `gradient`, backward through every output."""
+        first = next(a for a in args if isinstance(a, torch.Tensor))
+
+        def run(backend: str) -> None:
+            with backends.use(**{first.device.type: backend}), torch.set_grad_enabled(gradient):
+                outs = fn(*(a.detach().requires_grad_(a.requires_grad) if isinstance(a, torch.Tensor) else a
+                            for a in args))
+                if gradient:
+                    outs = outs if isinstance(outs, tuple) else (outs,)
+                    torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])
+        return cls(first.device, first.dtype, gradient, tuple(sizes), tuple(flags), run)
 
 
 @dataclass
@@ -137,14 +155,17 @@ def _save() -> None:
     """The file's choices and this process's, written to a temporary file and renamed over the cache."""
     path = cache_path()
     merged = {**_read(), **_memory}
+    data = {"versions": _versions(), "choices": {k: asdict(v) for k, v in merged.items()}}
     try:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            json.dump({"versions": _versions(), "choices": {k: asdict(v) for k, v in merged.items()}}, f, indent=1)
-        os.replace(tmp, path)
+        atomic.write(path, lambda f: json.dump(data, f, indent=1), "w")
     except OSError as error:
         _warn("unwritable", f"{path} cannot be written ({error})")
+
+
+def describe(bucket: str, measured: Measured) -> str:
+    """One line for a bucket's choice: each candidate's time, fastest first, and what choosing cost."""
+    times = ", ".join(f"{b} {ms:.3g} ms" for b, ms in sorted(measured.times_ms.items(), key=lambda i: i[1]))
+    return f"{bucket}  -> {measured.backend}  ({times}; chosen in {measured.tuning_s:.2f} s)"
 
 
 def cached(bucket: str) -> Optional[Measured]:

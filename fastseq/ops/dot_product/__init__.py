@@ -15,7 +15,6 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from ... import backends
 from ...numerics import acc_dtype, autocast
 from .. import checks as C
 from .. import tuning
@@ -158,16 +157,9 @@ def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, key_padding
     seed = int(torch.randint(0, 2**62, ())) if dropout_p > 0 else 0
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
     needs = ("attention", "attention_backward") if grad else ("attention",)
-
-    def trial(name: str) -> None:  # this call on backend `name`, forward and backward, for the chooser
-        with backends.use(**{q.device.type: name}), torch.set_grad_enabled(grad):
-            copies = [t.detach().requires_grad_(t.requires_grad) for t in (q, k, v)]
-            out = attention(*copies, causal, key_padding_mask, lengths, scale, dropout_p)
-            if grad:
-                out.backward(torch.ones_like(out))
-
-    call = tuning.Call(q.device, q.dtype, grad, (B, Hq, k.shape[1], Tq, Tk, D, v.shape[3]),
-                       (bool(causal), lengths is not None or mask is not None, dropout_p > 0), trial)
+    call = tuning.Call.rerun(attention, (q, k, v, causal, key_padding_mask, lengths, scale, dropout_p), grad,
+                             (B, Hq, k.shape[1], Tq, Tk, D, v.shape[3]),
+                             (bool(causal), lengths is not None or mask is not None, dropout_p > 0))
     backend = chosen("attention", q.device.type, needs, autograd=True, call=call)
     args = (lengths, mask, bool(causal), float(D**-0.5 if scale is None else scale), float(dropout_p), seed)
     if differentiated("attention", backend, q.device.type):  # SDPA, under torch's autograd
@@ -193,14 +185,9 @@ def attention_decode(q: Tensor, k: Tensor, v: Tensor, lengths: Union[Tensor, Seq
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         return attention(q[:, :, None], k, v, key_padding_mask=key_padding_mask, lengths=lengths, scale=scale)[:, :, 0]
     mask = None if key_padding_mask is None else key_padding_mask.contiguous()
-
-    def trial(name: str) -> None:  # this call on backend `name`, for the chooser
-        with backends.use(**{q.device.type: name}), torch.no_grad():
-            attention_decode(q, k, v, lengths, key_padding_mask, scale)
-
     B, Hq, D = q.shape
-    call = tuning.Call(q.device, q.dtype, False, (B, Hq, k.shape[1], k.shape[2], D, v.shape[3]),
-                       (lengths is not None or mask is not None,), trial)
+    call = tuning.Call.rerun(attention_decode, (q, k, v, lengths, key_padding_mask, scale), False,
+                             (B, Hq, k.shape[1], k.shape[2], D, v.shape[3]), (lengths is not None or mask is not None,))
     backend = chosen("attention_decode", q.device.type, ("attention_decode",), call=call)
     return _OPS["attention_decode"](q.contiguous(), cache_layout(k), cache_layout(v), lengths, mask,
                                     float(D ** -0.5 if scale is None else scale), backend)

@@ -12,7 +12,6 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from ... import backends
 from ...numerics import acc_dtype, autocast
 from .. import checks as C
 from .. import tuning
@@ -90,15 +89,7 @@ def lstm_cell(gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
     C.check_like(op, "c_prev", c_prev, "gates", gates)
     grad = torch.is_grad_enabled() and (gates.requires_grad or c_prev.requires_grad)
     needs = ("lstm_cell", "lstm_cell_backward") if grad else ("lstm_cell",)
-
-    def trial(name: str) -> None:  # this call on backend `name`, forward and backward, for the chooser
-        with backends.use(**{gates.device.type: name}), torch.set_grad_enabled(grad):
-            h, c = lstm_cell(gates.detach().requires_grad_(gates.requires_grad),
-                             c_prev.detach().requires_grad_(c_prev.requires_grad))
-            if grad:
-                torch.autograd.backward((h, c), (torch.ones_like(h), torch.ones_like(c)))
-
-    call = tuning.Call(gates.device, gates.dtype, grad, tuple(gates.shape), (), trial)
+    call = tuning.Call.rerun(lstm_cell, (gates, c_prev), grad, gates.shape)
     backend = chosen("lstm", gates.device.type, needs, autograd=True, call=call)
     if differentiated("lstm", backend, gates.device.type):  # torch's ops, under torch's autograd
         return FAMILY.function(backend, "lstm_cell")(gates, c_prev)
@@ -200,15 +191,8 @@ def lstm_layer(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, bi
         return None if t is None else t.contiguous()
 
     needs = ("lstm_layer", "lstm_layer_backward") if training else ("lstm_layer",)
-
-    def trial(name: str) -> None:  # this call on backend `name`, forward and backward, for the chooser
-        with backends.use(**{x.device.type: name}), torch.set_grad_enabled(training):
-            copies = [None if t is None else t.detach().requires_grad_(t.requires_grad) for t in params]
-            outs = lstm_layer(*copies, lengths=lengths, reverse=reverse)
-            if training:
-                torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])
-
-    call = tuning.Call(x.device, x.dtype, training, (T, B, I, H, P), (lengths is not None, bool(reverse)), trial)
+    call = tuning.Call.rerun(lstm_layer, (*params, lengths, reverse), training, (T, B, I, H, P),
+                             (lengths is not None, bool(reverse)))
     backend = chosen("lstm", x.device.type, needs, autograd=True, call=call)
     if differentiated("lstm", backend, x.device.type):  # torch's kernel, under torch's autograd
         y, h_n, c_n, _, _ = FAMILY.function(backend, "lstm_layer")(*params, lengths, bool(reverse), training)
