@@ -14,6 +14,11 @@ namespace fastseq {
 void lstm_cell_forward_out(const at::Tensor& gates, const at::Tensor& c_prev, const at::Tensor& h,
                            const at::Tensor& c);
 
+// The same on a CPU without allocating, for the layer's time loop: the activations go to `act` (rows, 4H) and
+// tanh(c) to `tanh_c` (rows, H); c_prev, c and both workspaces are in the accumulation type.
+void lstm_cell_forward_ws(const at::Tensor& gates, const at::Tensor& c_prev, const at::Tensor& h, const at::Tensor& c,
+                          const at::Tensor& act, const at::Tensor& tanh_c);
+
 // grad_h or grad_c may be undefined (zeros). grad_c_prev may be the same tensor as grad_c.
 void lstm_cell_backward_out(const at::Tensor& grad_h, const at::Tensor& grad_c, const at::Tensor& gates,
                             const at::Tensor& c_prev, const at::Tensor& grad_gates, const at::Tensor& grad_c_prev);

@@ -53,6 +53,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer(
   Tensor h_raw = w_hr.has_value() ? at::empty({B, H}, x.options()) : Tensor();
   Tensor h = h0.clone();
   Tensor c_prev = c0.to(acc_type(x)).contiguous();
+  // On a CPU the cell runs allocation-free on workspaces made once here; without a projection the
+  // recurrent input is the previous step's output rows themselves when every row active now was active
+  // then (no lengths, or lengths running forwards), and h keeps only each row's final output.
+  const bool cpu = x.is_cpu();
+  Tensor act = cpu ? at::empty({B, 4 * H}, acc) : Tensor();
+  Tensor tanh_c = cpu ? at::empty({B, H}, acc) : Tensor();
+  const bool chain = !w_hr.has_value() && (!lengths.has_value() || !reverse);
 
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = reverse ? T - 1 - s : s;
@@ -64,16 +71,21 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer(
       continue;
     }
     Tensor z = gates[t].narrow(0, 0, n);
-    z.addmm_(h.narrow(0, 0, n), w_hh.t());
+    const int64_t before = reverse ? t + 1 : t - 1;  // the step run just before this one
+    z.addmm_(chain && s > 0 ? y[before].narrow(0, 0, n) : h.narrow(0, 0, n), w_hh.t());
     Tensor y_t = y[t].narrow(0, 0, n);
-    if (w_hr.has_value()) {
-      Tensor hr = h_raw.narrow(0, 0, n);
-      lstm_cell_forward_out(z, c_prev.narrow(0, 0, n), hr, c.narrow(0, 0, n));
-      at::mm_out(y_t, hr, w_hr->t());
+    Tensor c_t = c.narrow(0, 0, n);
+    Tensor out = w_hr.has_value() ? h_raw.narrow(0, 0, n) : y_t;
+    if (cpu) {
+      lstm_cell_forward_ws(z, c_prev.narrow(0, 0, n), out, c_t, act.narrow(0, 0, n), tanh_c.narrow(0, 0, n));
     } else {
-      lstm_cell_forward_out(z, c_prev.narrow(0, 0, n), y_t, c.narrow(0, 0, n));
+      lstm_cell_forward_out(z, c_prev.narrow(0, 0, n), out, c_t);
     }
-    h.narrow(0, 0, n).copy_(y_t);
+    if (w_hr.has_value()) at::mm_out(y_t, out, w_hr->t());
+    // the rows whose last step this is (all of them at the last step); every row each step unless chained
+    const int64_t next = s + 1 < T ? rows[reverse ? t - 1 : t + 1] : 0;
+    const int64_t keep = chain ? std::min(next, n) : 0;
+    if (keep < n) h.narrow(0, keep, n - keep).copy_(y_t.narrow(0, keep, n - keep));
     c_prev = c;
   }
   Tensor c_n = c_prev.to(x.scalar_type(), /*non_blocking=*/false, /*copy=*/true);

@@ -94,6 +94,48 @@ def test_cell_matches_float64_reference(device, backend, dtype, B, H):
         assert rel_err(a, e) < TOL[dtype], f"{name}: relative error {rel_err(a, e):.2e}"
 
 
+@pytest.mark.parametrize("device,backend", backend_params(needs=("lstm_cell", "lstm_cell_backward")))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("B,I,H,bias", [(1, 1, 1, True), (3, 7, 20, False), (17, 33, 129, True)])
+def test_step_matches_float64_reference(device, backend, dtype, B, I, H, bias):
+    """lstm_step (torch.nn.LSTMCell's computation): outputs and the gradient of every argument."""
+    def r(*shape, scale=1.0):
+        return _rounded(torch.randn(*shape, dtype=torch.float64, device=device) * scale, dtype)
+
+    inputs = [r(B, I), r(B, H), r(B, H), r(4 * H, I, scale=I**-0.5), r(4 * H, H, scale=H**-0.5),
+              r(4 * H) if bias else None, r(4 * H) if bias else None]
+    gh, gc = r(B, H), r(B, H)
+
+    def run(dt):
+        args = [None if t is None else t.to(dt).requires_grad_() for t in inputs]
+        with registry.served() as record:
+            h1, c1 = ops.lstm_step(*args)
+        grads = torch.autograd.grad((h1 * gh.to(dt)).sum() + (c1 * gc.to(dt)).sum(), [a for a in args if a is not None])
+        return [h1, c1, *grads], record
+
+    with backends.use("reference"):
+        expected, _ = run(torch.float64)
+    with backends.use(backend):
+        actual, record = run(dtype)
+    assert {served for _, _, served in record} == {backend}
+    for k, (a, e) in enumerate(zip(actual, expected)):
+        assert a.dtype == dtype
+        assert rel_err(a, e) < TOL[dtype], f"output {k}: relative error {rel_err(a, e):.2e}"
+
+
+def test_step_bad_input():
+    x, h, c = torch.randn(2, 3), torch.randn(2, 4), torch.randn(2, 4)
+    w_ih, w_hh = torch.randn(16, 3), torch.randn(16, 4)
+    with pytest.raises(ValueError, match=r"lstm_step: w_ih must have shape \(4H, I\) = \(16, 3\), got \(16, 5\)"):
+        ops.lstm_step(x, h, c, torch.randn(16, 5), w_hh)
+    with pytest.raises(ValueError, match=r"lstm_step: c must have shape \(B, H\) = \(2, 4\)"):
+        ops.lstm_step(x, h, torch.randn(3, 4), w_ih, w_hh)
+    with pytest.raises(ValueError, match=r"lstm_step: b_hh must have shape \(4H,\) = \(16,\)"):
+        ops.lstm_step(x, h, c, w_ih, w_hh, torch.randn(16), torch.randn(15))
+    with pytest.raises(TypeError, match="lstm_step: h must have the dtype of x"):
+        ops.lstm_step(x, h.double(), c, w_ih, w_hh)
+
+
 def test_reference_cell_formula_by_hand():
     """The reference cell against the equations written out once more, independently."""
     z = torch.randn(4, 12, dtype=torch.float64)

@@ -20,6 +20,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from .. import ops
 from ..numerics import autocast_dtype
 from ..ops.checks import integers
+from ..ops.lstm import checked_step
 
 HiddenState = tuple[Tensor, Tensor]
 
@@ -254,8 +255,8 @@ class LSTM(nn.Module):
 
 
 class LSTMCell(nn.Module):
-    """One LSTM step; see torch.nn.LSTMCell. The gate nonlinearities and the cell update run as one
-    fused op (`fastseq.ops.lstm_cell`).
+    """One LSTM step; see torch.nn.LSTMCell. Runs `fastseq.ops.lstm_step`: the projections, then the gate
+    nonlinearities and the cell update as one fused op, or torch's own cell where it is the faster.
 
     Inputs: input (N, H_in) or (H_in,); hx = (h_0, c_0) each (N, H) or (H,), or None for zeros.
     Output: (h_1, c_1).
@@ -291,8 +292,12 @@ class LSTMCell(nn.Module):
             raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
         if input.size(-1) != self.input_size:
             raise RuntimeError(f"input has inconsistent input_size: got {input.size(-1)} expected {self.input_size}")
-        if input.dtype != self.weight_ih.dtype and autocast_dtype(input.device) is None:
+        autocast = autocast_dtype(input.device) is not None  # the op casts inputs and weights to its dtype
+        if input.dtype != self.weight_ih.dtype and not autocast:
             raise TypeError(f"input must have the dtype of the parameters ({self.weight_ih.dtype}), got {input.dtype}")
+        if input.device != self.weight_ih.device:
+            raise RuntimeError(f"input must be on the device of the parameters ({self.weight_ih.device}), "
+                               f"got {input.device}")
         unbatched = input.dim() == 1
         x = input.unsqueeze(0) if unbatched else input
         if hx is None:
@@ -305,8 +310,10 @@ class LSTMCell(nn.Module):
                 if tuple(t.shape) != (x.size(0), self.hidden_size):
                     raise RuntimeError(f"Expected {name} size {(x.size(0), self.hidden_size)}, got "
                                        f"{tuple(t.shape)}" + (" (unbatched input)" if unbatched else ""))
-                if t.dtype != x.dtype and autocast_dtype(x.device) is None:
+                if t.dtype != x.dtype and not autocast:
                     raise TypeError(f"{name} must have the dtype of input ({x.dtype}), got {t.dtype}")
-        gates = F.linear(x, self.weight_ih, self.bias_ih) + F.linear(h, self.weight_hh, self.bias_hh)
-        h, c = ops.lstm_cell(gates, c)
+                if t.device != x.device:
+                    raise RuntimeError(f"{name} must be on the device of input ({x.device}), got {t.device}")
+        step = ops.lstm_step if autocast else checked_step  # checked above, as torch.nn.LSTMCell checks
+        h, c = step(x, h, c, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
         return (h.squeeze(0), c.squeeze(0)) if unbatched else (h, c)

@@ -99,6 +99,7 @@ class Family:
 _FAMILIES: dict[str, Family] = {}
 _MODULES: dict[tuple[str, str], list] = {}
 _ABLE: dict[tuple, tuple[str, ...]] = {}
+_TIMED: dict[tuple, tuple[str, ...]] = {}
 _served: contextvars.ContextVar[list | None] = contextvars.ContextVar("fastseq_served", default=None)
 
 
@@ -183,7 +184,7 @@ def chosen(family: str, device_type: str, needs: tuple[str, ...] = (), autograd:
     able = declaration.able(tuple(needs), device_type if autograd else None)
     order = declaration.order.get(device_type)
     if call is not None and backends.requested(device_type) is None:
-        fast = tuple(b for b in backends.candidates(device_type, able, order) if b != "reference")
+        fast = _timed(family, able, device_type, order)
         token = _served.set(None)  # the chooser's trial runs are not what served the call
         try:
             measured = tuning.pick(family, fast, call)
@@ -193,6 +194,17 @@ def chosen(family: str, device_type: str, needs: tuple[str, ...] = (), autograd:
             return measured
     label = f"{family} ({', '.join(needs)})" if needs else family
     return backends.choose(label, device_type, able, order).backend
+
+
+def _timed(family: str, able: tuple[str, ...], device_type: str, order) -> tuple[str, ...]:
+    """The backends the chooser times: those able to serve that run here, the reference aside (computed once
+    per question, Triton's interpreter switch included: every op call asks)."""
+    question = (family, able, device_type, backends.triton_interpret())
+    found = _TIMED.get(question)
+    if found is None:
+        found = tuple(b for b in backends.candidates(device_type, able, order) if b != "reference")
+        _TIMED[question] = found
+    return found
 
 
 def differentiated(family: str, backend: str, device_type: str) -> bool:

@@ -76,13 +76,21 @@ _lock = threading.Lock()
 _memory: dict[str, Measured] = {}
 _file: dict[str, Measured] | None = None  # the cache file's choices, read once
 _warned: set[str] = set()
+# choices by a call's exact (unrounded) description: what every call after a bucket's first asks, answered
+# without building the bucket's key (an op's per-call cost is measured in microseconds at small shapes)
+_recent: dict[tuple, str] = {}
 
 
 def enabled() -> bool:
     """Whether calls are timed to choose a backend (FASTSEQ_AUTOTUNE, default on)."""
-    value = os.environ.get(ENV_VAR, "1").strip().lower()
+    return _enabled(os.environ.get(ENV_VAR, "1"))
+
+
+@functools.lru_cache(maxsize=16)
+def _enabled(raw: str) -> bool:
+    value = raw.strip().lower()
     if value not in ("0", "1", "false", "true", "off", "on", ""):
-        raise ValueError(f"{ENV_VAR} must be 0 or 1, got {os.environ[ENV_VAR]!r}")
+        raise ValueError(f"{ENV_VAR} must be 0 or 1, got {raw!r}")
     return value not in ("0", "false", "off")
 
 
@@ -185,6 +193,7 @@ def forget() -> None:
     global _file
     with _lock:
         _memory.clear()
+        _recent.clear()
         _file = None
         _warned.clear()
 
@@ -215,9 +224,14 @@ def pick(family: str, candidates: tuple[str, ...], call: Call) -> Optional[str]:
     when there is nothing to choose between, measurement is off, or it cannot run now and nothing is kept."""
     if len(candidates) < 2 or not enabled():
         return None
+    exact = (family, candidates, call.device, call.dtype, call.gradient, call.sizes, call.flags)
+    seen = _recent.get(exact)
+    if seen is not None:
+        return seen
     bucket = key(family, call)
     hit = cached(bucket)
     if hit is not None and hit.backend in candidates:
+        _remember(exact, hit.backend)
         return hit.backend
     if not can_measure(call.device):
         return None
@@ -229,4 +243,11 @@ def pick(family: str, candidates: tuple[str, ...], call: Call) -> Optional[str]:
     with _lock:
         _memory[bucket] = Measured(best, times, time.perf_counter() - start)
         _save()
+    _remember(exact, best)
     return best
+
+
+def _remember(exact: tuple, backend: str) -> None:
+    if len(_recent) >= 4096:  # a model whose shapes never repeat: keep the table bounded
+        _recent.clear()
+    _recent[exact] = backend

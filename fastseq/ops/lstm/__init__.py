@@ -1,7 +1,10 @@
-"""The LSTM ops: `lstm_cell` (one fused cell update) and `lstm_layer` (one layer, one direction, a whole
-sequence). Each is a torch custom op with a fake implementation and an autograd formula, served by the
-backend `fastseq.backends` chooses: "cpu"/"cuda" (fastseq._C), "triton", "reference", or for a layer
-that needs no gradient "torch" (torch's own fused LSTM, native.py).
+"""The LSTM ops: `lstm_cell` (one fused cell update), `lstm_step` (one step with its projections: what
+torch.nn.LSTMCell computes) and `lstm_layer` (one layer, one direction, a whole sequence). `lstm_cell`
+and `lstm_layer` are torch custom ops with a fake implementation and an autograd formula, served by the
+backend `fastseq.backends` chooses: "cpu"/"cuda" (fastseq._C), "triton", "reference", or "torch" (torch's
+own fused LSTM and cell, native.py: without a gradient, or on a device where torch's autograd
+differentiates it, `Family.autograd`). `lstm_step` runs the projections and then `lstm_cell`, or torch's
+whole cell on the torch backend.
 
 The math and the workspace contract shared by every backend are in reference.py beside this file.
 """
@@ -20,7 +23,7 @@ from ..registry import EXTENSION, Family, chosen, declare, differentiated
 # (mode, layers, hidden, seq, batch sizes, input size): benchmarks/bench_lstm.py against torch.nn.LSTM
 CASES = {
     "quick": [("inference", 1, 128, 32, (1, 8), 128), ("training", 2, 128, 16, (8,), 128)],
-    "cpu": [("inference", 1, 256, 64, (1, 8, 32), 256), ("training", 2, 256, 32, (16,), 256)],
+    "cpu": [("inference", 1, 256, 64, (1, 8, 32, 64), 256), ("training", 2, 256, 32, (1, 16, 64), 256)],
     "gpu": [("inference", 1, 512, 256, (1, 4, 8, 16, 32, 64, 128, 256), 512),
             ("training", 2, 512, 128, (64,), 512)],
     "headline": [("inference", 1, 512, 256, (1, 8, 64, 256), 512), ("training", 2, 512, 128, (64,), 512)],
@@ -88,12 +91,61 @@ def lstm_cell(gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
     C.check_shape(op, "c_prev", c_prev, (gates.shape[0], gates.shape[1] // 4), "(B, H)")
     C.check_like(op, "c_prev", c_prev, "gates", gates)
     grad = torch.is_grad_enabled() and (gates.requires_grad or c_prev.requires_grad)
-    needs = ("lstm_cell", "lstm_cell_backward") if grad else ("lstm_cell",)
     call = tuning.Call.rerun(lstm_cell, (gates, c_prev), grad, gates.shape)
-    backend = chosen("lstm", gates.device.type, needs, autograd=True, call=call)
+    return _cell(gates, c_prev, chosen("lstm", gates.device.type, _cell_needs(grad), autograd=True, call=call))
+
+
+def _cell_needs(grad: bool) -> tuple[str, ...]:
+    return ("lstm_cell", "lstm_cell_backward") if grad else ("lstm_cell",)
+
+
+def _cell(gates: Tensor, c_prev: Tensor, backend: str) -> tuple[Tensor, Tensor]:
     if differentiated("lstm", backend, gates.device.type):  # torch's ops, under torch's autograd
         return FAMILY.function(backend, "lstm_cell")(gates, c_prev)
     return _OPS["lstm_cell"](gates.contiguous(), c_prev.contiguous(), backend)
+
+
+def lstm_step(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
+              b_hh: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    """One LSTM step with its projections, as torch.nn.LSTMCell computes it -> (h', c').
+
+    x (B, I); h, c (B, H); w_ih (4H, I); w_hh (4H, H); b_ih, b_hh (4H,) or None. The gates
+    x W_ih^T + b_ih + h W_hh^T + b_hh go through the fused cell (`lstm_cell`) of the chosen backend; on
+    the `torch` backend torch's own cell runs the whole step in one call (torch.nn.LSTMCell's), which at
+    small sizes is where the time goes: the step is chosen by timing it whole.
+    """
+    op = "lstm_step"
+    x, h, c, w_ih, w_hh, b_ih, b_hh = autocast(x, h, c, w_ih, w_hh, b_ih, b_hh)
+    for name, t in (("x", x), ("h", h), ("c", c), ("w_ih", w_ih), ("w_hh", w_hh), ("b_ih", b_ih), ("b_hh", b_hh)):
+        if t is not None:
+            C.check_float(op, name, t)
+            C.check_like(op, name, t, "x", x)
+    C.check_ndim(op, "x", x, 2, "(B, I)")
+    C.check_ndim(op, "w_hh", w_hh, 2, "(4H, H)")
+    B, I = x.shape
+    H = w_hh.shape[1]
+    C.check_shape(op, "w_hh", w_hh, (4 * H, H), "(4H, H)")
+    C.check_shape(op, "w_ih", w_ih, (4 * H, I), "(4H, I)")
+    C.check_shape(op, "h", h, (B, H), "(B, H)")
+    C.check_shape(op, "c", c, (B, H), "(B, H)")
+    for name, t in (("b_ih", b_ih), ("b_hh", b_hh)):
+        if t is not None:
+            C.check_shape(op, name, t, (4 * H,), "(4H,)")
+    return checked_step(x, h, c, w_ih, w_hh, b_ih, b_hh)
+
+
+def checked_step(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+                 b_hh: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    """`lstm_step` on arguments already checked (and cast under autocast): for fastseq.nn.LSTMCell, whose
+    own checks give torch.nn.LSTMCell's errors, so a small step pays for its checks once."""
+    args = (x, h, c, w_ih, w_hh, b_ih, b_hh)
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args)
+    call = tuning.Call.rerun(lstm_step, args, grad, (x.shape[0], x.shape[1], h.shape[1]), ("step",))
+    backend = chosen("lstm", x.device.type, _cell_needs(grad), autograd=True, call=call)
+    if backend == "torch":
+        return FAMILY.function(backend, "lstm_step")(*args)
+    gates = torch.nn.functional.linear(x, w_ih, b_ih) + torch.nn.functional.linear(h, w_hh, b_hh)
+    return _cell(gates, c, backend)
 
 
 # --------------------------------------------------------------------------------------------- layer

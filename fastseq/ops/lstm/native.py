@@ -1,5 +1,6 @@
 """The `torch` backend of the LSTM ops: torch's own fused LSTM kernel (oneDNN/ATen on a CPU, cuDNN on a
-GPU) for one layer and one direction, and the cell as torch.nn.LSTMCell computes it. It keeps no workspace,
+GPU) for one layer and one direction, the cell as torch.nn.LSTMCell computes it, and torch's whole
+step (`lstm_step`: projections and cell in one call). It keeps no workspace,
 so it implements no backward: without a gradient the custom op runs it, and where the family lists it
 under `autograd` (a CPU) the public op calls it directly and torch's autograd differentiates it, as in
 torch.nn.LSTM.
@@ -30,6 +31,12 @@ from .reference import lstm_cell  # noqa: F401  (the cell, as torch.nn.LSTMCell 
 # cuDNN copies the four weights into one buffer every call (they are the caller's separate tensors, not a
 # module's flat buffer) and warns about it once; the copy is part of this backend's measured time.
 warnings.filterwarnings("ignore", message="RNN module weights are not part of single contiguous chunk")
+
+
+def lstm_step(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+              b_hh: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    """A whole LSTM step (both projections and the cell) in torch's one call, as torch.nn.LSTMCell runs it."""
+    return torch._VF.lstm_cell(x, (h, c), w_ih, w_hh, b_ih, b_hh)
 
 
 def _within_rows(T: int, lengths: Tensor, device: torch.device) -> Tensor:

@@ -37,6 +37,10 @@ def _gates(z: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 def lstm_cell(gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
     """One cell update from pre-activations `gates` (..., 4H) and `c_prev` (..., H) -> (h, c)."""
     acc = acc_dtype(gates.dtype)
+    if gates.dtype == acc and c_prev.dtype == acc:  # no casts to make (a small cell's time is its op calls)
+        i, f, g, o = _gates(gates)
+        c = torch.addcmul(i * g, f, c_prev)
+        return o * torch.tanh(c), c
     i, f, g, o = _gates(gates.to(acc))
     c = f * c_prev.to(acc) + i * g
     h = o * torch.tanh(c)
