@@ -140,7 +140,7 @@ def test_torch_backend_trains_through_autograd_on_a_cpu_only():
     assert registry.chosen("attention", "cpu", ("attention", "attention_backward"), autograd=True) == "torch"
     assert not registry.declared()["attention"].provides("torch", ("attention", "attention_backward"), "cuda")
     with backends.use("torch"), pytest.raises(backends.BackendUnavailableError, match="torch"):
-        torch.ops.fastseq.attention(q, k, v, None, None, False, 0.5, 0.0, 0, "")[0].sum().backward()
+        torch.ops.fastseq.attention(q, k, v, None, None, None, False, 0.5, 0.0, 0, "")[0].sum().backward()
 
 
 @pytest.mark.parametrize("device,backend", backend_params("attention"))
@@ -224,7 +224,7 @@ def test_opcheck():
     mask = torch.rand(2, 7) < 0.2
     for pad in ((None, None), (lengths, mask)):
         args = [t.clone().requires_grad_() for t in (q, k, v)]
-        torch.library.opcheck(torch.ops.fastseq.attention.default, (*args, *pad, True, 0.35, 0.0, 0))
+        torch.library.opcheck(torch.ops.fastseq.attention.default, (*args, *pad, None, True, 0.35, 0.0, 0))
 
 
 def test_torch_compile_smoke():

@@ -63,9 +63,9 @@ def test_attention_forward_and_backward_launches_fit_at_any_batch(recorded_atten
     q = torch.randn(B, HQ, 3, 16)
     k, v = torch.randn(B, HKV, 5, 16), torch.randn(B, HKV, 5, 16)
     lengths = torch.randint(0, 6, (B,), dtype=torch.int32)
-    triton_forward.attention(q, k, v, lengths, None, True, 0.25, 0.0, 0)
+    triton_forward.attention(q, k, v, lengths, None, None, True, 0.25, 0.0, 0)
     out, lse = torch.randn_like(q), torch.randn(B, HQ, 3)
-    triton_backward.attention_backward(torch.randn_like(q), q, k, v, lengths, None, True, 0.25, 0.0, 0, out, lse)
+    triton_backward.attention_backward(torch.randn_like(q), q, k, v, lengths, None, None, True, 0.25, 0.0, 0, out, lse)
     for kernel in ("fwd", "dkdv", "dq"):
         tiles = len(_tiles(kernel)) + 1
         _assert_within_limits(recorded_attention[kernel], B * tiles)

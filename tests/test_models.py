@@ -96,7 +96,9 @@ def test_language_models_fit_fixed_batches(kind):
     starts = torch.randperm(WORDS[1] - WORDS[0])[:8] + WORDS[0]  # distinct first tokens: the rest is learnable
     for i, (tokens, _) in enumerate(batches):
         tokens[:, 0] = starts[4 * i:4 * i + 4]
-    first, final = _fit(model, _Loss(model.loss, batches), steps=200, lr=2e-2)
+    # 400 steps: at 200 about one seed in 30 stalled above 0.1 on every backend (seeds 0 and 1329275330:
+    # 0.40 and 0.26), all 42 tried reach it at 400
+    first, final = _fit(model, _Loss(model.loss, batches), steps=400 if kind == "lstm_lm" else 200, lr=2e-2)
     assert first > 2.0 and final < 0.1, (first, final)
 
 

@@ -82,6 +82,70 @@ def test_causal_self_attention_matches_torch(mask_kind):
     _compare(ref, ours, (x, x, x), attn_mask=mask, need_weights=False)
 
 
+def _visible_somewhere(mask: torch.Tensor) -> torch.Tensor:
+    """A random mask with key 0 left visible to every query (torch gives NaN for a query that sees none)."""
+    if mask.dtype == torch.bool:
+        mask[..., 0] = False
+    else:
+        mask[..., 0] = mask[..., 0].clamp(min=-3.0)
+    return mask
+
+
+def _random_mask(shape, kind):
+    if kind == "bool":
+        return _visible_somewhere(torch.rand(shape) < 0.4)
+    mask = torch.randn(shape, dtype=torch.float64) * 2
+    return _visible_somewhere(mask.masked_fill(torch.rand(shape) < 0.3, float("-inf")))
+
+
+@pytest.mark.parametrize("kwargs", CONFIGS, ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()) or "default")
+@pytest.mark.parametrize("form", ["2d-bool", "2d-float", "3d-bool", "3d-float"])
+@pytest.mark.parametrize("padding", [None, "bool", "float"])
+def test_any_attn_mask_matches_torch(kwargs, form, padding):
+    """Every attn_mask torch takes ((L, S) or (N·heads, L, S), bool or float) with each key padding mask,
+    outputs, averaged and per-head weights and every gradient in float64."""
+    ref, ours = _pair(**kwargs)
+    bf = kwargs.get("batch_first", False)
+    N, L, S = 3, 5, 7
+    q = _seq(N, L, E, bf)
+    k, v = _seq(N, S, kwargs.get("kdim", E), bf), _seq(N, S, kwargs.get("vdim", E), bf)
+    dims, kind = form.split("-")
+    mask = _random_mask((L, S) if dims == "2d" else (N * HEADS, L, S), kind)
+    call = dict(attn_mask=mask)
+    if padding:
+        call["key_padding_mask"] = _random_mask((N, S), padding)
+    _compare(ref, ours, (q, k, v), **call)
+    _compare(ref, ours, (q, k, v), average_attn_weights=False, **call)
+    _compare(ref, ours, (q, k, v), need_weights=False, **call)
+
+
+def test_float_mask_gradient_matches_torch():
+    """A float attn_mask that requires grad (a learned bias, ALiBi-like) gets torch's gradient."""
+    ref, ours = _pair(batch_first=True)
+    x = _seq(2, 6, E, True)
+    bias = torch.randn(2 * HEADS, 6, 6, dtype=torch.float64, requires_grad=True)
+    a, _ = ref(x, x, x, attn_mask=bias, need_weights=False)
+    b, _ = ours(x, x, x, attn_mask=bias, need_weights=False)
+    torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10)
+    ga = torch.autograd.grad((a * torch.cos(a)).sum(), [x, bias])
+    gb = torch.autograd.grad((b * torch.cos(b)).sum(), [x, bias])
+    for g, e in zip(gb, ga):
+        torch.testing.assert_close(g, e, rtol=1e-9, atol=1e-10)
+
+
+def test_mask_with_lengths_and_is_causal_hint():
+    """A general mask combined with fastseq's lengths, and is_causal with its causal mask."""
+    ref, ours = _pair(batch_first=True)
+    x = _seq(3, 6, E, True)
+    mask = _random_mask((6, 6), "float")
+    pad = torch.arange(6)[None, :] >= torch.tensor([6, 4, 2])[:, None]
+    expected, _ = ref(x, x, x, attn_mask=mask, key_padding_mask=pad)
+    out, _ = ours(x, x, x, attn_mask=mask, lengths=[6, 4, 2])
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+    causal = torch.nn.Transformer.generate_square_subsequent_mask(6, dtype=torch.float64)
+    _compare(ref, ours, (x, x, x), attn_mask=causal, is_causal=True, key_padding_mask=pad)
+
+
 def test_unbatched_and_float_padding_match_torch():
     ref, ours = _pair()
     q, k = _seq(1, 4, E, True)[0], _seq(1, 6, E, True)[0]
@@ -180,10 +244,12 @@ def test_dropout_applies_in_training_only():
 @pytest.mark.parametrize("build,call,message", [
     (dict(embed_dim=10, num_heads=3), None, r"embed_dim \(10\) must be divisible by num_heads \(3\)"),
     (dict(embed_dim=16, num_heads=4, dropout=1.0), None, r"dropout must lie in \[0, 1\)"),
-    (None, dict(attn_mask=torch.zeros(5, 5)), r"attn_mask must be the causal mask"),
-    (None, dict(attn_mask=torch.ones(5, 5, dtype=torch.bool).triu(1), key=(7,)), r"needs as many queries as keys"),
+    (None, dict(attn_mask=torch.zeros(5, 5, dtype=torch.int64)), r"attn_mask must be a bool .* or float"),
+    (None, dict(is_causal=True, key=(7,)), r"is_causal without an attn_mask needs as many queries as keys"),
+    (None, dict(attn_mask=torch.ones(5, 5, dtype=torch.bool), key=(7,)), r"attn_mask must have shape \(L, S\) = \(5, 7\)"),
     (None, dict(attn_mask=torch.ones(4, 5, 5, dtype=torch.bool)), r"attn_mask must have shape \(L, S\)"),
-    (None, dict(key_padding_mask=torch.full((2, 5), 0.5)), r"float key_padding_mask must hold only 0"),
+    (None, dict(key_padding_mask=torch.zeros(2, 5, dtype=torch.int32)), r"key_padding_mask must be bool"),
+    (None, dict(key_padding_mask=torch.zeros(2, 4, dtype=torch.bool)), r"key_padding_mask must have shape \(N, S\)"),
     (None, dict(query_dim=8), r"query must have 16 features"),
 ])
 def test_bad_input_names_the_argument(build, call, message):

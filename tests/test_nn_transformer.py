@@ -1,6 +1,7 @@
-"""fastseq.nn.TransformerEncoderLayer / TransformerDecoderLayer against torch's, loaded with the same
-state_dict (float64: outputs and every gradient), post-norm and pre-norm, relu and gelu; cross-attention to
-a PrecomputedKV memory, with beams folded onto it; errors."""
+"""fastseq.nn.TransformerEncoderLayer / TransformerDecoderLayer and the TransformerEncoder / TransformerDecoder /
+Transformer containers against torch's, loaded with the same state_dict (float64: outputs and every
+gradient), post-norm and pre-norm, relu and gelu, every mask (causal, general bool and float, key padding,
+memory masks); cross-attention to a PrecomputedKV memory, with beams folded onto it; errors."""
 import pytest
 import torch
 
@@ -69,6 +70,107 @@ def test_decoder_layer_matches_torch(kwargs):
     _check(ref(tgt, memory, **args), b, ref, ours, [tgt, memory])
 
 
+def _mask(shape, kind):
+    """A random bool (True = hidden) or float mask that leaves key 0 visible to every query."""
+    if kind == "bool":
+        mask = torch.rand(shape) < 0.4
+        mask[..., 0] = False
+        return mask
+    mask = (torch.randn(shape, dtype=torch.float64) * 2).masked_fill(torch.rand(shape) < 0.3, float("-inf"))
+    mask[..., 0] = 0.0
+    return mask
+
+
+def _seq(B, T, batch_first):
+    return torch.randn(*((B, T, D) if batch_first else (T, B, D)), dtype=torch.float64, requires_grad=True)
+
+
+@pytest.mark.parametrize("kind", ["bool", "float"])
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_decoder_layer_memory_mask_matches_torch(kind, batch_first):
+    ref, ours = _pair("decoder", dropout=0.0, batch_first=batch_first)
+    B, T, S = 2, 4, 6
+    tgt, memory = _seq(B, T, batch_first), _seq(B, S, batch_first)
+    args = dict(tgt_mask=_mask((T, T), kind), memory_mask=_mask((B * HEADS, T, S), kind),
+                memory_key_padding_mask=_mask((B, S), kind))
+    _check(ref(tgt, memory, **args), ours(tgt, memory, **args), ref, ours, [tgt, memory])
+
+
+def _stacks(kind, batch_first, norm):
+    layer = (torch.nn.TransformerEncoderLayer if kind == "encoder" else torch.nn.TransformerDecoderLayer)(
+        D, HEADS, FF, dropout=0.0, batch_first=batch_first, dtype=torch.float64)
+    ours_layer = (fnn.TransformerEncoderLayer if kind == "encoder" else fnn.TransformerDecoderLayer)(
+        D, HEADS, FF, dropout=0.0, batch_first=batch_first, dtype=torch.float64)
+    final = (lambda: torch.nn.LayerNorm(D, dtype=torch.float64)) if norm else (lambda: None)
+    ref_cls, our_cls = ((torch.nn.TransformerEncoder, fnn.TransformerEncoder) if kind == "encoder"
+                        else (torch.nn.TransformerDecoder, fnn.TransformerDecoder))
+    extra = dict(enable_nested_tensor=False) if kind == "encoder" else {}
+    ref, ours = ref_cls(layer, 3, final(), **extra), our_cls(ours_layer, 3, final(), **extra)
+    assert list(ours.state_dict()) == list(ref.state_dict())
+    ours.load_state_dict(ref.state_dict())
+    return ref.eval(), ours.eval()
+
+
+@pytest.mark.parametrize("batch_first,norm", [(False, True), (True, False)])
+@pytest.mark.parametrize("mask", ["causal-detected", "causal-hint", "bool", "float"])
+def test_encoder_stack_matches_torch(batch_first, norm, mask):
+    ref, ours = _stacks("encoder", batch_first, norm)
+    B, S = 3, 6
+    src = _seq(B, S, batch_first)
+    causal = fnn.Transformer.generate_square_subsequent_mask(S, dtype=torch.float64)
+    torch.testing.assert_close(causal, torch.nn.Transformer.generate_square_subsequent_mask(S, dtype=torch.float64))
+    args = {"causal-detected": dict(mask=causal), "causal-hint": dict(mask=causal, is_causal=True),
+            "bool": dict(mask=_mask((S, S), "bool")), "float": dict(mask=_mask((B * HEADS, S, S), "float"))}[mask]
+    pad = torch.arange(S)[None, :] >= torch.tensor([6, 4, 2])[:, None]
+    _check(ref(src, src_key_padding_mask=pad, **args), ours(src, src_key_padding_mask=pad, **args), ref, ours, [src])
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_decoder_stack_matches_torch(batch_first):
+    ref, ours = _stacks("decoder", batch_first, True)
+    B, T, S = 2, 5, 4
+    tgt, memory = _seq(B, T, batch_first), _seq(B, S, batch_first)
+    args = dict(tgt_mask=fnn.Transformer.generate_square_subsequent_mask(T, dtype=torch.float64),
+                memory_mask=_mask((T, S), "bool"), tgt_key_padding_mask=_mask((B, T), "float"),
+                memory_key_padding_mask=_mask((B, S), "bool"))
+    _check(ref(tgt, memory, **args), ours(tgt, memory, **args), ref, ours, [tgt, memory])
+
+
+@pytest.mark.parametrize("batch_first,norm_first", [(False, False), (True, True)])
+def test_transformer_matches_torch(batch_first, norm_first):
+    kwargs = dict(d_model=D, nhead=HEADS, num_encoder_layers=2, num_decoder_layers=3, dim_feedforward=FF,
+                  dropout=0.0, batch_first=batch_first, norm_first=norm_first, dtype=torch.float64)
+    torch.manual_seed(0)
+    ref = torch.nn.Transformer(**kwargs).eval()
+    torch.manual_seed(0)
+    ours = fnn.Transformer(**kwargs).eval()
+    assert list(ours.state_dict()) == list(ref.state_dict())
+    for (name, a), b in zip(ref.state_dict().items(), ours.state_dict().values()):  # the same initialisation
+        assert a.shape == b.shape and (a.std() - b.std()).abs() < 0.5 * a.std() + 1e-12, name
+    ours.load_state_dict(ref.state_dict())
+    B, S, T = 3, 6, 5
+    src, tgt = _seq(B, S, batch_first), _seq(B, T, batch_first)
+    args = dict(src_mask=_mask((S, S), "float"), tgt_mask=ref.generate_square_subsequent_mask(T, dtype=torch.float64),
+                memory_mask=_mask((B * HEADS, T, S), "bool"),
+                src_key_padding_mask=torch.arange(S)[None, :] >= torch.tensor([6, 3, 5])[:, None],
+                memory_key_padding_mask=torch.arange(S)[None, :] >= torch.tensor([6, 3, 5])[:, None])
+    _check(ref(src, tgt, **args), ours(src, tgt, **args), ref, ours, [src, tgt])
+
+
+def test_transformer_takes_custom_stacks_and_checks_its_inputs():
+    encoder = fnn.TransformerEncoder(fnn.TransformerEncoderLayer(D, HEADS, FF), 1)
+    decoder = fnn.TransformerDecoder(fnn.TransformerDecoderLayer(D, HEADS, FF), 2)
+    model = fnn.Transformer(D, HEADS, custom_encoder=encoder, custom_decoder=decoder)
+    assert model.encoder is encoder and model.decoder is decoder and len(model.decoder.layers) == 2
+    assert model(torch.randn(4, 2, D), torch.randn(3, 2, D)).shape == (3, 2, D)
+    with pytest.raises(RuntimeError, match="the batch number of src and tgt must be equal"):
+        model(torch.randn(4, 2, D), torch.randn(3, 1, D))
+    with pytest.raises(RuntimeError, match="the feature number of src and tgt must be equal to d_model"):
+        model(torch.randn(4, 2, D + 1), torch.randn(3, 2, D + 1))
+    with pytest.raises(ValueError, match="num_layers must be a positive int"):
+        fnn.TransformerEncoder(fnn.TransformerEncoderLayer(D, HEADS, FF), 0)
+
+
 def test_static_memory_with_beams_equals_plain_cross_attention():
     _, ours = _pair("decoder", dropout=0.0, batch_first=True)
     B, K, T, S = 3, 4, 2, 6
@@ -96,8 +198,8 @@ def test_errors_name_the_argument():
     static = ours.multihead_attn.precompute_kv(memory, memory)
     with pytest.raises(ValueError, match=r"query batch \(3\) must be a multiple of the memory batch \(2\)"):
         ours(tgt, static)
-    with pytest.raises(ValueError, match="memory_mask is not served"):
-        ours(tgt[:2], memory, memory_mask=torch.zeros(2, 5, dtype=torch.bool))
+    with pytest.raises(ValueError, match="attn_mask must have shape \\(L, S\\) = \\(2, 5\\)"):
+        ours(tgt[:2], memory, memory_mask=torch.zeros(3, 5, dtype=torch.bool))
     with pytest.raises(ValueError, match="PrecomputedKV memory carries its own padding"):
         ours(tgt[:2], static, memory_lengths=[5, 5])
     with pytest.raises(ValueError, match="activation must be 'relu', 'gelu' or a callable"):

@@ -3,7 +3,8 @@ from .additive_attention import AdditiveAttention, PrecomputedKeys
 from .kv_cache import KVCache
 from .lstm import LSTM, LSTMCell
 from .multihead_attention import MultiheadAttention, PrecomputedKV
-from .transformer import TransformerDecoderLayer, TransformerEncoderLayer
+from .transformer import (Transformer, TransformerDecoder, TransformerDecoderLayer, TransformerEncoder,
+                          TransformerEncoderLayer)
 
 __all__ = ["AdditiveAttention", "KVCache", "LSTM", "LSTMCell", "MultiheadAttention", "PrecomputedKeys", "PrecomputedKV",
-           "TransformerDecoderLayer", "TransformerEncoderLayer"]
+           "Transformer", "TransformerDecoder", "TransformerDecoderLayer", "TransformerEncoder", "TransformerEncoderLayer"]

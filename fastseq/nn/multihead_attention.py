@@ -1,10 +1,10 @@
 """Multi-head attention with torch.nn.MultiheadAttention's constructor, parameters, state_dict keys and
 forward signature, on fastseq's fused attention op (Vaswani et al. 2017).
 
-Where it differs from torch's, it says so with an error rather than computing something else:
-attn_mask serves the causal mask only (bool or float, (L, S) or (B·heads, L, S), or is_causal=True),
-the one masks a Transformer's self-attention needs; arbitrary additive masks raise. A query whose keys
-are all padding gets zeros (torch's gives NaN). The weights, computed only when need_weights, are the
+Masks as torch's: attn_mask (L, S) or (N·heads, L, S), bool (True = may not attend) or float (added to
+the scores, its gradient computed when it requires one); key_padding_mask (N, S), bool or float; is_causal
+as torch's hint that attn_mask is the causal mask (then served by the kernels' causal path). A query
+that sees no key gets zeros (torch's gives NaN). The weights, computed only when need_weights, are the
 attention probabilities before dropout, through the reference path.
 
 Incremental decoding: pass a `KVCache` as `kv_cache`; the new positions' keys and values are appended
@@ -234,19 +234,31 @@ class MultiheadAttention(nn.Module):
     def _attend(self, q, k, v, key_padding_mask, attn_mask, is_causal, lengths, need_weights):
         B, _, L, _ = q.shape
         S = k.shape[1]
-        causal = self._causal(attn_mask, is_causal, L, S, B)
-        mask = _bool_padding(key_padding_mask)
+        causal, attn = self._masks(attn_mask, is_causal, L, S, B)
+        mask = key_padding_mask
+        if mask is not None:
+            if mask.dtype != torch.bool and not mask.is_floating_point():
+                raise TypeError(f"MultiheadAttention: key_padding_mask must be bool (True = ignore) or float (added "
+                                f"to the scores), got {mask.dtype}")
+            if tuple(mask.shape) != (B, S):
+                raise ValueError(f"MultiheadAttention: key_padding_mask must have shape (N, S) = {(B, S)}, got "
+                                 f"{tuple(mask.shape)}")
+            if mask.is_floating_point():  # additive, as torch merges it: into the float mask
+                attn = _merged(attn, mask[:, None, None, :])
+                mask = None
         extra = int(self.bias_k is not None) + int(self.add_zero_attn)
         if extra:
-            if causal:
-                raise ValueError("MultiheadAttention: add_bias_kv and add_zero_attn cannot be combined with a causal "
-                                 "attn_mask here (the extra keys would fall outside the causal band)")
+            if causal:  # the extra keys come after the causal band and every query sees them, as in torch
+                attn = torch.ones(L, S, dtype=torch.bool, device=q.device).triu(1)[None, None]
+                causal = False
             if lengths is not None:  # the extra keys come after the padded ones: a mask says which are which
                 lengths = check_key_padding("MultiheadAttention", None, lengths, B, S, k.device)
                 past = torch.arange(S, device=k.device)[None, :] >= lengths[:, None]
                 mask, lengths = (past if mask is None else mask | past), None
             if mask is not None:
                 mask = torch.cat([mask, mask.new_zeros(B, extra)], dim=1)
+            if attn is not None:
+                attn = F.pad(attn, (0, extra), value=False if attn.dtype == torch.bool else 0.0)
         if self.bias_k is not None:
             k = torch.cat([k, self.bias_k.expand(B, 1, -1)], dim=1)
             v = torch.cat([v, self.bias_v.expand(B, 1, -1)], dim=1)
@@ -255,8 +267,8 @@ class MultiheadAttention(nn.Module):
             k = torch.cat([k, k.new_zeros(B, self.num_heads, 1, self.head_dim)], dim=2)
             v = torch.cat([v, v.new_zeros(B, self.num_heads, 1, self.head_dim)], dim=2)
         out = ops.attention(q, k, v, causal=causal, key_padding_mask=mask, lengths=lengths,
-                            dropout_p=self.dropout if self.training else 0.0)
-        weights = ops.attention_weights(q, k, causal, mask, lengths) if need_weights else None
+                            dropout_p=self.dropout if self.training else 0.0, attn_mask=attn)
+        weights = ops.attention_weights(q, k, causal, mask, lengths, attn_mask=attn) if need_weights else None
         return out, weights
 
     def _attend_cache(self, q, k, v, cache, key_padding_mask, attn_mask, is_causal, lengths, need_weights):
@@ -283,29 +295,43 @@ class MultiheadAttention(nn.Module):
         weights = ops.attention_weights(q, keys, L > 1, None, cache.lengths) if need_weights else None
         return out, weights
 
-    def _causal(self, attn_mask: Optional[Tensor], is_causal: bool, L: int, S: int, B: int) -> bool:
-        """Whether attn_mask / is_causal ask for the causal mask; any other attn_mask raises."""
-        if attn_mask is None and not is_causal:
-            return False
-        if L != S:
-            raise ValueError(f"MultiheadAttention: a causal attn_mask needs as many queries as keys, got L={L}, "
-                             f"S={S}")
-        if attn_mask is None or is_causal:  # is_causal: the caller promises attn_mask is the causal mask
-            return True
+    def _masks(self, attn_mask: Optional[Tensor], is_causal: bool, L: int, S: int,
+               B: int) -> tuple[bool, Optional[Tensor]]:
+        """(causal, mask for the op) from torch's attn_mask and is_causal: is_causal is torch's hint that
+        attn_mask is the causal mask, served by the kernels' causal path without reading the mask; any
+        other attn_mask, (L, S) or (N·num_heads, L, S), bool (True = may not attend) or float (added to
+        the scores), goes to the op as (1, 1, L, S) or (N, num_heads, L, S)."""
+        if is_causal and L == S:
+            if attn_mask is not None:
+                self._mask_view(attn_mask, L, S, B)  # checked all the same
+            return True, None
+        if attn_mask is None:
+            if is_causal:
+                raise ValueError(f"MultiheadAttention: is_causal without an attn_mask needs as many queries as keys, "
+                                 f"got L={L}, S={S}; pass the attn_mask")
+            return False, None
+        return False, self._mask_view(attn_mask, L, S, B)
+
+    def _mask_view(self, attn_mask: Tensor, L: int, S: int, B: int) -> Tensor:
+        if not isinstance(attn_mask, Tensor) or (attn_mask.dtype != torch.bool and not attn_mask.is_floating_point()):
+            got = attn_mask.dtype if isinstance(attn_mask, Tensor) else type(attn_mask).__name__
+            raise TypeError(f"MultiheadAttention: attn_mask must be a bool (True = may not attend) or float (added to "
+                            f"the scores) tensor, got {got}")
         shapes = ((L, S), (B * self.num_heads, L, S))
         if tuple(attn_mask.shape) not in shapes:
             raise ValueError(f"MultiheadAttention: attn_mask must have shape (L, S) = {shapes[0]} or "
                              f"(N·num_heads, L, S) = {shapes[1]}, got {tuple(attn_mask.shape)}")
-        future = torch.ones(L, S, dtype=torch.bool, device=attn_mask.device).triu(1)
-        if attn_mask.dtype == torch.bool:
-            is_future_mask = bool((attn_mask == future).all())
-        else:
-            blocked = attn_mask == float("-inf")
-            is_future_mask = bool((blocked == future).all()) and bool((attn_mask.masked_fill(blocked, 0) == 0).all())
-        if not is_future_mask:
-            raise ValueError("MultiheadAttention: attn_mask must be the causal mask (True or -inf above the "
-                             "diagonal, False or 0 elsewhere); fastseq's attention serves no other attn_mask")
-        return True
+        return attn_mask[None, None] if attn_mask.dim() == 2 else attn_mask.view(B, self.num_heads, L, S)
+
+
+def _merged(attn: Optional[Tensor], bias: Tensor) -> Tensor:
+    """An additive key padding mask merged into the attention mask, as torch merges them: a bool mask
+    becomes -inf where True, and the two are added."""
+    if attn is None:
+        return bias
+    if attn.dtype == torch.bool:
+        attn = torch.zeros(attn.shape, dtype=bias.dtype, device=attn.device).masked_fill(attn, float("-inf"))
+    return attn + bias
 
 
 def _bool_padding(key_padding_mask: Optional[Tensor]) -> Optional[Tensor]:

@@ -11,7 +11,9 @@ A `Family` declares everything the rest of the tree needs to know about an op fa
     own order for that device;
   - the backends whose forward torch's autograd differentiates (torch's own kernels), by the device
     types where that is verified: for a call that needs a gradient the public op calls such a backend
-    directly, outside the custom op, whose backward it does not implement.
+    directly, outside the custom op, whose backward it does not implement;
+  - the optional inputs only some backends serve (features: an attention mask), each with those
+    backends: a call that uses one names it among the functions it needs.
 
 From a declaration, `declare` makes a torch custom op `fastseq::<function>` per function, which calls
 that function of the backend `fastseq.backends` chooses (or of the one its last argument, `backend`,
@@ -51,6 +53,7 @@ class Family:
     cases: dict[str, Any] = dataclasses.field(default_factory=dict)
     order: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     autograd: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    features: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
     def function(self, backend: str, name: str) -> Callable:
         """`backend`'s function `name` for this family."""
@@ -70,7 +73,10 @@ class Family:
     def provides(self, backend: str, names, device_type: str | None = None) -> bool:
         """Whether `backend` implements every function of `names` (the compiled backends: all of them; the
         torch backend: those torch has a kernel for), counting, on `device_type`, a backward that torch's
-        autograd derives from a forward of `autograd`'s."""
+        autograd derives from a forward of `autograd`'s, and serves every feature `names` lists."""
+        if any(backend not in self.features[name] for name in names if name in self.features):
+            return False
+        names = [name for name in names if name not in self.features]
         if self.backends[backend] == EXTENSION:
             return True
         if device_type is not None and backend in self.autograd.get(device_type, ()):

@@ -30,8 +30,11 @@ ENV_VAR = "FASTSEQ_AUTOTUNE"
 CACHE_ENV_VAR = "FASTSEQ_CACHE"
 # Timed runs per backend after one warm-up run, which never counts (a first call pays one-time costs: a
 # process's first torch LSTM on a CPU took 1.06 s against 4 ms after; on a GPU, compiling and autotuning
-# kernels): REPEATS, or one when the warm-up took over SLOW seconds
-REPEATS, SLOW = 3, 0.05
+# kernels): enough to fill TARGET seconds, at least REPEATS and at most MOST, or one when the warm-up took
+# over SLOW seconds. The backends take turns, so a machine's drift (on a shared CPU, one measurement slows
+# the next) falls on all of them alike; a call of 0.1 ms thus gets 25 runs a backend, not 3, which noise
+# on a 2-core machine (±15%) would decide between.
+REPEATS, MOST, TARGET, SLOW = 3, 25, 0.005, 0.05
 
 
 @dataclass(frozen=True)
@@ -203,19 +206,23 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _time_ms(run: Callable[[], None], device: torch.device) -> float:
-    """Median milliseconds of `run()` after one warm-up run."""
+def _time_s(run: Callable[[], None], device: torch.device) -> float:
     start = time.perf_counter()
     run()
     _sync(device)
-    repeats = 1 if time.perf_counter() - start > SLOW else REPEATS
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        _sync(device)
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    return time.perf_counter() - start
+
+
+def _medians_ms(runs: dict[str, Callable[[], None]], device: torch.device) -> dict[str, float]:
+    """Median milliseconds of each backend's run, after a warm-up run of each, the backends in turns."""
+    warm = {b: _time_s(run, device) for b, run in runs.items()}
+    repeats = {b: 1 if w > SLOW else min(MOST, max(REPEATS, int(TARGET / max(w, 1e-9)))) for b, w in warm.items()}
+    times: dict[str, list[float]] = {b: [] for b in runs}
+    for turn in range(max(repeats.values())):
+        for b, run in runs.items():
+            if turn < repeats[b]:
+                times[b].append(_time_s(run, device) * 1e3)
+    return {b: statistics.median(t) for b, t in times.items()}
 
 
 def pick(family: str, candidates: tuple[str, ...], call: Call) -> Optional[str]:
@@ -238,7 +245,7 @@ def pick(family: str, candidates: tuple[str, ...], call: Call) -> Optional[str]:
     start = time.perf_counter()
     devices = [call.device] if call.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
-        times = {b: _time_ms(lambda b=b: call.run(b), call.device) for b in candidates}
+        times = _medians_ms({b: (lambda b=b: call.run(b)) for b in candidates}, call.device)
     best = min(times, key=times.get)
     with _lock:
         _memory[bucket] = Measured(best, times, time.perf_counter() - start)

@@ -1,9 +1,11 @@
-"""The multi-head scaled dot-product attention ops: `attention` (self or cross, causal, padded, grouped
-heads, dropout), forward and backward, and `attention_decode` (one new query per sequence against a KV
-cache, as a decoder calls it once per generated token). Torch custom ops with fake implementations (and
-an autograd formula for `attention`), served by the backend `fastseq.backends` chooses: "triton",
-"torch" (SDPA, without a gradient) or "reference" for `attention`; "cuda" (fastseq._C), "triton", "torch"
-or "reference" for `attention_decode`.
+"""The multi-head scaled dot-product attention ops: `attention` (self or cross, causal, padded, any bool or
+additive mask, grouped heads, dropout), forward and backward, and `attention_decode` (one new query per
+sequence against a KV cache, as a decoder calls it once per generated token). Torch custom ops with fake
+implementations (and an autograd formula for `attention`), served by the backend `fastseq.backends`
+chooses: "triton", "torch" (SDPA; with a gradient where torch's autograd differentiates it, a CPU) or
+"reference" for `attention`; "cuda" (fastseq._C), "triton", "torch" or "reference" for
+`attention_decode`. A float `attn_mask` that needs its gradient is served by "torch" and "reference" (the
+family's `features`).
 
 The math, the masking rules and the workspace (the log-sum-exp) are in reference.py beside this file;
 the Triton kernels in triton_forward.py, triton_backward.py and triton_decode.py; torch's SDPA in native.py.
@@ -37,18 +39,22 @@ DECODE_CASES = {"quick": [(2, 4, 2, 64, 32)], "cpu": [(8, 8, 2, 512, 64)],
                 "headline": [(64, 32, 8, 2048, 128), (1, 32, 8, 16384, 128)]}
 
 _ARGS = "Tensor q, Tensor k, Tensor v, Tensor? lengths, Tensor? key_padding_mask"
+_MASK = "Tensor? attn_mask"
 _FLAGS = "bool causal, float scale, float dropout_p, int seed"
 _TRITON = "fastseq.ops.dot_product.triton_"
 FAMILY = Family(
     name="attention",
-    functions={"attention": f"({_ARGS}, {_FLAGS}) -> (Tensor, Tensor)",
-               "attention_backward": f"(Tensor grad_out, {_ARGS}, {_FLAGS}, Tensor out, Tensor lse) "
+    functions={"attention": f"({_ARGS}, {_MASK}, {_FLAGS}) -> (Tensor, Tensor)",
+               "attention_backward": f"(Tensor grad_out, {_ARGS}, {_MASK}, {_FLAGS}, Tensor out, Tensor lse) "
                                      "-> (Tensor, Tensor, Tensor)"},
     backends={"reference": "fastseq.ops.dot_product.reference",
               "triton": (_TRITON + "forward", _TRITON + "backward"), "torch": "fastseq.ops.dot_product.native"},
     kernels=(_TRITON + "forward", _TRITON + "backward"),
     cases=CASES,
     autograd={"cpu": ("torch",)},  # SDPA trains under torch's autograd; on CUDA it awaits a GPU check
+    # a general attn_mask: every attention backend takes one; its gradient (a float mask that requires grad)
+    # comes from torch's autograd, through SDPA or through the reference's forward
+    features={"attn_mask": ("reference", "torch", "triton"), "attn_mask_grad": ("reference", "torch")},
 )
 DECODE_FAMILY = Family(
     name="attention_decode",
@@ -66,7 +72,7 @@ _OPS = {**declare(FAMILY), **declare(DECODE_FAMILY)}
 
 
 @_OPS["attention"].register_fake
-def _(q, k, v, lengths, key_padding_mask, causal, scale, dropout_p, seed, backend=""):
+def _(q, k, v, lengths, key_padding_mask, attn_mask, causal, scale, dropout_p, seed, backend=""):
     B, Hq, Tq, _ = q.shape
     return q.new_empty(B, Hq, Tq, v.shape[3]), q.new_empty(B, Hq, Tq, dtype=acc_dtype(q.dtype))
 
@@ -77,16 +83,16 @@ def _(grad_out, q, k, v, *_):
 
 
 def _setup(ctx, inputs, output):
-    q, k, v, lengths, key_padding_mask, *flags, backend = inputs
+    q, k, v, lengths, key_padding_mask, attn_mask, *flags, backend = inputs
     ctx.flags, ctx.backend = flags, backend  # the forward's backend runs the backward
-    ctx.save_for_backward(q, k, v, lengths, key_padding_mask, *output)
+    ctx.save_for_backward(q, k, v, lengths, key_padding_mask, attn_mask, *output)
 
 
 def _backward(ctx, grad_out, _grad_lse):
-    q, k, v, lengths, key_padding_mask, out, lse = ctx.saved_tensors
-    grads = _OPS["attention_backward"](grad_out.contiguous(), q, k, v, lengths, key_padding_mask, *ctx.flags, out, lse,
-                                       ctx.backend)
-    return (*grads, None, None, None, None, None, None, None)
+    q, k, v, lengths, key_padding_mask, attn_mask, out, lse = ctx.saved_tensors
+    grads = _OPS["attention_backward"](grad_out.contiguous(), q, k, v, lengths, key_padding_mask, attn_mask,
+                                       *ctx.flags, out, lse, ctx.backend)
+    return (*grads, None, None, None, None, None, None, None, None)
 
 
 _OPS["attention"].register_autograd(_backward, setup_context=_setup)
@@ -122,6 +128,27 @@ def _check_scale(op: str, scale) -> None:
         C.fail(op, f"scale must be a positive number or None, got {scale!r}")
 
 
+def _attn_mask(op: str, attn_mask: Optional[Tensor], B: int, Hq: int, Tq: int, Tk: int,
+               device: torch.device) -> Optional[Tensor]:
+    """A general mask as a 4-D view broadcastable to (B, Hq, Tq, Tk) (never a copy): bool, True where a
+    query may not attend, or float, added to the scores. (Tq, Tk) gains two leading dims."""
+    if attn_mask is None:
+        return None
+    if not isinstance(attn_mask, Tensor):
+        C.fail(op, f"attn_mask must be a tensor, got {type(attn_mask).__name__}", TypeError)
+    if attn_mask.dtype != torch.bool and not attn_mask.is_floating_point():
+        C.fail(op, f"attn_mask must be bool (True = may not attend) or float (added to the scores), got "
+                   f"{attn_mask.dtype}", TypeError)
+    if attn_mask.device != device:
+        C.fail(op, f"attn_mask must be on the device of the queries ({device}), got {attn_mask.device}")
+    full = (B, Hq, Tq, Tk)
+    mask = attn_mask[None, None] if attn_mask.dim() == 2 else attn_mask
+    if mask.dim() != 4 or any(n not in (1, m) for n, m in zip(mask.shape, full)):
+        C.fail(op, f"attn_mask must be (Tq, Tk) = {(Tq, Tk)} or 4-D broadcastable to (B, Hq, Tq, Tk) = {full} "
+                   f"(each dim its size or 1), got shape {tuple(attn_mask.shape)}")
+    return mask
+
+
 def cache_layout(t: Tensor) -> Tensor:
     """t itself when each (batch row, head) holds its positions as contiguous rows, whatever its batch and
     head strides (a view of the first positions of a longer cache, a batch expanded from one row, a single
@@ -134,13 +161,16 @@ def cache_layout(t: Tensor) -> Tensor:
 
 def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, key_padding_mask: Optional[Tensor] = None,
               lengths: Union[Tensor, Sequence[int], None] = None, scale: Optional[float] = None,
-              dropout_p: float = 0.0) -> Tensor:
+              dropout_p: float = 0.0, attn_mask: Optional[Tensor] = None) -> Tensor:
     """Scaled dot-product attention of q (B, Hq, Tq, D) over k (B, Hkv, Tk, D), v (B, Hkv, Tk, Dv) -> (B, Hq, Tq, Dv).
 
     Hkv must divide Hq (grouped-query and multi-query attention). causal: query i sees keys
     j <= i + Tk − Tq (aligned to the end of the keys, as in KV-cache decoding). Keys are padded where
-    key_padding_mask (B, Tk, bool) is True or at j >= lengths[b]. A query that sees no key gets zeros.
-    scale defaults to 1/√D. dropout_p drops attention probabilities (pass 0.0 at evaluation).
+    key_padding_mask (B, Tk, bool) is True or at j >= lengths[b]. attn_mask, (Tq, Tk) or 4-D broadcastable
+    to (B, Hq, Tq, Tk): bool, True where a query may not attend, or float, added to the scaled scores (a
+    bias; -inf hides a key; its gradient is computed when it requires grad); combined with all of the
+    above. A query that sees no key gets zeros (torch's attention gives NaN). scale defaults to 1/√D.
+    dropout_p drops attention probabilities (pass 0.0 at evaluation).
     """
     op = "attention"
     q, k, v = autocast(q, k, v)
@@ -153,37 +183,45 @@ def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, key_padding
         C.fail(op, f"dropout_p must be a number in [0, 1), got {dropout_p!r}")
     _check_scale(op, scale)
     lengths = C.check_key_padding(op, key_padding_mask, lengths, B, Tk, q.device)
+    attn_mask = _attn_mask(op, attn_mask, B, Hq, Tq, Tk, q.device)
     mask = None if key_padding_mask is None else key_padding_mask.contiguous()
     seed = int(torch.randint(0, 2**62, ())) if dropout_p > 0 else 0
-    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    mask_grad = attn_mask is not None and attn_mask.requires_grad and torch.is_grad_enabled()
+    grad = mask_grad or (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)))
     needs = ("attention", "attention_backward") if grad else ("attention",)
-    call = tuning.Call.rerun(attention, (q, k, v, causal, key_padding_mask, lengths, scale, dropout_p), grad,
-                             (B, Hq, k.shape[1], Tq, Tk, D, v.shape[3]),
-                             (bool(causal), lengths is not None or mask is not None, dropout_p > 0))
+    if attn_mask is not None:
+        needs += ("attn_mask", "attn_mask_grad") if mask_grad else ("attn_mask",)
+    kind = "none" if attn_mask is None else "bool" if attn_mask.dtype == torch.bool else "float"
+    call = tuning.Call.rerun(attention, (q, k, v, causal, key_padding_mask, lengths, scale, dropout_p, attn_mask),
+                             grad, (B, Hq, k.shape[1], Tq, Tk, D, v.shape[3]),
+                             (bool(causal), lengths is not None or mask is not None, dropout_p > 0, kind))
     backend = chosen("attention", q.device.type, needs, autograd=True, call=call)
-    args = (lengths, mask, bool(causal), float(D**-0.5 if scale is None else scale), float(dropout_p), seed)
-    if differentiated("attention", backend, q.device.type):  # SDPA, under torch's autograd
-        return FAMILY.function(backend, "attention")(q, k, v, *args)[0]
+    args = (lengths, mask, attn_mask, bool(causal), float(D**-0.5 if scale is None else scale), float(dropout_p), seed)
+    if differentiated("attention", backend, q.device.type) or (mask_grad and backend == "reference"):
+        return FAMILY.function(backend, "attention")(q, k, v, *args)[0]  # under torch's autograd
     out, _ = _OPS["attention"](q.contiguous(), k.contiguous(), v.contiguous(), *args, backend)
     return out
 
 
 def attention_decode(q: Tensor, k: Tensor, v: Tensor, lengths: Union[Tensor, Sequence[int], None] = None,
-                     key_padding_mask: Optional[Tensor] = None, scale: Optional[float] = None) -> Tensor:
+                     key_padding_mask: Optional[Tensor] = None, scale: Optional[float] = None,
+                     attn_mask: Optional[Tensor] = None) -> Tensor:
     """One new query per sequence, q (B, Hq, D), against cached keys k (B, Hkv, Tk, D) and values
     v (B, Hkv, Tk, Dv) -> (B, Hq, Dv): a decoder's attention at one generation step.
 
     Row b sees its keys j < lengths[b] that key_padding_mask does not pad (a query at the end of its
     sequence sees every earlier position, so no causal flag is needed). k and v may be views of the
     first Tk positions of a longer cache (`fastseq.nn.KVCache.keys()`); they are read in place. When a
-    gradient is needed the call goes through the differentiable `attention` op with Tq = 1.
+    gradient is needed, or an attn_mask is given ((1, Tk) or 4-D broadcastable to (B, Hq, 1, Tk), as in
+    `attention`), the call goes through the `attention` op with Tq = 1, whose backends serve both.
     """
     op = "attention_decode"
     _check_heads(op, q, k, v, "(B, Hq, D)")
     _check_scale(op, scale)
     lengths = C.check_key_padding(op, key_padding_mask, lengths, q.shape[0], k.shape[2], q.device)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-        return attention(q[:, :, None], k, v, key_padding_mask=key_padding_mask, lengths=lengths, scale=scale)[:, :, 0]
+    if attn_mask is not None or (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))):
+        return attention(q[:, :, None], k, v, key_padding_mask=key_padding_mask, lengths=lengths, scale=scale,
+                         attn_mask=attn_mask)[:, :, 0]
     mask = None if key_padding_mask is None else key_padding_mask.contiguous()
     B, Hq, D = q.shape
     call = tuning.Call.rerun(attention_decode, (q, k, v, lengths, key_padding_mask, scale), False,
@@ -194,7 +232,8 @@ def attention_decode(q: Tensor, k: Tensor, v: Tensor, lengths: Union[Tensor, Seq
 
 
 def attention_weights(q: Tensor, k: Tensor, causal: bool = False, key_padding_mask: Optional[Tensor] = None,
-                      lengths: Union[Tensor, Sequence[int], None] = None, scale: Optional[float] = None) -> Tensor:
+                      lengths: Union[Tensor, Sequence[int], None] = None, scale: Optional[float] = None,
+                      attn_mask: Optional[Tensor] = None) -> Tensor:
     """The attention probabilities P (B, Hq, Tq, Tk) of `attention(q, k, v, ...)` before dropout,
     differentiable; zero rows for queries that see no key. They take O(B·Hq·Tq·Tk) memory: the fused
     op never builds them, so ask only when they are needed (the reference computes them)."""
@@ -202,4 +241,5 @@ def attention_weights(q: Tensor, k: Tensor, causal: bool = False, key_padding_ma
     _check_heads(op, q, k, k, "(B, Hq, Tq, D)")
     _check_scale(op, scale)
     lengths = C.check_key_padding(op, key_padding_mask, lengths, q.shape[0], k.shape[2], q.device)
-    return reference_weights(q, k, bool(causal), lengths, key_padding_mask, scale)
+    attn_mask = _attn_mask(op, attn_mask, q.shape[0], q.shape[1], q.shape[2], k.shape[2], q.device)
+    return reference_weights(q, k, bool(causal), lengths, key_padding_mask, scale, attn_mask)

@@ -6,8 +6,9 @@ memory-efficient or math kernel, which torch picks). It returns no log-sum-exp, 
 The contract is fastseq/ops/dot_product/reference.py's, which SDPA differs from in three places, handled
 here: causal queries are aligned to the end of the keys (SDPA's is_causal aligns them to the start, so a
 mask is passed when Tq != Tk); a query that sees no key gets zeros (SDPA gives NaN); padded keys' k and v
-are zeroed first (0 · NaN in P V would reach the output). Dropout runs through the reference, whose mask a
-seed reproduces (SDPA's draws from the global generator).
+are zeroed first (0 · NaN in P V would reach the output); and a bool attn_mask says True where a query
+may *not* attend (torch.nn.MultiheadAttention's convention, SDPA's opposite). Dropout runs through the
+reference, whose mask a seed reproduces (SDPA's draws from the global generator).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from . import reference
 
 
 def _sdpa(q: Tensor, k: Tensor, v: Tensor, lengths: Optional[Tensor], key_padding_mask: Optional[Tensor],
-          causal: bool, scale: float) -> Tensor:
+          attn_mask: Optional[Tensor], causal: bool, scale: float) -> Tensor:
     """q (B, Hq, Tq, D) over k, v (B, Hkv, Tk, ·) -> (B, Hq, Tq, Dv) under the reference's rules."""
     B, Hq, Tq, _ = q.shape
     Hkv, Tk = k.shape[1], k.shape[2]
@@ -32,23 +33,32 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, lengths: Optional[Tensor], key_paddin
         padded = ~keep[:, None, :, None]
         k, v = k.masked_fill(padded, 0), v.masked_fill(padded, 0)
     gqa = Hq != Hkv
-    if keep is None and (not causal or Tq == Tk):
+    if attn_mask is None and keep is None and (not causal or Tq == Tk):
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale, enable_gqa=gqa)
     seen = reference.visible(Tq, Tk, causal, lengths, key_padding_mask, B, q.device)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=seen, scale=scale, enable_gqa=gqa)
-    return out.masked_fill(~seen.any(-1, keepdim=True), 0)
+    if attn_mask is None or attn_mask.dtype == torch.bool:  # SDPA's bool mask: True = may attend
+        if attn_mask is not None:
+            seen = ~attn_mask if seen is None else seen & ~attn_mask
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=seen, scale=scale, enable_gqa=gqa)
+        return out.masked_fill(~seen.any(-1, keepdim=True), 0)
+    bias = attn_mask.to(q.dtype)  # SDPA takes a float mask in the query's dtype
+    if seen is not None:
+        bias = bias.masked_fill(~seen, float("-inf"))
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale, enable_gqa=gqa)
+    return out.masked_fill((bias == float("-inf")).all(-1, keepdim=True), 0)
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, lengths: Optional[Tensor], key_padding_mask: Optional[Tensor],
-              causal: bool, scale: float, dropout_p: float, seed: int) -> tuple[Tensor, Tensor]:
+              attn_mask: Optional[Tensor], causal: bool, scale: float, dropout_p: float,
+              seed: int) -> tuple[Tensor, Tensor]:
     """-> (out (B, Hq, Tq, Dv), an empty workspace: the backward, where there is one, is autograd's)."""
     if dropout_p > 0:
-        return reference.attention(q, k, v, lengths, key_padding_mask, causal, scale, dropout_p, seed)
-    out = _sdpa(q, k, v, lengths, key_padding_mask, causal, scale)
+        return reference.attention(q, k, v, lengths, key_padding_mask, attn_mask, causal, scale, dropout_p, seed)
+    out = _sdpa(q, k, v, lengths, key_padding_mask, attn_mask, causal, scale)
     return out, q.new_empty(0, dtype=acc_dtype(q.dtype))
 
 
 def attention_decode(q: Tensor, k: Tensor, v: Tensor, lengths: Optional[Tensor], key_padding_mask: Optional[Tensor],
                      scale: float) -> Tensor:
     """q (B, Hq, D) against k, v (B, Hkv, Tk, ·) -> (B, Hq, Dv)."""
-    return _sdpa(q[:, :, None], k, v, lengths, key_padding_mask, False, scale)[:, :, 0]
+    return _sdpa(q[:, :, None], k, v, lengths, key_padding_mask, None, False, scale)[:, :, 0]

@@ -10,7 +10,9 @@ key/value head h // (Hq / Hkv). Which keys a query sees:
     - key j of row b is padding when j >= lengths[b] or key_padding_mask[b, j] is True;
     - causal: query i sees keys j <= i + (Tk − Tq), the queries aligned to the *end* of the keys (the
       convention of KV-cache decoding, and of flash-attention; torch's is_causal aligns them to the
-      start, which differs only when Tq != Tk).
+      start, which differs only when Tq != Tk);
+    - attn_mask, 4-D and broadcastable to (B, Hq, Tq, Tk): bool, True where query i may not attend to key
+      j (torch.nn.MultiheadAttention's convention), or float, added to S (a bias; -inf hides the key).
 A query that sees no key gets a zero output and sends no gradient (lse = +inf, as in additive attention).
 
 Dropout (p > 0) drops entries of P with a mask drawn from a torch.Generator seeded by `seed`, so the
@@ -67,13 +69,20 @@ def dropout_mask(shape: tuple[int, ...], p: float, seed: int, device: torch.devi
     return torch.rand(shape, generator=generator, device=device) >= p
 
 
-def _probabilities(q, k, scale, causal, lengths, key_padding_mask):
-    """P (B, Hq, Tq, Tk) and lse (B, Hq, Tq) in the accumulation dtype."""
+def scores(q: Tensor, k: Tensor, scale: float, causal: bool, lengths: Optional[Tensor],
+           key_padding_mask: Optional[Tensor], attn_mask: Optional[Tensor]) -> Tensor:
+    """S (B, Hq, Tq, Tk) in q's dtype: scale · Q Kᵀ plus a float attn_mask, -inf where a key is hidden."""
     B, Hq, Tq, _ = q.shape
     s = scale * (q @ _expand_heads(k, Hq).transpose(-1, -2))
+    if attn_mask is not None:
+        s = s.masked_fill(attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else s + attn_mask.to(s.dtype)
     seen = visible(Tq, k.shape[2], causal, lengths, key_padding_mask, B, q.device)
-    if seen is not None:
-        s = s.masked_fill(~seen, float("-inf"))
+    return s if seen is None else s.masked_fill(~seen, float("-inf"))
+
+
+def _probabilities(q, k, scale, causal, lengths, key_padding_mask, attn_mask):
+    """P (B, Hq, Tq, Tk) and lse (B, Hq, Tq) in the accumulation dtype."""
+    s = scores(q, k, scale, causal, lengths, key_padding_mask, attn_mask)
     lse = torch.logsumexp(s, dim=-1)
     lse = lse.masked_fill(lse == float("-inf"), float("inf"))  # no visible key: P = 0
     return torch.exp(s - lse[..., None]), lse
@@ -87,29 +96,28 @@ def _unpadded(t: Tensor, lengths: Optional[Tensor], key_padding_mask: Optional[T
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, lengths: Optional[Tensor], key_padding_mask: Optional[Tensor],
-              causal: bool, scale: float, dropout_p: float, seed: int) -> tuple[Tensor, Tensor]:
-    """-> (out (B, Hq, Tq, Dv) in the input dtype, lse (B, Hq, Tq) in the accumulation dtype)."""
+              attn_mask: Optional[Tensor], causal: bool, scale: float, dropout_p: float,
+              seed: int) -> tuple[Tensor, Tensor]:
+    """-> (out (B, Hq, Tq, Dv) in the input dtype, lse (B, Hq, Tq) in the accumulation dtype). Made of
+    differentiable torch ops: autograd through it gives a float attn_mask its gradient."""
     acc = acc_dtype(q.dtype)
     qa, ka, va = q.to(acc), _unpadded(k.to(acc), lengths, key_padding_mask), _unpadded(v.to(acc), lengths,
                                                                                        key_padding_mask)
-    p, lse = _probabilities(qa, ka, scale, causal, lengths, key_padding_mask)
+    p, lse = _probabilities(qa, ka, scale, causal, lengths, key_padding_mask, attn_mask)
     if dropout_p > 0:
         p = p * dropout_mask(p.shape, dropout_p, seed, q.device) / (1 - dropout_p)
     return (p @ _expand_heads(va, q.shape[1])).to(q.dtype), lse
 
 
 def attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, lengths: Optional[Tensor],
-                       key_padding_mask: Optional[Tensor], causal: bool, scale: float, dropout_p: float, seed: int,
-                       out: Tensor, lse: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+                       key_padding_mask: Optional[Tensor], attn_mask: Optional[Tensor], causal: bool, scale: float,
+                       dropout_p: float, seed: int, out: Tensor, lse: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """-> (grad_q, grad_k, grad_v), each in its input's dtype."""
     acc = acc_dtype(q.dtype)
     qa, do = q.to(acc), grad_out.to(acc)
     ka, va = (_unpadded(t.to(acc), lengths, key_padding_mask) for t in (k, v))
     Hq, Hkv = q.shape[1], k.shape[1]
-    s = scale * (qa @ _expand_heads(ka, Hq).transpose(-1, -2))
-    seen = visible(q.shape[2], k.shape[2], causal, lengths, key_padding_mask, q.shape[0], q.device)
-    if seen is not None:
-        s = s.masked_fill(~seen, float("-inf"))
+    s = scores(qa, ka, scale, causal, lengths, key_padding_mask, attn_mask)
     p = torch.exp(s - lse[..., None])
     dp = do @ _expand_heads(va, Hq).transpose(-1, -2)
     p_used = p
@@ -125,16 +133,17 @@ def attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, length
 
 
 def attention_weights(q: Tensor, k: Tensor, causal: bool = False, lengths: Optional[Tensor] = None,
-                      key_padding_mask: Optional[Tensor] = None, scale: Optional[float] = None) -> Tensor:
+                      key_padding_mask: Optional[Tensor] = None, scale: Optional[float] = None,
+                      attn_mask: Optional[Tensor] = None) -> Tensor:
     """P (B, Hq, Tq, Tk) before dropout, differentiable, in the input dtype (zero rows where no key is seen)."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     p, _ = _probabilities(q.to(acc_dtype(q.dtype)), k.to(acc_dtype(k.dtype)), scale, causal, lengths,
-                          key_padding_mask)
+                          key_padding_mask, attn_mask)
     return p.to(q.dtype)
 
 
 def attention_decode(q: Tensor, k: Tensor, v: Tensor, lengths: Optional[Tensor], key_padding_mask: Optional[Tensor],
                      scale: float) -> Tensor:
     """One query per row: q (B, Hq, D) against k (B, Hkv, Tk, D), v (B, Hkv, Tk, Dv) -> (B, Hq, Dv)."""
-    out, _ = attention(q[:, :, None], k, v, lengths, key_padding_mask, False, scale, 0.0, 0)
+    out, _ = attention(q[:, :, None], k, v, lengths, key_padding_mask, None, False, scale, 0.0, 0)
     return out[:, :, 0]

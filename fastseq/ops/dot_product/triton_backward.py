@@ -5,7 +5,8 @@ log-sum-exp (no Tq × Tk tensor is ever stored), with D_i = dO_i · O_i computed
       are summed in registers, with no atomics;
     - dQ: one program per (block of queries, batch row × query head), over the same key blocks as the
       forward.
-Both are deterministic; dropout redraws the forward's Philox mask.
+Both are deterministic; dropout redraws the forward's Philox mask, and an attn_mask adds its tile to the
+recomputed scores as in the forward.
 """
 from __future__ import annotations
 
@@ -16,15 +17,16 @@ import triton.language as tl
 from ...triton.common import batch_slices, key_bound, key_valid
 from . import triton_common as common
 from . import triton_configs as configs
-from .triton_common import dropout_keep, key_range, load_tile, query_program, store_tile, visible
+from .triton_common import bias_tile, dropout_keep, key_range, load_tile, query_program, store_tile, visible
 
 
 @triton.jit
 def dkdv_kernel(do_ptr, q_ptr, k_ptr, v_ptr, lengths_ptr, mask_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
-                     Hq, GROUP, Tq, Tk, T_BUCKET, scales_ptr, seed, p_drop, D: tl.constexpr, Dv: tl.constexpr,
-                     CAUSAL: tl.constexpr, HAS_LENGTHS: tl.constexpr, HAS_MASK: tl.constexpr,
-                     DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                     BLOCK_DV: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr):
+                     Hq, GROUP, Tq, Tk, T_BUCKET, scales_ptr, seed, p_drop, bias_ptr, bias_sb, bias_sh, bias_sq,
+                     bias_sk, D: tl.constexpr, Dv: tl.constexpr, CAUSAL: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+                     HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
+                     BIAS: tl.constexpr):
     """dk (B, Hkv, Tk, D), dv (B, Hkv, Tk, Dv), every element written (zeros where no query sees the key)."""
     qk_scale, scale, log2e = tl.load(scales_ptr), tl.load(scales_ptr + 1), tl.load(scales_ptr + 2)
     bkv = tl.program_id(1).to(tl.int64)
@@ -52,6 +54,9 @@ def dkdv_kernel(do_ptr, q_ptr, k_ptr, v_ptr, lengths_ptr, mask_ptr, lse_ptr, del
                 lse = tl.load(lse_ptr + bh * Tq + queries, mask=q_ok, other=float("inf")) * log2e
                 delta = tl.load(delta_ptr + bh * Tq + queries, mask=q_ok, other=0.0)
                 st = tl.dot(k, tl.trans(q), input_precision=PRECISION, out_dtype=ACC) * qk_scale
+                if BIAS != 0:  # the mask's tile, keys x queries
+                    st = st + bias_tile(bias_ptr, b * bias_sb + (bh % Hq) * bias_sh, keys, queries, bias_sk,
+                                        bias_sq, keys < Tk, q_ok, log2e, BIAS)
                 seen = k_ok[:, None] & q_ok[None, :]
                 if CAUSAL:
                     seen = seen & (keys[:, None] <= queries[None, :] + (Tk - Tq))
@@ -72,10 +77,11 @@ def dkdv_kernel(do_ptr, q_ptr, k_ptr, v_ptr, lengths_ptr, mask_ptr, lse_ptr, del
 
 @triton.jit
 def dq_kernel(do_ptr, q_ptr, k_ptr, v_ptr, lengths_ptr, mask_ptr, lse_ptr, delta_ptr, dq_ptr,
-                   Hq, GROUP, Tq, Tk, T_BUCKET, scales_ptr, seed, p_drop, D: tl.constexpr, Dv: tl.constexpr,
-                   CAUSAL: tl.constexpr, HAS_LENGTHS: tl.constexpr, HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-                   ACC: tl.constexpr, PRECISION: tl.constexpr):
+                   Hq, GROUP, Tq, Tk, T_BUCKET, scales_ptr, seed, p_drop, bias_ptr, bias_sb, bias_sh, bias_sq, bias_sk,
+                   D: tl.constexpr, Dv: tl.constexpr, CAUSAL: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+                   HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                   BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
+                   BIAS: tl.constexpr):
     """dq (B, Hq, Tq, D)."""
     qk_scale, scale, log2e = tl.load(scales_ptr), tl.load(scales_ptr + 1), tl.load(scales_ptr + 2)
     bh, b, kvh, m0, queries = query_program(Hq, GROUP, BLOCK_M)
@@ -92,6 +98,9 @@ def dq_kernel(do_ptr, q_ptr, k_ptr, v_ptr, lengths_ptr, mask_ptr, lse_ptr, delta
         k = load_tile(k_ptr + kvh * Tk * D, keys, keys < n_keys, D, BLOCK_D, True)
         v = load_tile(v_ptr + kvh * Tk * Dv, keys, keys < n_keys, Dv, BLOCK_DV, True)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION, out_dtype=ACC) * qk_scale
+        if BIAS != 0:
+            s = s + bias_tile(bias_ptr, b * bias_sb + (bh % Hq) * bias_sh, queries, keys, bias_sq, bias_sk, q_ok,
+                              keys < Tk, log2e, BIAS)
         p = tl.where(visible(mask_ptr, b, queries, keys, n_keys, Tq, Tk, CAUSAL, HAS_MASK),
                      tl.exp2(s - lse[:, None]), 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION, out_dtype=ACC)
@@ -102,17 +111,19 @@ def dq_kernel(do_ptr, q_ptr, k_ptr, v_ptr, lengths_ptr, mask_ptr, lse_ptr, delta
     store_tile(dq_ptr + bh * Tq * D, dq * scale, queries, q_ok, D, BLOCK_D)
 
 
-def attention_backward(grad_out, q, k, v, lengths, key_padding_mask, causal, scale, dropout_p, seed, out, lse):
+def attention_backward(grad_out, q, k, v, lengths, key_padding_mask, attn_mask, causal, scale, dropout_p, seed, out,
+                       lse):
     common.check_head_dims(q, v)
     k, v = common.unpadded(k, key_padding_mask), common.unpadded(v, key_padding_mask)
     B, Hq, Hkv, Tq, Tk, D, Dv, bucket = common.sizes(q, k, v)
     delta = (grad_out.to(lse.dtype) * out.to(lse.dtype)).sum(-1)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     len_arg, mask_arg, flags = common.launch_flags(q, v, causal, lengths, key_padding_mask, dropout_p)
+    bias, strides, flags["BIAS"] = common.bias_args(attn_mask, q)
     scales = common.scales(q, scale)
     for part in batch_slices(B, Hq, len_arg, mask_arg, flags):
         shared = (*part(grad_out, q, k, v), part.lengths, part.mask, *part(lse, delta))
-        sizes = (Hq, Hq // Hkv, Tq, Tk, bucket, scales, seed, dropout_p, D, Dv)
+        sizes = (Hq, Hq // Hkv, Tq, Tk, bucket, scales, seed, dropout_p, common.bias_rows(bias, part), *strides, D, Dv)
         n_kv, n_q = part.rows * Hkv, part.rows * Hq
         configs.launch("dkdv", dkdv_kernel, lambda c, n=n_kv: (triton.cdiv(Tk, c["BLOCK_N"]), n),
                        (*shared, *part(dk, dv), *sizes), flags, q.dtype)

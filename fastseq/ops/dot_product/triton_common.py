@@ -8,7 +8,7 @@ import triton
 import triton.language as tl
 
 from ...numerics import acc_dtype
-from ...triton.common import acc_type, key_valid, mask_pointer, padding_args, precision
+from ...triton.common import acc_type, key_valid, mask_dtype, mask_pointer, padding_args, precision
 
 LOG2E = 1.4426950408889634
 MAX_HEAD_DIM = 256
@@ -72,6 +72,19 @@ def visible(mask_ptr, b, queries, keys, n_keys, Tq, Tk, CAUSAL: tl.constexpr, HA
 
 
 @triton.jit
+def bias_tile(bias_ptr, offset, rows, cols, row_stride, col_stride, row_ok, col_ok, log2e, BIAS: tl.constexpr):
+    """The attn_mask's tile over `rows` x `cols` (queries x keys, or keys x queries) in the kernels' base-2
+    score units, to add to the scores: a bool mask (BIAS 1, True = hidden) as -inf and 0, a float one
+    (BIAS 2) times log2 e. `offset` selects the (batch row, head); a broadcast dim has stride 0."""
+    ok = row_ok[:, None] & col_ok[None, :]
+    ptrs = bias_ptr + offset + rows.to(tl.int64)[:, None] * row_stride + cols.to(tl.int64)[None, :] * col_stride
+    if BIAS == 1:
+        return tl.where(tl.load(ptrs, mask=ok, other=0) != 0, float("-inf"), 0.0)
+    else:
+        return tl.load(ptrs, mask=ok, other=0.0) * log2e
+
+
+@triton.jit
 def key_range(m0, n_keys, Tq, Tk, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
     """(full, end): the keys queries [m0, m0 + BLOCK_M) may see end before `end`; keys below `full`
     (a multiple of BLOCK_N) are seen by every one of them, unpadded by lengths and causality."""
@@ -96,12 +109,30 @@ def check_head_dims(q, v) -> None:
                          f"{q.shape[-1]}, Dv = {v.shape[-1]}; use backend 'reference'")
 
 
+def bias_args(attn_mask, q):
+    """(the attn_mask as the kernels read it, its (batch, head, query, key) strides, BIAS): bool as
+    mask_dtype(q.dtype) (1 = hidden), float in the accumulation dtype; a dim it broadcasts along has
+    stride 0. Without a mask a one-element dummy and BIAS 0."""
+    if attn_mask is None:
+        return q.new_empty(1, dtype=acc_dtype(q.dtype)), (0, 0, 0, 0), 0
+    if attn_mask.dtype == torch.bool:
+        bias, kind = attn_mask.to(mask_dtype(q.dtype)), 1
+    else:
+        bias, kind = attn_mask.to(acc_dtype(q.dtype)), 2
+    return bias, tuple(st if n > 1 else 0 for n, st in zip(bias.shape, bias.stride())), kind
+
+
+def bias_rows(bias, part):
+    """The mask's rows for one batch slice of a launch (all of it where it broadcasts over the batch)."""
+    return bias if bias.dim() < 4 or bias.shape[0] == 1 else bias[part.start:part.stop]
+
+
 def launch_flags(q, v, causal, lengths, key_padding_mask, dropout_p):
     """(lengths, mask, constexpr flags) of a forward or backward launch."""
     len_arg, mask_arg, has_len, has_mask = padding_args(lengths, key_padding_mask, q)
     flags = {"CAUSAL": causal, "HAS_LENGTHS": has_len, "HAS_MASK": has_mask, "DROPOUT": dropout_p > 0,
              "BLOCK_D": block(q.shape[3]), "BLOCK_DV": block(v.shape[3]), "ACC": acc_type(q.dtype),
-             "PRECISION": precision(q.dtype)}
+             "PRECISION": precision(q.dtype), "BIAS": 0}
     return len_arg, mask_arg, flags
 
 
@@ -137,8 +168,9 @@ def aot_signature(pointers: list[str], t: str) -> dict:
                f"*{a}" if p in ("lse_ptr", "delta_ptr") else f"*{t}") for p in pointers}
     sig.update({n: "i32" for n in ("Hq", "GROUP", "Tq", "Tk", "T_BUCKET")})
     sig.update({"scales_ptr": f"*{a}", "seed": "i64", "p_drop": "fp32"})
+    sig.update({"bias_ptr": f"*{a}", **{n: "i64" for n in ("bias_sb", "bias_sh", "bias_sq", "bias_sk")}})
     sig.update({c: "constexpr" for c in ("D", "Dv", "CAUSAL", "HAS_LENGTHS", "HAS_MASK", "DROPOUT", "BLOCK_M",
-                                         "BLOCK_N", "BLOCK_D", "BLOCK_DV", "ACC", "PRECISION")})
+                                         "BLOCK_N", "BLOCK_D", "BLOCK_DV", "ACC", "PRECISION", "BIAS")})
     return sig
 
 
@@ -146,4 +178,5 @@ def aot_flags(t: str, dim: int, kind: str) -> dict:
     """The constexprs of an AOT variant (kind: plain, masked = causal with both paddings, dropout)."""
     masked, dropout = kind != "plain", kind == "dropout"
     return {"D": dim, "Dv": dim, "CAUSAL": masked, "HAS_LENGTHS": masked, "HAS_MASK": masked, "DROPOUT": dropout,
-            "BLOCK_D": dim, "BLOCK_DV": dim, "ACC": tl.float64 if t == "fp64" else tl.float32, "PRECISION": "ieee"}
+            "BLOCK_D": dim, "BLOCK_DV": dim, "ACC": tl.float64 if t == "fp64" else tl.float32, "PRECISION": "ieee",
+            "BIAS": 0}

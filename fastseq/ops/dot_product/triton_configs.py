@@ -82,7 +82,7 @@ def prune(kernel: str, configs, named_args, **kwargs) -> list[triton.Config]:
     return [c for c in configs if tile_of(c) in wanted]
 
 
-_KEY = ["D", "Dv", "T_BUCKET", "CAUSAL", "HAS_MASK", "DROPOUT"]
+_KEY = ["D", "Dv", "T_BUCKET", "CAUSAL", "HAS_MASK", "DROPOUT", "BIAS"]
 
 
 @functools.lru_cache(maxsize=None)
