@@ -1,7 +1,7 @@
 """Multi-head attention benchmark (run by sweep.py): fastseq's attention op on each backend present against
 every torch scaled_dot_product_attention backend that runs the case (flash, memory-efficient, cuDNN,
 math), forward and forward+backward, causal and not, in TFLOP/s and as a fraction of the measured matmul
-ceiling; padded seq2seq batches (fastseq.nn.MultiheadAttention with lengths against
+ceiling; the same with a (T, T) float bias and a (B, 1, T, T) bool block mask, SDPA given the same mask; padded seq2seq batches (fastseq.nn.MultiheadAttention with lengths against
 torch.nn.MultiheadAttention with key_padding_mask); decoding one token against a KV cache
 (fastseq.ops.attention_decode against SDPA on the same cache), in GB/s and as a fraction of the measured
 copy bandwidth.
@@ -42,15 +42,20 @@ def _train_callable(impl, mode, q, k, v, causal):
                 return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
         with backends.use(impl):
             return ops.attention(q, k, v, causal=causal)
+    return _step(attend, mode, q)
+
+
+def _step(attend, mode, q):
+    """A forward without a gradient, or a forward and backward."""
     if mode == "forward":
         def fn():
             with torch.no_grad():
                 attend()
-    else:
-        grad = torch.randn_like(q)
+        return fn
+    grad = torch.randn_like(q)
 
-        def fn():
-            attend().backward(grad)
+    def fn():
+        attend().backward(grad)
     return fn
 
 
@@ -72,6 +77,48 @@ def _train(device, cases, dtype_name, fused, ceilings):
                     rows.append(_row("train", mode, dtype_name, impl, {"B": B, "H": H, "T": T, "D": D,
                                                                         "causal": causal}, measured, able,
                                      work=flops, ceiling=ceiling, unit="TFLOP/s"))
+    return rows
+
+
+def _masks(B, T, device, dtype):
+    """The two masks users pass: a (T, T) float bias (ALiBi's distance penalty, causal) and a (B, 1, T, T)
+    bool block mask (four packed sequences per row: a query sees the keys of its own, True = hidden)."""
+    i, j = torch.arange(T, device=device)[:, None], torch.arange(T, device=device)[None, :]
+    bias = (-(i - j).abs().to(dtype) * 2 ** -3).masked_fill(j > i, float("-inf"))
+    blocks = (i // (T // 4)) != (j // (T // 4))
+    return {"bias": bias, "block": blocks[None, None].expand(B, 1, T, T).contiguous()}
+
+
+def _masked(device, cases, dtype_name, fused, ceilings):
+    """The training cases with a general mask, against every SDPA backend given the same mask (for SDPA a
+    bool mask says True where a query *may* attend: the block mask goes to it inverted)."""
+    dtype = DTYPES[dtype_name]
+    rows = []
+    for B, H, T, D in cases["train"][:1]:
+        q, k, v = (torch.randn(B, H, T, D, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
+        for name, mask in _masks(B, T, device, dtype).items():
+            sdpa_mask = ~mask if mask.dtype == torch.bool else mask
+            for mode in MODES:
+                needs = ("attention", "attn_mask") + (("attention_backward",) if mode != "forward" else ())
+                able = [b for b in fused if declared()["attention"].provides(b, needs, device.type)]
+                measured = {}
+                for impl in (*able, *SDPA):
+                    if impl in SDPA and device.type != "cuda" and impl != "sdpa-math":
+                        continue
+
+                    def attend(impl=impl):
+                        if impl in SDPA:
+                            with sdpa_kernel(SDPA[impl]):
+                                return F.scaled_dot_product_attention(q, k, v, attn_mask=sdpa_mask)
+                        with backends.use(impl):
+                            return ops.attention(q, k, v, attn_mask=mask)
+                    measured[impl] = _run_measure(_step(attend, mode, q), device)
+                flops = 4 * B * H * T * T * D * (1.0 if mode == "forward" else 3.5)
+                for impl in able:
+                    rows.append(_row(f"mask-{name}", mode, dtype_name, impl, {"B": B, "H": H, "T": T, "D": D,
+                                                                              "mask": tuple(mask.shape)},
+                                     measured, able, work=flops, ceiling=ceilings["matmul_flops"][dtype_name],
+                                     unit="TFLOP/s"))
     return rows
 
 
@@ -165,6 +212,7 @@ def run(device, preset, dtype_names, fused_backends, ceilings):
     rows = []
     for dtype_name in dtype_names:
         for part in (_train(device, cases, dtype_name, fused_backends, ceilings),
+                     _masked(device, cases, dtype_name, fused_backends, ceilings),
                      _seq2seq(device, cases, dtype_name, fused_backends, ceilings),
                      _decode(device, DECODE[preset], dtype_name, decode_fused, ceilings)):
             for r in part:

@@ -407,9 +407,10 @@ def test_real_size_padded_batch_memory_is_linear():
 
 
 @pytest.mark.parametrize("arch", [90, 80])
-@pytest.mark.parametrize("dtype,head_dim,dropout", [(torch.bfloat16, 128, False), (torch.float16, 64, True),
-                                                    (torch.float32, 256, False), (torch.bfloat16, 200, True)])
-def test_autotune_pruning_keeps_the_tiles_meant_for_the_inputs(monkeypatch, arch, dtype, head_dim, dropout):
+@pytest.mark.parametrize("dtype,head_dim,dropout,bias", [(torch.bfloat16, 128, False, 0), (torch.float16, 64, True, 0),
+                                                         (torch.float32, 256, False, 0), (torch.bfloat16, 200, True, 0),
+                                                         (torch.bfloat16, 128, False, 2), (torch.float16, 64, False, 1)])
+def test_autotune_pruning_keeps_the_tiles_meant_for_the_inputs(monkeypatch, arch, dtype, head_dim, dropout, bias):
     """Triton's own pruning call keeps exactly `configs_for`'s tiles, and recognizes configurations Triton
     rebuilt from their values (its autotune cache does), whatever attributes it keeps on a Config."""
     triton = pytest.importorskip("triton")
@@ -419,11 +420,11 @@ def test_autotune_pruning_keeps_the_tiles_meant_for_the_inputs(monkeypatch, arch
     monkeypatch.setattr(triton_configs, "arch", lambda device: arch)
     q = torch.empty(1, 1, 1, head_dim, dtype=dtype)
     for kernel in ("fwd", "dkdv", "dq"):
-        wanted = sorted(triton_configs.configs_for(kernel, arch, q.element_size(), head_dim, dropout))
+        wanted = sorted(triton_configs.configs_for(kernel, arch, q.element_size(), head_dim, dropout, bool(bias)))
         tuner = triton_configs.tuned(kernel, fns[kernel])
         tuner.nargs = {"q_ptr": q, "D": head_dim, "Dv": head_dim}
-        assert sorted(triton_configs.tile_of(c) for c in tuner.prune_configs({"DROPOUT": dropout})) == wanted, kernel
+        assert sorted(triton_configs.tile_of(c) for c in tuner.prune_configs({"DROPOUT": dropout, "BIAS": bias})) == wanted
         rebuilt = [triton.Config(dict(c.kwargs), num_warps=c.num_warps, num_stages=c.num_stages) for c in tuner.configs]
-        kept = tuner.early_config_prune(rebuilt, tuner.nargs, DROPOUT=dropout)
+        kept = tuner.early_config_prune(rebuilt, tuner.nargs, DROPOUT=dropout, BIAS=bias)
         assert sorted(triton_configs.tile_of(c) for c in kept) == wanted, kernel
         tuner.nargs = None

@@ -140,7 +140,7 @@ def aot_specs():
     """The variants of triton_forward.aot_specs, for each backward kernel."""
     for name, (fn, pointers) in KERNELS.items():
         for t, dim, kind in common.AOT_VARIANTS:
-            for (m, n, warps, stages), archs in configs.aot_tiles(name, t, dim, kind == "dropout"):
+            for (m, n, warps, stages), archs in configs.aot_tiles(name, t, dim, kind in ("dropout", "bias")):
                 yield (f"attention_{name}[{t},d{dim},{kind},{m}x{n}w{warps}s{stages}]", fn,
                        common.aot_signature(pointers, t), {**common.aot_flags(t, dim, kind), "BLOCK_M": m, "BLOCK_N": n},
                        {"num_warps": warps, "num_stages": stages}, archs)

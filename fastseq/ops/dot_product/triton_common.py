@@ -77,7 +77,7 @@ def bias_tile(bias_ptr, offset, rows, cols, row_stride, col_stride, row_ok, col_
     score units, to add to the scores: a bool mask (BIAS 1, True = hidden) as -inf and 0, a float one
     (BIAS 2) times log2 e. `offset` selects the (batch row, head); a broadcast dim has stride 0."""
     ok = row_ok[:, None] & col_ok[None, :]
-    ptrs = bias_ptr + offset + rows.to(tl.int64)[:, None] * row_stride + cols.to(tl.int64)[None, :] * col_stride
+    ptrs = (bias_ptr + offset) + (rows[:, None] * row_stride + cols[None, :] * col_stride)  # 32-bit within a head
     if BIAS == 1:
         return tl.where(tl.load(ptrs, mask=ok, other=0) != 0, float("-inf"), 0.0)
     else:
@@ -157,7 +157,8 @@ def sizes(q, k, v):
 
 
 AOT_VARIANTS = ([("bf16", dim, "masked") for dim in (64, 128, 256)]
-                + [("fp16", 128, "plain"), ("fp32", 128, "plain"), ("bf16", 128, "dropout"), ("fp64", 128, "masked")])
+                + [("fp16", 128, "plain"), ("fp32", 128, "plain"), ("bf16", 128, "dropout"), ("fp64", 128, "masked"),
+                   ("bf16", 128, "bias")])
 
 
 def aot_signature(pointers: list[str], t: str) -> dict:
@@ -168,15 +169,16 @@ def aot_signature(pointers: list[str], t: str) -> dict:
                f"*{a}" if p in ("lse_ptr", "delta_ptr") else f"*{t}") for p in pointers}
     sig.update({n: "i32" for n in ("Hq", "GROUP", "Tq", "Tk", "T_BUCKET")})
     sig.update({"scales_ptr": f"*{a}", "seed": "i64", "p_drop": "fp32"})
-    sig.update({"bias_ptr": f"*{a}", **{n: "i64" for n in ("bias_sb", "bias_sh", "bias_sq", "bias_sk")}})
+    sig.update({"bias_ptr": f"*{a}", **{n: "i32" for n in ("bias_sb", "bias_sh", "bias_sq", "bias_sk")}})
     sig.update({c: "constexpr" for c in ("D", "Dv", "CAUSAL", "HAS_LENGTHS", "HAS_MASK", "DROPOUT", "BLOCK_M",
                                          "BLOCK_N", "BLOCK_D", "BLOCK_DV", "ACC", "PRECISION", "BIAS")})
     return sig
 
 
 def aot_flags(t: str, dim: int, kind: str) -> dict:
-    """The constexprs of an AOT variant (kind: plain, masked = causal with both paddings, dropout)."""
+    """The constexprs of an AOT variant (kind: plain, masked = causal with both paddings, dropout, bias =
+    masked with a float attn_mask)."""
     masked, dropout = kind != "plain", kind == "dropout"
     return {"D": dim, "Dv": dim, "CAUSAL": masked, "HAS_LENGTHS": masked, "HAS_MASK": masked, "DROPOUT": dropout,
             "BLOCK_D": dim, "BLOCK_DV": dim, "ACC": tl.float64 if t == "fp64" else tl.float32, "PRECISION": "ieee",
-            "BIAS": 0}
+            "BIAS": 2 if kind == "bias" else 0}

@@ -21,7 +21,8 @@ from ...backends import triton_interpret
 CONFIGS = {
     ("fwd", 90, 2): {64: [(128, 64, 8, 3), (128, 64, 8, 2), (64, 32, 4, 2)],
                      128: [(128, 64, 8, 3), (128, 64, 8, 2), (64, 32, 4, 2)], 256: [(32, 32, 4, 2)]},
-    ("fwd", 80, 2): {64: [(128, 64, 8, 3), (64, 64, 4, 2)], 128: [(128, 64, 8, 3), (128, 64, 8, 2), (64, 32, 4, 2)],
+    ("fwd", 80, 2): {64: [(128, 64, 8, 3), (64, 64, 4, 2)],
+                     128: [(128, 64, 8, 3), (128, 64, 8, 2), (64, 32, 4, 2), (32, 32, 4, 2)],  # the last: a mask's
                      256: [(32, 32, 4, 2)]},
     ("dkdv", 90, 2): {64: [(16, 64, 8, 2), (32, 32, 4, 2)], 128: [(64, 64, 4, 2), (32, 64, 4, 3), (32, 32, 4, 2)],
                       256: [(16, 16, 4, 1)]},
@@ -53,11 +54,13 @@ def _dim_bucket(head_dim: int) -> int:
     return 64 if head_dim <= 64 else 128 if head_dim <= 128 else 256
 
 
-def configs_for(kernel: str, target: int, element_size: int, head_dim: int,
-                dropout: bool = False) -> list[tuple[int, int, int, int]]:
-    """The (BLOCK_M, BLOCK_N, num_warps, num_stages) the autotuner tries for these inputs."""
+def configs_for(kernel: str, target: int, element_size: int, head_dim: int, dropout: bool = False,
+                bias: bool = False) -> list[tuple[int, int, int, int]]:
+    """The (BLOCK_M, BLOCK_N, num_warps, num_stages) the autotuner tries for these inputs: with dropout or an
+    attn_mask only the smallest (the mask's tile takes registers: with it Triton 3.6 spills every larger
+    tile of sm_90 at head dim 128 in bf16, 8 to 1,064 stores, and none of the smallest)."""
     tiles = CONFIGS[(kernel, target, 2 if element_size <= 2 else 4)][_dim_bucket(head_dim)]
-    return tiles[-1:] if dropout else tiles
+    return tiles[-1:] if dropout or bias else tiles
 
 
 def _config_list(kernel: str) -> list[triton.Config]:
@@ -78,7 +81,8 @@ def prune(kernel: str, configs, named_args, **kwargs) -> list[triton.Config]:
     device's architecture, element size, head dims and dropout; `configs_for`)."""
     args = {**named_args, **kwargs}
     q = args["q_ptr"]
-    wanted = configs_for(kernel, arch(q.device), q.element_size(), max(args["D"], args["Dv"]), args["DROPOUT"])
+    wanted = configs_for(kernel, arch(q.device), q.element_size(), max(args["D"], args["Dv"]), args["DROPOUT"],
+                         bool(args["BIAS"]))
     return [c for c in configs if tile_of(c) in wanted]
 
 
@@ -102,11 +106,11 @@ def launch(kernel: str, fn, grid, args: tuple, flags: dict, dtype: torch.dtype) 
         tuned(kernel, fn)[grid](*args, **flags)
 
 
-def aot_tiles(kernel: str, t: str, dim: int, dropout: bool):
+def aot_tiles(kernel: str, t: str, dim: int, smallest: bool):
     """(tile, architectures) pairs the AOT check compiles for a kernel on inputs of Triton type t."""
     if t == "fp64":
         yield tuple(FIXED[k] for k in ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages")), (90, 80)
         return
     for target in (90, 80):
-        for tile in configs_for(kernel, target, 4 if t == "fp32" else 2, dim, dropout):
+        for tile in configs_for(kernel, target, 4 if t == "fp32" else 2, dim, smallest):
             yield tile, (target,)

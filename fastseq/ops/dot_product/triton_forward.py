@@ -117,7 +117,7 @@ def aot_specs():
     paddings on (the most registers); at head dim 128 the plain variant in fp16 and fp32, the dropout
     variant in bf16 and the fixed float64 tile."""
     for t, dim, kind in common.AOT_VARIANTS:
-        for (m, n, warps, stages), archs in configs.aot_tiles("fwd", t, dim, kind == "dropout"):
+        for (m, n, warps, stages), archs in configs.aot_tiles("fwd", t, dim, kind in ("dropout", "bias")):
             yield (f"attention_fwd[{t},d{dim},{kind},{m}x{n}w{warps}s{stages}]", fwd_kernel,
                    common.aot_signature(POINTERS, t), {**common.aot_flags(t, dim, kind), "BLOCK_M": m, "BLOCK_N": n},
                    {"num_warps": warps, "num_stages": stages}, archs)
