@@ -8,6 +8,8 @@ copy bandwidth.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -19,8 +21,15 @@ from fastseq.ops.registry import declared
 import timing
 from timing import DTYPES
 
-SDPA = {"sdpa-flash": SDPBackend.FLASH_ATTENTION, "sdpa-efficient": SDPBackend.EFFICIENT_ATTENTION,
+# "sdpa": torch's own pick among its backends (what a user calling it gets); the rest forced one by one
+SDPA = {"sdpa": None, "sdpa-flash": SDPBackend.FLASH_ATTENTION, "sdpa-efficient": SDPBackend.EFFICIENT_ATTENTION,
         "sdpa-cudnn": SDPBackend.CUDNN_ATTENTION, "sdpa-math": SDPBackend.MATH}
+ON_CPU = ("sdpa", "sdpa-math")  # the SDPA baselines that run on a CPU
+
+
+def _sdpa_backend(impl):
+    """The context that makes SDPA run `impl`'s backend (none for torch's own pick)."""
+    return contextlib.nullcontext() if SDPA[impl] is None else sdpa_kernel(SDPA[impl])
 # training: (B, H, T, D), B·H filling the GPU at each T; seq2seq: (B, E, heads, max_len);
 # decode: (B, Hq, Hkv, T, D), grouped heads as decoders use them
 PRESETS = declared()["attention"].cases  # "train" and "seq2seq" cases per preset, declared with the op
@@ -38,7 +47,7 @@ def _run_measure(fn, device):
 def _train_callable(impl, mode, q, k, v, causal):
     def attend():
         if impl in SDPA:
-            with sdpa_kernel(SDPA[impl]):
+            with _sdpa_backend(impl):
                 return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
         with backends.use(impl):
             return ops.attention(q, k, v, causal=causal)
@@ -71,7 +80,7 @@ def _train(device, cases, dtype_name, fused, ceilings):
                 # torch: a forward, and on a CPU a backward through torch's autograd
                 able = [b for b in fused if declared()["attention"].provides(b, needs, device.type)]
                 measured = {impl: _run_measure(_train_callable(impl, mode, q, k, v, causal), device)
-                            for impl in (*able, *SDPA) if device.type == "cuda" or impl in (*able, "sdpa-math")}
+                            for impl in (*able, *SDPA) if device.type == "cuda" or impl in (*able, *ON_CPU)}
                 ceiling = ceilings["matmul_flops"][dtype_name]
                 for impl in able:
                     rows.append(_row("train", mode, dtype_name, impl, {"B": B, "H": H, "T": T, "D": D,
@@ -103,12 +112,12 @@ def _masked(device, cases, dtype_name, fused, ceilings):
                 able = [b for b in fused if declared()["attention"].provides(b, needs, device.type)]
                 measured = {}
                 for impl in (*able, *SDPA):
-                    if impl in SDPA and device.type != "cuda" and impl != "sdpa-math":
+                    if impl in SDPA and device.type != "cuda" and impl not in ON_CPU:
                         continue
 
                     def attend(impl=impl):
                         if impl in SDPA:
-                            with sdpa_kernel(SDPA[impl]):
+                            with _sdpa_backend(impl):
                                 return F.scaled_dot_product_attention(q, k, v, attn_mask=sdpa_mask)
                         with backends.use(impl):
                             return ops.attention(q, k, v, attn_mask=mask)
@@ -170,11 +179,11 @@ def _decode(device, cases, dtype_name, fused_decode, ceilings):
         measured = {}
         for impl in (*fused_decode, *SDPA):
             if impl in SDPA:
-                if device.type != "cuda" and impl != "sdpa-math":
+                if device.type != "cuda" and impl not in ON_CPU:
                     continue
 
                 def fn(impl=impl):
-                    with torch.no_grad(), sdpa_kernel(SDPA[impl]):
+                    with torch.no_grad(), _sdpa_backend(impl):
                         F.scaled_dot_product_attention(q[:, :, None], k, v, attn_mask=seen, enable_gqa=Hq != Hkv)
             else:
                 def fn(impl=impl):

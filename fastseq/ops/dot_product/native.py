@@ -6,7 +6,7 @@ memory-efficient or math kernel, which torch picks). It returns no log-sum-exp, 
 The contract is fastseq/ops/dot_product/reference.py's, which SDPA differs from in three places, handled
 here: causal queries are aligned to the end of the keys (SDPA's is_causal aligns them to the start, so a
 mask is passed when Tq != Tk); a query that sees no key gets zeros (SDPA gives NaN); padded keys' k and v
-are zeroed first (0 · NaN in P V would reach the output); and a bool attn_mask says True where a query
+are zeroed first where they may hold NaN or Inf (0 · NaN in P V would reach the output); and a bool attn_mask says True where a query
 may *not* attend (torch.nn.MultiheadAttention's convention, SDPA's opposite). Dropout runs through the
 reference, whose mask a seed reproduces (SDPA's draws from the global generator).
 """
@@ -23,13 +23,25 @@ from ..additive.reference import keep_mask
 from . import reference
 
 
+def _finite_padding(k: Tensor, v: Tensor, lengths: Optional[Tensor], key_padding_mask: Optional[Tensor]) -> bool:
+    """On a CPU, whether the positions padding may cover hold finite keys and values only: then P = 0 there
+    keeps them out of the output, and zeroing them (a copy of k and v: 0.58 of a decoding step's 0.82 ms
+    here, against SDPA's 0.23 ms) is not needed. One sum of the positions past the shortest row (all of
+    them under a key padding mask): NaN or Inf makes it non-finite (an overflow too, which only costs the
+    zeroing). Never on a GPU, where reading the sum would synchronize."""
+    if k.device.type != "cpu" or torch.compiler.is_compiling():
+        return False
+    start = int(lengths.min()) if key_padding_mask is None and lengths is not None and lengths.numel() else 0
+    return bool(torch.isfinite(k[:, :, start:].sum() + v[:, :, start:].sum()))
+
+
 def _sdpa(q: Tensor, k: Tensor, v: Tensor, lengths: Optional[Tensor], key_padding_mask: Optional[Tensor],
           attn_mask: Optional[Tensor], causal: bool, scale: float) -> Tensor:
     """q (B, Hq, Tq, D) over k, v (B, Hkv, Tk, ·) -> (B, Hq, Tq, Dv) under the reference's rules."""
     B, Hq, Tq, _ = q.shape
     Hkv, Tk = k.shape[1], k.shape[2]
     keep = keep_mask(B, Tk, lengths, key_padding_mask, q.device)
-    if keep is not None:
+    if keep is not None and not _finite_padding(k, v, lengths, key_padding_mask):
         padded = ~keep[:, None, :, None]
         k, v = k.masked_fill(padded, 0), v.masked_fill(padded, 0)
     gqa = Hq != Hkv
