@@ -5,7 +5,7 @@
 #                    tiny Shakespeare: progress, validation loss, a curve, samples)
 #   make bench       the benchmark sweep (JSON under benchmarks/results/)
 #   make gpu-quick   on a GPU machine (the lent H200): build (or load the prebuilt extension), the `cuda`
-#                    tests, the headline benchmarks, in <= 7 minutes; log, results.json, junit.xml in $OUT
+#                    tests, the headline benchmarks, in <= 8 minutes; log, results.json, junit.xml in $OUT
 #   make gpu-prebuild  build fastseq._C here for that machine's image (Python 3.12, torch 2.11 with CUDA
 #                    13.0, sm_90a) into build/prebuilt, which the device tool carries; gpu-quick loads it
 #   make gpu-check   on a GPU machine with torch already there: build offline, run every test

@@ -1,4 +1,4 @@
-"""The quick GPU check: build, test and benchmark fastseq on a lent GPU machine in at most seven minutes.
+"""The quick GPU check: build, test and benchmark fastseq on a lent GPU machine in at most eight minutes.
 
     FASTSEQ_COMMIT=<sha> python benchmarks/gpu_quick.py [--out DIR] [--dry-run]      (or: make gpu-quick)
 
@@ -9,6 +9,7 @@ three files (that machine sends back at most eight):
     results.json  device, versions, commit, the steps and every benchmark figure
     junit.xml     the tests
     parity.json   the drop-in modules against torch.nn (benchmarks/parity.py's headline preset)
+    generate-hf.json  generation against Hugging Face generate() (benchmarks/generate_hf.py)
 Steps:
     build   the prebuilt extension (`make gpu-prebuild`, carried in build/prebuilt) when its build_info
             names the running torch and CUDA; else `pip install` offline with TORCH_CUDA_ARCH_LIST=9.0a
@@ -17,6 +18,8 @@ Steps:
     bench   benchmarks/sweep.py's headline preset in bf16, against cuDNN, SDPA and the naive forms
     parity  benchmarks/parity.py's headline preset in bf16: fastseq.nn's modules as a user gets them
             (backends chosen by measurement) against torch.nn's
+    generate  benchmarks/generate_hf.py: a GPT-2 small CausalLM against transformers' generate() on the same
+            configuration, batch 1/8/64, greedy and beam 5, bf16 (rows saved as they come)
 Without a GPU (or with --dry-run) the GPU steps are skipped and the plan is printed: what runs here is
 the prebuilt library's check. FASTSEQ_COMMIT names the commit (the device machine's copy has no .git).
 """
@@ -41,8 +44,8 @@ TEST_FILES = ["tests/test_tuning.py", "tests/test_lstm.py", "tests/test_additive
               "tests/test_backends.py", "tests/test_nn_lstm.py",
               "tests/test_nn_additive_attention.py", "tests/test_nn_multihead_attention.py",
               "tests/test_nn_transformer.py", "tests/test_models.py", "tests/test_generation.py"]
-# seconds; 7 minutes in all at most with the prebuilt extension (measured on an H200: tests 70, bench 46)
-TIMEOUTS = {"info": 30, "build": 200, "tests": 180, "bench": 120, "parity": 80}
+# seconds; 8 minutes in all at most with the prebuilt extension (measured on an H200: tests 70, bench 46)
+TIMEOUTS = {"info": 30, "build": 200, "tests": 180, "bench": 120, "parity": 80, "generate": 75}
 BUILD_ENV = {"TORCH_CUDA_ARCH_LIST": "9.0a", "MAX_JOBS": "16"}
 
 
@@ -157,6 +160,9 @@ def main(argv=None) -> int:
     run.step("bench", bench if gpu else None, note="" if gpu else f"{' '.join(bench)} ({why})")
     parity = [PY, "benchmarks/parity.py", "--preset", "headline", "--json", os.path.join(args.out, "parity.json")]
     run.step("parity", parity if gpu else None, note="" if gpu else f"{' '.join(parity)} ({why})")
+    generation = [PY, "benchmarks/generate_hf.py", "--batches", "1", "8", "64", "--repeats", "1", "--json",
+                  os.path.join(args.out, "generate-hf.json")]
+    run.step("generate", generation if gpu else None, note="" if gpu else f"{' '.join(generation)} ({why})")
 
     report = {"meta": {}, "results": {}}
     if os.path.exists(results_path):

@@ -1,5 +1,7 @@
-"""Helpers shared by the tests: backends present per device, tolerances, errors."""
+"""Helpers shared by the tests: backends present per device, tolerances, errors, host reads."""
 import contextlib
+
+from torch.overrides import TorchFunctionMode
 
 import pytest
 import torch
@@ -67,3 +69,20 @@ def kernel_run(device, backend):
     if backend is not None and not backends.availability(backend, device)[0]:
         pytest.skip(f"{backend} on {device}: {backends.availability(backend, device)[1]}")
     return backends.use(backend) if backend else contextlib.nullcontext()
+
+
+# The tensor methods that bring values to the host: on a GPU each waits for the device (a synchronization)
+HOST_READS = {torch.Tensor.item, torch.Tensor.__bool__, torch.Tensor.__int__, torch.Tensor.__float__,
+              torch.Tensor.__index__, torch.Tensor.tolist, torch.Tensor.nonzero, torch.nonzero, torch.Tensor.numpy}
+
+
+class HostReads(TorchFunctionMode):
+    """Counts the host reads of tensor values made inside the block: `with HostReads() as reads: ...; reads.n`."""
+
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.n += func in HOST_READS
+        return func(*args, **(kwargs or {}))

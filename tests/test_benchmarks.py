@@ -44,19 +44,21 @@ def test_additive_attention_sweep_says_when_no_fused_backend_runs_here(tmp_path,
 
 def test_attention_sweep_times_the_torch_backend_where_it_serves(tmp_path):
     """On a CPU the attention's torch backend (SDPA, trained through autograd) runs every case: the forward
-    and forward+backward (causal and full) beside torch's math SDPA, MultiheadAttention beside torch's,
-    and decoding."""
+    and forward+backward (causal and full; with a float bias and a bool block mask) beside torch's SDPA
+    (its own pick and the math kernel) given the same mask, MultiheadAttention beside torch's, and
+    decoding."""
     path = tmp_path / "results.json"
     assert sweep.fused_backends("attention", torch.device("cpu")) == ["torch"]
     assert sweep.main(["--ops", "attention", "--preset", "quick", "--json", str(path)]) == 0
     rows = json.loads(path.read_text())["results"]["attention"]
+    modes = ("forward", "forward+backward")
     assert {(r["case"], r["mode"], r["backend"]) for r in rows} == {
-        ("train", "forward", "torch"), ("train", "forward+backward", "torch"),
+        *((case, mode, "torch") for case in ("train", "mask-bias", "mask-block") for mode in modes),
         ("seq2seq", "forward+backward", "torch"), ("decode", "forward", "torch")}
-    assert len(rows) == 6  # causal and full, forward and forward+backward; one seq2seq; one decoding case
+    assert len(rows) == 10  # causal and full and two masks, forward and forward+backward; seq2seq; decoding
     for r in rows:
-        baseline = "torch-mha" if r["case"] == "seq2seq" else "sdpa-math"
-        assert r["median_ms"] > 0 and baseline in r["baselines"], r
+        baselines = {"torch-mha"} if r["case"] == "seq2seq" else {"sdpa", "sdpa-math"}
+        assert r["median_ms"] > 0 and baselines <= set(r["baselines"]), r
 
 
 def test_models_sweep_quick_preset(tmp_path):
@@ -87,3 +89,20 @@ def test_parity_quick_preset_times_every_module_beside_torch(tmp_path):
         assert r["torch_ms"] > 0 and r["fastseq_ms"] > 0 and r["ratio"] == r["torch_ms"] / r["fastseq_ms"], r
         functions = {"LSTM": ("lstm_layer",), "LSTMCell": ("lstm_step", "lstm_cell")}.get(r["module"], ("attention",))
         assert any(s.split(":")[0] in functions for s in r["served"]), r
+
+
+def test_generate_hf_times_fastseq_beside_hugging_face(tmp_path):
+    """benchmarks/generate_hf.py: fastseq's generate and transformers' on models of one configuration,
+    greedy and beam, every row with both rates and their ratio."""
+    pytest.importorskip("transformers")
+    import generate_hf
+
+    path = tmp_path / "hf.json"
+    assert generate_hf.main(["--size", "tiny", "--batches", "1", "2", "--beams", "1", "3", "--prompt", "5",
+                             "--new", "4", "--repeats", "1", "--json", str(path)]) == 0
+    data = json.loads(path.read_text())
+    assert {(r["batch"], r["beams"]) for r in data["rows"]} == {(1, 1), (1, 3), (2, 1), (2, 3)}
+    for r in data["rows"]:
+        rate = r["tokens_per_s"]
+        assert rate["fastseq"] > 0 and rate["hf-generate"] > 0 and r["ratio"] == rate["fastseq"] / rate["hf-generate"]
+    assert data["meta"]["transformers"] and data["meta"]["size"] == "tiny"

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from _util import KERNEL_RUNS, assert_proportion, kernel_run
+from _util import KERNEL_RUNS, HostReads, assert_proportion, kernel_run
 from fastseq.generation import block_repeated_ngrams, generate, top_k_filter, top_p_filter
 from fastseq.models import CausalLM, CausalLMConfig, LSTMLM, LSTMLMConfig, Seq2Seq, Seq2SeqConfig, Transformer, \
     TransformerConfig
@@ -291,6 +291,51 @@ def test_a_row_whose_every_token_is_banned_ends_with_eos(kind, method):
                                          "eos_id"):
         generate(model, *_inputs(), max_new_tokens=V + 5, method=method, beams=3, no_repeat_ngram_size=1,
                  eos_id=None, seed=0)
+
+
+def _reads(model, method, steps, eos_id):
+    tokens, lengths = _inputs()
+    with HostReads() as reads:
+        out = generate(model, tokens, lengths, max_new_tokens=steps, method=method, beams=3, eos_id=eos_id, seed=0)
+    return reads.n, out
+
+
+@pytest.mark.parametrize("method", ["greedy", "sample", "beam"])
+@pytest.mark.parametrize("kind", sorted(tiny_models()))
+def test_at_most_one_host_read_per_generated_token(kind, method):
+    """Value checks happen once per generate call: without EOS a step reads nothing on the host, and with
+    it one read a step (has every row ended?). On a GPU each read is a synchronization."""
+    model = tiny_models()[kind]
+    _reads(model, method, 2, None)  # the first call of each op chooses its backend (timed runs read values)
+    short, _ = _reads(model, method, 10, None)
+    long, _ = _reads(model, method, 30, None)
+    assert long == short, f"{(long - short) / 20:.2f} host reads per step"
+    with_eos, out = _reads(model, method, 30, model.config.eos_id)
+    assert with_eos <= long + out.tokens.shape[1], (with_eos, long, out.tokens.shape[1])
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("kind", ["causal_lm", "transformer", "lstm_lm"])
+def test_decoding_steps_never_synchronize_on_a_gpu(kind):
+    """torch's sync debug mode turned to errors around every decoding step (the search's bookkeeping
+    included): any host read of a device tensor in a step raises."""
+    from fastseq.ops.checks import trusted
+
+    model = _sharpen(tiny_models()[kind]).cuda().eval()
+    tokens, lengths = (t.cuda() for t in _inputs())
+    generate(model, tokens, lengths, max_new_tokens=4, method="beam", beams=3)  # choices made, kernels built
+    with torch.no_grad():
+        logits, state = model.begin_decoding(tokens, lengths, max_new_tokens=8, use_cache=True)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for _ in range(6):
+                token = logits.argmax(-1)
+                with trusted():
+                    state.reorder(torch.arange(token.shape[0], device="cuda").flip(0))
+                    logits = model.decode_step(token, state)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
 
 
 def test_an_empty_batch_generates_nothing():

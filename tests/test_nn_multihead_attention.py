@@ -208,6 +208,22 @@ def test_kv_cache_ragged_prompts_and_beam_reordering():
         cache.append(step_k, step_v, counts=[1, 2, 0])
 
 
+def test_kv_cache_reorder_moves_the_used_positions_within_its_buffers():
+    cache = fnn.KVCache(3, kv_heads=2, head_dim=4, capacity=50, dtype=torch.float64)
+    cache.append(torch.randn(3, 2, 5, 4, dtype=torch.float64), torch.randn(3, 2, 5, 4, dtype=torch.float64),
+                 counts=[5, 2, 4])
+    keys, values, lengths = cache.keys().clone(), cache.values().clone(), cache.lengths.clone()
+    buffers = (cache.k.data_ptr(), cache.v.data_ptr())
+    index = torch.tensor([2, 0, 0])
+    cache.reorder(index)
+    assert (cache.k.data_ptr(), cache.v.data_ptr()) == buffers  # in place: no new buffer per beam step
+    torch.testing.assert_close(cache.keys(), keys[index], rtol=0, atol=0)
+    torch.testing.assert_close(cache.values(), values[index], rtol=0, atol=0)
+    assert torch.equal(cache.lengths, lengths[index])
+    cache.reorder(torch.tensor([0, 1, 1, 2, 2]))  # a new batch size: new buffers
+    assert cache.batch == 5 and torch.equal(cache.keys()[3], keys[0])
+
+
 def test_decoding_with_ragged_cache_equals_padded_attention():
     """One decoder step per row over a ragged cache equals full attention of that query over its own row."""
     _, ours = _pair(batch_first=True)

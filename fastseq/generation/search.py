@@ -1,7 +1,8 @@
 """Greedy search, sampling and beam search over any fastseq decoder (see fastseq.generation).
 
 All three keep their bookkeeping on the device; the only synchronization per step is the check whether
-every sequence has ended. Beam search is batched: B sentences × K beams run as B·K rows, each sentence's
+every sequence has ended. Each step runs under fastseq.ops.checks.trusted: the inputs were checked once,
+and the tensors a step passes on are the search's own, so no check reads their values. Beam search is batched: B sentences × K beams run as B·K rows, each sentence's
 finished hypotheses are kept in (B, K) tensors, and the encoder's memory stays at B rows (the models fold
 the K beams of a sentence into one attention call over its memory).
 """
@@ -13,6 +14,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ..ops.checks import trusted
 from .logits import block_repeated_ngrams, end_blocked_rows, top_k_filter, top_p_filter
 from .protocol import Decoder
 
@@ -58,7 +60,8 @@ def sequential(model: Decoder, inputs: Tensor, lengths, max_new_tokens: int, eos
             if bool(finished.all()):
                 break
         if t + 1 < max_new_tokens:
-            logits = model.decode_step(token, state)
+            with trusted():
+                logits = model.decode_step(token, state)
     return Generation(tokens[:, :int(out_lengths.max())], out_lengths, scores)
 
 
@@ -107,8 +110,9 @@ def beam_search(model: Decoder, inputs: Tensor, lengths, max_new_tokens: int, be
             if bool(done.all()):
                 break
         if t + 1 < T:
-            state.reorder((rows[:, None] * K + parents).view(-1))
-            logits = model.decode_step(alive[:, :, t].reshape(-1), state)
+            with trusted():
+                state.reorder((rows[:, None] * K + parents).view(-1))
+                logits = model.decode_step(alive[:, :, t].reshape(-1), state)
     steps = t + 1
     finished.add(torch.where(done[:, None], float("-inf"), beam_scores / penalty(steps)), alive, steps)
     best_lengths = finished.lengths[:, 0]

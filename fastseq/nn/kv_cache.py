@@ -86,9 +86,16 @@ class KVCache:
         return self.v[:, :, :self.max_length]
 
     def reorder(self, index: Tensor) -> None:
-        """Keep rows `index` (B',) of the cache, in that order (beam search: each beam's parent)."""
+        """Keep rows `index` (B',) of the cache, in that order (beam search: each beam's parent). With as many
+        rows as before (every step of beam search) only the positions in use move, within the buffers;
+        else (the first step's B -> B·K) new buffers of B' rows are made."""
         check_index("KVCache.reorder", index, self.k.shape[0])
         index = index.to(self.k.device)
-        self.k = self.k.index_select(0, index)
-        self.v = self.v.index_select(0, index)
+        if index.shape[0] == self.k.shape[0]:
+            used = self.max_length
+            for buffer in (self.k, self.v):
+                buffer[:, :, :used] = buffer[:, :, :used].index_select(0, index)
+        else:
+            self.k = self.k.index_select(0, index)
+            self.v = self.v.index_select(0, index)
         self.lengths = self.lengths.index_select(0, index)

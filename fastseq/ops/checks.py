@@ -1,11 +1,36 @@
 """Input checks shared by the ops: every error names the op, the argument and what was expected."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import contextlib
+import contextvars
+from typing import Iterator, Optional, Sequence
 
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_trusted: contextvars.ContextVar[bool] = contextvars.ContextVar("fastseq_trusted_values", default=False)
+
+
+@contextlib.contextmanager
+def trusted() -> Iterator[None]:
+    """Inside the block the value checks of tensors are skipped (shapes, dtypes and devices are still
+    checked): generation runs each decoding step in it, its inputs checked once per call, since the
+    tensors a step passes on (a KVCache's lengths, the chosen tokens, the beams' parents) are fastseq's own,
+    and reading a tensor's values on the host is a synchronization a step on a GPU.
+
+    >>> with trusted(): logits = model.decode_step(token, state)
+    """
+    token = _trusted.set(True)
+    try:
+        yield
+    finally:
+        _trusted.reset(token)
+
+
+def read_values() -> bool:
+    """Whether a check may read tensor values on the host now: not inside `trusted`, nor while
+    torch.compile traces (a graph cannot branch on values)."""
+    return not _trusted.get() and not torch.compiler.is_compiling()
 
 
 def fail(op: str, message: str, kind: type[Exception] = ValueError) -> None:
@@ -64,7 +89,7 @@ def check_index(owner: str, index: torch.Tensor, rows: int) -> None:
     if not isinstance(index, torch.Tensor) or index.dim() != 1 or index.dtype not in (torch.int32, torch.int64):
         got = f"{index.dtype} {tuple(index.shape)}" if isinstance(index, torch.Tensor) else type(index).__name__
         raise ValueError(f"{owner}: index must be a 1-D int32 or int64 tensor, got {got}")
-    if (index.numel() and index.device.type == "cpu" and not torch.compiler.is_compiling()
+    if (index.numel() and index.device.type == "cpu" and read_values()
             and (int(index.min()) < 0 or int(index.max()) >= rows)):
         raise IndexError(f"{owner}: index must lie in [0, {rows}) (the rows held), got min {int(index.min())}, "
                          f"max {int(index.max())}")
@@ -103,6 +128,6 @@ def check_key_padding(op: str, key_padding_mask: Optional[torch.Tensor], lengths
         fail(op, f"lengths must have shape (B,) = ({B},), got {tuple(lengths.shape)}")
     # Checked in eager mode (one sync for GPU lengths); a compiled graph cannot branch on the values,
     # and the kernels clamp each length to [0, Tk] so no value can read out of bounds.
-    if B and not torch.compiler.is_compiling() and (int(lengths.min()) < 0 or int(lengths.max()) > Tk):
+    if B and read_values() and (int(lengths.min()) < 0 or int(lengths.max()) > Tk):
         fail(op, f"lengths must lie in [0, Tk={Tk}], got min {int(lengths.min())}, max {int(lengths.max())}")
     return lengths.to(device=device, dtype=torch.int32)
