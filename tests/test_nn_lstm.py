@@ -251,3 +251,27 @@ def test_lengths_errors_name_the_argument():
         lstm(torch.randn(2, 3, 4), lengths=torch.tensor([4, 1]))
     with pytest.raises(ValueError, match="lengths needs a batched, padded input"):
         lstm(torch.randn(3, 4), lengths=[3])
+
+
+@pytest.mark.parametrize("config", [(1, False, 0, False, True), (3, True, 3, True, True), (2, True, 0, False, False)])
+@pytest.mark.parametrize("train", [False, True])
+def test_the_torch_backend_runs_every_layer_in_torch_s_one_call(config, train):
+    """Where the chooser serves the first layer with torch's kernel, the module makes torch.nn.LSTM's own
+    call on its parameters (one call for every layer; oneDNN keeps their prepared form): torch's outputs,
+    states and gradients, and the record says so."""
+    from fastseq.ops.registry import served
+
+    ref, ours = _pair(*config)
+    x = torch.randn(*((5, 7, 6) if config[3] else (7, 5, 6)), dtype=torch.float64, requires_grad=train)
+    with torch.set_grad_enabled(train), backends.use("torch"), served() as record:
+        out, (h, c) = ours(x)
+    assert record == [("lstm", "lstm", "torch")]
+    expected, (eh, ec) = ref(x)
+    for a, e in ((out, expected), (h, eh), (c, ec)):
+        torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)
+    if train:
+        w = torch.randn_like(out)
+        got = torch.autograd.grad((out * w).sum() + h.sum() + c.sum(), [x, *ours.parameters()])
+        want = torch.autograd.grad((expected * w).sum() + eh.sum() + ec.sum(), [x, *ref.parameters()])
+        for g, e in zip(got, want):
+            torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)

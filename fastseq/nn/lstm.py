@@ -20,7 +20,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from .. import ops
 from ..numerics import autocast_dtype
 from ..ops.checks import integers
-from ..ops.lstm import checked_step
+from ..ops.lstm import FAMILY, checked_step, layer_backend
 
 HiddenState = tuple[Tensor, Tensor]
 
@@ -212,6 +212,10 @@ class LSTM(nn.Module):
             c0 = x.new_zeros(d * self.num_layers, batch, self.hidden_size)
         else:
             h0, c0 = hx
+        if lengths is None and autocast_dtype(x.device) is None and self._torch_serves(x, h0, c0):
+            weights = [getattr(self, name) for name in self._flat_weights_names]
+            return FAMILY.function("torch", "lstm")(x, (h0, c0), weights, self.bias, self.num_layers,
+                                                    self.dropout, self.training, self.bidirectional)
 
         h_n, c_n = [], []
         layer_input = x
@@ -228,6 +232,16 @@ class LSTM(nn.Module):
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 layer_input = F.dropout(layer_input, p=self.dropout, training=True)
         return layer_input, torch.stack(h_n), torch.stack(c_n)
+
+    def _torch_serves(self, x: Tensor, h0: Tensor, c0: Tensor) -> bool:
+        """Whether the chooser serves this input's first layer with torch's kernel: then torch's one call runs
+        every layer, on the parameters themselves."""
+        names = self._all_weights[0]
+        w_ih, w_hh = getattr(self, names[0]), getattr(self, names[1])
+        b_ih = getattr(self, names[2]) if self.bias else None
+        w_hr = getattr(self, names[-1]) if self.proj_size > 0 else None
+        grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
+        return layer_backend(x, h0[0], c0[0], w_ih, w_hh, b_ih, w_hr, grad) == "torch"
 
     def _forward_lengths(self, input: Tensor, hx: Optional[HiddenState], lengths) -> tuple[Tensor, HiddenState]:
         """A padded batch with per-row lengths: sort the rows by length (as packing does), run, unsort."""

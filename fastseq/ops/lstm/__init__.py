@@ -242,12 +242,29 @@ def lstm_layer(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, bi
     def c(t):
         return None if t is None else t.contiguous()
 
-    needs = ("lstm_layer", "lstm_layer_backward") if training else ("lstm_layer",)
-    call = tuning.Call.rerun(lstm_layer, (*params, lengths, reverse), training, (T, B, I, H, P),
-                             (lengths is not None, bool(reverse)))
-    backend = chosen("lstm", x.device.type, needs, autograd=True, call=call)
+    backend = _layer_choice(params, lengths, reverse, training)
     if differentiated("lstm", backend, x.device.type):  # torch's kernel, under torch's autograd
         y, h_n, c_n, _, _ = FAMILY.function(backend, "lstm_layer")(*params, lengths, bool(reverse), training)
         return y, h_n, c_n
     y, h_n, c_n, _, _ = _OPS["lstm_layer"](*(c(t) for t in params), lengths, bool(reverse), training, backend)
     return y, h_n, c_n
+
+
+def _layer_choice(params: tuple, lengths: Optional[Tensor], reverse: bool, training: bool) -> str:
+    x, w_ih, w_hr = params[0], params[3], params[6]
+    T, B, I = x.shape
+    H = w_ih.shape[0] // 4
+    needs = ("lstm_layer", "lstm_layer_backward") if training else ("lstm_layer",)
+    call = tuning.Call.rerun(lstm_layer, (*params, lengths, reverse), training,
+                             (T, B, I, H, H if w_hr is None else w_hr.shape[0]), (lengths is not None, bool(reverse)))
+    return chosen("lstm", x.device.type, needs, autograd=True, call=call)
+
+
+def layer_backend(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, bias: Optional[Tensor],
+                  w_hr: Optional[Tensor], training: bool) -> str:
+    """The backend `lstm_layer` serves a full-length forward layer on (chosen as the op chooses, in the same
+    shape bucket): fastseq.nn.LSTM asks it for its first layer and, when it is `torch`, runs every layer
+    in torch's one call (`native.lstm`), with its parameters themselves, as torch.nn.LSTM does (oneDNN
+    keeps their prepared form between calls; a bias summed anew each call costs it 1.7 ms a training step
+    at H256, T32, B1, measured); "" while torch.compile traces."""
+    return _layer_choice((x, h0, c0, w_ih, w_hh, bias, w_hr), None, False, training)

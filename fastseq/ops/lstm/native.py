@@ -1,6 +1,7 @@
 """The `torch` backend of the LSTM ops: torch's own fused LSTM kernel (oneDNN/ATen on a CPU, cuDNN on a
-GPU) for one layer and one direction, the cell as torch.nn.LSTMCell computes it, and torch's whole
-step (`lstm_step`: projections and cell in one call). It keeps no workspace,
+GPU) for one layer and one direction, the cell as torch.nn.LSTMCell computes it, torch's whole
+step (`lstm_step`: projections and cell in one call), and torch's whole multi-layer LSTM (`lstm`, which
+fastseq.nn.LSTM calls with its own parameters where this backend is chosen). It keeps no workspace,
 so it implements no backward: without a gradient the custom op runs it, and where the family lists it
 under `autograd` (a CPU) the public op calls it directly and torch's autograd differentiates it, as in
 torch.nn.LSTM.
@@ -31,6 +32,14 @@ from .reference import lstm_cell  # noqa: F401  (the cell, as torch.nn.LSTMCell 
 # cuDNN copies the four weights into one buffer every call (they are the caller's separate tensors, not a
 # module's flat buffer) and warns about it once; the copy is part of this backend's measured time.
 warnings.filterwarnings("ignore", message="RNN module weights are not part of single contiguous chunk")
+
+
+def lstm(x: Tensor, hx: tuple[Tensor, Tensor], weights: list[Tensor], has_biases: bool, num_layers: int,
+         dropout: float, training: bool, bidirectional: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Every layer and direction of a time-major x in torch's one call, as torch.nn.LSTM makes it: weights
+    per layer and direction w_ih, w_hh[, b_ih, b_hh][, w_hr] (its parameters themselves) -> (y, h_n, c_n)."""
+    with _ieee_float32(x):
+        return torch._VF.lstm(x, hx, weights, has_biases, num_layers, dropout, training, bidirectional, False)
 
 
 def lstm_step(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
