@@ -27,10 +27,15 @@ def trusted() -> Iterator[None]:
         _trusted.reset(token)
 
 
+def trusting() -> bool:
+    """Whether a `trusted` block is open (not to be asked while torch.compile traces)."""
+    return _trusted.get()
+
+
 def read_values() -> bool:
     """Whether a check may read tensor values on the host now: not inside `trusted`, nor while
     torch.compile traces (a graph cannot branch on values)."""
-    return not _trusted.get() and not torch.compiler.is_compiling()
+    return not torch.compiler.is_compiling() and not _trusted.get()  # Dynamo cannot trace a ContextVar
 
 
 def fail(op: str, message: str, kind: type[Exception] = ValueError) -> None:

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ...numerics import acc_dtype
 from ..additive.reference import keep_mask
-from ..checks import read_values
+from ..checks import trusting
 from . import reference
 
 
@@ -31,7 +31,9 @@ def _finite_padding(k: Tensor, v: Tensor, lengths: Optional[Tensor], key_padding
     them under a key padding mask): NaN or Inf makes it non-finite (an overflow too, which only costs the
     zeroing). Never on a GPU, where reading the sum would synchronize; in a decoding step (checks.trusted)
     the cache's padding is trusted."""
-    if not read_values():  # a decoding step: a KVCache's padding holds zeros or the model's own values
+    if torch.compiler.is_compiling():
+        return False
+    if trusting():  # a decoding step: a KVCache's padding holds zeros or the model's own values
         return True
     if k.device.type != "cpu":
         return False
