@@ -287,12 +287,13 @@ class MultiheadAttention(nn.Module):
                              "lengths; append ragged prompts with their counts, then decode one token at a time")
         cache.append(self._heads(k), self._heads(v), counts=lengths)
         keys, values = cache.keys(), cache.values()
+        lengths = None if cache.uniform else cache.lengths  # every row holding every position: no padding
         if L == 1:
-            out = ops.attention_decode(q[:, :, 0], keys, values, lengths=cache.lengths)[:, :, None]
+            out = ops.attention_decode(q[:, :, 0], keys, values, lengths=lengths)[:, :, None]
         else:
-            out = ops.attention(q, keys, values, causal=True, lengths=cache.lengths,
+            out = ops.attention(q, keys, values, causal=True, lengths=lengths,
                                 dropout_p=self.dropout if self.training else 0.0)
-        weights = ops.attention_weights(q, keys, L > 1, None, cache.lengths) if need_weights else None
+        weights = ops.attention_weights(q, keys, L > 1, None, lengths) if need_weights else None
         return out, weights
 
     def _masks(self, attn_mask: Optional[Tensor], is_causal: bool, L: int, S: int,
