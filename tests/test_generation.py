@@ -310,8 +310,8 @@ def test_at_most_one_host_read_per_generated_token(kind, method):
     short, _ = _reads(model, method, 10, None)
     long, _ = _reads(model, method, 30, None)
     assert long == short, f"{(long - short) / 20:.2f} host reads per step"
-    with_eos, out = _reads(model, method, 30, model.config.eos_id)
-    assert with_eos <= long + out.tokens.shape[1], (with_eos, long, out.tokens.shape[1])
+    with_eos, _ = _reads(model, method, 30, model.config.eos_id)
+    assert long < with_eos <= long + 30, (with_eos, long)  # one read a step run, 30 steps at most
 
 
 @pytest.mark.cuda
