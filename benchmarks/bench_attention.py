@@ -1,7 +1,8 @@
 """Multi-head attention benchmark (run by sweep.py): fastseq's attention op on each backend present against
 every torch scaled_dot_product_attention backend that runs the case (flash, memory-efficient, cuDNN,
 math), forward and forward+backward, causal and not, in TFLOP/s and as a fraction of the measured matmul
-ceiling; the same with a (T, T) float bias and a (B, 1, T, T) bool block mask, SDPA given the same mask; padded seq2seq batches (fastseq.nn.MultiheadAttention with lengths against
+ceiling; the same with a (T, T) float bias and a (B, 1, T, T) bool block mask, SDPA given the same mask;
+padded seq2seq batches (fastseq.nn.MultiheadAttention with lengths against
 torch.nn.MultiheadAttention with key_padding_mask); decoding one token against a KV cache
 (fastseq.ops.attention_decode against SDPA on the same cache), in GB/s and as a fraction of the measured
 copy bandwidth.

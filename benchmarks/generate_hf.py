@@ -111,7 +111,8 @@ def main(argv=None) -> int:
             rows.append(row)
             print(f"B{batch:<3} {'greedy' if beams == 1 else f'beam {beams}':<7} fastseq {rate['fastseq']:8.1f} tok/s  "
                   f"HF generate {rate['hf-generate']:8.1f} tok/s  x{row['ratio']:.2f}", flush=True)
-            atomic.write(args.json, lambda f: json.dump({"meta": meta, "rows": rows}, f, indent=1), "w")  # a timeout keeps these
+            # after each row: a timeout keeps the rows measured
+            atomic.write(args.json, lambda f: json.dump({"meta": meta, "rows": rows}, f, indent=1), "w")
     print(f"wrote {args.json}")
     return 0
 

@@ -51,7 +51,8 @@ def collect() -> dict[str, Any]:
                         per_device[f"{device_type}, {label}"] = choice
             for feature in declaration.features:  # an optional input some backends serve: who serves it here
                 main = next(iter(declaration.functions))
-                needs = (main, f"{main}_backward", feature) if f"{main}_backward" in declaration.functions else (main, feature)
+                backward = (f"{main}_backward",) if f"{main}_backward" in declaration.functions else ()
+                needs = (main, *backward, feature)
                 able = tuple(b for b in implemented if declaration.provides(b, needs, device_type))
                 per_device[f"{device_type}, {main} with {feature}"] = _choice(family, device_type, able)
         report["ops"][family] = {"implemented": list(implemented), **per_device}

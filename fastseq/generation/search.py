@@ -2,9 +2,10 @@
 
 All three keep their bookkeeping on the device; the only synchronization per step is the check whether
 every sequence has ended. Each step runs under fastseq.ops.checks.trusted: the inputs were checked once,
-and the tensors a step passes on are the search's own, so no check reads their values. Beam search is batched: B sentences × K beams run as B·K rows, each sentence's
-finished hypotheses are kept in (B, K) tensors, and the encoder's memory stays at B rows (the models fold
-the K beams of a sentence into one attention call over its memory).
+and the tensors a step passes on are the search's own, so no check reads their values. Beam search is
+batched: B sentences × K beams run as B·K rows, each sentence's finished hypotheses are kept in (B, K)
+tensors, and the encoder's memory stays at B rows (the models fold the K beams of a sentence into one
+attention call over its memory).
 """
 from __future__ import annotations
 

@@ -7,4 +7,5 @@ from .transformer import (Transformer, TransformerDecoder, TransformerDecoderLay
                           TransformerEncoderLayer)
 
 __all__ = ["AdditiveAttention", "KVCache", "LSTM", "LSTMCell", "MultiheadAttention", "PrecomputedKeys", "PrecomputedKV",
-           "Transformer", "TransformerDecoder", "TransformerDecoderLayer", "TransformerEncoder", "TransformerEncoderLayer"]
+           "Transformer", "TransformerDecoder", "TransformerDecoderLayer", "TransformerEncoder",
+           "TransformerEncoderLayer"]

@@ -35,7 +35,7 @@ def trusting() -> bool:
 def read_values() -> bool:
     """Whether a check may read tensor values on the host now: not inside `trusted`, nor while
     torch.compile traces (a graph cannot branch on values)."""
-    return not torch.compiler.is_compiling() and not _trusted.get()  # Dynamo cannot trace a ContextVar
+    return not torch.compiler.is_compiling() and not trusting()  # asked first: Dynamo cannot trace a ContextVar
 
 
 def fail(op: str, message: str, kind: type[Exception] = ValueError) -> None:

@@ -227,7 +227,8 @@ def attention_decode(q: Tensor, k: Tensor, v: Tensor, lengths: Union[Tensor, Seq
     call = tuning.Call.rerun(attention_decode, (q, k, v, lengths, key_padding_mask, scale), False,
                              (B, Hq, k.shape[1], k.shape[2], D, v.shape[3]), (lengths is not None or mask is not None,))
     backend = chosen("attention_decode", q.device.type, ("attention_decode",), call=call)
-    args = (q.contiguous(), cache_layout(k), cache_layout(v), lengths, mask, float(D ** -0.5 if scale is None else scale))
+    scale = float(D ** -0.5 if scale is None else scale)
+    args = (q.contiguous(), cache_layout(k), cache_layout(v), lengths, mask, scale)
     if backend:  # eager, no gradient: the backend itself (the custom op would add 0.1 ms a token on a CPU)
         return DECODE_FAMILY.function(backend, "attention_decode")(*args)
     return _OPS["attention_decode"](*args, backend)  # traced by torch.compile: the op, which chooses when run

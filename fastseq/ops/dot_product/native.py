@@ -6,8 +6,9 @@ memory-efficient or math kernel, which torch picks). It returns no log-sum-exp, 
 The contract is fastseq/ops/dot_product/reference.py's, which SDPA differs from in three places, handled
 here: causal queries are aligned to the end of the keys (SDPA's is_causal aligns them to the start, so a
 mask is passed when Tq != Tk); a query that sees no key gets zeros (SDPA gives NaN); padded keys' k and v
-are zeroed first where they may hold NaN or Inf (0 · NaN in P V would reach the output); and a bool attn_mask says True where a query
-may *not* attend (torch.nn.MultiheadAttention's convention, SDPA's opposite). Dropout runs through the
+are zeroed first where they may hold NaN or Inf (0 · NaN in P V would reach the output); and a bool
+attn_mask says True where a query may *not* attend (torch.nn.MultiheadAttention's convention, SDPA's
+opposite). Dropout runs through the
 reference, whose mask a seed reproduces (SDPA's draws from the global generator).
 """
 from __future__ import annotations
