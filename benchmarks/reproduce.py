@@ -12,6 +12,7 @@ import argparse
 import datetime
 import json
 import os
+import statistics
 import sys
 import time
 
@@ -21,10 +22,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from torch_layers import torch_layers  # noqa: E402
 
 import timing  # noqa: E402
-from fastseq import data as D  # noqa: E402
-from fastseq.models import NGramLM, Word2Vec, Word2VecConfig, Word2VecData  # noqa: E402
+from fastseq import atomic, data as D  # noqa: E402
+from fastseq.models import LSTMLM, LSTMLMConfig, NGramLM, Word2Vec, Word2VecConfig, Word2VecData  # noqa: E402
 from fastseq.train import Trainer, ulmfit  # noqa: E402
-from fastseq.train.tasks import apply_overrides, build_run, evaluate_run, load_config, save_run  # noqa: E402
+from fastseq.train.trainer import to_device  # noqa: E402
+from fastseq.train.tasks import (apply_overrides, build_run, evaluate_run, load_config, open_run,  # noqa: E402
+                                 save_run)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = os.path.join(os.path.dirname(HERE), "configs")
@@ -64,16 +67,99 @@ TINY = {  # --scale tiny: settings that make every row run in seconds on a CPU
 }
 
 
+# --scale cpu: each row sized to <= 20 minutes (training and its test evaluation) on a 2-core CPU, fp32.
+# Models are narrower and runs shorter than at full scale; the settings below are the whole difference.
+CPU_TRAIN = ["train.precision=fp32", "train.eval_every=0", "train.checkpoint_every=0"]
+CPU_ULMFIT = ["pretrain.precision=fp32", "finetune.precision=fp32", "pretrain.eval_every=0", "finetune.eval_every=0",
+              "tokenizer.max_size=15000", "model.embed_dim=200", "model.hidden_size=400", "model.num_layers=2",
+              "model.weight_drop=0.2", "pretrain.batch=32", "pretrain.lr=3.0e-3", "pretrain.warmup=50",
+              "finetune.batch=32", "finetune.lr=2.0e-3", "classify.steps_per_stage=120"]
+CPU = {
+    "char_gpt": ["model.d_model=192", "model.num_heads=6", "model.num_layers=4", "model.dropout=0.1", "data.block=128",
+                 "data.batch=32", "train.steps=900", "train.lr=2.0e-3", "train.warmup=50"],
+    "char_lstm": ["model.embed_dim=128", "model.hidden_size=512", "model.num_layers=2", "model.embed_dropout=0.05",
+                  "model.hidden_dropout=0.1", "model.output_dropout=0.1", "model.weight_drop=0.0", "data.block=128",
+                  "data.batch=32", "train.steps=1200", "train.lr=3.0e-3", "train.warmup=50"],
+    "mt_transformer": ["data.tokenizer.vocab_size=5000", "data.max_tokens=4096", "train.steps=420",
+                       "train.schedule=cosine", "train.warmup=100"],
+    "mt_attention": ["data.tokenizer.vocab_size=5000", "model.hidden_size=256", "train.steps=420", "train.lr=2.0e-3",
+                     "train.warmup=50"],
+    "mt_seq2seq": ["data.tokenizer.vocab_size=5000", "model.hidden_size=256", "train.steps=600", "train.lr=2.0e-3",
+                   "train.warmup=50"],
+    "trec_scratch": ["train.steps=400", "train.warmup=40"],
+    "sst2_scratch": ["train.steps=500", "train.warmup=40"],
+    "wikitext_mlm": ["data.batch=32", "train.steps=360", "train.lr=1.0e-3", "train.warmup=40"],
+    "trec_ulmfit": CPU_ULMFIT + ["pretrain.steps=600", "finetune.steps=150"],
+    "sst2_ulmfit": CPU_ULMFIT + ["pretrain.steps=600", "finetune.steps=150"],
+}
+# Targets that differ from ROWS' at a scale (the CPU scale's smaller models; rows not named keep ROWS')
+TARGETS = {"cpu": {"char_gpt": ("<=", 1.60), "char_lstm": ("<=", 1.70), "mt_transformer": (">=", 30.0),
+                   "mt_attention": (">=", 22.0), "mt_seq2seq": (">=", 12.0), "trec_ulmfit": ("<=", 0.10),
+                   "sst2_ulmfit": (">=", 0.80), "sst2_scratch": (">=", 0.80)}}
+BUDGET_MINUTES = {"cpu": 20, "gpu": 2}
+# --scale gpu: each row sized to <= 2 minutes on one H200 (bf16), the whole table one command of <= 9 minutes
+GPU_ULMFIT = ["model.embed_dim=400", "model.hidden_size=1150", "pretrain.steps=1500", "finetune.steps=300",
+              "classify.steps_per_stage=150"]
+GPU = {
+    "char_gpt": ["train.steps=2500", "train.eval_every=0"],
+    "char_lstm": ["train.steps=2500", "train.eval_every=0"],
+    "mt_transformer": ["train.steps=2500", "train.warmup=400", "train.eval_every=0"],
+    "mt_attention": ["train.steps=2000", "train.eval_every=0"],
+    "mt_seq2seq": ["train.steps=2000", "train.eval_every=0"],
+    "trec_scratch": ["train.steps=600", "train.eval_every=0"],
+    "sst2_scratch": ["train.steps=800", "train.eval_every=0"],
+    "wikitext_mlm": ["train.steps=2000", "train.eval_every=0"],
+    "trec_ulmfit": GPU_ULMFIT,
+    "sst2_ulmfit": GPU_ULMFIT,
+}
+
+
+def overrides(name: str, kind: str, model_kind: str, scale: str) -> list[str]:
+    """The --set strings that size row `name` (of `kind`, its model class `model_kind`) to `scale`."""
+    if scale == "tiny":
+        return TINY["ulmfit"] if kind == "ulmfit" else TINY["train"] + TINY.get(model_kind, [])
+    if scale == "full":
+        return []
+    return (CPU_TRAIN if scale == "cpu" and kind == "train" else []) + {"cpu": CPU, "gpu": GPU}[scale].get(name, [])
+
+
 def _sync():
     if torch.cuda.is_available():
         torch.cuda.synchronize()
 
 
-def _train_row(config_name, split, layers, scale, out, device, limit):
+def _step_ms(models: dict, batches, loss, precision: str, device, steps: int, warmup: int = 3) -> dict:
+    """Median milliseconds of one training step (forward, backward, AdamW) of each model, the models taking
+    turns step by step on the same batches, after `warmup` steps each."""
+    opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4) for k, m in models.items()}
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    times = {k: [] for k in models}
+    for i in range(warmup + steps):
+        batch = to_device(batches(i), device)
+        for k, m in models.items():
+            _sync()
+            start = time.perf_counter()
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                value = loss(m, batch)
+            value.backward()
+            opts[k].step()
+            opts[k].zero_grad(set_to_none=True)
+            _sync()
+            if i >= warmup:
+                times[k].append(1e3 * (time.perf_counter() - start))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _twin(model: torch.nn.Module) -> dict:
+    """The model and its torch.nn-layer twin (weights copied), both in training mode."""
+    return {"fastseq": model.train(), "torch.nn": torch_layers(model).train()}
+
+
+def _train_row(name, config_name, split, layers, scale, out, device, limit, twin_steps):
     config = load_config(os.path.join(CONFIGS, config_name))
     kind = "classify" if config["task"] == "classify" else config["model"].get("class")
-    overrides = TINY["train"] + TINY.get(kind, []) if scale == "tiny" else []
-    config = apply_overrides(config, overrides + ["train.resume=false"])
+    sets = overrides(name, "train", kind, scale)
+    config = apply_overrides(config, sets + ["train.resume=false"])
     config["out_dir"] = out
     run = build_run(config, device)
     model = torch_layers(run.model) if layers == "torch.nn" else run.model
@@ -87,19 +173,36 @@ def _train_row(config_name, split, layers, scale, out, device, limit):
         run.model.load_state_dict(model.state_dict())
     save_run(run, out)
     metrics = evaluate_run(out, split, device, limit)
-    return {"train_seconds": seconds, "steps": run.train.steps, **metrics}
+    result = {"train_seconds": seconds, "steps": run.train.steps, "overrides": sets, **metrics}
+    if twin_steps:
+        fresh = build_run(config, device)
+        result["step_ms"] = _step_ms(_twin(fresh.model.to(device)), fresh.batches, fresh.loss, fresh.train.precision,
+                                     device, twin_steps)
+    return result
 
 
-def _ulmfit_row(config_name, split, layers, scale, out, device, limit):
+def _ulmfit_row(name, config_name, split, layers, scale, out, device, limit, twin_steps):
     config = load_config(os.path.join(CONFIGS, config_name))
-    config = apply_overrides(config, TINY["ulmfit"] if scale == "tiny" else [])
+    sets = overrides(name, "ulmfit", None, scale)
+    config = apply_overrides(config, sets)
     config["out_dir"] = out
     _sync()
     start = time.perf_counter()
     ulmfit.run(config, device, wrap=torch_layers if layers == "torch.nn" else None)
     _sync()
     seconds = time.perf_counter() - start
-    return {"train_seconds": seconds, **evaluate_run(out, split, device, limit)}
+    result = {"train_seconds": seconds, "overrides": sets, **evaluate_run(out, split, device, limit)}
+    if twin_steps:  # the pretraining step: the LM on windows of the pretraining shape
+        _, tokenizer, _ = open_run(out)
+        lm = LSTMLM(LSTMLMConfig(tokenizer.vocab_size, **config["model"], pad_id=tokenizer.pad_id)).to(device)
+        block, rows = int(config["pretrain"].get("block", 70)), int(config["pretrain"].get("batch", 32))
+
+        def batches(i):
+            g = torch.Generator().manual_seed(i)
+            return {"tokens": torch.randint(len(D.SPECIALS), tokenizer.vocab_size, (rows, block + 1), generator=g)}
+        result["step_ms"] = _step_ms(_twin(lm), batches, lambda m, b: m.loss(b["tokens"]),
+                                     config["pretrain"].get("precision", "fp32"), device, twin_steps)
+    return result
 
 
 def _ngram_row(scale):
@@ -149,70 +252,96 @@ def _meets(value, target):
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| row | model / config | metric (test) | target | fastseq | torch.nn layers | train time fastseq | "
-             "train time torch.nn | speed-up | anchor |", "| --- " * 10 + "|"]
+    """The table: the test metric against its target, the row's minutes, and the time per training step
+    of fastseq's layers beside torch.nn's (the twin), or both full trainings' times where both ran."""
+    lines = ["| row | config | metric (test) | target | fastseq | torch.nn layers | minutes | step fastseq | "
+             "step torch.nn | speed-up | anchor |", "| --- " * 11 + "|"]
+
+    def fmt(x):
+        if isinstance(x, float):
+            return f"{x:.4g}"
+        if isinstance(x, dict):  # word2vec neighbours: the first two queries, three words each
+            return "; ".join(f"{q} → {', '.join(near[:3])}" for q, near in list(x.items())[:2])
+        return "—" if x is None else str(x)
+
     for r in rows:
         f, t = r["results"].get("fastseq", {}), r["results"].get("torch.nn", {})
-
-        def fmt(x):
-            if isinstance(x, float):
-                return f"{x:.4g}"
-            if isinstance(x, dict):  # word2vec neighbours: the first two queries, three words each
-                return "; ".join(f"{q} → {', '.join(near[:3])}" for q, near in list(x.items())[:2])
-            return "—" if x is None else str(x)
-
-        def seconds(result):
-            return f"{fmt(result['train_seconds'])} s" if "train_seconds" in result else "—"
-        speed = (t["train_seconds"] / f["train_seconds"] if "train_seconds" in t and "train_seconds" in f else None)
+        steps = f.get("step_ms", {})
+        if "train_seconds" in t:  # both trained in full: whole trainings compared
+            ours, theirs, unit = f["train_seconds"], t["train_seconds"], "s"
+        else:
+            ours, theirs, unit = steps.get("fastseq"), steps.get("torch.nn"), "ms"
+        speed = f"{theirs / ours:.2f}×" if ours and theirs else "—"
         target = f"{r['target'][0]} {r['target'][1]}" if r["target"] else "reported"
         lines.append(f"| {r['row']} | {r['config'] or r['kind']} | {r['metric']} | {target} | "
-                     f"{fmt(f.get(r['metric']))} | {fmt(t.get(r['metric']))} | {seconds(f)} | {seconds(t)} | "
-                     f"{fmt(speed)}{'×' if speed else ''} | {r['anchor']} |")
+                     f"{fmt(f.get(r['metric']))} | {fmt(t.get(r['metric']))} | {r['minutes']:.1f} | "
+                     f"{fmt(ours)} {unit if ours else ''} | {fmt(theirs)} {unit if theirs else ''} | {speed} | "
+                     f"{r['anchor']} |")
     return "\n".join(lines) + "\n"
+
+
+def _merged(path: str, rows: list[dict]) -> list[dict]:
+    """The rows already in the table at `path` (from earlier runs of this scale), with `rows` replacing
+    those of the same name, in ROWS' order."""
+    old = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            old = {r["row"]: r for r in json.load(f)["rows"]}
+    old.update({r["row"]: r for r in rows})
+    return [old[name] for name in ROWS if name in old]
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", nargs="+", choices=sorted(ROWS), default=list(ROWS))
-    parser.add_argument("--layers", nargs="+", choices=("fastseq", "torch.nn"), default=["fastseq", "torch.nn"])
-    parser.add_argument("--scale", choices=("full", "tiny"), default="full")
+    parser.add_argument("--layers", nargs="+", choices=("fastseq", "torch.nn"), default=None,
+                        help="whose layers train each row in full (default: both at full scale, else fastseq's, "
+                             "with the torch.nn twin timed for --twin-steps steps)")
+    parser.add_argument("--scale", choices=("full", "cpu", "gpu", "tiny"), default="full")
+    parser.add_argument("--twin-steps", type=int, default=None,
+                        help="training steps timed on fastseq's and torch.nn's layers side by side (default: 10, "
+                             "none at full scale)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate on the first N test examples only")
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
     args = parser.parse_args(argv)
+    layers = args.layers or (["fastseq", "torch.nn"] if args.scale == "full" else ["fastseq"])
+    twin_steps = args.twin_steps if args.twin_steps is not None else (0 if args.scale == "full" else 10)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    stamp = datetime.date.today().isoformat()
     runs = os.path.join(args.out, f"reproduce-runs-{args.scale}")
+    info = {"device": torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)",
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "scale": args.scale,
+            "budget_minutes": BUDGET_MINUTES.get(args.scale), "seeds": "fixed in each config (train.seed)"}
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, f"reproduction-{device.type}-{args.scale}")
     rows = []
     for name in args.rows:
         kind, config, split, metric, target, anchor = ROWS[name]
-        results = {}
-        for layers in (args.layers if kind in ("train", "ulmfit") else ["fastseq"]):
-            out = os.path.join(runs, f"{name}-{layers.replace('.', '')}")
-            if kind == "train":
-                results[layers] = _train_row(config, split, layers, args.scale, out, device, args.limit)
-            elif kind == "ulmfit":
-                results[layers] = _ulmfit_row(config, split, layers, args.scale, out, device, args.limit)
+        target = (TARGETS.get(args.scale) or {}).get(name, target)
+        started, results = time.perf_counter(), {}
+        for layer in (layers if kind in ("train", "ulmfit") else ["fastseq"]):
+            out = os.path.join(runs, f"{name}-{layer.replace('.', '')}")
+            if kind in ("train", "ulmfit"):
+                row = _train_row if kind == "train" else _ulmfit_row
+                results[layer] = row(name, config, split, layer, args.scale, out, device, args.limit,
+                                     twin_steps if layer == "fastseq" else 0)
             elif kind == "ngram":
-                results[layers] = _ngram_row(args.scale)
+                results[layer] = _ngram_row(args.scale)
             else:
-                results[layers] = _word2vec_row(args.scale, device)
-            print(f"reproduce {name} [{layers}]: " + json.dumps(
-                {k: v for k, v in results[layers].items() if not isinstance(v, dict)}), flush=True)
+                results[layer] = _word2vec_row(args.scale, device)
+            print(f"reproduce {name} [{layer}]: " + json.dumps(
+                {k: v for k, v in results[layer].items() if not isinstance(v, (dict, list))}), flush=True)
         value = results["fastseq"].get(metric)
         rows.append({"row": name, "kind": kind, "config": config, "split": split, "metric": metric, "target": target,
-                     "anchor": anchor, "results": results,
+                     "anchor": anchor, "results": results, "minutes": (time.perf_counter() - started) / 60,
+                     "date": datetime.date.today().isoformat(), "commit": timing.commit(), **info,
                      "meets_target": _meets(value if isinstance(value, float) else None, target)})
-    info = {"date": stamp, "commit": timing.commit(), "scale": args.scale, "device": torch.cuda.get_device_name()
-            if device.type == "cuda" else "CPU", "torch": torch.__version__, "seeds": "fixed in each config (train.seed)"}
-    os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, f"reproduction-{device.type}-{args.scale}-{stamp}")
-    with open(stem + ".json.tmp", "w") as f:
-        json.dump({"meta": info, "rows": rows}, f, indent=1)
-    os.replace(stem + ".json.tmp", stem + ".json")
-    table = markdown(rows)
-    with open(stem + ".md", "w") as f:
-        f.write(f"Reproduction table ({info['device']}, {args.scale} scale, commit {info['commit']})\n\n" + table)
-    print(table)
+        # after every row, so that a stopped run keeps the rows it finished
+        table = _merged(stem + ".json", rows[-1:])
+        atomic.write(stem + ".json", lambda f: json.dump({"rows": table}, f, indent=1), mode="w")
+        atomic.write(stem + ".md", lambda f: f.write(
+            f"Reproduction table ({info['device']}, {args.scale} scale; each row's commit and date are in "
+            f"{os.path.basename(stem)}.json)\n\n" + markdown(table)), mode="w")
+    print(markdown(_merged(stem + ".json", [])))
     return 0
 
 

@@ -1,5 +1,6 @@
 """The reproduction runner (benchmarks/reproduce.py) end to end at tiny scale on the CPU: a training row on
-fastseq's layers and on torch.nn's, and a baseline row; JSON and the Markdown table are written."""
+fastseq's layers and on torch.nn's (and the two timed side by side), a baseline row; JSON and the Markdown
+table are written, and a later run of one row keeps the others."""
 import json
 import os
 import sys
@@ -13,14 +14,20 @@ import reproduce  # noqa: E402
 
 def test_reproduce_tiny_rows(tmp_path):
     assert reproduce.main(["--rows", "char_lstm", "wikitext_kn", "--scale", "tiny", "--limit", "4",
-                           "--out", str(tmp_path)]) == 0
+                           "--layers", "fastseq", "torch.nn", "--twin-steps", "2", "--out", str(tmp_path)]) == 0
     (report,) = [p for p in tmp_path.iterdir() if p.suffix == ".json"]
     rows = {r["row"]: r for r in json.loads(report.read_text())["rows"]}
     lstm = rows["char_lstm"]["results"]
     assert set(lstm) == {"fastseq", "torch.nn"}
     for result in lstm.values():
         assert result["steps"] == 3 and result["train_seconds"] > 0 and 0 < result["loss"] < 10
+    assert set(lstm["fastseq"]["step_ms"]) == {"fastseq", "torch.nn"}
+    assert all(ms > 0 for ms in lstm["fastseq"]["step_ms"].values())
     orders = rows["wikitext_kn"]["results"]["fastseq"]["orders"]
     assert orders["order2"]["perplexity"] < orders["order1"]["perplexity"]
     table = report.with_suffix(".md").read_text()
     assert "| char_lstm |" in table and "| wikitext_kn |" in table
+
+    assert reproduce.main(["--rows", "wikitext_kn", "--scale", "tiny", "--out", str(tmp_path)]) == 0
+    rows = [r["row"] for r in json.loads(report.read_text())["rows"]]
+    assert rows == ["char_lstm", "wikitext_kn"]

@@ -22,6 +22,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .. import atomic
+from .progress import progress
 from .schedules import schedule
 from .settings import number
 
@@ -217,14 +218,10 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
 
     def _progress(self):
-        """A tqdm bar on rank 0; without tqdm installed, _log prints each logged row instead."""
+        """Rank 0's progress: a tqdm bar on a terminal, one line every few seconds in a log."""
         if not self.config.progress or self.rank != 0:
             return None
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:
-            return None
-        return tqdm(total=self.config.steps, initial=self.step, desc="train", dynamic_ncols=True)
+        return progress(self.config.steps, self.step)
 
     def _log(self, row: dict, bar=None) -> None:
         self.history.append(row)
@@ -233,8 +230,6 @@ class Trainer:
         text = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
         if bar is not None and any(k.startswith("eval_") for k in row):
             bar.write(text)
-        elif bar is None and self.config.progress:
-            print(text, flush=True)
         if self.config.out_dir:
             os.makedirs(self.config.out_dir, exist_ok=True)
             with open(os.path.join(self.config.out_dir, "log.jsonl"), "a") as f:
