@@ -32,7 +32,8 @@ from .trainer import TrainConfig, Trainer
 FACTOR = 2.6  # ULMFiT's ratio between the learning rates of adjacent layer groups
 
 
-def _general_text(sources: list) -> str:
+def general_text(sources: list) -> str:
+    """The text of the general-domain sources, one after another (pairs: one side; labelled: the texts)."""
     parts = []
     for source in sources:
         records = D.load(source["dataset"], source["split"])
@@ -60,11 +61,14 @@ def discriminative(groups: list[list[nn.Parameter]], lr: float) -> list[dict]:
     return [{"params": params, "lr": lr / FACTOR ** (top - i)} for i, params in enumerate(groups)]
 
 
-def _lm_stage(name, model, tokenizer, text, valid_text, settings, out_dir, device, param_groups=None):
+def lm_stage(name, model, tokenizer, text, valid_text, settings, out_dir, device, param_groups=None):
+    """Train the LSTMLM `model` on `text` (windows of settings' block x batch), checking it on valid_text
+    (None: not checked); logs and checkpoint in out_dir/name (out_dir None: nothing written)."""
     settings = dict(settings)
     block, rows = int(settings.pop("block", 70)), int(settings.pop("batch", 32))
-    config = TrainConfig(**{"out_dir": os.path.join(out_dir, name), **settings})
-    ids, valid = torch.tensor(tokenizer.encode(text)), torch.tensor(tokenizer.encode(valid_text))
+    config = TrainConfig(**{"out_dir": os.path.join(out_dir, name) if out_dir else None, **settings})
+    ids = torch.tensor(tokenizer.encode(text))
+    valid = torch.tensor(tokenizer.encode(valid_text)) if valid_text else None
 
     def batches(i):
         return {"tokens": D.stream_windows(ids, rows, block, torch.Generator().manual_seed(config.seed * 7919 + i))}
@@ -73,48 +77,35 @@ def _lm_stage(name, model, tokenizer, text, valid_text, settings, out_dir, devic
         g = torch.Generator().manual_seed(config.seed)
         return {"loss": sum(m.loss(D.stream_windows(valid, rows, block, g).to(device)).item() for _ in range(4)) / 4}
     print(f"ulmfit {name}: {len(ids):,} tokens, {config.steps} steps")
-    Trainer(model, config, batches, lambda m, b: m.loss(b["tokens"]), evaluate, param_groups, device).fit()
+    Trainer(model, config, batches, lambda m, b: m.loss(b["tokens"]), evaluate if valid_text else None, param_groups,
+            device).fit()
 
 
-def run(config: dict, device: torch.device, wrap=None) -> dict:
-    """The three stages; wrap(model) -> model, when given, is applied to the LM and to the classifier (the
-    reproduction benchmark swaps their layers for torch.nn's)."""
-    wrap = wrap or (lambda model: model)
-    out_dir = config.get("out_dir", "runs/ulmfit")
-    for key in ("general", "target", "model", "pretrain", "finetune", "classify"):
-        if key not in config:
-            raise ValueError(f"ulmfit config: '{key}' is missing (see fastseq.train.ulmfit)")
-    target = config["target"]
-    train_records, valid_records = train_valid(target)
-    general = _general_text(config["general"])
-    target_text = "\n".join(t for _, t in train_records)
-    tok_spec = dict(config.get("tokenizer", {"kind": "word", "min_freq": 2}))
-    tok_spec.pop("kind", None)
-    tokenizer = D.WordTokenizer.fit([general, target_text], **tok_spec)
-    torch.manual_seed(int(config["pretrain"].get("seed", 0)))
-    lm = wrap(LSTMLM(LSTMLMConfig(tokenizer.vocab_size, **config["model"], pad_id=tokenizer.pad_id,
-                                  eos_id=tokenizer.eos_id))).to(device)
-    held_out = "\n".join(t for _, t in valid_records)
+def finetune_lm(lm, tokenizer, text, valid_text, settings, out_dir, device, name="finetune"):
+    """Stage 2: the LM on the target task's text, discriminative rates, slanted triangular schedule."""
+    settings = {"schedule": "slanted_triangular", **settings}
+    groups = discriminative(layer_groups(lm), float(settings.get("lr", 1e-3)))
+    lm_stage(name, lm, tokenizer, text, valid_text, settings, out_dir, device, groups)
 
-    # 1. general-domain pretraining
-    _lm_stage("pretrain", lm, tokenizer, general, held_out, config["pretrain"], out_dir, device)
-    # 2. target-task LM fine-tuning: discriminative rates, slanted triangular schedule
-    finetune = {"schedule": "slanted_triangular", **config["finetune"]}
-    groups = discriminative(layer_groups(lm), float(finetune.get("lr", 1e-3)))
-    _lm_stage("finetune", lm, tokenizer, target_text, held_out, finetune, out_dir, device, groups)
 
-    # 3. the classifier, gradually unfrozen
-    c = dict(config["classify"])
+def train_classifier(lm, tokenizer, train_records, valid_records, settings: dict, out_dir, device, num_classes,
+                     progress=True, wrap=None):
+    """Stage 3: a SequenceClassifier on the LM's body, gradually unfrozen: the head alone, then one more
+    layer group from the top per stage, each stage with discriminative rates and a slanted triangular
+    schedule. valid_records (None: none) are scored after each stage; each stage's log goes to
+    out_dir/classify/stage<i> (out_dir None: nothing written). Returns (classifier, last metrics)."""
+    c = dict(settings)
     steps, lr = int(c.pop("steps_per_stage", 200)), float(c.pop("lr", 1e-2))
     max_tokens, max_len = int(c.pop("max_tokens", 2048)), int(c.pop("max_len", 128))
-    num_classes = max(label for label, _ in train_records) + 1
-    model = wrap(SequenceClassifier.from_pretrained(lm, num_classes, **c)).to(device)
+    seed = int(c.pop("seed", 0))
+    model = (wrap or (lambda m: m))(SequenceClassifier.from_pretrained(lm, num_classes, **c)).to(device)
 
     def encode(records):
         return [(label, (tokenizer.encode(text) or [tokenizer.unk_id])[:max_len]) for label, text in records]
 
-    train_ids, valid_ids = encode(train_records), encode(valid_records)
-    batches = epoch_batches([len(t) for _, t in train_ids], max_tokens, 0,
+    train_ids = encode(train_records)
+    valid_ids = encode(valid_records) if valid_records else None
+    batches = epoch_batches([len(t) for _, t in train_ids], max_tokens, seed,
                              lambda idx: D.collate_labelled([train_ids[i] for i in idx], tokenizer.pad_id))
     groups = layer_groups(model)
     metrics = {}
@@ -123,19 +114,49 @@ def run(config: dict, device: torch.device, wrap=None) -> dict:
             for p in params:
                 p.requires_grad_(i >= len(groups) - stage)
         trainable = groups[len(groups) - stage:]
-        settings = TrainConfig(steps=steps, lr=lr, schedule="slanted_triangular", progress=config.get("progress", True),
-                               out_dir=os.path.join(out_dir, "classify", f"stage{stage}"), eval_every=steps,
-                               log_every=max(1, steps // 10), seed=stage)
+        config = TrainConfig(steps=steps, lr=lr, schedule="slanted_triangular", progress=progress,
+                             out_dir=os.path.join(out_dir, "classify", f"stage{stage}") if out_dir else None,
+                             eval_every=steps if valid_ids else 0, log_every=max(1, steps // 10), seed=seed + stage)
         print(f"ulmfit classify stage {stage}/{len(groups)}: {sum(p.numel() for g in trainable for p in g):,} "
               f"trainable parameters")
-        history = Trainer(model, settings, lambda i: batches(i + (stage - 1) * steps),
+        history = Trainer(model, config, lambda i: batches(i + (stage - 1) * steps),
                           lambda m, b: m.loss(b["tokens"], b["labels"], b["lengths"]),
-                          lambda m: classification_metrics(m, valid_ids, tokenizer.pad_id, device),
-                          discriminative(trainable, lr), device).fit()
+                          (lambda m: classification_metrics(m, valid_ids, tokenizer.pad_id, device)) if valid_ids
+                          else None, discriminative(trainable, lr), device).fit()
         metrics = {k: v for k, v in history[-1].items() if k.startswith("eval_")}
     for p in model.parameters():
         p.requires_grad_(True)
+    return model, metrics
+
+
+def run(config: dict, device: torch.device, wrap=None) -> dict:
+    """The three stages; wrap(model) -> model, when given, is applied to the LM and to the classifier (the
+    reproduction benchmark swaps their layers for torch.nn's)."""
+    out_dir = config.get("out_dir", "runs/ulmfit")
+    for key in ("general", "target", "model", "pretrain", "finetune", "classify"):
+        if key not in config:
+            raise ValueError(f"ulmfit config: '{key}' is missing (see fastseq.train.ulmfit)")
+    target = config["target"]
+    train_records, valid_records = train_valid(target)
+    general = general_text(config["general"])
+    target_text = "\n".join(t for _, t in train_records)
+    tok_spec = dict(config.get("tokenizer", {"kind": "word", "min_freq": 2}))
+    tok_spec.pop("kind", None)
+    tokenizer = D.WordTokenizer.fit([general, target_text], **tok_spec)
+    torch.manual_seed(int(config["pretrain"].get("seed", 0)))
+    lm = (wrap or (lambda m: m))(LSTMLM(LSTMLMConfig(tokenizer.vocab_size, **config["model"], pad_id=tokenizer.pad_id,
+                                                     eos_id=tokenizer.eos_id))).to(device)
+    held_out = "\n".join(t for _, t in valid_records)
+
+    lm_stage("pretrain", lm, tokenizer, general, held_out, config["pretrain"], out_dir, device)  # 1. general text
+    finetune_lm(lm, tokenizer, target_text, held_out, config["finetune"], out_dir, device)  # 2. the task's text
+    classify = config["classify"]  # 3. the classifier
+    num_classes = max(label for label, _ in train_records) + 1
+    model, metrics = train_classifier(lm, tokenizer, train_records, valid_records, classify, out_dir, device,
+                                      num_classes, config.get("progress", True), wrap)
+    max_len = int(classify.get("max_len", 128))
     run_config = {"task": "classify", "data": {**target, "max_len": max_len}, "ulmfit": config}
-    save_run(Run("classify", model, tokenizer, settings, batches, None, None, run_config), out_dir)
+    settings = TrainConfig(steps=int(classify.get("steps_per_stage", 200)), out_dir=out_dir)
+    save_run(Run("classify", model, tokenizer, settings, None, None, None, run_config), out_dir)
     print("ulmfit: " + "  ".join(f"{k}={v:.4g}" for k, v in metrics.items()) + f"; run folder {out_dir}")
     return metrics
