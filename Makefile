@@ -6,6 +6,9 @@
 #   make bench       the benchmark sweep (JSON under benchmarks/results/)
 #   make gpu-quick   on a GPU machine (the lent H200): build (or load the prebuilt extension), the `cuda`
 #                    tests, the headline benchmarks, in <= 8 minutes; log, results.json, junit.xml in $OUT
+#   make gpu-table   on a GPU machine, after gpu-quick: the reproduction table at GPU-window scale (every
+#                    row <= 2 minutes on an H200, <= 9 in all); carry build/data (make gpu-data) and build/prebuilt
+#   make gpu-data    copy ../shared/data into build/data, for the device tool to carry to the GPU machine
 #   make gpu-prebuild  build fastseq._C here for that machine's image (Python 3.12, torch 2.11 with CUDA
 #                    13.0, sm_90a) into build/prebuilt, which the device tool carries; gpu-quick loads it
 #   make gpu-check   on a GPU machine with torch already there: build offline, run every test
@@ -25,7 +28,7 @@ export MAX_JOBS ?= 2
 
 SOURCES := setup.py pyproject.toml requirements-dev.txt $(wildcard csrc/*) $(wildcard kernels/*)
 
-.PHONY: install test demo bench gpu-quick gpu-prebuild gpu-check cmake-check image-check clean
+.PHONY: install test demo bench gpu-quick gpu-table gpu-data gpu-prebuild gpu-check cmake-check image-check clean
 
 $(VENV)/.installed: $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,6 +50,12 @@ bench: install
 
 gpu-quick:
 	$(PYTHON) benchmarks/gpu_quick.py
+
+gpu-table:
+	$(PYTHON) benchmarks/gpu_table.py
+
+gpu-data:
+	mkdir -p build/data && cp -r $(FASTSEQ_DATA)/. build/data/
 
 gpu-check:
 	bash benchmarks/gpu_check.sh

@@ -57,8 +57,11 @@ class Run:
         self.log = open(os.path.join(out, "log"), "a", buffering=1)
         self.steps: list[dict] = []
 
-    def step(self, name: str, command: list[str] | None, env: dict | None = None, note: str = "") -> bool:
-        """Runs `command` under TIMEOUTS[name] (None: skipped, with `note` saying why)."""
+    def step(self, name: str, command: list[str] | None, env: dict | None = None, note: str = "",
+             timeout: float | None = None) -> bool:
+        """Runs `command` under `timeout` seconds (default TIMEOUTS[name]; None: skipped, with `note` saying
+        why)."""
+        timeout = timeout or TIMEOUTS[name]
         print(f"== {name}: {note or ' '.join(command)}", flush=True)
         self.log.write(f"\n== {name}: {note or ' '.join(command or [])}\n")
         if command is None:
@@ -68,11 +71,11 @@ class Run:
         try:
             proc = subprocess.run(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT, **(env or {})},
                                   stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True, timeout=TIMEOUTS[name])
+                                  stderr=subprocess.STDOUT, text=True, timeout=timeout)
             output, status = proc.stdout, "ok" if proc.returncode == 0 else f"exit {proc.returncode}"
         except subprocess.TimeoutExpired as e:
             output = e.stdout if isinstance(e.stdout, str) else (e.stdout or b"").decode(errors="replace")
-            status = f"timeout {TIMEOUTS[name]} s"
+            status = f"timeout {timeout:.0f} s"
         seconds = time.monotonic() - start
         self.log.write(output)
         print("\n".join(output.splitlines()[-15:]), flush=True)

@@ -71,9 +71,11 @@ TINY = {  # --scale tiny: settings that make every row run in seconds on a CPU
 # Models are narrower and runs shorter than at full scale; the settings below are the whole difference.
 CPU_TRAIN = ["train.precision=fp32", "train.eval_every=0", "train.checkpoint_every=0"]
 CPU_ULMFIT = ["pretrain.precision=fp32", "finetune.precision=fp32", "pretrain.eval_every=0", "finetune.eval_every=0",
-              "tokenizer.max_size=15000", "model.embed_dim=200", "model.hidden_size=400", "model.num_layers=2",
-              "model.weight_drop=0.2", "pretrain.batch=32", "pretrain.lr=3.0e-3", "pretrain.warmup=50",
-              "finetune.batch=32", "finetune.lr=2.0e-3", "classify.steps_per_stage=120"]
+              "tokenizer.max_size=8000", "model.embed_dim=200", "model.hidden_size=400", "model.num_layers=2",
+              "model.embed_dropout=0.05", "model.hidden_dropout=0.1", "model.output_dropout=0.1",
+              "model.weight_drop=0.05", "pretrain.batch=32", "pretrain.lr=5.0e-3", "pretrain.warmup=50",
+              "pretrain.steps=800", "finetune.batch=32", "finetune.lr=3.0e-3", "finetune.steps=200",
+              "classify.steps_per_stage=150", "classify.lr=5.0e-3"]
 CPU = {
     "char_gpt": ["model.d_model=192", "model.num_heads=6", "model.num_layers=4", "model.dropout=0.1", "data.block=128",
                  "data.batch=32", "train.steps=900", "train.lr=2.0e-3", "train.warmup=50"],
@@ -89,8 +91,8 @@ CPU = {
     "trec_scratch": ["train.steps=400", "train.warmup=40"],
     "sst2_scratch": ["train.steps=500", "train.warmup=40"],
     "wikitext_mlm": ["data.batch=32", "train.steps=360", "train.lr=1.0e-3", "train.warmup=40"],
-    "trec_ulmfit": CPU_ULMFIT + ["pretrain.steps=600", "finetune.steps=150"],
-    "sst2_ulmfit": CPU_ULMFIT + ["pretrain.steps=600", "finetune.steps=150"],
+    "trec_ulmfit": CPU_ULMFIT,
+    "sst2_ulmfit": CPU_ULMFIT,
 }
 # Targets that differ from ROWS' at a scale (the CPU scale's smaller models; rows not named keep ROWS')
 TARGETS = {"cpu": {"char_gpt": ("<=", 1.60), "char_lstm": ("<=", 1.70), "mt_transformer": (">=", 30.0),
@@ -303,11 +305,13 @@ def main(argv=None) -> int:
                              "none at full scale)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate on the first N test examples only")
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
+    parser.add_argument("--runs", default=None, help="where the rows' run folders go (default: "
+                        "OUT/reproduce-runs-SCALE)")
     args = parser.parse_args(argv)
     layers = args.layers or (["fastseq", "torch.nn"] if args.scale == "full" else ["fastseq"])
     twin_steps = args.twin_steps if args.twin_steps is not None else (0 if args.scale == "full" else 10)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    runs = os.path.join(args.out, f"reproduce-runs-{args.scale}")
+    runs = args.runs or os.path.join(args.out, f"reproduce-runs-{args.scale}")
     info = {"device": torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)",
             "torch": torch.__version__, "threads": torch.get_num_threads(), "scale": args.scale,
             "budget_minutes": BUDGET_MINUTES.get(args.scale), "seeds": "fixed in each config (train.seed)"}

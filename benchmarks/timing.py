@@ -3,6 +3,7 @@ with CUDA events on a GPU and the wall clock on a CPU; the matmul rate, copy ban
 measured on the same device, so every figure can be given as a fraction of what the machine does."""
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
 import time
@@ -123,6 +124,10 @@ def line_plot(series: dict, path: str, xlabel: str, ylabel: str, title: str, log
 
 
 def commit() -> str:
+    """The short commit of the tree, "-dirty" if changed; FASTSEQ_COMMIT where there is no .git (the device
+    machine's copy)."""
+    if os.environ.get("FASTSEQ_COMMIT"):
+        return os.environ["FASTSEQ_COMMIT"][:7]
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)

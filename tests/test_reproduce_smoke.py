@@ -1,6 +1,7 @@
 """The reproduction runner (benchmarks/reproduce.py) end to end at tiny scale on the CPU: a training row on
 fastseq's layers and on torch.nn's (and the two timed side by side), a baseline row; JSON and the Markdown
 table are written, and a later run of one row keeps the others."""
+import dataclasses
 import json
 import os
 import sys
@@ -31,3 +32,32 @@ def test_reproduce_tiny_rows(tmp_path):
     assert reproduce.main(["--rows", "wikitext_kn", "--scale", "tiny", "--out", str(tmp_path)]) == 0
     rows = [r["row"] for r in json.loads(report.read_text())["rows"]]
     assert rows == ["char_lstm", "wikitext_kn"]
+
+
+@pytest.mark.parametrize("scale", ["cpu", "gpu"])
+def test_scale_overrides_are_valid_settings(scale):
+    """Every row's overrides at the CPU and GPU-window scales name settings its config has, with values its
+    TrainConfig and model config accept (checked without training: those runs take minutes)."""
+    from fastseq import models
+    from fastseq.models import LSTMLMConfig
+    from fastseq.train import TrainConfig
+    from fastseq.train import settings as S
+    from fastseq.train.tasks import apply_overrides, load_config
+
+    for name, (kind, config_name, *_) in reproduce.ROWS.items():
+        if kind not in ("train", "ulmfit"):
+            continue
+        config = load_config(os.path.join(reproduce.CONFIGS, config_name))
+        updated = apply_overrides(config, reproduce.overrides(name, kind, config.get("model", {}).get("class"), scale))
+        assert set(updated) == set(config), name  # no misspelled section
+        if kind == "train":
+            TrainConfig(**updated["train"])
+            S.check_data(dict(updated["data"]))
+            model = dict(updated["model"])
+            if config["task"] != "classify":
+                cls = getattr(models, model.pop("class"))
+                assert set(model) <= {f.name for f in dataclasses.fields(cls.config_class)}, name
+        else:
+            LSTMLMConfig(100, **updated["model"])
+            for stage in ("pretrain", "finetune"):
+                TrainConfig(**{k: v for k, v in updated[stage].items() if k not in ("block", "batch")})
