@@ -28,7 +28,7 @@ METHODS = ("greedy", "sample", "beam")
 def generate(model: Decoder, inputs: Tensor, lengths=None, *, max_new_tokens: int, method: str = "greedy", beams: int = 4,
              length_penalty: float = 1.0, no_repeat_ngram_size: int = 0, temperature: float = 1.0, top_k: int = 0,
              top_p: float = 1.0, eos_id: Union[int, None, str] = "model", pad_id: Union[int, str] = "model",
-             seed: Optional[int] = None, use_cache: bool = True) -> Generation:
+             seed: Optional[int] = None, use_cache: bool = True, cuda_graph: bool = False) -> Generation:
     """Generate up to max_new_tokens tokens per row of inputs (B, S) (prompts or sources; lengths (B,) when
     they are right-padded).
 
@@ -37,7 +37,9 @@ def generate(model: Decoder, inputs: Tensor, lengths=None, *, max_new_tokens: in
     the model's config.eos_id): a row ends when it emits it; None: every row runs max_new_tokens.
     pad_id ("model": the model's config.pad_id, else 0) fills rows that ended. no_repeat_ngram_size n > 0: no n-gram
     occurs twice among a row's generated tokens. use_cache=False reruns the whole sequence each step
-    (for comparison; Transformer models only differ).
+    (for comparison; Transformer models only differ). cuda_graph (CUDA tensors, use_cache): capture the
+    decode step once in a CUDA graph (per batch and cache capacity) and replay it for every token
+    (fastseq.generation.graphs); the KV caches are then read whole, masked by their lengths.
     """
     if not isinstance(model, Decoder):
         raise TypeError(f"generate: model must be a decoder (begin_decoding and decode_step, see "
@@ -57,6 +59,10 @@ def generate(model: Decoder, inputs: Tensor, lengths=None, *, max_new_tokens: in
         if not isinstance(value, int) or isinstance(value, bool) or (vocab is not None and not 0 <= value < vocab):
             raise ValueError(f"generate: {name} must be a token id in [0, {vocab}) (the model's vocabulary), got "
                              f"{value}")
+    if cuda_graph and not (isinstance(inputs, Tensor) and inputs.is_cuda and use_cache):
+        raise ValueError("generate: cuda_graph=True needs CUDA inputs and use_cache=True, got "
+                         f"{'inputs on ' + str(inputs.device) if isinstance(inputs, Tensor) else type(inputs).__name__}"
+                         f"{'' if use_cache else ' and use_cache=False'}")
     if isinstance(inputs, Tensor) and inputs.dim() == 2 and inputs.shape[0] == 0:  # no rows: nothing to generate
         return Generation(inputs.new_empty(0, 0), inputs.new_empty(0), torch.empty(0, device=inputs.device))
     was_training = model.training
@@ -65,13 +71,13 @@ def generate(model: Decoder, inputs: Tensor, lengths=None, *, max_new_tokens: in
         with torch.no_grad():
             if method == "beam":
                 return beam_search(model, inputs, lengths, max_new_tokens, beams, length_penalty, eos_id, pad_id,
-                                   no_repeat_ngram_size, use_cache)
+                                   no_repeat_ngram_size, use_cache, cuda_graph)
             generator = None
             if method == "sample" and seed is not None:
                 generator = torch.Generator(device=inputs.device).manual_seed(seed)
             return sequential(model, inputs, lengths, max_new_tokens, eos_id, pad_id, no_repeat_ngram_size,
                               use_cache, sample=method == "sample", temperature=temperature, top_k=top_k,
-                              top_p=top_p, generator=generator)
+                              top_p=top_p, generator=generator, cuda_graph=cuda_graph)
     finally:
         model.train(was_training)
 

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from ..ops.checks import trusted
+from .graphs import decode_steps
 from .logits import block_repeated_ngrams, end_blocked_rows, top_k_filter, top_p_filter
 from .protocol import Decoder
 
@@ -33,10 +34,13 @@ class Generation:
 
 def sequential(model: Decoder, inputs: Tensor, lengths, max_new_tokens: int, eos_id: Optional[int], pad_id: int,
                no_repeat_ngram_size: int, use_cache: bool, sample: bool = False, temperature: float = 1.0,
-               top_k: int = 0, top_p: float = 1.0, generator: Optional[torch.Generator] = None) -> Generation:
+               top_k: int = 0, top_p: float = 1.0, generator: Optional[torch.Generator] = None,
+               cuda_graph: bool = False) -> Generation:
     """One token per row per step: the most likely one (greedy), or one drawn from the filtered
-    distribution (sample). Rows that emitted EOS get pad_id from then on."""
+    distribution (sample). Rows that emitted EOS get pad_id from then on. cuda_graph: decode through
+    fastseq.generation.graphs (static state; on CUDA, a captured graph)."""
     logits, state = model.begin_decoding(inputs, lengths, max_new_tokens=max_new_tokens, use_cache=use_cache)
+    step = decode_steps(model, state, cuda_graph)
     B, device = logits.shape[0], logits.device
     tokens = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
@@ -62,23 +66,26 @@ def sequential(model: Decoder, inputs: Tensor, lengths, max_new_tokens: int, eos
                 break
         if t + 1 < max_new_tokens:
             with trusted():
-                logits = model.decode_step(token, state)
+                logits = step(token)
     return Generation(tokens[:, :int(out_lengths.max())], out_lengths, scores)
 
 
 def beam_search(model: Decoder, inputs: Tensor, lengths, max_new_tokens: int, beams: int, length_penalty: float,
-                eos_id: Optional[int], pad_id: int, no_repeat_ngram_size: int, use_cache: bool) -> Generation:
+                eos_id: Optional[int], pad_id: int, no_repeat_ngram_size: int, use_cache: bool,
+                cuda_graph: bool = False) -> Generation:
     """The best of `beams` hypotheses per sentence by total log-probability / length ** length_penalty.
 
     Each step ranks the 2K best continuations of a sentence's K beams: those ending in EOS among the
     first K join its finished hypotheses, the K best others continue. A sentence is done when it holds K
     finished hypotheses and no live beam can still beat the worst of them (log-probabilities only fall,
-    so a beam's best reachable score is bounded). At max_new_tokens the live beams count as finished."""
+    so a beam's best reachable score is bounded). At max_new_tokens the live beams count as finished.
+    cuda_graph: decode through fastseq.generation.graphs, the reorder working in place between replays."""
     logits, state = model.begin_decoding(inputs, lengths, max_new_tokens=max_new_tokens, use_cache=use_cache)
     B, V = logits.shape
     K, T, device = beams, max_new_tokens, logits.device
     rows = torch.arange(B, device=device)
     state.reorder(rows.repeat_interleave(K))  # K beams of each sentence; the encoder memory stays at B rows
+    step = decode_steps(model, state, cuda_graph)  # after the reorder that sets the batch to B·K
     logits = logits.repeat_interleave(K, dim=0)
     beam_scores = torch.full((B, K), float("-inf"), device=device)
     beam_scores[:, 0] = 0.0  # one live beam at first, so the K beams start different
@@ -113,7 +120,7 @@ def beam_search(model: Decoder, inputs: Tensor, lengths, max_new_tokens: int, be
         if t + 1 < T:
             with trusted():
                 state.reorder((rows[:, None] * K + parents).view(-1))
-                logits = model.decode_step(alive[:, :, t].reshape(-1), state)
+                logits = step(alive[:, :, t].reshape(-1))
     steps = t + 1
     finished.add(torch.where(done[:, None], float("-inf"), beam_scores / penalty(steps)), alive, steps)
     best_lengths = finished.lengths[:, 0]

@@ -130,5 +130,5 @@ class CausalLM(Model):
             state.tokens = torch.cat([state.tokens, state.tokens.new_zeros(tokens.shape[0], 1)], dim=1)
             state.tokens[rows, state.positions] = tokens
             hidden = self.run(state.tokens, torch.arange(width + 1, device=tokens.device))[rows, state.positions]
-        state.positions = state.positions + 1
+        state.positions += 1  # in place: a CUDA graph's replay reads the same tensor
         return self.output(hidden)

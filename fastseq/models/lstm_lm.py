@@ -133,6 +133,7 @@ class LSTMLM(Model):
     @torch.no_grad()
     def decode_step(self, tokens: Tensor, state: RecurrentState) -> Tensor:
         """tokens (N,) -> logits (N, V) of the next token; state advances by one step."""
-        x, state.layers = self.run(tokens[:, None], None, state.layers)
+        x, layers = self.run(tokens[:, None], None, state.layers)
+        state.advance(layers)
         return self.output(x[:, 0])
 

@@ -177,9 +177,10 @@ class Seq2Seq(TargetLoss, Model):
         if self.config.attention is None:
             h = torch.cat([h for h, _ in state.layers]), torch.cat([c for _, c in state.layers])
             y, (h, c) = self.decoder(embedded[:, None], h)
-            state.layers = [(h[i:i + 1], c[i:i + 1]) for i in range(h.shape[0])]
+            state.advance([(h[i:i + 1], c[i:i + 1]) for i in range(h.shape[0])])
             return self.output(y[:, 0])
-        features, state.layers = self._attention_step(embedded, state.layers, state.memory)
+        features, layers = self._attention_step(embedded, state.layers, state.memory)
+        state.advance(layers)
         return self.output(features)
 
 

@@ -164,5 +164,5 @@ class Transformer(TargetLoss, Model):
         else:
             state.tokens = torch.cat([state.tokens, tokens[:, None]], dim=1)
             logits = self.decode(state.tokens, state.memory)[:, -1]
-        state.positions = state.positions + 1
+        state.positions += 1  # in place: a CUDA graph's replay reads the same tensor
         return logits

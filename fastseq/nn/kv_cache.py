@@ -21,6 +21,11 @@ class KVCache:
 
     The buffers are allocated once, at `capacity` positions; appending past it raises. The largest
     length is tracked on the host, so no step needs a device synchronization.
+
+    `make_static()` readies the cache for a CUDA graph: from then on every shape and address a decode step
+    touches stays fixed. keys() and values() are the whole buffers, attention masks each row past its
+    `lengths`, an append (one position) writes at each row's length on the device, and reorder works in
+    place; the host no longer tracks lengths (generation sizes the cache for every step it runs).
     """
 
     def __init__(self, batch: int, kv_heads: int, head_dim: int, capacity: int, value_dim: Optional[int] = None,
@@ -35,6 +40,11 @@ class KVCache:
         self.lengths = torch.zeros(batch, dtype=torch.int32, device=self.k.device)
         self.max_length = 0  # an upper bound of lengths, known on the host
         self.uniform = True  # every row holds max_length positions
+        self.static = False  # see make_static
+
+    def make_static(self) -> None:
+        """Fixed shapes and addresses from now on (see the class's docstring): for CUDA-graph decoding."""
+        self.static, self.uniform, self.max_length = True, False, self.capacity
 
     @property
     def capacity(self) -> int:
@@ -56,6 +66,15 @@ class KVCache:
             if t.dtype != self.k.dtype or t.device != self.k.device:
                 raise ValueError(f"KVCache.append: {name} must be {self.k.dtype} on {self.k.device}, got "
                                  f"{t.dtype} on {t.device}")
+        if self.static:
+            if T != 1 or counts is not None:
+                raise ValueError(f"KVCache.append: a static cache takes one position per row at a time, got T={T}"
+                                 + (" with counts" if counts is not None else ""))
+            index = self.lengths.long()[:, None, None, None]
+            self.k.scatter_(2, index.expand(B, H, 1, D), k)
+            self.v.scatter_(2, index.expand(B, H, 1, self.v.shape[3]), v)
+            self.lengths += 1
+            return
         if self.max_length + T > self.capacity:
             raise ValueError(f"KVCache.append: {T} new positions after {self.max_length} exceed the capacity "
                              f"{self.capacity}; allocate a larger cache")
@@ -87,15 +106,16 @@ class KVCache:
 
     def reorder(self, index: Tensor) -> None:
         """Keep rows `index` (B',) of the cache, in that order (beam search: each beam's parent). With as many
-        rows as before (every step of beam search) only the positions in use move, within the buffers;
-        else (the first step's B -> B·K) new buffers of B' rows are made."""
+        rows as before (every step of beam search) only the positions in use move, within the buffers (and
+        lengths in place); else (the first step's B -> B·K) new buffers of B' rows are made."""
         check_index("KVCache.reorder", index, self.k.shape[0])
         index = index.to(self.k.device)
         if index.shape[0] == self.k.shape[0]:
             used = self.max_length
             for buffer in (self.k, self.v):
                 buffer[:, :, :used] = buffer[:, :, :used].index_select(0, index)
+            self.lengths.copy_(self.lengths.index_select(0, index))
         else:
             self.k = self.k.index_select(0, index)
             self.v = self.v.index_select(0, index)
-        self.lengths = self.lengths.index_select(0, index)
+            self.lengths = self.lengths.index_select(0, index)
