@@ -2,7 +2,9 @@
 Hugging Face transformers' generate() on a GPT-2 of the same configuration (GPT-2 small by default, random
 weights: speed, not text, is compared), greedy and beam search, each batch size, the same prompt length
 and number of new tokens, side by side in one run (the two alternate, median of the runs), as new tokens
-per second. `transformers` is a benchmark extra (pip install fastseq[bench]), not a dependency.
+per second. On a GPU fastseq also runs with its decode step captured in a CUDA graph ("fastseq-graph",
+generate(cuda_graph=True)). `transformers` is a benchmark extra (pip install fastseq[bench]), not a
+dependency.
 
     python benchmarks/generate_hf.py --batches 1 8 --json benchmarks/results/generate-hf-cpu.json
 """
@@ -43,17 +45,21 @@ def models(size: str, device: torch.device, dtype: torch.dtype):
 
 
 def runners(ours, theirs, prompt: torch.Tensor, new: int, beams: int):
-    """Two callables generating exactly `new` tokens per row (no end-of-sequence stop)."""
+    """Callables generating exactly `new` tokens per row (no end-of-sequence stop): fastseq, on CUDA also
+    through a CUDA graph, and HF generate()."""
     method = "greedy" if beams == 1 else "beam"
 
-    def fastseq_run():
-        generate(ours, prompt, max_new_tokens=new, method=method, beams=beams, eos_id=None)
+    def fastseq_run(cuda_graph=False):
+        generate(ours, prompt, max_new_tokens=new, method=method, beams=beams, eos_id=None, cuda_graph=cuda_graph)
 
     def hf_run():
         with torch.no_grad():
             theirs.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new, min_new_tokens=new,
                             do_sample=False, num_beams=beams, pad_token_id=0)
-    return {"fastseq": fastseq_run, "hf-generate": hf_run}
+    runs = {"fastseq": fastseq_run, "hf-generate": hf_run}
+    if prompt.is_cuda:
+        runs["fastseq-graph"] = lambda: fastseq_run(cuda_graph=True)
+    return runs
 
 
 def _sync(device: torch.device) -> None:
@@ -108,9 +114,13 @@ def main(argv=None) -> int:
             rate = {name: batch * args.new / s for name, s in seconds.items()}
             row = {"batch": batch, "beams": beams, "prompt": args.prompt, "new": args.new,
                    "seconds": seconds, "tokens_per_s": rate, "ratio": rate["fastseq"] / rate["hf-generate"]}
+            if "fastseq-graph" in rate:
+                row["ratio_graph"] = rate["fastseq-graph"] / rate["hf-generate"]
             rows.append(row)
+            graph = (f"  graph {rate['fastseq-graph']:8.1f} tok/s  x{row['ratio_graph']:.2f}" if "ratio_graph" in row
+                     else "")
             print(f"B{batch:<3} {'greedy' if beams == 1 else f'beam {beams}':<7} fastseq {rate['fastseq']:8.1f} tok/s  "
-                  f"HF generate {rate['hf-generate']:8.1f} tok/s  x{row['ratio']:.2f}", flush=True)
+                  f"HF generate {rate['hf-generate']:8.1f} tok/s  x{row['ratio']:.2f}{graph}", flush=True)
             # after each row: a timeout keeps the rows measured
             atomic.write(args.json, lambda f: json.dump({"meta": meta, "rows": rows}, f, indent=1), "w")
     print(f"wrote {args.json}")
