@@ -12,6 +12,7 @@ import argparse
 import datetime
 import json
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -161,7 +162,7 @@ def _train_row(name, config_name, split, layers, scale, out, device, limit, twin
     config = load_config(os.path.join(CONFIGS, config_name))
     kind = "classify" if config["task"] == "classify" else config["model"].get("class")
     sets = overrides(name, "train", kind, scale)
-    config = apply_overrides(config, sets + ["train.resume=false"])
+    config = apply_overrides(config, sets)
     config["out_dir"] = out
     run = build_run(config, device)
     model = torch_layers(run.model) if layers == "torch.nn" else run.model
@@ -324,6 +325,7 @@ def main(argv=None) -> int:
         started, results = time.perf_counter(), {}
         for layer in (layers if kind in ("train", "ulmfit") else ["fastseq"]):
             out = os.path.join(runs, f"{name}-{layer.replace('.', '')}")
+            shutil.rmtree(out, ignore_errors=True)  # a fresh run: no stage resumes from an earlier one's checkpoint
             if kind in ("train", "ulmfit"):
                 row = _train_row if kind == "train" else _ulmfit_row
                 results[layer] = row(name, config, split, layer, args.scale, out, device, args.limit,
