@@ -1,10 +1,15 @@
 """The reproduction table: each row of the field's results on real data trained from its config in configs/,
-once on fastseq's layers and once on torch.nn's (benchmarks/torch_layers.py), the same steps, side by side;
-quality on the test split, training time; JSON and a Markdown table under benchmarks/results/.
+quality on the test split, minutes, and the time per training step on fastseq's layers beside the same
+model on torch.nn's (benchmarks/torch_layers.py); JSON and a Markdown table under benchmarks/results/.
 
-    python benchmarks/reproduce.py                       # every row at full scale (a GPU: about an hour)
-    python benchmarks/reproduce.py --rows char_gpt mt_transformer --layers fastseq
+    python benchmarks/reproduce.py --scale cpu           # every row sized to <= 20 minutes on a 2-core CPU
+    python benchmarks/reproduce.py --scale gpu           # every row <= 2 minutes on one H200 (make gpu-table)
+    python benchmarks/reproduce.py                       # full scale, both layer kinds trained (a GPU: an hour)
+    python benchmarks/reproduce.py --rows char_gpt mt_transformer --scale cpu
     python benchmarks/reproduce.py --scale tiny          # a few steps of shrunken models: checks the runner
+
+A scale is a list of --set overrides per row (CPU, GPU below); rows are written as they finish and merged
+into the scale's table, so one row can be rerun alone.
 """
 from __future__ import annotations
 
