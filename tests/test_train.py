@@ -188,3 +188,20 @@ def test_validation_held_out_of_the_training_split():
     assert len(held) == len("".join([text, held])) - int(0.95 * len(text + held)) and (text + held)[:20] == text[:20]
     with pytest.raises(ValueError, match="valid_fraction must lie in"):
         train_valid({"dataset": "trec", "train": "train", "valid_fraction": 1.5})
+
+
+def test_progress_in_a_log_is_one_line_every_few_seconds(monkeypatch, capsys):
+    """stdout not a terminal (a file, a pipe): plain lines, at most one per interval, and the last step's."""
+    from fastseq.train import progress as P
+
+    clock = iter(range(0, 1000, 2))  # each perf_counter call: 2 s later
+    monkeypatch.setattr(P.time, "perf_counter", lambda: next(clock))
+    bar = P.progress(total=10)
+    assert isinstance(bar, P.LineProgress)
+    for _ in range(10):
+        bar.set_postfix(loss="1.2345", tok_s="100")
+        bar.update(1)
+    bar.close()
+    lines = capsys.readouterr().out.splitlines()
+    assert 3 <= len(lines) <= 5 and "\r" not in "".join(lines)
+    assert lines[-1].startswith("train step 10/10 (100%)") and "loss 1.2345" in lines[-1] and "eta 0m00s" in lines[-1]
