@@ -1,13 +1,10 @@
 """A sequence classifier over a language model's body, as ULMFiT (Howard & Ruder, "Universal Language Model
 Fine-tuning for Text Classification", 2018): the body's states are pooled by concatenating the last
 real state, the max and the mean over real positions, then a two-layer head (norm, dropout, linear, ReLU,
-norm, dropout, linear) gives the classes. The norms are batch norms, as ULMFiT's: a language model's
-pooled states differ little from one example to the next (on TREC-6, after a short pretraining, their
-spread across examples is 3% of their size), and normalizing each feature across the batch is what lets
-the head read them; with layer norms (`norm="layer"`, which normalize each example on its own) a head
-trained on frozen features stayed near the class prior. A one-row training batch is normalized with the
-running statistics. The body is an LSTMLM, CausalLM or MaskedLM, loaded from a pretrained one with
-`from_pretrained`.
+norm, dropout, linear) gives the classes. The norms are layer norms where ULMFiT has batch norms, so
+that an example's prediction never depends on the rest of its batch, nor on running statistics that
+lag behind during fine-tuning. The body is an LSTMLM, CausalLM or MaskedLM, loaded from a pretrained
+one with `from_pretrained`.
 """
 from __future__ import annotations
 
@@ -25,38 +22,20 @@ from .losses import token_loss
 BODIES = ("LSTMLM", "CausalLM", "MaskedLM")
 
 
-class RowsBatchNorm(nn.BatchNorm1d):
-    """BatchNorm1d that normalizes a one-row training batch with its running statistics (one row has no
-    batch statistics to speak of)."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.training and x.shape[0] == 1:
-            return nn.functional.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False,
-                                            0.0, self.eps)
-        return super().forward(x)
-
-
-NORMS = {"batch": RowsBatchNorm, "layer": nn.LayerNorm}
-
-
 @dataclass
 class SequenceClassifierConfig:
     """body: "LSTMLM", "CausalLM" or "MaskedLM"; body_config: that model's config as a dict; num_classes;
-    hidden_dim of the head (ULMFiT: 50); dropout in the head; norm of the head, "batch" (ULMFiT's) or
-    "layer"."""
+    hidden_dim of the head (ULMFiT: 50); dropout in the head."""
 
     body: str
     body_config: dict = field(default_factory=dict)
     num_classes: int = 2
     hidden_dim: int = 50
     dropout: float = 0.1
-    norm: str = "batch"
 
     def __post_init__(self):
         if self.body not in BODIES:
             raise ValueError(f"SequenceClassifierConfig: body must be one of {BODIES}, got {self.body!r}")
-        if self.norm not in NORMS:
-            raise ValueError(f"SequenceClassifierConfig: norm must be one of {tuple(NORMS)}, got {self.norm!r}")
         check_config("SequenceClassifierConfig", self, positive=("num_classes", "hidden_dim"),
                      probabilities=("dropout",))
 
@@ -71,19 +50,19 @@ class SequenceClassifier(Model):
         body_cls = model_class(config.body)
         self.body = body_cls(body_cls.config_class(**config.body_config))
         pooled = 3 * self.body.feature_size
-        norm = NORMS[config.norm]
         self.head = nn.Sequential(
-            norm(pooled), nn.Dropout(config.dropout), nn.Linear(pooled, config.hidden_dim), nn.ReLU(),
-            norm(config.hidden_dim), nn.Dropout(config.dropout), nn.Linear(config.hidden_dim, config.num_classes))
+            nn.LayerNorm(pooled), nn.Dropout(config.dropout), nn.Linear(pooled, config.hidden_dim), nn.ReLU(),
+            nn.LayerNorm(config.hidden_dim), nn.Dropout(config.dropout), nn.Linear(config.hidden_dim,
+                                                                                   config.num_classes))
 
     @classmethod
     def from_pretrained(cls, lm: Union[Model, str, os.PathLike], num_classes: int, hidden_dim: int = 50,
-                        dropout: float = 0.1, norm: str = "batch") -> "SequenceClassifier":
+                        dropout: float = 0.1) -> "SequenceClassifier":
         """A classifier whose body is the language model `lm` (a model, or the path it was saved to)."""
         if not isinstance(lm, Model):
             lm = Model.load(lm)
         config = SequenceClassifierConfig(type(lm).__name__, dataclasses.asdict(lm.config), num_classes, hidden_dim,
-                                          dropout, norm)
+                                          dropout)
         model = cls(config)
         model.load_body(lm)
         return model.to(next(lm.parameters()).device)
