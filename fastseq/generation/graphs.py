@@ -66,23 +66,13 @@ class GraphedStep:
         return self.logits
 
 
-def decode_steps(model: Decoder, state: DecodingState, cuda_graph: bool) -> Callable[[Tensor], Tensor]:
-    """The function each search step calls with its tokens: the CUDA-graph step when asked for (on CUDA it
-    captures; on the CPU it runs the same static steps eagerly), else the model's decode_step."""
+def decode_steps(model: Decoder, state: DecodingState, cuda_graph: bool,
+                 device: torch.device) -> Callable[[Tensor], Tensor]:
+    """The function each search step calls with its tokens: the CUDA-graph step when asked for (on a CUDA
+    device it captures; on the CPU it runs the same static steps eagerly), else the model's decode_step."""
     if not cuda_graph:
         return lambda tokens: model.decode_step(tokens, state)
     if not graphable(state):
         raise ValueError(f"generate: cuda_graph=True: {type(model).__name__}'s decoding state "
                          f"({type(state).__name__}) offers no make_static, so its steps cannot be replayed")
-    return GraphedStep(model, state, capture=state_device(state).type == "cuda")
-
-
-def state_device(state: DecodingState) -> torch.device:
-    """The device of the first tensor a state holds (a KV cache's keys, an LSTM's h)."""
-    caches = getattr(state, "caches", None)
-    if caches:
-        return caches[0].k.device
-    layers = getattr(state, "layers", None)
-    if layers:
-        return layers[0][0].device
-    raise ValueError(f"CUDA-graph decoding: cannot tell the device of a {type(state).__name__}")
+    return GraphedStep(model, state, capture=device.type == "cuda")
