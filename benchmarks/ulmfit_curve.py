@@ -35,7 +35,7 @@ import timing  # noqa: E402
 from fastseq import atomic, data as D  # noqa: E402
 from fastseq.models import LSTMLM, LSTMLMConfig, SequenceClassifier  # noqa: E402
 from fastseq.train import Trainer, TrainConfig, ulmfit  # noqa: E402
-from fastseq.train.tasks import classification_metrics, epoch_batches, open_run  # noqa: E402
+from fastseq.train.tasks import classification_metrics, encode_labelled, epoch_batches, open_run  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 METHODS = ("scratch", "ulmfit-supervised", "ulmfit-semi-supervised")
@@ -65,7 +65,7 @@ def _scratch(tokenizer, model_cfg, records, num_classes, settings, steps, lr, de
     model = SequenceClassifier.from_pretrained(body, num_classes, hidden_dim=int(settings.get("hidden_dim", 50)),
                                                dropout=float(settings.get("dropout", 0.1))).to(device)
     max_len = int(settings.get("max_len", 128))
-    ids = [(label, (tokenizer.encode(text) or [tokenizer.unk_id])[:max_len]) for label, text in records]
+    ids = encode_labelled(tokenizer, records, max_len)
     batches = epoch_batches([len(t) for _, t in ids], int(settings.get("max_tokens", 2048)), seed,
                             lambda idx: D.collate_labelled([ids[i] for i in idx], tokenizer.pad_id))
     config = TrainConfig(steps=steps, lr=lr, schedule="cosine", warmup=steps // 10, progress=False, out_dir=None,
@@ -102,7 +102,7 @@ def main(argv=None) -> int:
     settings = {**config["classify"], "steps_per_stage": args.steps_per_stage}
     stages = 2 + LSTMLMConfig(1, **model_cfg).num_layers  # embedding, each LSTM layer, head
     max_len = int(settings.get("max_len", 128))
-    test_ids = [(label, (tokenizer.encode(text) or [tokenizer.unk_id])[:max_len]) for label, text in test]
+    test_ids = encode_labelled(tokenizer, test, max_len)
 
     def error(model) -> float:
         model.eval()

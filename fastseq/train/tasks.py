@@ -338,10 +338,8 @@ def _classify(task, config, data, model_cfg, train, device) -> Run:
         model = M.SequenceClassifier.from_pretrained(body_model, num_classes, **model_cfg)
     max_len = int(data.get("max_len", 128))
 
-    def encode(records):
-        return [(label, (tokenizer.encode(text) or [tokenizer.unk_id])[:max_len]) for label, text in records]
-
-    train_ids, valid_ids = encode(train_records), encode(valid_records)
+    train_ids = encode_labelled(tokenizer, train_records, max_len)
+    valid_ids = encode_labelled(tokenizer, valid_records, max_len)
     batches = epoch_batches([len(t) for _, t in train_ids], int(data.get("max_tokens", 2048)), train.seed,
                              lambda idx: D.collate_labelled([train_ids[i] for i in idx], tokenizer.pad_id))
 
@@ -351,6 +349,11 @@ def _classify(task, config, data, model_cfg, train, device) -> Run:
     def evaluate(model):
         return classification_metrics(model, valid_ids, tokenizer.pad_id, device)
     return Run(task, model, tokenizer, train, batches, loss, evaluate, config)
+
+
+def encode_labelled(tokenizer: D.Tokenizer, records, max_len: int) -> list:
+    """(label, text) records -> (label, the text's first max_len token ids); an empty text is one <unk>."""
+    return [(label, (tokenizer.encode(text) or [tokenizer.unk_id])[:max_len]) for label, text in records]
 
 
 def classification_metrics(model, examples, pad_id: int, device, batch: int = 128) -> dict:
@@ -430,5 +433,5 @@ def evaluate_run(out_dir: str, split: str, device: torch.device, limit: Optional
         hyps = translate(model, tokenizer, [s for s, _ in pairs], device, **gen)
         return {"bleu": bleu(hyps, [t for _, t in pairs]), "sentences": len(pairs)}
     max_len = int(data.get("max_len", 128))
-    examples = [(label, (tokenizer.encode(text) or [tokenizer.unk_id])[:max_len]) for label, text in records]
+    examples = encode_labelled(tokenizer, records, max_len)
     return classification_metrics(model, examples, tokenizer.pad_id, device)

@@ -26,7 +26,7 @@ from torch import nn
 
 from .. import data as D
 from ..models import LSTMLM, LSTMLMConfig, SequenceClassifier
-from .tasks import Run, epoch_batches, train_valid, classification_metrics, save_run
+from .tasks import Run, classification_metrics, encode_labelled, epoch_batches, save_run, train_valid
 from .trainer import TrainConfig, Trainer
 
 FACTOR = 2.6  # ULMFiT's ratio between the learning rates of adjacent layer groups
@@ -100,11 +100,8 @@ def train_classifier(lm, tokenizer, train_records, valid_records, settings: dict
     seed = int(c.pop("seed", 0))
     model = (wrap or (lambda m: m))(SequenceClassifier.from_pretrained(lm, num_classes, **c)).to(device)
 
-    def encode(records):
-        return [(label, (tokenizer.encode(text) or [tokenizer.unk_id])[:max_len]) for label, text in records]
-
-    train_ids = encode(train_records)
-    valid_ids = encode(valid_records) if valid_records else None
+    train_ids = encode_labelled(tokenizer, train_records, max_len)
+    valid_ids = encode_labelled(tokenizer, valid_records, max_len) if valid_records else None
     batches = epoch_batches([len(t) for _, t in train_ids], max_tokens, seed,
                              lambda idx: D.collate_labelled([train_ids[i] for i in idx], tokenizer.pad_id))
     groups = layer_groups(model)
