@@ -16,17 +16,21 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
+from ..ops.additive import zero_padded_keys
 from ..ops.checks import check_index
 
 
 @dataclass(frozen=True)
 class PrecomputedKeys:
-    """Keys projected once for many queries: key_proj (B, Tk, H), values (B, Tk, Dv) and the padding."""
+    """Keys projected once for many queries: key_proj (B, Tk, H), values (B, Tk, Dv) and the padding;
+    padding_zeroed: the padded keys' rows of key_proj and values are zero (ops.additive.zero_padded_keys),
+    so no step has to zero them again."""
 
     key_proj: Tensor
     values: Tensor
     key_padding_mask: Optional[Tensor] = None
     lengths: Optional[Tensor] = None
+    padding_zeroed: bool = False
 
     def index_select(self, index: Tensor) -> "PrecomputedKeys":
         """The rows `index` of the batch (beam search reorders or repeats rows)."""
@@ -36,7 +40,7 @@ class PrecomputedKeys:
             return None if t is None else t.index_select(0, index.to(t.device))
 
         return PrecomputedKeys(pick(self.key_proj), pick(self.values), pick(self.key_padding_mask),
-                               pick(self.lengths))
+                               pick(self.lengths), self.padding_zeroed)
 
 
 class AdditiveAttention(nn.Module):
@@ -98,7 +102,9 @@ class AdditiveAttention(nn.Module):
         self._check_shape("values", values, (3,), "value_dim", "(B, Tk, value_dim)")
         if lengths is not None and not isinstance(lengths, Tensor):
             lengths = torch.as_tensor(lengths)
-        return PrecomputedKeys(self.key_proj(keys), values, key_padding_mask, lengths)
+        key_proj, values = zero_padded_keys(self.key_proj(keys), values, key_padding_mask, lengths,
+                                            "AdditiveAttention")
+        return PrecomputedKeys(key_proj, values, key_padding_mask, lengths, True)
 
     def forward(self, query: Tensor, keys: Union[Tensor, PrecomputedKeys], values: Optional[Tensor] = None,
                 key_padding_mask: Optional[Tensor] = None, need_weights: bool = False,
@@ -112,7 +118,8 @@ class AdditiveAttention(nn.Module):
             cache = self.precompute_keys(keys, values, key_padding_mask, lengths)
         self._check_shape("query", query, (2, 3), "query_dim", "(B, Tq, query_dim) or (B, query_dim)")
         query_proj = self.query_proj(query)
-        pad = {"key_padding_mask": cache.key_padding_mask, "lengths": cache.lengths}
+        pad = {"key_padding_mask": cache.key_padding_mask, "lengths": cache.lengths,
+               "padding_zeroed": cache.padding_zeroed}
         if query.dim() == 2 and not need_weights:
             return ops.additive_attention_step(query_proj, cache.key_proj, self.v, cache.values, **pad), None
         step = query.dim() == 2

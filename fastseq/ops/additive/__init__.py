@@ -1,7 +1,9 @@
 """The additive (Bahdanau) attention ops: `additive_attention` (a block of queries, forward and backward)
 and `additive_attention_step` (one query per row against cached keys, as a recurrent decoder calls it
 once per output token). Torch custom ops with fake implementations and an autograd formula, served by
-the backend `fastseq.backends` chooses: "cuda" (fastseq._C), "triton" or "reference".
+the backend `fastseq.backends` chooses: "cuda" (fastseq._C), "triton" or "reference"; on a CPU, calls
+small enough to build (B, Tq, Tk, H) at once go to "torch" (native.py), which torch's autograd
+differentiates.
 
 The math, the padding rule and the workspace (the log-sum-exp) are in reference.py beside this file.
 """
@@ -14,8 +16,9 @@ from torch import Tensor
 
 from ...numerics import acc_dtype, autocast
 from .. import checks as C
-from ..registry import EXTENSION, Family, chosen, declare
-from .reference import attention_weights
+from ..registry import EXTENSION, Family, chosen, declare, differentiated
+from . import native
+from .reference import attention_weights, keep_mask
 
 # (B, Tq, Tk, H, Dv): benchmarks/bench_additive_attention.py against the naive PyTorch form
 CASES = {
@@ -35,10 +38,14 @@ FAMILY = Family(
                                        "-> (Tensor, Tensor, Tensor, Tensor)",
         "additive_attention_decode": f"({_ARGS}) -> Tensor",
     },
-    backends={"reference": "fastseq.ops.additive.reference",
+    backends={"reference": "fastseq.ops.additive.reference", "torch": "fastseq.ops.additive.native",
               "triton": "fastseq.ops.additive.triton", "cuda": EXTENSION},
     kernels=("fastseq.ops.additive.triton",),
     cases=CASES,
+    autograd={"cpu": ("torch",)},  # the built tensor, kept by autograd, trains 2-3x faster on a CPU (native.py)
+    # "blocked": never (B, Tq, Tk, H) at once, which calls past native.MATERIALIZED elements need
+    features={"blocked": ("reference", "triton", "cuda")},
+    order={"cuda": ("cuda", "triton", "reference")},  # the torch form on a GPU awaits a measurement there
 )
 _OPS = declare(FAMILY)
 
@@ -98,12 +105,48 @@ def _prepare(op: str, query_proj: Tensor, key_proj: Tensor, v: Tensor, values: T
     return args, lengths, None if key_padding_mask is None else key_padding_mask.contiguous()
 
 
+def _backend(args: tuple[Tensor, ...], Tq: int) -> str:
+    """The backend for a differentiable call on args (query_proj, key_proj, v, values) with Tq queries a row."""
+    query_proj, key_proj = args[0], args[1]
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in args)
+    needs = ("additive_attention", "additive_attention_backward") if grad else ("additive_attention",)
+    if query_proj.shape[0] * Tq * key_proj.shape[1] * key_proj.shape[2] > native.MATERIALIZED:
+        needs += ("blocked",)
+    return chosen("additive_attention", query_proj.device.type, needs, autograd=True)
+
+
+def _context(args: tuple[Tensor, ...], lengths: Optional[Tensor], mask: Optional[Tensor], padding_zeroed: bool) -> Tensor:
+    """The context (B, Tq, Dv) of query_proj (B, Tq, H) in args, from the chosen backend."""
+    backend = _backend(args, args[0].shape[1])
+    if differentiated("additive_attention", backend, args[0].device.type):  # torch's ops, under torch's autograd
+        return FAMILY.function(backend, "additive_attention")(*args, lengths, mask, padding_zeroed)[0]
+    return _OPS["additive_attention"](*args, lengths, mask, backend)[0]  # fused: zeroes padding at no cost
+
+
+def zero_padded_keys(key_proj: Tensor, values: Tensor, key_padding_mask: Optional[Tensor] = None,
+                     lengths: Union[Tensor, Sequence[int], None] = None,
+                     op: str = "zero_padded_keys") -> tuple[Tensor, Tensor]:
+    """key_proj (B, Tk, H) and values (B, Tk, Dv) with the padded keys' rows zeroed (differentiably), for a
+    decoder that attends to them at every step with padding_zeroed=True: done once per sequence, not per
+    step. Padding as in `additive_attention`; errors name `op`."""
+    C.check_ndim(op, "key_proj", key_proj, 3, "(B, Tk, H)")
+    B, Tk, _ = key_proj.shape
+    C.check_ndim(op, "values", values, 3, "(B, Tk, Dv)")
+    C.check_shape(op, "values", values, (B, Tk, values.shape[2]), "(B, Tk, Dv)")
+    lengths = C.check_key_padding(op, key_padding_mask, lengths, B, Tk, key_proj.device)
+    if key_padding_mask is None and lengths is None:
+        return key_proj, values
+    return native.zero_padding(key_proj, values, keep_mask(B, Tk, lengths, key_padding_mask, key_proj.device))
+
+
+
+
 # ------------------------------------------------------------------------------------------ public
 
 
 def additive_attention(query_proj: Tensor, key_proj: Tensor, v: Tensor, values: Tensor,
                        key_padding_mask: Optional[Tensor] = None, lengths: Union[Tensor, Sequence[int], None] = None,
-                       return_weights: bool = False) -> Union[Tensor, tuple[Tensor, Tensor]]:
+                       return_weights: bool = False, padding_zeroed: bool = False) -> Union[Tensor, tuple[Tensor, Tensor]]:
     """Additive attention of every query over the keys -> context (B, Tq, Dv) [, weights (B, Tq, Tk)].
 
     query_proj (B, Tq, H) = W_q query + b; key_proj (B, Tk, H) = W_k key; v (H,); values (B, Tk, Dv).
@@ -111,11 +154,13 @@ def additive_attention(query_proj: Tensor, key_proj: Tensor, v: Tensor, values: 
     tensor (B,) on any device, each in [0, Tk]); both may be given. A row with no key left gets a
     zero context and zero weights. The fused backends never build the (B, Tq, Tk, H) tensor; the
     weights, when asked for, come from the reference (differentiable, O(B·Tq·Tk) memory).
+    padding_zeroed=True: the caller has zeroed the padded keys' rows of key_proj and values
+    (`zero_padded_keys`), which the op otherwise does on every call where it is not fused.
     """
     op = "additive_attention"
     C.check_ndim(op, "query_proj", query_proj, 3, "(B, Tq, H)")
     args, lengths, mask = _prepare(op, query_proj, key_proj, v, values, key_padding_mask, lengths, "(B, Tq, H)")
-    context, _ = _OPS["additive_attention"](*args, lengths, mask, chosen("additive_attention", args[0].device.type))
+    context = _context(args, lengths, mask, padding_zeroed)
     if not return_weights:
         return context
     return context, attention_weights(query_proj, key_proj, v, lengths, key_padding_mask)
@@ -123,17 +168,15 @@ def additive_attention(query_proj: Tensor, key_proj: Tensor, v: Tensor, values: 
 
 def additive_attention_step(query_proj: Tensor, key_proj: Tensor, v: Tensor, values: Tensor,
                             key_padding_mask: Optional[Tensor] = None,
-                            lengths: Union[Tensor, Sequence[int], None] = None) -> Tensor:
+                            lengths: Union[Tensor, Sequence[int], None] = None, padding_zeroed: bool = False) -> Tensor:
     """One decoder step: query_proj (B, H) against cached key_proj (B, Tk, H) -> context (B, Dv).
 
     One kernel launch, no workspace, when no gradient is needed; otherwise the differentiable
-    `additive_attention` with Tq = 1. Padding as in `additive_attention`.
+    `additive_attention` with Tq = 1. Padding and padding_zeroed as in `additive_attention`.
     """
     op = "additive_attention_step"
     C.check_ndim(op, "query_proj", query_proj, 2, "(B, H)")
     args, lengths, mask = _prepare(op, query_proj, key_proj, v, values, key_padding_mask, lengths, "(B, H)")
     if torch.is_grad_enabled() and any(t.requires_grad for t in args):
-        context, _ = _OPS["additive_attention"](args[0][:, None], *args[1:], lengths, mask,
-                                                chosen("additive_attention", args[0].device.type))
-        return context[:, 0]
+        return _context((args[0][:, None], *args[1:]), lengths, mask, padding_zeroed)[:, 0]
     return _OPS["additive_attention_decode"](*args, lengths, mask)
