@@ -190,6 +190,19 @@ def _train_row(name, config_name, split, layers, scale, out, device, limit, twin
     return result
 
 
+def _twin_row(name, config_name, scale, device, twin_steps) -> dict:
+    """Only the step times of a "train" row's model on fastseq's layers and on the torch.nn twin."""
+    config = load_config(os.path.join(CONFIGS, config_name))
+    kind = "classify" if config["task"] == "classify" else config["model"].get("class")
+    sets = overrides(name, "train", kind, scale)
+    config = apply_overrides(config, sets)
+    config["out_dir"] = None
+    run = build_run(config, device)
+    return {"overrides": sets, "twin_steps": twin_steps,
+            "step_ms": _step_ms(_twin(run.model.to(device)), run.batches, run.loss, run.train.precision, device,
+                                twin_steps)}
+
+
 def _ulmfit_row(name, config_name, split, layers, scale, out, device, limit, twin_steps):
     config = load_config(os.path.join(CONFIGS, config_name))
     sets = overrides(name, "ulmfit", None, scale)
@@ -300,6 +313,23 @@ def _merged(path: str, rows: list[dict]) -> list[dict]:
     return [old[name] for name in ROWS if name in old]
 
 
+def _twin_only(args, path: str, info: dict, device, twin_steps: int) -> int:
+    rows = []
+    for name in args.rows:
+        kind, config, *_ = ROWS[name]
+        if kind != "train":
+            continue
+        row = {"row": name, "config": config, "date": datetime.date.today().isoformat(), "commit": timing.commit(),
+               **info, **_twin_row(name, config, args.scale, device, twin_steps)}
+        ms = row["step_ms"]
+        print(f"reproduce {name}: step fastseq {ms['fastseq']:.1f} ms, torch.nn {ms['torch.nn']:.1f} ms, "
+              f"speed-up {ms['torch.nn'] / ms['fastseq']:.2f}x", flush=True)
+        rows.append(row)
+        table = _merged(path, rows[-1:])
+        atomic.write(path, lambda f: json.dump({"rows": table}, f, indent=1), mode="w")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", nargs="+", choices=sorted(ROWS), default=list(ROWS))
@@ -311,6 +341,9 @@ def main(argv=None) -> int:
                         help="training steps timed on fastseq's and torch.nn's layers side by side (default: 10, "
                              "none at full scale)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate on the first N test examples only")
+    parser.add_argument("--twin-only", action="store_true",
+                        help="only time the training rows' steps on both layer kinds (no training, no evaluation), "
+                             "into reproduction-<device>-<scale>-steps.json")
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
     parser.add_argument("--runs", default=None, help="where the rows' run folders go (default: "
                         "OUT/reproduce-runs-SCALE)")
@@ -324,6 +357,8 @@ def main(argv=None) -> int:
             "budget_minutes": BUDGET_MINUTES.get(args.scale), "seeds": "fixed in each config (train.seed)"}
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, f"reproduction-{device.type}-{args.scale}")
+    if args.twin_only:
+        return _twin_only(args, stem + "-steps.json", info, device, twin_steps or 10)
     rows = []
     for name in args.rows:
         kind, config, split, metric, target, anchor = ROWS[name]

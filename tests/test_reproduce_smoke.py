@@ -34,6 +34,16 @@ def test_reproduce_tiny_rows(tmp_path):
     assert rows == ["char_lstm", "wikitext_kn"]
 
 
+def test_twin_only_times_the_training_rows_alone(tmp_path):
+    assert reproduce.main(["--rows", "mt_attention", "wikitext_kn", "--scale", "tiny", "--twin-only",
+                           "--twin-steps", "1", "--out", str(tmp_path)]) == 0
+    (report,) = tmp_path.iterdir()
+    assert report.name == "reproduction-cpu-tiny-steps.json"
+    (row,) = json.loads(report.read_text())["rows"]  # the n-gram row has no training steps
+    assert row["row"] == "mt_attention" and row["twin_steps"] == 1
+    assert set(row["step_ms"]) == {"fastseq", "torch.nn"} and all(ms > 0 for ms in row["step_ms"].values())
+
+
 @pytest.mark.parametrize("scale", ["cpu", "gpu"])
 def test_scale_overrides_are_valid_settings(scale):
     """Every row's overrides at the CPU and GPU-window scales name settings its config has, with values its

@@ -117,11 +117,13 @@ class SequenceClassifier(Model):
         return self.head(self.standardize(self.features(tokens, lengths)))
 
     @torch.no_grad()
-    def calibrate(self, batches: Iterable[tuple[Tensor, Tensor]]) -> None:
-        """Fix the head's input standardization to the mean and standard deviation of each pooled feature
-        over `batches` of (tokens, lengths): the training texts, before training (the body in eval mode)."""
+    def calibrate(self, batches: Iterable[tuple[Tensor, Tensor]], eps: float = 1e-5) -> None:
+        """Fix the head's input standardization to the mean and sqrt(variance + eps) of each pooled feature
+        over `batches` of (tokens, lengths): the training texts, before training. The body runs in training
+        mode, its dropout included, so that the spread is the one the head trains on: a feature nearly
+        constant without dropout but not with it would otherwise be scaled up by orders of magnitude."""
         training, total, squares, count = self.training, 0.0, 0.0, 0
-        self.eval()
+        self.train()
         for tokens, lengths in batches:
             f = self.features(tokens, lengths).double()
             total, squares, count = total + f.sum(0), squares + (f * f).sum(0), count + f.shape[0]
@@ -129,9 +131,9 @@ class SequenceClassifier(Model):
         if count < 2:
             raise ValueError(f"SequenceClassifier.calibrate: batches must hold at least 2 examples, got {count}")
         mean = total / count
-        std = ((squares - count * mean * mean).clamp_min(0) / (count - 1)).sqrt()
+        variance = (squares - count * mean * mean).clamp_min(0) / (count - 1)
         self.standardize.mean.copy_(mean)
-        self.standardize.scale.copy_(std.clamp_min(1e-6))
+        self.standardize.scale.copy_((variance + eps).sqrt())
 
     def loss(self, tokens: Tensor, labels: Tensor, lengths=None) -> Tensor:
         """Mean cross-entropy of the class logits against labels (B,) in [0, num_classes)."""
