@@ -169,6 +169,32 @@ def test_generation_is_the_argmax_chain_and_stops_at_eos(kind):
         assert torch.equal(logits.argmax(-1), gen)
 
 
+def test_one_row_cpu_steps_read_the_output_weight_transposed():
+    """A CausalLM generating for one row on a CPU computes its logits from an (in, out) copy of the output
+    weight (ONE_ROW_COPY_TOKENS): the same logits as nn.Linear's, and no copy for shorter generations or for
+    several rows (beam search of one sentence)."""
+    from fastseq.models.causal_lm import ONE_ROW_COPY_TOKENS
+    torch.manual_seed(0)
+    model = CausalLM(CausalLMConfig(50, 24, 4, 2, dropout=0.0, max_len=64)).eval()
+    prompt = torch.randint(4, 50, (1, 5))
+    logits, state = model.begin_decoding(prompt, max_new_tokens=ONE_ROW_COPY_TOKENS)
+    _, plain = model.begin_decoding(prompt, max_new_tokens=ONE_ROW_COPY_TOKENS - 1)
+    assert state.one_row_output and not plain.one_row_output
+    tokens = logits.argmax(-1)
+    for _ in range(4):
+        ours, linear = model.decode_step(tokens, state), model.decode_step(tokens, plain)
+        torch.testing.assert_close(ours, linear)
+        tokens = ours.argmax(-1)
+    assert state.output_t.shape == (24, 50) and state.output_t.is_contiguous() and plain.output_t is None
+    _, beams = model.begin_decoding(prompt, max_new_tokens=ONE_ROW_COPY_TOKENS)
+    beams.reorder(torch.zeros(3, dtype=torch.long))
+    model.decode_step(tokens.repeat(3), beams)
+    assert beams.output_t is None
+    expected = generate(model, prompt, max_new_tokens=ONE_ROW_COPY_TOKENS - 1, method="greedy", eos_id=None)
+    longer = generate(model, prompt, max_new_tokens=ONE_ROW_COPY_TOKENS, method="greedy", eos_id=None)
+    torch.testing.assert_close(longer.tokens[:, :expected.tokens.shape[1]], expected.tokens, rtol=0, atol=0)
+
+
 def test_no_repeat_ngram_blocking():
     model = _sharpen(tiny_models()["causal_lm"]).double()
     tokens, lengths = _inputs()
