@@ -35,8 +35,7 @@ import timing  # noqa: E402
 from fastseq import atomic, data as D  # noqa: E402
 from fastseq.models import LSTMLM, LSTMLMConfig, SequenceClassifier  # noqa: E402
 from fastseq.train import Trainer, TrainConfig, ulmfit  # noqa: E402
-from fastseq.train.tasks import (calibrate_classifier, classification_metrics, encode_labelled, epoch_batches,  # noqa: E402
-                                 open_run)
+from fastseq.train.tasks import classification_metrics, encode_labelled, epoch_batches, open_run  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 METHODS = ("scratch", "ulmfit-supervised", "ulmfit-semi-supervised")
@@ -67,7 +66,6 @@ def _scratch(tokenizer, model_cfg, records, num_classes, settings, steps, lr, de
                                                dropout=float(settings.get("dropout", 0.1))).to(device)
     max_len = int(settings.get("max_len", 128))
     ids = encode_labelled(tokenizer, records, max_len)
-    calibrate_classifier(model, ids, tokenizer.pad_id, device)
     batches = epoch_batches([len(t) for _, t in ids], int(settings.get("max_tokens", 2048)), seed,
                             lambda idx: D.collate_labelled([ids[i] for i in idx], tokenizer.pad_id))
     config = TrainConfig(steps=steps, lr=lr, schedule="cosine", warmup=steps // 10, progress=False, out_dir=None,

@@ -170,30 +170,6 @@ def test_classifier_fits_fixed_batches(body):
     assert final < 0.1, (first, final)
 
 
-def test_classifier_calibrate_standardizes_the_pooled_features(tmp_path):
-    model = SequenceClassifier.from_pretrained(lstm_lm().double(), num_classes=3, dropout=0.0).double()
-    assert all(getattr(model.body.config, k) == 0 for k in ("embed_dropout", "hidden_dropout", "output_dropout"))
-    parts = [batch(B=B, T=T) for B, T in ((5, 7), (3, 4), (6, 9))]
-    before = model.eval()(*parts[0])
-    model.calibrate(iter(parts))
-    # the oracle: torch's mean and std of the features of the texts one at a time, unpadded
-    rows = torch.cat([model.features(t[i:i + 1, :int(n[i])]) for t, n in parts for i in range(len(n))])
-    torch.testing.assert_close(model.standardize.mean, rows.mean(0))
-    torch.testing.assert_close(model.standardize.scale, (rows.var(0) + 1e-5).sqrt())
-    standardized = model.standardize(rows)
-    torch.testing.assert_close(standardized.mean(0), torch.zeros_like(standardized[0]), atol=1e-9, rtol=0)
-    torch.testing.assert_close(standardized.var(0), rows.var(0) / (rows.var(0) + 1e-5))
-    assert not torch.allclose(model(*parts[0]), before)  # the head now reads standardized features
-    # a prediction depends on its text alone (no batch statistics) ...
-    tokens, n = parts[2]
-    torch.testing.assert_close(model(tokens, n)[:2], model(tokens[:2, :int(n[:2].max())], n[:2]))
-    # ... and the calibration is saved with the model
-    model.save(tmp_path / "clf.pt")
-    torch.testing.assert_close(models.load(tmp_path / "clf.pt").standardize.scale, model.standardize.scale.float())
-    with pytest.raises(ValueError, match="at least 2 examples"):
-        model.calibrate([batch(B=1, T=3)])
-
-
 # ------------------------------------------------------------------------------ padding, causality
 
 def _perturb_padding(tokens, lengths):

@@ -1,23 +1,17 @@
 """A sequence classifier over a language model's body, as ULMFiT (Howard & Ruder, "Universal Language Model
 Fine-tuning for Text Classification", 2018): the body's states are pooled by concatenating the last
 real state, the max and the mean over real positions, then a two-layer head (norm, dropout, linear, ReLU,
-norm, dropout, linear) gives the classes.
-
-ULMFiT's head starts with a batch norm. Its job is to scale up what tells texts apart: a pretrained LM's
-pooled states differ across texts by a few percent of their size, and a head fed them raw sees almost the
-same input for every text. Here that job is done by a standardization whose per-feature mean and spread are
-measured once, over the training texts, by `calibrate` before training, and then stay fixed; the norms
-after it are layer norms. So an example's prediction never depends on the rest of its batch (batches of
-similar lengths would give a batch norm length-dependent statistics) nor on running statistics that lag
-behind the body while it is fine-tuned. The body is an LSTMLM, CausalLM or MaskedLM, loaded from a
-pretrained one with `from_pretrained`.
+norm, dropout, linear) gives the classes. The norms are layer norms where ULMFiT has batch norms, so
+that an example's prediction never depends on the rest of its batch, nor on running statistics that
+lag behind during fine-tuning. The body is an LSTMLM, CausalLM or MaskedLM, loaded from a pretrained
+one with `from_pretrained`.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import Iterable, Union
+from typing import Union
 
 import torch
 from torch import Tensor, nn
@@ -46,19 +40,6 @@ class SequenceClassifierConfig:
                      probabilities=("dropout",))
 
 
-class Standardize(nn.Module):
-    """x -> (x - mean) / scale per feature; mean and scale are buffers set from data (SequenceClassifier's
-    calibrate), the identity until then."""
-
-    def __init__(self, features: int) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.zeros(features))
-        self.register_buffer("scale", torch.ones(features))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return (x - self.mean) / self.scale
-
-
 class SequenceClassifier(Model):
     """forward(tokens (B, T), lengths=None) -> class logits (B, num_classes); loss(tokens, labels, lengths)."""
 
@@ -69,7 +50,6 @@ class SequenceClassifier(Model):
         body_cls = model_class(config.body)
         self.body = body_cls(body_cls.config_class(**config.body_config))
         pooled = 3 * self.body.feature_size
-        self.standardize = Standardize(pooled)
         self.head = nn.Sequential(
             nn.LayerNorm(pooled), nn.Dropout(config.dropout), nn.Linear(pooled, config.hidden_dim), nn.ReLU(),
             nn.LayerNorm(config.hidden_dim), nn.Dropout(config.dropout), nn.Linear(config.hidden_dim,
@@ -107,33 +87,10 @@ class SequenceClassifier(Model):
         mean = states.masked_fill(pad, 0.0).sum(1) / lengths[:, None].to(states.dtype)
         return torch.cat([last, largest, mean], dim=-1)
 
-    def features(self, tokens: Tensor, lengths=None) -> Tensor:
-        """The pooled features (B, 3D) of tokens (B, T) whose real lengths are `lengths` (None: all T)."""
+    def forward(self, tokens: Tensor, lengths=None) -> Tensor:
         if lengths is not None:
             lengths = lengths_tensor("SequenceClassifier", lengths, tokens.shape[0], tokens.shape[1], tokens.device)
-        return self.pool(self.body.features(tokens, lengths), lengths)
-
-    def forward(self, tokens: Tensor, lengths=None) -> Tensor:
-        return self.head(self.standardize(self.features(tokens, lengths)))
-
-    @torch.no_grad()
-    def calibrate(self, batches: Iterable[tuple[Tensor, Tensor]], eps: float = 1e-5) -> None:
-        """Fix the head's input standardization to the mean and sqrt(variance + eps) of each pooled feature
-        over `batches` of (tokens, lengths): the training texts, before training. The body runs in training
-        mode, its dropout included, so that the spread is the one the head trains on: a feature nearly
-        constant without dropout but not with it would otherwise be scaled up by orders of magnitude."""
-        training, total, squares, count = self.training, 0.0, 0.0, 0
-        self.train()
-        for tokens, lengths in batches:
-            f = self.features(tokens, lengths).double()
-            total, squares, count = total + f.sum(0), squares + (f * f).sum(0), count + f.shape[0]
-        self.train(training)
-        if count < 2:
-            raise ValueError(f"SequenceClassifier.calibrate: batches must hold at least 2 examples, got {count}")
-        mean = total / count
-        variance = (squares - count * mean * mean).clamp_min(0) / (count - 1)
-        self.standardize.mean.copy_(mean)
-        self.standardize.scale.copy_((variance + eps).sqrt())
+        return self.head(self.pool(self.body.features(tokens, lengths), lengths))
 
     def loss(self, tokens: Tensor, labels: Tensor, lengths=None) -> Tensor:
         """Mean cross-entropy of the class logits against labels (B,) in [0, num_classes)."""

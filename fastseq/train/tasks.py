@@ -340,7 +340,6 @@ def _classify(task, config, data, model_cfg, train, device) -> Run:
 
     train_ids = encode_labelled(tokenizer, train_records, max_len)
     valid_ids = encode_labelled(tokenizer, valid_records, max_len)
-    calibrate_classifier(model.to(device), train_ids, tokenizer.pad_id, device)
     batches = epoch_batches([len(t) for _, t in train_ids], int(data.get("max_tokens", 2048)), train.seed,
                              lambda idx: D.collate_labelled([train_ids[i] for i in idx], tokenizer.pad_id))
 
@@ -357,19 +356,10 @@ def encode_labelled(tokenizer: D.Tokenizer, records, max_len: int) -> list:
     return [(label, (tokenizer.encode(text) or [tokenizer.unk_id])[:max_len]) for label, text in records]
 
 
-def _labelled_batches(examples, pad_id: int, device, batch: int = 128):
-    for start in range(0, len(examples), batch):
-        yield {k: v.to(device) for k, v in D.collate_labelled(examples[start:start + batch], pad_id).items()}
-
-
-def calibrate_classifier(model, examples, pad_id: int, device) -> None:
-    """Set a SequenceClassifier's input standardization from its (label, ids) training examples."""
-    model.calibrate((b["tokens"], b["lengths"]) for b in _labelled_batches(examples, pad_id, device))
-
-
 def classification_metrics(model, examples, pad_id: int, device, batch: int = 128) -> dict:
     correct, nll = 0, 0.0
-    for b in _labelled_batches(examples, pad_id, device, batch):
+    for start in range(0, len(examples), batch):
+        b = {k: v.to(device) for k, v in D.collate_labelled(examples[start:start + batch], pad_id).items()}
         logits = model(b["tokens"], b["lengths"])
         nll += torch.nn.functional.cross_entropy(logits.float(), b["labels"], reduction="sum").item()
         correct += (logits.argmax(-1) == b["labels"]).sum().item()

@@ -26,7 +26,7 @@ from torch import nn
 
 from .. import data as D
 from ..models import LSTMLM, LSTMLMConfig, SequenceClassifier
-from .tasks import Run, calibrate_classifier, classification_metrics, encode_labelled, epoch_batches, save_run, train_valid
+from .tasks import Run, classification_metrics, encode_labelled, epoch_batches, save_run, train_valid
 from .trainer import TrainConfig, Trainer
 
 FACTOR = 2.6  # ULMFiT's ratio between the learning rates of adjacent layer groups
@@ -102,7 +102,6 @@ def train_classifier(lm, tokenizer, train_records, valid_records, settings: dict
 
     train_ids = encode_labelled(tokenizer, train_records, max_len)
     valid_ids = encode_labelled(tokenizer, valid_records, max_len) if valid_records else None
-    calibrate_classifier(model, train_ids, tokenizer.pad_id, device)
     batches = epoch_batches([len(t) for _, t in train_ids], max_tokens, seed,
                              lambda idx: D.collate_labelled([train_ids[i] for i in idx], tokenizer.pad_id))
     groups = layer_groups(model)
