@@ -87,7 +87,7 @@ CPU = {
                  "data.batch=32", "train.steps=1500", "train.lr=2.0e-3", "train.warmup=50"],
     "char_lstm": ["model.embed_dim=128", "model.hidden_size=512", "model.num_layers=2", "model.tie_weights=false",
                   "model.embed_dropout=0.05", "model.hidden_dropout=0.1", "model.output_dropout=0.1",
-                  "model.weight_drop=0.0", "data.block=128", "data.batch=32", "train.steps=1450", "train.lr=3.0e-3",
+                  "model.weight_drop=0.0", "data.block=128", "data.batch=32", "train.steps=1650", "train.lr=3.0e-3",
                   "train.warmup=50"],
     "mt_transformer": ["data.tokenizer.vocab_size=5000", "data.max_tokens=4096", "train.steps=560",
                        "train.schedule=cosine", "train.warmup=100"],
