@@ -164,12 +164,24 @@ def _twin(model: torch.nn.Module) -> dict:
     return {"fastseq": model.train(), "torch.nn": torch_layers(model).train()}
 
 
-def _train_row(name, config_name, split, layers, scale, out, device, limit, twin_steps):
+def _row_config(name, config_name, scale, out) -> tuple[dict, list[str]]:
+    """A "train" row's config at `scale`, its run folder `out`, and the overrides that sized it."""
     config = load_config(os.path.join(CONFIGS, config_name))
     kind = "classify" if config["task"] == "classify" else config["model"].get("class")
     sets = overrides(name, "train", kind, scale)
     config = apply_overrides(config, sets)
     config["out_dir"] = out
+    return config, sets
+
+
+def _step_times(config: dict, device, twin_steps: int) -> dict:
+    """The step times of the config's model, built afresh, on fastseq's layers and on the torch.nn twin."""
+    run = build_run(config, device)
+    return _step_ms(_twin(run.model.to(device)), run.batches, run.loss, run.train.precision, device, twin_steps)
+
+
+def _train_row(name, config_name, split, layers, scale, out, device, limit, twin_steps):
+    config, sets = _row_config(name, config_name, scale, out)
     run = build_run(config, device)
     model = torch_layers(run.model) if layers == "torch.nn" else run.model
     _sync()
@@ -184,23 +196,14 @@ def _train_row(name, config_name, split, layers, scale, out, device, limit, twin
     metrics = evaluate_run(out, split, device, limit)
     result = {"train_seconds": seconds, "steps": run.train.steps, "overrides": sets, **metrics}
     if twin_steps:
-        fresh = build_run(config, device)
-        result["step_ms"] = _step_ms(_twin(fresh.model.to(device)), fresh.batches, fresh.loss, fresh.train.precision,
-                                     device, twin_steps)
+        result["step_ms"] = _step_times(config, device, twin_steps)
     return result
 
 
 def _twin_row(name, config_name, scale, device, twin_steps) -> dict:
     """Only the step times of a "train" row's model on fastseq's layers and on the torch.nn twin."""
-    config = load_config(os.path.join(CONFIGS, config_name))
-    kind = "classify" if config["task"] == "classify" else config["model"].get("class")
-    sets = overrides(name, "train", kind, scale)
-    config = apply_overrides(config, sets)
-    config["out_dir"] = None
-    run = build_run(config, device)
-    return {"overrides": sets, "twin_steps": twin_steps,
-            "step_ms": _step_ms(_twin(run.model.to(device)), run.batches, run.loss, run.train.precision, device,
-                                twin_steps)}
+    config, sets = _row_config(name, config_name, scale, None)
+    return {"overrides": sets, "twin_steps": twin_steps, "step_ms": _step_times(config, device, twin_steps)}
 
 
 def _ulmfit_row(name, config_name, split, layers, scale, out, device, limit, twin_steps):
