@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from fastseq import backends, ops
+from fastseq.ops.additive.native import MATERIALIZED
 from fastseq.ops.additive.reference import naive
 from fastseq.ops.registry import declared
 
@@ -104,12 +105,24 @@ def _fmt(t):
     return "OOM" if t.get("oom") else f"{t['median_ms']:9.3f} ms {t.get('peak_extra_bytes', 0) / 2**20:8.1f} MiB"
 
 
+def _able(fused_backends, device, mode, B, Tq, Tk, H) -> list[str]:
+    """The backends that serve the case as the op would choose them: torch's form only within its size bound,
+    and with a backward only where torch's autograd trains it (a CPU)."""
+    needs = ("additive_attention",) if mode == "forward" else ("additive_attention", "additive_attention_backward")
+    if B * Tq * Tk * H > MATERIALIZED:
+        needs += ("blocked",)
+    return [b for b in fused_backends if declared()["additive_attention"].provides(b, needs, device.type)]
+
+
 def run(device, preset, dtype_names, fused_backends, ceilings):
     rows = []
     for B, Tq, Tk, H, Dv in PRESETS[preset]:
         for dtype_name in dtype_names:
             for mode in MODES.get(preset, ("forward", "forward+backward")):
-                for r in bench_case(device, dtype_name, mode, B, Tq, Tk, H, Dv, fused_backends, ceilings,
+                able = _able(fused_backends, device, mode, B, Tq, Tk, H)
+                if not able:
+                    continue
+                for r in bench_case(device, dtype_name, mode, B, Tq, Tk, H, Dv, able, ceilings,
                                     BASELINES.get(preset, ("naive", "naive-compiled"))):
                     rows.append(r)
                     base = "  ".join(f"{k} {_fmt(v)}" for k, v in r["baselines"].items())
