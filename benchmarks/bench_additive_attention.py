@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from fastseq import backends, ops
-from fastseq.ops.additive.native import MATERIALIZED
+from fastseq.ops import additive
 from fastseq.ops.additive.reference import naive
 from fastseq.ops.registry import declared
 
@@ -108,10 +108,8 @@ def _fmt(t):
 def _able(fused_backends, device, mode, B, Tq, Tk, H) -> list[str]:
     """The backends that serve the case as the op would choose them: torch's form only within its size bound,
     and with a backward only where torch's autograd trains it (a CPU)."""
-    needs = ("additive_attention",) if mode == "forward" else ("additive_attention", "additive_attention_backward")
-    if B * Tq * Tk * H > MATERIALIZED:
-        needs += ("blocked",)
-    return [b for b in fused_backends if declared()["additive_attention"].provides(b, needs, device.type)]
+    asked = additive.needs(B, Tq, Tk, H, grad=mode != "forward")
+    return [b for b in fused_backends if declared()["additive_attention"].provides(b, asked, device.type)]
 
 
 def run(device, preset, dtype_names, fused_backends, ceilings):

@@ -105,19 +105,20 @@ def _prepare(op: str, query_proj: Tensor, key_proj: Tensor, v: Tensor, values: T
     return args, lengths, None if key_padding_mask is None else key_padding_mask.contiguous()
 
 
-def _backend(args: tuple[Tensor, ...], Tq: int) -> str:
-    """The backend for a differentiable call on args (query_proj, key_proj, v, values) with Tq queries a row."""
-    query_proj, key_proj = args[0], args[1]
+def needs(B: int, Tq: int, Tk: int, H: int, grad: bool) -> tuple[str, ...]:
+    """What a call of these sizes asks of its backend: the forward, the backward when `grad`, and "blocked"
+    when (B, Tq, Tk, H) is past native.MATERIALIZED elements."""
+    asked = ("additive_attention", "additive_attention_backward") if grad else ("additive_attention",)
+    return asked + (("blocked",) if B * Tq * Tk * H > native.MATERIALIZED else ())
+
+
+def _context(args: tuple[Tensor, ...], lengths: Optional[Tensor], mask: Optional[Tensor],
+             padding_zeroed: bool) -> Tensor:
+    """The context (B, Tq, Dv) of query_proj (B, Tq, H) in args (query_proj, key_proj, v, values), from the
+    chosen backend."""
+    (B, Tq, _), (_, Tk, H) = args[0].shape, args[1].shape
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in args)
-    needs = ("additive_attention", "additive_attention_backward") if grad else ("additive_attention",)
-    if query_proj.shape[0] * Tq * key_proj.shape[1] * key_proj.shape[2] > native.MATERIALIZED:
-        needs += ("blocked",)
-    return chosen("additive_attention", query_proj.device.type, needs, autograd=True)
-
-
-def _context(args: tuple[Tensor, ...], lengths: Optional[Tensor], mask: Optional[Tensor], padding_zeroed: bool) -> Tensor:
-    """The context (B, Tq, Dv) of query_proj (B, Tq, H) in args, from the chosen backend."""
-    backend = _backend(args, args[0].shape[1])
+    backend = chosen("additive_attention", args[0].device.type, needs(B, Tq, Tk, H, grad), autograd=True)
     if differentiated("additive_attention", backend, args[0].device.type):  # torch's ops, under torch's autograd
         return FAMILY.function(backend, "additive_attention")(*args, lengths, mask, padding_zeroed)[0]
     return _OPS["additive_attention"](*args, lengths, mask, backend)[0]  # fused: zeroes padding at no cost
@@ -139,14 +140,13 @@ def zero_padded_keys(key_proj: Tensor, values: Tensor, key_padding_mask: Optiona
     return native.zero_padding(key_proj, values, keep_mask(B, Tk, lengths, key_padding_mask, key_proj.device))
 
 
-
-
 # ------------------------------------------------------------------------------------------ public
 
 
 def additive_attention(query_proj: Tensor, key_proj: Tensor, v: Tensor, values: Tensor,
                        key_padding_mask: Optional[Tensor] = None, lengths: Union[Tensor, Sequence[int], None] = None,
-                       return_weights: bool = False, padding_zeroed: bool = False) -> Union[Tensor, tuple[Tensor, Tensor]]:
+                       return_weights: bool = False,
+                       padding_zeroed: bool = False) -> Union[Tensor, tuple[Tensor, Tensor]]:
     """Additive attention of every query over the keys -> context (B, Tq, Dv) [, weights (B, Tq, Tk)].
 
     query_proj (B, Tq, H) = W_q query + b; key_proj (B, Tk, H) = W_k key; v (H,); values (B, Tk, Dv).
