@@ -3,9 +3,11 @@ cached against uncached decoding on real models, EOS and padding, n-gram blockin
 against their definitions, seeded sampling, and bad arguments."""
 import itertools
 import math
+from unittest import mock
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from _util import KERNEL_RUNS, HostReads, assert_proportion, kernel_run
 from fastseq.generation import block_repeated_ngrams, generate, top_k_filter, top_p_filter
@@ -169,30 +171,74 @@ def test_generation_is_the_argmax_chain_and_stops_at_eos(kind):
         assert torch.equal(logits.argmax(-1), gen)
 
 
-def test_one_row_cpu_steps_read_the_output_weight_transposed():
-    """A CausalLM generating for one row on a CPU computes its logits from an (in, out) copy of the output
-    weight (ONE_ROW_COPY_TOKENS): the same logits as nn.Linear's, and no copy for shorter generations or for
-    several rows (beam search of one sentence)."""
-    from fastseq.models.causal_lm import ONE_ROW_COPY_TOKENS
+@pytest.mark.parametrize("kind", ["causal_lm", "transformer", "bahdanau", "lstm_lm"])
+def test_one_row_cpu_steps_read_transposed_weights(kind):
+    """A decoder generating one row on a CPU reads (in, out) copies of its linear weights (fastseq.nn.linear),
+    made at the first decode step for generations of at least ONE_ROW_COPY_TOKENS: the same tokens and
+    scores as reading nn.Linear's layout, and no copy for shorter generations or several rows."""
+    from fastseq.generation import graphs
+    from fastseq.nn import linear as one_row
+    ONE_ROW_COPY_TOKENS = graphs.ONE_ROW_COPY_TOKENS
+    model = tiny_models()[kind].double().eval()
+    tokens, lengths = _inputs()
+    prompt = tokens[:1, :lengths[0]]
+    made = []
+    real = one_row.OneRowCopies.__enter__
+
+    def counting(store):
+        made.append(store)
+        return real(store)
+
+    n = ONE_ROW_COPY_TOKENS
+    with mock.patch.object(one_row.OneRowCopies, "__enter__", counting):
+        short = generate(model, prompt, max_new_tokens=n - 1, method="greedy", eos_id=None)
+        assert not made
+        beams = generate(model, prompt, max_new_tokens=n, method="beam", beams=3, eos_id=None)
+        assert not made
+        longer = generate(model, prompt, max_new_tokens=n, method="greedy", eos_id=None)
+    assert len(made) == n - 1  # every decode step after the prompt's
+    assert all(store is made[0] for store in made)
+    parameters = {id(p) for p in model.parameters()}
+    held = made[0].copies
+    assert held
+    for weight, _, copy in held.values():
+        assert id(weight if weight._base is None else weight._base) in parameters
+        assert copy.is_contiguous() and torch.equal(copy, weight.t())
+    with mock.patch.object(graphs, "ONE_ROW_COPY_TOKENS", n + 1):  # the same generation, reading nn.Linear's layout
+        plain = generate(model, prompt, max_new_tokens=n, method="greedy", eos_id=None)
+    torch.testing.assert_close(longer.tokens, plain.tokens, rtol=0, atol=0)
+    torch.testing.assert_close(longer.scores, plain.scores)
+    torch.testing.assert_close(longer.tokens[:, :short.tokens.shape[1]], short.tokens, rtol=0, atol=0)
+    assert beams.lengths.tolist() == [n]
+
+
+def test_one_row_linear_matches_f_linear_and_follows_writes():
+    """fastseq.nn.linear: within a store, one CPU row reads the copy (equal to F.linear), several rows,
+    autograd and computed weights do not; a weight written in place is copied again."""
+    from fastseq.nn.linear import Linear, OneRowCopies, linear
     torch.manual_seed(0)
-    model = CausalLM(CausalLMConfig(50, 24, 4, 2, dropout=0.0, max_len=64)).eval()
-    prompt = torch.randint(4, 50, (1, 5))
-    logits, state = model.begin_decoding(prompt, max_new_tokens=ONE_ROW_COPY_TOKENS)
-    _, plain = model.begin_decoding(prompt, max_new_tokens=ONE_ROW_COPY_TOKENS - 1)
-    assert state.one_row_output and not plain.one_row_output
-    tokens = logits.argmax(-1)
-    for _ in range(4):
-        ours, linear = model.decode_step(tokens, state), model.decode_step(tokens, plain)
-        torch.testing.assert_close(ours, linear)
-        tokens = ours.argmax(-1)
-    assert state.output_t.shape == (24, 50) and state.output_t.is_contiguous() and plain.output_t is None
-    _, beams = model.begin_decoding(prompt, max_new_tokens=ONE_ROW_COPY_TOKENS)
-    beams.reorder(torch.zeros(3, dtype=torch.long))
-    model.decode_step(tokens.repeat(3), beams)
-    assert beams.output_t is None
-    expected = generate(model, prompt, max_new_tokens=ONE_ROW_COPY_TOKENS - 1, method="greedy", eos_id=None)
-    longer = generate(model, prompt, max_new_tokens=ONE_ROW_COPY_TOKENS, method="greedy", eos_id=None)
-    torch.testing.assert_close(longer.tokens[:, :expected.tokens.shape[1]], expected.tokens, rtol=0, atol=0)
+    layer = Linear(7, 5).double()
+    store = OneRowCopies()
+    x1, x3 = torch.randn(1, 1, 7, dtype=torch.float64), torch.randn(3, 7, dtype=torch.float64)
+    with torch.no_grad(), store:
+        torch.testing.assert_close(layer(x1), F.linear(x1, layer.weight, layer.bias))
+        assert len(store.copies) == 1
+        torch.testing.assert_close(layer(x3), F.linear(x3, layer.weight, layer.bias))
+        torch.testing.assert_close(linear(x1[0, 0], layer.weight * 2), F.linear(x1[0, 0], layer.weight * 2))
+        assert len(store.copies) == 1  # neither several rows nor a computed weight is copied
+        layer.weight.mul_(-1)
+        torch.testing.assert_close(layer(x1), F.linear(x1, layer.weight, layer.bias))
+        (_, version, copy), = store.copies.values()
+        assert version == layer.weight._version and torch.equal(copy, layer.weight.t())
+        chunk = layer.weight.chunk(5)[2]
+        torch.testing.assert_close(linear(x1, chunk), F.linear(x1, chunk))
+        torch.testing.assert_close(linear(x1, layer.weight.chunk(5)[2]), F.linear(x1, chunk))
+        assert len(store.copies) == 2  # a view taken afresh finds its copy
+    with store:
+        y = layer(x1.requires_grad_())
+        y.sum().backward()
+    assert layer.weight.grad is not None and len(store.copies) == 2
+    assert linear.__module__ == "fastseq.nn.linear" and not store._tokens
 
 
 def test_no_repeat_ngram_blocking():

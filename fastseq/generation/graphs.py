@@ -16,7 +16,13 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from ..nn.linear import OneRowCopies
 from .protocol import Decoder, DecodingState
+
+# One row on a CPU: the linear layers read (in, out) copies of their weights (fastseq.nn.linear), made at
+# the first step; GPT-2 small's copies cost about as much as COPY steps save, so shorter generations read
+# the weights as they lie.
+ONE_ROW_COPY_TOKENS = 16
 
 
 def graphable(state: DecodingState) -> bool:
@@ -66,11 +72,19 @@ class GraphedStep:
         return self.logits
 
 
-def decode_steps(model: Decoder, state: DecodingState, cuda_graph: bool,
-                 device: torch.device) -> Callable[[Tensor], Tensor]:
-    """The function each search step calls with its tokens: the CUDA-graph step when asked for (on a CUDA
-    device it captures; on the CPU it runs the same static steps eagerly), else the model's decode_step."""
+def decode_steps(model: Decoder, state: DecodingState, cuda_graph: bool, device: torch.device, rows: int,
+                 steps: int) -> Callable[[Tensor], Tensor]:
+    """The function each search step calls with its tokens (rows of them, for up to `steps` steps): the
+    CUDA-graph step when asked for (on a CUDA device it captures; on the CPU it runs the same static steps
+    eagerly), else the model's decode_step; one row on a CPU, long enough, within a OneRowCopies store."""
     if not cuda_graph:
+        if device.type == "cpu" and rows == 1 and steps >= ONE_ROW_COPY_TOKENS:
+            copies = OneRowCopies()
+
+            def one_row_step(tokens: Tensor) -> Tensor:
+                with copies:
+                    return model.decode_step(tokens, state)
+            return one_row_step
         return lambda tokens: model.decode_step(tokens, state)
     if not graphable(state):
         raise ValueError(f"generate: cuda_graph=True: {type(model).__name__}'s decoding state "

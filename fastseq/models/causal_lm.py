@@ -52,13 +52,6 @@ class CausalLMConfig:
         check_transformer("CausalLMConfig", self)
 
 
-# A step of one row on a CPU is a matrix-vector product, and MKL's reads a weight stored (in, out) about
-# twice as fast as nn.Linear's (out, in): GPT-2 small's 50257 x 768 output, 2 threads, 6.1 against 11.5 ms a
-# token (with several rows (out, in) is the faster). The (in, out) copy costs about what a few steps save,
-# so it is made for generations of at least this many new tokens.
-ONE_ROW_COPY_TOKENS = 16
-
-
 class CausalLM(Model):
     """forward(tokens (B, T), lengths=None) -> logits (B, T, V), position t seeing tokens[:, :t+1] only;
     features() the final hidden states (B, T, d_model); loss() the mean next-token cross-entropy."""
@@ -72,7 +65,7 @@ class CausalLM(Model):
         self.dropout = nn.Dropout(c.dropout)
         self.layers = layer_stack(fnn.TransformerEncoderLayer, c, c.num_layers)
         self.norm = nn.LayerNorm(c.d_model, eps=c.layer_norm_eps) if c.norm_first else nn.Identity()
-        self.output = nn.Linear(c.d_model, c.vocab_size, bias=False)
+        self.output = fnn.Linear(c.d_model, c.vocab_size, bias=False)
         if c.tie_weights:
             self.output.weight = self.embedding.tokens.weight
         self.feature_size = c.d_model
@@ -114,8 +107,7 @@ class CausalLM(Model):
         self.embedding.check_length("CausalLM", T + max_new_tokens)
         lengths = (torch.full((B,), T, device=prompt.device) if lengths is None
                    else lengths_tensor("CausalLM", lengths, B, T, prompt.device))
-        state = TransformerState(positions=lengths.clone(), one_row_output=B == 1 and prompt.device.type == "cpu"
-                                 and max_new_tokens >= ONE_ROW_COPY_TOKENS)
+        state = TransformerState(positions=lengths.clone())
         if use_cache:
             head_dim = c.d_model // c.num_heads
             dtype = compute_dtype(self.output.weight)
@@ -139,8 +131,4 @@ class CausalLM(Model):
             state.tokens[rows, state.positions] = tokens
             hidden = self.run(state.tokens, torch.arange(width + 1, device=tokens.device))[rows, state.positions]
         state.positions += 1  # in place: a CUDA graph's replay reads the same tensor
-        if state.one_row_output and hidden.shape[0] == 1:  # see ONE_ROW_COPY_TOKENS
-            if state.output_t is None:
-                state.output_t = self.output.weight.t().contiguous()
-            return hidden @ state.output_t
         return self.output(hidden)

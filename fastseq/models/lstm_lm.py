@@ -78,7 +78,7 @@ class LSTMLM(Model):
         if c.weight_drop > 0:
             for layer in self.layers:
                 parametrize.register_parametrization(layer, "weight_hh_l0", WeightDrop(c.weight_drop))
-        self.output = nn.Linear(last, c.vocab_size)
+        self.output = fnn.Linear(last, c.vocab_size)
         if c.tie_weights:
             self.output.weight = self.embedding.weight
         self.feature_size = last

@@ -83,14 +83,14 @@ class Seq2Seq(TargetLoss, Model):
         if c.attention is None:
             self.decoder = fnn.LSTM(c.embed_dim, H, c.num_layers, batch_first=True,
                                     dropout=c.dropout if c.num_layers > 1 else 0.0)
-            self.output = nn.Linear(H, c.tgt_vocab_size)
+            self.output = fnn.Linear(H, c.tgt_vocab_size)
         else:
             annotation = directions * H
             self.attention = fnn.AdditiveAttention(H, annotation, c.attention_dim)
             self.cells = nn.ModuleList(fnn.LSTMCell(c.embed_dim + annotation if i == 0 else H, H)
                                        for i in range(c.num_layers))
-            self.pre_output = nn.Linear(H + annotation + c.embed_dim, c.embed_dim)
-            self.output = nn.Linear(c.embed_dim, c.tgt_vocab_size)
+            self.pre_output = fnn.Linear(H + annotation + c.embed_dim, c.embed_dim)
+            self.output = fnn.Linear(c.embed_dim, c.tgt_vocab_size)
 
     # ------------------------------------------------------------------------------------ encoder
 

@@ -57,10 +57,6 @@ class TransformerState:
     caches: Optional[list] = None  # of fastseq.nn.KVCache
     tokens: Optional[Tensor] = None
     memory: Optional[list] = None
-    # a CausalLM's output weight stored (in, out), for steps of one row on a CPU (see CausalLM.decode_step):
-    # made at the first such step when one_row_output allows it
-    one_row_output: bool = False
-    output_t: Optional[Tensor] = None
 
     def make_static(self) -> None:
         """Fixed shapes and addresses for every decode step (a CUDA graph replays it): the caches made

@@ -94,7 +94,7 @@ class Transformer(TargetLoss, Model):
         self.encoder_norm = nn.LayerNorm(c.d_model, eps=c.layer_norm_eps) if c.norm_first else nn.Identity()
         self.decoder_norm = nn.LayerNorm(c.d_model, eps=c.layer_norm_eps) if c.norm_first else nn.Identity()
         self.dropout = nn.Dropout(c.dropout)
-        self.output = nn.Linear(c.d_model, c.tgt_vocab_size, bias=False)
+        self.output = fnn.Linear(c.d_model, c.tgt_vocab_size, bias=False)
         if c.tie_output:
             self.output.weight = self.tgt_embedding.tokens.weight
 

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from .. import ops
 from ..ops.additive import zero_padded_keys
 from ..ops.checks import check_index
+from .linear import Linear
 
 
 @dataclass(frozen=True)
@@ -71,8 +72,8 @@ class AdditiveAttention(nn.Module):
         factory = {"device": device, "dtype": dtype}
         self.query_dim, self.key_dim, self.attention_dim = query_dim, key_dim, attention_dim
         self.value_dim = key_dim if value_dim is None else value_dim
-        self.query_proj = nn.Linear(query_dim, attention_dim, bias=bias, **factory)
-        self.key_proj = nn.Linear(key_dim, attention_dim, bias=False, **factory)
+        self.query_proj = Linear(query_dim, attention_dim, bias=bias, **factory)
+        self.key_proj = Linear(key_dim, attention_dim, bias=False, **factory)
         self.v = nn.Parameter(torch.empty(attention_dim, **factory))
         self.reset_parameters()
 

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from .. import ops
 from ..ops.checks import check_key_padding
 from .kv_cache import KVCache
+from .linear import Linear, linear
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ class MultiheadAttention(nn.Module):
             self.in_proj_bias = nn.Parameter(torch.empty(3 * embed_dim, **factory))
         else:
             self.register_parameter("in_proj_bias", None)
-        self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **factory)
+        self.out_proj = Linear(embed_dim, embed_dim, bias=bias, **factory)
         if add_bias_kv:
             self.bias_k = nn.Parameter(torch.empty(1, 1, embed_dim, **factory))
             self.bias_v = nn.Parameter(torch.empty(1, 1, embed_dim, **factory))
@@ -131,7 +132,7 @@ class MultiheadAttention(nn.Module):
             key, value = key.transpose(0, 1), value.transpose(0, 1)
         self._check_inputs(key.new_empty(key.shape[0], 0, self.embed_dim), key, value)
         (_, wk, wv), (_, bk, bv) = self._weights()
-        k, v = F.linear(key, wk, bk), F.linear(value, wv, bv)
+        k, v = linear(key, wk, bk), linear(value, wv, bv)
         if lengths is not None:
             lengths = torch.as_tensor(lengths, device=k.device)
         return PrecomputedKV(self._heads(k), self._heads(v), _bool_padding(key_padding_mask), lengths)
@@ -189,7 +190,7 @@ class MultiheadAttention(nn.Module):
                              f"({B}): K query rows (beams) per memory row")
         beams = N // B
         (wq, _, _), (bq, _, _) = self._weights()
-        q = F.linear(x, wq, bq).view(B, beams * L, H, hd).transpose(1, 2)  # beams ride in the query dimension
+        q = linear(x, wq, bq).view(B, beams * L, H, hd).transpose(1, 2)  # beams ride in the query dimension
         out = ops.attention(q, memory.k, memory.v, key_padding_mask=memory.key_padding_mask, lengths=memory.lengths,
                             dropout_p=self.dropout if self.training else 0.0)
         out = self.out_proj(out.transpose(1, 2).reshape(N, L, E))
@@ -221,10 +222,10 @@ class MultiheadAttention(nn.Module):
     def _project(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(B, L, E), (B, S, kdim), (B, S, vdim) -> q (B, heads, L, hd), k and v (B, S, E)."""
         if self._qkv_same_embed_dim and query is key and key is value:
-            q, k, v = F.linear(query, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
+            q, k, v = linear(query, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
         else:
             (wq, wk, wv), (bq, bk, bv) = self._weights()
-            q, k, v = F.linear(query, wq, bq), F.linear(key, wk, bk), F.linear(value, wv, bv)
+            q, k, v = linear(query, wq, bq), linear(key, wk, bk), linear(value, wv, bv)
         return self._heads(q), k, v
 
     def _heads(self, t: Tensor) -> Tensor:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .kv_cache import KVCache
+from .linear import Linear
 from .multihead_attention import MultiheadAttention, PrecomputedKV
 
 Lengths = Union[Tensor, Sequence[int], None]
@@ -49,9 +50,9 @@ class _Layer(nn.Module):
         self.self_attn = MultiheadAttention(d_model, nhead, **attention)
         if cross:
             self.multihead_attn = MultiheadAttention(d_model, nhead, **attention)
-        self.linear1 = nn.Linear(d_model, dim_feedforward, bias=bias, **factory)
+        self.linear1 = Linear(d_model, dim_feedforward, bias=bias, **factory)
         self.dropout = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(dim_feedforward, d_model, bias=bias, **factory)
+        self.linear2 = Linear(dim_feedforward, d_model, bias=bias, **factory)
         self.norm_first = norm_first
         for i in range(1, 4 if cross else 3):
             setattr(self, f"norm{i}", nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias, **factory))
