@@ -7,7 +7,6 @@ from unittest import mock
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from _util import KERNEL_RUNS, HostReads, assert_proportion, kernel_run
 from fastseq.generation import block_repeated_ngrams, generate, top_k_filter, top_p_filter
@@ -171,74 +170,35 @@ def test_generation_is_the_argmax_chain_and_stops_at_eos(kind):
         assert torch.equal(logits.argmax(-1), gen)
 
 
+@pytest.mark.parametrize("rows", [1, 3])
 @pytest.mark.parametrize("kind", ["causal_lm", "transformer", "bahdanau", "lstm_lm"])
-def test_one_row_cpu_steps_read_transposed_weights(kind):
-    """A decoder generating one row on a CPU reads (in, out) copies of its linear weights (fastseq.nn.linear),
-    made at the first decode step for generations of at least ONE_ROW_COPY_TOKENS: the same tokens and
-    scores as reading nn.Linear's layout, and no copy for shorter generations or several rows."""
+@pytest.mark.parametrize("faster", ["batched", "F.linear"])
+def test_cpu_decoding_keeps_the_linear_form_its_steps_timed_faster(kind, rows, faster):
+    """On a CPU the search times its first decode steps with the linear layers as F.linear and as batched
+    products (graphs.TimedForms, fastseq.nn.linear), alternating after one untimed step, and keeps the
+    faster (here by a clock the steps advance): the same tokens and scores as F.linear throughout."""
     from fastseq.generation import graphs
-    from fastseq.nn import linear as one_row
-    ONE_ROW_COPY_TOKENS = graphs.ONE_ROW_COPY_TOKENS
+    from fastseq.nn import linear as fl
+    torch.manual_seed(0)
     model = tiny_models()[kind].double().eval()
     tokens, lengths = _inputs()
-    prompt = tokens[:1, :lengths[0]]
-    made = []
-    real = one_row.OneRowCopies.__enter__
+    forms, clock = [], [0.0]
+    real_step = type(model).decode_step
 
-    def counting(store):
-        made.append(store)
-        return real(store)
+    def step(self, t, state):
+        batched = fl._BATCHED.get()
+        forms.append(batched)
+        clock[0] += 1.0 if batched == (faster == "batched") else 2.0
+        return real_step(self, t, state)
 
-    n = ONE_ROW_COPY_TOKENS
-    with mock.patch.object(one_row.OneRowCopies, "__enter__", counting):
-        short = generate(model, prompt, max_new_tokens=n - 1, method="greedy", eos_id=None)
-        assert not made
-        beams = generate(model, prompt, max_new_tokens=n, method="beam", beams=3, eos_id=None)
-        assert not made
-        longer = generate(model, prompt, max_new_tokens=n, method="greedy", eos_id=None)
-    assert len(made) == n - 1  # every decode step after the prompt's
-    assert all(store is made[0] for store in made)
-    parameters = {id(p) for p in model.parameters()}
-    held = made[0].copies
-    assert held
-    for weight, _, copy in held.values():
-        assert id(weight if weight._base is None else weight._base) in parameters
-        assert copy.is_contiguous() and torch.equal(copy, weight.t())
-    with mock.patch.object(graphs, "ONE_ROW_COPY_TOKENS", n + 1):  # the same generation, reading nn.Linear's layout
-        plain = generate(model, prompt, max_new_tokens=n, method="greedy", eos_id=None)
-    torch.testing.assert_close(longer.tokens, plain.tokens, rtol=0, atol=0)
-    torch.testing.assert_close(longer.scores, plain.scores)
-    torch.testing.assert_close(longer.tokens[:, :short.tokens.shape[1]], short.tokens, rtol=0, atol=0)
-    assert beams.lengths.tolist() == [n]
-
-
-def test_one_row_linear_matches_f_linear_and_follows_writes():
-    """fastseq.nn.linear: within a store, one CPU row reads the copy (equal to F.linear), several rows,
-    autograd and computed weights do not; a weight written in place is copied again."""
-    from fastseq.nn.linear import Linear, OneRowCopies, linear
-    torch.manual_seed(0)
-    layer = Linear(7, 5).double()
-    store = OneRowCopies()
-    x1, x3 = torch.randn(1, 1, 7, dtype=torch.float64), torch.randn(3, 7, dtype=torch.float64)
-    with torch.no_grad(), store:
-        torch.testing.assert_close(layer(x1), F.linear(x1, layer.weight, layer.bias))
-        assert len(store.copies) == 1
-        torch.testing.assert_close(layer(x3), F.linear(x3, layer.weight, layer.bias))
-        torch.testing.assert_close(linear(x1[0, 0], layer.weight * 2), F.linear(x1[0, 0], layer.weight * 2))
-        assert len(store.copies) == 1  # neither several rows nor a computed weight is copied
-        layer.weight.mul_(-1)
-        torch.testing.assert_close(layer(x1), F.linear(x1, layer.weight, layer.bias))
-        (_, version, copy), = store.copies.values()
-        assert version == layer.weight._version and torch.equal(copy, layer.weight.t())
-        chunk = layer.weight.chunk(5)[2]
-        torch.testing.assert_close(linear(x1, chunk), F.linear(x1, chunk))
-        torch.testing.assert_close(linear(x1, layer.weight.chunk(5)[2]), F.linear(x1, chunk))
-        assert len(store.copies) == 2  # a view taken afresh finds its copy
-    with store:
-        y = layer(x1.requires_grad_())
-        y.sum().backward()
-    assert layer.weight.grad is not None and len(store.copies) == 2
-    assert linear.__module__ == "fastseq.nn.linear" and not store._tokens
+    with mock.patch.object(fl, "MIN_WEIGHT", 1), mock.patch.object(type(model), "decode_step", step), \
+            mock.patch.object(graphs, "perf_counter", lambda: clock[0]):
+        timed = generate(model, tokens[:rows], lengths[:rows], max_new_tokens=12, method="greedy", eos_id=None)
+    trials = [False] + [False, True] * graphs.TimedForms.TRIALS
+    assert forms[-11:] == trials + [faster == "batched"] * (11 - len(trials))  # the search's 11 steps
+    plain = generate(model, tokens[:rows], lengths[:rows], max_new_tokens=12, method="greedy", eos_id=None)
+    torch.testing.assert_close(timed.tokens, plain.tokens, rtol=0, atol=0)
+    torch.testing.assert_close(timed.scores, plain.scores)
 
 
 def test_no_repeat_ngram_blocking():

@@ -1,6 +1,7 @@
-"""The decode step the search calls: the model's own, or the same step captured once in a CUDA graph and
-replayed for every token after (one launch a token instead of one per kernel: at small batch a decode
-step is launch-bound).
+"""The decode step the search calls: the model's own; on a CPU, its linear layers in whichever of two forms
+its first steps timed faster (TimedForms, fastseq.nn.linear); or the same step captured once in a CUDA
+graph and replayed for every token after (one launch a token instead of one per kernel: at small batch a
+decode step is launch-bound).
 
 A graph replays fixed kernels on fixed addresses, so the state is first made static (its KV caches read
 whole and masked by their device-side lengths, every update in place; `make_static` on the state). The
@@ -11,18 +12,15 @@ offer it) decodes eagerly.
 """
 from __future__ import annotations
 
-from typing import Callable
+import statistics
+from time import perf_counter
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
 
-from ..nn.linear import OneRowCopies
+from ..nn.linear import MAX_ROWS, batched_rows
 from .protocol import Decoder, DecodingState
-
-# One row on a CPU: the linear layers read (in, out) copies of their weights (fastseq.nn.linear), made at
-# the first step; GPT-2 small's copies cost about as much as COPY steps save, so shorter generations read
-# the weights as they lie.
-ONE_ROW_COPY_TOKENS = 16
 
 
 def graphable(state: DecodingState) -> bool:
@@ -72,19 +70,45 @@ class GraphedStep:
         return self.logits
 
 
-def decode_steps(model: Decoder, state: DecodingState, cuda_graph: bool, device: torch.device, rows: int,
-                 steps: int) -> Callable[[Tensor], Tensor]:
-    """The function each search step calls with its tokens (rows of them, for up to `steps` steps): the
-    CUDA-graph step when asked for (on a CUDA device it captures; on the CPU it runs the same static steps
-    eagerly), else the model's decode_step; one row on a CPU, long enough, within a OneRowCopies store."""
-    if not cuda_graph:
-        if device.type == "cpu" and rows == 1 and steps >= ONE_ROW_COPY_TOKENS:
-            copies = OneRowCopies()
+class TimedForms:
+    """step(tokens) -> logits: model.decode_step on a CPU, its linear layers computed by F.linear or as
+    batched products (fastseq.nn.linear.batched_rows), whichever these very steps timed faster. After one
+    untimed step (first-call costs), TRIALS steps run in each form, alternating so that the machine's drift
+    falls on both; the form of the lower median serves every step after. The trials are real steps: a
+    generation that ends before the choice has lost at most TRIALS steps in the slower form."""
 
-            def one_row_step(tokens: Tensor) -> Tensor:
-                with copies:
-                    return model.decode_step(tokens, state)
-            return one_row_step
+    TRIALS = 3
+
+    def __init__(self, model: Decoder, state: DecodingState) -> None:
+        self.model, self.state = model, state
+        self.times: dict[bool, list[float]] = {False: [], True: []}
+        self.calls = 0
+        self.batched: Optional[bool] = None  # the chosen form, once both have been timed
+
+    def __call__(self, tokens: Tensor) -> Tensor:
+        self.calls += 1
+        if self.batched is not None or self.calls == 1:
+            with batched_rows(bool(self.batched)):
+                return self.model.decode_step(tokens, self.state)
+        batched = self.calls % 2 == 1
+        start = perf_counter()
+        with batched_rows(batched):
+            logits = self.model.decode_step(tokens, self.state)
+        self.times[batched].append(perf_counter() - start)
+        if len(self.times[True]) == self.TRIALS:
+            self.batched = statistics.median(self.times[True]) < statistics.median(self.times[False])
+        return logits
+
+
+def decode_steps(model: Decoder, state: DecodingState, cuda_graph: bool, device: torch.device,
+                 rows: int) -> Callable[[Tensor], Tensor]:
+    """The function each search step calls with its tokens (`rows` of them): the CUDA-graph step when asked
+    for (on a CUDA device it captures; on the CPU it runs the same static steps eagerly); else on a CPU,
+    for at most MAX_ROWS rows, the step in the linear layers' faster form (TimedForms); else the model's
+    decode_step."""
+    if not cuda_graph:
+        if device.type == "cpu" and rows <= MAX_ROWS:
+            return TimedForms(model, state)
         return lambda tokens: model.decode_step(tokens, state)
     if not graphable(state):
         raise ValueError(f"generate: cuda_graph=True: {type(model).__name__}'s decoding state "

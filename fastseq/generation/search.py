@@ -41,7 +41,7 @@ def sequential(model: Decoder, inputs: Tensor, lengths, max_new_tokens: int, eos
     fastseq.generation.graphs (static state; on CUDA, a captured graph)."""
     logits, state = model.begin_decoding(inputs, lengths, max_new_tokens=max_new_tokens, use_cache=use_cache)
     B, device = logits.shape[0], logits.device
-    step = decode_steps(model, state, cuda_graph, device, B, max_new_tokens)
+    step = decode_steps(model, state, cuda_graph, device, B)
     tokens = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     out_lengths = torch.zeros(B, dtype=torch.long, device=device)
@@ -85,7 +85,7 @@ def beam_search(model: Decoder, inputs: Tensor, lengths, max_new_tokens: int, be
     K, T, device = beams, max_new_tokens, logits.device
     rows = torch.arange(B, device=device)
     state.reorder(rows.repeat_interleave(K))  # K beams of each sentence; the encoder memory stays at B rows
-    step = decode_steps(model, state, cuda_graph, device, B * K, T)  # after the reorder that sets the batch to B·K
+    step = decode_steps(model, state, cuda_graph, device, B * K)  # after the reorder that sets the batch to B·K
     logits = logits.repeat_interleave(K, dim=0)
     beam_scores = torch.full((B, K), float("-inf"), device=device)
     beam_scores[:, 0] = 0.0  # one live beam at first, so the K beams start different
