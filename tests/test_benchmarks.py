@@ -111,3 +111,18 @@ def test_generate_hf_times_fastseq_beside_hugging_face(tmp_path):
         rate = r["tokens_per_s"]
         assert rate["fastseq"] > 0 and rate["hf-generate"] > 0 and r["ratio"] == rate["fastseq"] / rate["hf-generate"]
     assert data["meta"]["transformers"] and data["meta"]["size"] == "tiny"
+
+
+def test_linear_rows_times_both_forms_beside_the_copy_bandwidth(tmp_path):
+    """benchmarks/bench_linear_rows.py: a decode step's linears as F.linear and batched, each row count with
+    both times, their ratio and the fraction of the measured copy bandwidth."""
+    import bench_linear_rows
+
+    path = tmp_path / "rows.json"
+    assert bench_linear_rows.main(["--size", "tiny", "--rows", "1", "3", "--repeats", "2", "--json", str(path)]) == 0
+    data = json.loads(path.read_text())
+    assert [r["rows"] for r in data["rows"]] == [1, 3]
+    for r in data["rows"]:
+        assert r["ms"]["F.linear"] > 0 and r["ms"]["batched"] > 0
+        assert r["ratio"] == r["ms"]["F.linear"] / r["ms"]["batched"] and r["of_copy_bandwidth"]["batched"] > 0
+    assert data["meta"]["copy_bandwidth_bytes_per_s"] > 0 and data["meta"]["weights"] == 9
