@@ -90,3 +90,13 @@ def test_linear_module_is_torch_linear():
         torch.testing.assert_close(ours(x[:1, :1]), theirs(x[:1, :1]))
     torch.testing.assert_close(ours(x), theirs(x))
     assert seen == [(1, 1, 7), (4, 3, 7)]
+
+
+def test_torch_compile_traces_linear_whole():
+    """torch.compile sees F.linear (it is asked first whether it traces: Dynamo cannot trace the ContextVar)."""
+    torch.manual_seed(4)
+    layer, x = Linear(16, 9), torch.randn(2, 16)
+    compiled = torch.compile(layer, fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(x), layer(x))
+    with torch.no_grad(), fl.batched_rows():
+        torch.testing.assert_close(compiled(x[:1]), layer(x[:1]))

@@ -8,7 +8,8 @@ over (blocks, rows/blocks, in) against the input broadcast to every block, no co
 and 13 ms. Other CPUs and BLAS builds may differ, so nothing takes this form unasked: within
 `batched_rows()` (fastseq.generation opens it for the decode steps it has timed faster that way) a call
 with at most MAX_ROWS rows of a weight of at least MIN_WEIGHT elements, on a CPU without autograd
-recording, is computed in blocks; every other call is F.linear.
+recording, is computed in blocks; every other call, and every call torch.compile traces (Dynamo cannot trace
+a ContextVar), is F.linear.
 
 Modules keep torch's names, arguments and state_dicts; forward hooks run as ever, and a layer replaced by
 another module (an adapter) simply runs that module.
@@ -40,7 +41,7 @@ def batched_rows(enabled: bool = True) -> Iterator[None]:
 
 def linear(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     """F.linear(input, weight, bias); within batched_rows(), few rows on a CPU as one batched product."""
-    if not _BATCHED.get() or input.device.type != "cpu" or torch.is_grad_enabled():
+    if torch.compiler.is_compiling() or not _BATCHED.get() or input.device.type != "cpu" or torch.is_grad_enabled():
         return F.linear(input, weight, bias)
     features = input.shape[-1] if input.dim() else 0
     rows = input.numel() // features if features else 0
