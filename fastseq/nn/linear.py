@@ -2,14 +2,16 @@
 
 Decoding a few rows makes every linear layer a skinny product that streams its whole weight from memory for
 a handful of output rows. On the CPU measured (2-core AMD EPYC, torch 2.13's MKL, fp32), F.linear does this
-at half the speed of memory: GPT-2 small's 48 block linears take 23 ms a token for one row, 45 ms for two.
-The same product split into blocks of the weight's rows and run as one batched matrix product (`torch.bmm`
-over (blocks, rows/blocks, in) against the input broadcast to every block, no copy of the weight) takes 10
-and 13 ms. Other CPUs and BLAS builds may differ, so nothing takes this form unasked: within
-`batched_rows()` (fastseq.generation opens it for the decode steps it has timed faster that way) a call
-with at most MAX_ROWS rows of a weight of at least MIN_WEIGHT elements, on a CPU without autograd
-recording, is computed in blocks; every other call, and every call torch.compile traces (Dynamo cannot trace
-a ContextVar), is F.linear.
+well below the speed of memory: GPT-2 small's step linears (48 block weights and the output, 498 MB) take
+35 ms for one row and 69 ms for two. The same product split into blocks of the weight's rows and run as one
+batched matrix product (`torch.bmm` over (blocks, rows/blocks, in) against the input broadcast to every
+block, no copy of the weight) takes 23 and 20 ms (benchmarks/bench_linear_rows.py).
+
+Other CPUs and BLAS builds may differ, so nothing takes this form unasked. Within `batched_rows()` (which
+fastseq.generation opens for the decode steps it has timed faster that way), a call is computed in blocks
+when it has at most MAX_ROWS rows, its weight at least MIN_WEIGHT elements, and it runs on a CPU without
+autograd recording. Every other call is F.linear, and so is every call torch.compile traces (Dynamo cannot
+trace a ContextVar).
 
 Modules keep torch's names, arguments and state_dicts; forward hooks run as ever, and a layer replaced by
 another module (an adapter) simply runs that module.
@@ -24,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-MAX_ROWS = 64  # measured faster in blocks up to 64 rows (GPT-2 small's block linears: 71 against 82 ms)
-MIN_WEIGHT = 1 << 18  # smaller weights stay in cache, where F.linear is the faster (256 x 256: 6 against 9 us)
+MAX_ROWS = 64  # measured faster in blocks up to 64 rows (GPT-2 small's step linears: 124 against 137 ms)
+MIN_WEIGHT = 1 << 18  # smaller weights stay in cache, where F.linear was the faster (a check at 256 x 256)
 _BATCHED: ContextVar[bool] = ContextVar("fastseq_linear_batched_rows", default=False)
 
 

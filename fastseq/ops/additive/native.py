@@ -39,7 +39,7 @@ def additive_attention(
     keep = keep_mask(B, key_proj.shape[1], lengths, key_padding_mask, q.device)
     if keep is not None and not padding_zeroed:
         k, vals = zero_padding(k, vals, keep)
-    scores = torch.tanh(q[:, :, None, :] + k[:, None]) @ w
+    scores = (q[:, :, None, :] + k[:, None]).tanh_() @ w  # in place: one (B, Tq, Tk, H) tensor, not two
     if keep is not None:
         empty = ~keep.any(-1)[:, None, None]  # rows with no key: scored as if all were kept, then zeroed
         scores = scores.masked_fill(~keep[:, None, :] & ~empty, float("-inf"))
