@@ -1,8 +1,9 @@
 """Additive attention benchmark (run by sweep.py): fastseq's fused op on each backend present against the
 naive PyTorch form (fastseq.ops.additive.reference.naive, which builds (B, Tq, Tk, H)), eager and
-torch.compile'd; forward and forward+backward; time and peak extra memory. Each time is also given
-against its floor: the tanh count (one per (b, i, j, h) in the forward, three with the backward, which
-recomputes it twice) over the tanh rate measured on the same device.
+torch.compile'd; forward and forward+backward; time and peak extra memory. The implementations of a case
+are timed side by side, taking turns (timing.measure_together). Each time is also given against its floor:
+the tanh count (one per (b, i, j, h) in the forward, three with the backward, which recomputes it twice)
+over the tanh rate measured on the same device.
 """
 from __future__ import annotations
 
@@ -66,24 +67,23 @@ def bench_case(device, dtype_name, mode, B, Tq, Tk, H, Dv, fused_backends, ceili
     tanh_count = B * Tq * Tk * H * (1 if mode == "forward" else 3)
     rate = ceilings["tanh_rate_approx" if dtype != torch.float32 else "tanh_rate_exact"]
     sizes = {"B": B, "Tq": Tq, "Tk": Tk, "H": H, "Dv": Dv}
-    measured = {}
+    measured, runs = {}, {}
     for impl in (*baselines, *fused_backends):
         if impl == "naive-compiled" and device.type != "cuda":
             continue  # inductor's CPU code needs a C++ toolchain at run time; the GPU run has it
         try:
             fn = _callable(impl, mode, args)
-            t = timing.measure(fn, device)
-            t["peak_extra_bytes"] = timing.peak_memory(fn, device)
+            measured[impl] = {"peak_extra_bytes": timing.peak_memory(fn, device)}
+            runs[impl] = fn
         except Exception as e:  # the naive form runs out of memory at long Tk: record it, go on
             if not _oom(e):
                 raise
-            t = {"oom": True}
+            measured[impl] = {"oom": True}
         finally:
-            for a in args:
-                a.grad = None
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-        measured[impl] = t
+            _release(args, device)
+    for impl, t in timing.measure_together(runs, device).items():  # side by side, taking turns
+        measured[impl].update(t)
+    _release(args, device)
     rows = []
     for impl in fused_backends:
         t = measured[impl]
@@ -99,6 +99,13 @@ def bench_case(device, dtype_name, mode, B, Tq, Tk, H, Dv, fused_backends, ceili
                         row[f"memory_ratio_vs_{base}"] = t["peak_extra_bytes"] / bt["peak_extra_bytes"]
         rows.append(row)
     return rows
+
+
+def _release(args, device) -> None:
+    for a in args:
+        a.grad = None
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _fmt(t):

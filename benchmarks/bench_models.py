@@ -1,7 +1,7 @@
 """Whole-model benchmark (run by sweep.py): training throughput (tokens per second: forward, backward and an
 AdamW step) of every fastseq model against the same model on torch.nn layers (torch_layers.py), and
-generation speed (new tokens per second, greedy and beam 5); for the CausalLM also greedy decoding without
-a KV cache and with torch's scaled_dot_product_attention on the same cache. Models run in the benchmark's
+generation speed (new tokens per second, greedy and beam 5); for the CausalLM and the Transformer also greedy
+decoding without a KV cache, and for the CausalLM with torch's scaled_dot_product_attention on the same cache. Models run in the benchmark's
 dtype (parameters cast), in train mode with dropout for training, eval mode for generation.
 """
 from __future__ import annotations
@@ -103,8 +103,9 @@ def _generation(device, preset, dtype_name):
         inputs = torch.randint(4, vocab, (B, S), device=device)
         for method, beams in (("greedy", 1), ("beam", 5)):
             runs = {"fastseq": (model, True)}
-            if name == "causal_lm" and method == "greedy":
+            if name in ("causal_lm", "transformer") and method == "greedy":
                 runs["no-cache"] = (model, False)
+            if name == "causal_lm" and method == "greedy":
                 runs["torch.nn+sdpa-cache"] = (torch_layers(model), True)
             measured = {}
             for impl, (m, cache) in runs.items():

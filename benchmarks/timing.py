@@ -49,6 +49,32 @@ def measure(fn: Callable[[], object], device: torch.device, warmup: int = 3, min
     return {"median_ms": statistics.median(times), "p25_ms": q[0], "p75_ms": q[2], "reps": len(times)}
 
 
+def measure_together(fns: dict[str, Callable[[], object]], device: torch.device, warmup: int = 3, min_reps: int = 10,
+                     min_seconds: float | None = None) -> dict[str, dict]:
+    """measure() of several functions side by side: after `warmup` calls each, they take turns, one run
+    each per round, for at least `min_reps` rounds and `min_seconds` in all, so that the machine's drift
+    (on a shared CPU one phase runs slower than the next) falls on all of them alike."""
+    min_seconds = MIN_SECONDS if min_seconds is None else min_seconds
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    _sync(device)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < min_reps or time.perf_counter() - start < min_seconds * len(fns):
+        for name, fn in fns.items():
+            times[name].append(measure(fn, device, warmup=0, min_reps=1, min_seconds=0.0)["median_ms"])
+        rounds += 1
+        if rounds >= 1000:
+            break
+    out = {}
+    for name, ts in times.items():
+        q = statistics.quantiles(ts, n=4) if len(ts) > 1 else [ts[0]] * 3
+        out[name] = {"median_ms": statistics.median(ts), "p25_ms": q[0], "p75_ms": q[2], "reps": len(ts)}
+    return out
+
+
 def matmul_ceiling(device: torch.device, dtype: torch.dtype) -> float:
     """Measured FLOP/s of a large square matrix product in `dtype` on `device`."""
     n = 8192 if device.type == "cuda" else 1024

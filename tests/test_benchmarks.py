@@ -75,6 +75,7 @@ def test_models_sweep_quick_preset(tmp_path):
         assert r["rate"] > 0 and r["speedup_vs_torch.nn"] > 0, r
     greedy = {r["model"]: r for r in rows if r["case"] == "generate-greedy"}
     assert {"speedup_vs_no-cache", "speedup_vs_torch.nn+sdpa-cache"} <= set(greedy["causal_lm"])
+    assert "speedup_vs_no-cache" in greedy["transformer"]
     assert {r["model"] for r in rows if r["case"] == "generate-beam"} == set(greedy)
 
 
@@ -126,3 +127,15 @@ def test_linear_rows_times_both_forms_beside_the_copy_bandwidth(tmp_path):
         assert r["ms"]["F.linear"] > 0 and r["ms"]["batched"] > 0
         assert r["ratio"] == r["ms"]["F.linear"] / r["ms"]["batched"] and r["of_copy_bandwidth"]["batched"] > 0
     assert data["meta"]["copy_bandwidth_bytes_per_s"] > 0 and data["meta"]["weights"] == 9
+
+
+def test_measure_together_takes_turns():
+    """timing.measure_together: each function's warm-up, then one run of each per round, every round."""
+    import timing
+
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in ("a", "b", "c")}
+    out = timing.measure_together(fns, torch.device("cpu"), warmup=2, min_reps=4, min_seconds=0.0)
+    assert calls[:6] == ["a", "a", "b", "b", "c", "c"]
+    assert calls[6:] == ["a", "b", "c"] * 4
+    assert all(t["reps"] == 4 and t["p25_ms"] <= t["median_ms"] <= t["p75_ms"] for t in out.values())
