@@ -107,11 +107,11 @@ def _generation(device, preset, dtype_name):
                 runs["no-cache"] = (model, False)
             if name == "causal_lm" and method == "greedy":
                 runs["torch.nn+sdpa-cache"] = (torch_layers(model), True)
-            measured = {}
-            for impl, (m, cache) in runs.items():
-                def fn(m=m, cache=cache):  # eos_id=None: every row generates `new` tokens
-                    generate(m, inputs, max_new_tokens=new, method=method, beams=beams, eos_id=None, use_cache=cache)
-                measured[impl] = timing.measure(fn, device, warmup=1, min_reps=3, min_seconds=0.2)
+            fns = {impl: (lambda m=m, cache=cache:  # eos_id=None: every row generates `new` tokens
+                          generate(m, inputs, max_new_tokens=new, method=method, beams=beams, eos_id=None,
+                                   use_cache=cache))
+                   for impl, (m, cache) in runs.items()}
+            measured = timing.measure_together(fns, device, warmup=1, min_reps=5, min_seconds=0.2)
             rows.append(_row(f"generate-{method}", name, dtype_name, {"B": B, "S": S, "new": new, "beams": beams},
                              measured, B * new, "fastseq"))
     return rows
