@@ -43,8 +43,10 @@ def _finite_padding(k: Tensor, v: Tensor, lengths: Optional[Tensor], key_padding
 
 
 def _sdpa(q: Tensor, k: Tensor, v: Tensor, lengths: Optional[Tensor], key_padding_mask: Optional[Tensor],
-          attn_mask: Optional[Tensor], causal: bool, scale: float) -> Tensor:
-    """q (B, Hq, Tq, D) over k, v (B, Hkv, Tk, ·) -> (B, Hq, Tq, Dv) under the reference's rules."""
+          attn_mask: Optional[Tensor], causal: bool, scale: float, rows_see_a_key: bool = False) -> Tensor:
+    """q (B, Hq, Tq, D) over k, v (B, Hkv, Tk, ·) -> (B, Hq, Tq, Dv) under the reference's rules.
+    rows_see_a_key: every query is known to see at least one key (a decoding step on its own cache), so no
+    row needs zeroing."""
     B, Hq, Tq, _ = q.shape
     Hkv, Tk = k.shape[1], k.shape[2]
     keep = keep_mask(B, Tk, lengths, key_padding_mask, q.device)
@@ -54,12 +56,15 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, lengths: Optional[Tensor], key_paddin
     gqa = Hq != Hkv
     if attn_mask is None and keep is None and (not causal or Tq == Tk):
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale, enable_gqa=gqa)
-    seen = reference.visible(Tq, Tk, causal, lengths, key_padding_mask, B, q.device)
+    if causal:
+        seen = reference.visible(Tq, Tk, causal, lengths, key_padding_mask, B, q.device)
+    else:  # reference.visible's mask, from the keep mask already made
+        seen = None if keep is None else keep[:, None, None, :].expand(B, 1, Tq, Tk)
     if attn_mask is None or attn_mask.dtype == torch.bool:  # SDPA's bool mask: True = may attend
         if attn_mask is not None:
             seen = ~attn_mask if seen is None else seen & ~attn_mask
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=seen, scale=scale, enable_gqa=gqa)
-        return out.masked_fill(~seen.any(-1, keepdim=True), 0)
+        return out if rows_see_a_key else out.masked_fill(~seen.any(-1, keepdim=True), 0)
     bias = attn_mask.to(q.dtype)  # SDPA takes a float mask in the query's dtype
     if seen is not None:
         bias = bias.masked_fill(~seen, float("-inf"))
@@ -79,5 +84,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, lengths: Optional[Tensor], key_pa
 
 def attention_decode(q: Tensor, k: Tensor, v: Tensor, lengths: Optional[Tensor], key_padding_mask: Optional[Tensor],
                      scale: float) -> Tensor:
-    """q (B, Hq, D) against k, v (B, Hkv, Tk, ·) -> (B, Hq, Dv)."""
-    return _sdpa(q[:, :, None], k, v, lengths, key_padding_mask, None, False, scale)[:, :, 0]
+    """q (B, Hq, D) against k, v (B, Hkv, Tk, ·) -> (B, Hq, Dv). In a decoding step (checks.trusted) without
+    a key padding mask, each row's query sees at least its own key, just appended to its cache."""
+    own_key = key_padding_mask is None and not torch.compiler.is_compiling() and trusting()
+    return _sdpa(q[:, :, None], k, v, lengths, key_padding_mask, None, False, scale, own_key)[:, :, 0]
