@@ -106,6 +106,7 @@ _FAMILIES: dict[str, Family] = {}
 _MODULES: dict[tuple[str, str], list] = {}
 _ABLE: dict[tuple, tuple[str, ...]] = {}
 _TIMED: dict[tuple, tuple[str, ...]] = {}
+_DEFAULT: dict[tuple, str] = {}  # the unforced choice per question (chosen)
 _served: contextvars.ContextVar[list | None] = contextvars.ContextVar("fastseq_served", default=None)
 
 
@@ -189,8 +190,12 @@ def chosen(family: str, device_type: str, needs: tuple[str, ...] = (), autograd:
     declaration = _FAMILIES[family]
     able = declaration.able(tuple(needs), device_type if autograd else None)
     order = declaration.order.get(device_type)
-    if call is not None and backends.requested(device_type) is None:
-        fast = _timed(family, able, device_type, order)
+    label = lambda: f"{family} ({', '.join(needs)})" if needs else family  # noqa: E731
+    if backends.requested(device_type) is not None:
+        return backends.choose(label(), device_type, able, order).backend
+    interpret = backends.triton_interpret()
+    fast = () if call is None else _timed(family, able, device_type, order, interpret)
+    if len(fast) > 1:  # something to time
         token = _served.set(None)  # the chooser's trial runs are not what served the call
         try:
             measured = tuning.pick(family, fast, call)
@@ -198,14 +203,17 @@ def chosen(family: str, device_type: str, needs: tuple[str, ...] = (), autograd:
             _served.reset(token)
         if measured is not None:
             return measured
-    label = f"{family} ({', '.join(needs)})" if needs else family
-    return backends.choose(label, device_type, able, order).backend
+    question = (family, able, device_type, order, interpret)
+    found = _DEFAULT.get(question)  # what backends.choose answers unforced: the same for the same question
+    if found is None:
+        found = _DEFAULT[question] = backends.choose(label(), device_type, able, order).backend
+    return found
 
 
-def _timed(family: str, able: tuple[str, ...], device_type: str, order) -> tuple[str, ...]:
+def _timed(family: str, able: tuple[str, ...], device_type: str, order, interpret: bool) -> tuple[str, ...]:
     """The backends the chooser times: those able to serve that run here, the reference aside (computed once
     per question, Triton's interpreter switch included: every op call asks)."""
-    question = (family, able, device_type, backends.triton_interpret())
+    question = (family, able, device_type, interpret)
     found = _TIMED.get(question)
     if found is None:
         found = tuple(b for b in backends.candidates(device_type, able, order) if b != "reference")
