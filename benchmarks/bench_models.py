@@ -1,8 +1,10 @@
 """Whole-model benchmark (run by sweep.py): training throughput (tokens per second: forward, backward and an
 AdamW step) of every fastseq model against the same model on torch.nn layers (torch_layers.py), and
-generation speed (new tokens per second, greedy and beam 5); for the CausalLM and the Transformer also greedy
-decoding without a KV cache, and for the CausalLM with torch's scaled_dot_product_attention on the same cache. Models run in the benchmark's
-dtype (parameters cast), in train mode with dropout for training, eval mode for generation.
+generation speed (new tokens per second, greedy and beam 5); for the CausalLM and the Transformer also
+greedy decoding without a KV cache, and for the CausalLM with torch's scaled_dot_product_attention on the
+same cache. Models run in the benchmark's dtype (parameters cast), in train mode with dropout for
+training, eval mode for generation. The implementations of a case are timed side by side, taking turns
+(timing.measure_together).
 """
 from __future__ import annotations
 
@@ -82,12 +84,15 @@ def _training(device, preset, dtype_name):
         torch.manual_seed(0)
         model = _build(name, preset).to(device=device, dtype=DTYPES[dtype_name]).train()
         batch = _batch(name, model, B, S, T, device)
-        measured = {}
+        measured, steps = {}, {}
         for impl, m in (("fastseq", model), ("torch.nn", torch_layers(model))):
+            step = _train_step(m, batch)
             try:
-                measured[impl] = timing.measure(_train_step(m, batch), device, warmup=3, min_reps=10)
+                step()  # a first step: what cannot run on these layers is recorded, not timed
+                steps[impl] = step
             except (RuntimeError, NotImplementedError) as e:
                 measured[impl] = {"error": str(e).splitlines()[0][:200]}
+        measured.update(timing.measure_together(steps, device, warmup=2, min_reps=10))  # taking turns
         tokens = B * T
         rows.append(_row("train", name, dtype_name, {"B": B, "S": S, "T": T}, measured, tokens, "fastseq"))
     return rows
