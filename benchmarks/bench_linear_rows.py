@@ -12,20 +12,15 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
-import statistics
 import sys
-import time
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(__file__))
 import timing  # noqa: E402
 
 import fastseq  # noqa: E402
-from fastseq import atomic  # noqa: E402
 from fastseq.nn.linear import MIN_WEIGHT, batched_rows, linear  # noqa: E402
 
 # (d_model, layers, vocab): the step's weights are, per layer, the attention's in and out projections and
@@ -47,17 +42,6 @@ def step(ws, inputs: dict, batched: bool) -> None:
             linear(inputs[w.shape[1]], w, b)
 
 
-def measure(ws, inputs: dict, repeats: int) -> dict[str, float]:
-    """Median milliseconds of the step in each form, one warm-up each, the forms alternating."""
-    times: dict[str, list[float]] = {"F.linear": [], "batched": []}
-    for _ in range(repeats + 1):
-        for name in times:
-            start = time.perf_counter()
-            step(ws, inputs, name == "batched")
-            times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: statistics.median(t[1:]) for name, t in times.items()}
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="gpt2-small")
@@ -76,16 +60,19 @@ def main(argv=None) -> int:
             "torch_threads": torch.get_num_threads(), "size": args.size, "dtype": args.dtype,
             "weights": len(ws), "weight_bytes": weight_bytes, "min_weight": MIN_WEIGHT,
             "copy_bandwidth_bytes_per_s": bandwidth,
-            "timing": f"median of {args.repeats} steps after one warm-up, the two forms alternating"}
+            "timing": f"median of {args.repeats} steps after one warm-up each, the two forms taking turns"}
     rows = []
     for n in args.rows:
         inputs = {i: torch.randn(n, i, dtype=dtype) for i in {w.shape[1] for w, _ in ws}}
-        ms = measure(ws, inputs, args.repeats)
+        forms = {name: (lambda batched=name == "batched": step(ws, inputs, batched))
+                 for name in ("F.linear", "batched")}
+        timed = timing.measure_together(forms, torch.device("cpu"), warmup=1, min_reps=args.repeats, min_seconds=0.0)
+        ms = {name: t["median_ms"] for name, t in timed.items()}
         read = {name: weight_bytes / (t * 1e-3) / bandwidth for name, t in ms.items()}
         rows.append({"rows": n, "ms": ms, "ratio": ms["F.linear"] / ms["batched"], "of_copy_bandwidth": read})
         print(f"{n:3d} rows  F.linear {ms['F.linear']:7.2f} ms ({read['F.linear']:.0%} of copy bandwidth)  "
               f"batched {ms['batched']:7.2f} ms ({read['batched']:.0%})  x{rows[-1]['ratio']:.2f}", flush=True)
-    atomic.write(args.json, lambda f: json.dump({"meta": meta, "rows": rows}, f, indent=1), "w")
+    timing.write_rows(args.json, meta, rows)
     print(f"wrote {args.json}")
     return 0
 

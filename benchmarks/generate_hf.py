@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
-import statistics
 import sys
-import time
 
 import torch
 
@@ -24,7 +21,6 @@ sys.path.insert(0, os.path.dirname(__file__))
 import timing  # noqa: E402
 
 import fastseq  # noqa: E402
-from fastseq import atomic  # noqa: E402
 from fastseq.generation import generate  # noqa: E402
 from fastseq.models import CausalLM, CausalLMConfig  # noqa: E402
 
@@ -62,24 +58,6 @@ def runners(ours, theirs, prompt: torch.Tensor, new: int, beams: int):
     return runs
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def measure(runs: dict, device: torch.device, repeats: int) -> dict[str, float]:
-    """Median seconds of each run after one warm-up of each, the runs alternating."""
-    times = {name: [] for name in runs}
-    for _ in range(repeats + 1):
-        for name, run in runs.items():
-            _sync(device)
-            start = time.perf_counter()
-            run()
-            _sync(device)
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t[1:]) for name, t in times.items()}
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="gpt2-small")
@@ -105,12 +83,14 @@ def main(argv=None) -> int:
             "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
             "transformers": transformers.__version__, "fastseq": fastseq.__version__,
             "torch_threads": torch.get_num_threads(), "size": args.size, "dtype": dtype_name,
-            "timing": f"median of {args.repeats} runs after one warm-up, fastseq and HF alternating"}
+            "timing": f"median of {args.repeats} runs after one warm-up each, fastseq and HF taking turns"}
     rows = []
     for batch in args.batches:
         prompt = torch.randint(1, SIZES[args.size][0], (batch, args.prompt), device=device)
         for beams in args.beams:
-            seconds = measure(runners(ours, theirs, prompt, args.new, beams), device, args.repeats)
+            timed = timing.measure_together(runners(ours, theirs, prompt, args.new, beams), device, warmup=1,
+                                            min_reps=args.repeats, min_seconds=0.0)
+            seconds = {name: t["median_ms"] * 1e-3 for name, t in timed.items()}
             rate = {name: batch * args.new / s for name, s in seconds.items()}
             row = {"batch": batch, "beams": beams, "prompt": args.prompt, "new": args.new,
                    "seconds": seconds, "tokens_per_s": rate, "ratio": rate["fastseq"] / rate["hf-generate"]}
@@ -122,7 +102,7 @@ def main(argv=None) -> int:
             print(f"B{batch:<3} {'greedy' if beams == 1 else f'beam {beams}':<7} fastseq {rate['fastseq']:8.1f} tok/s  "
                   f"HF generate {rate['hf-generate']:8.1f} tok/s  x{row['ratio']:.2f}{graph}", flush=True)
             # after each row: a timeout keeps the rows measured
-            atomic.write(args.json, lambda f: json.dump({"meta": meta, "rows": rows}, f, indent=1), "w")
+            timing.write_rows(args.json, meta, rows)
     print(f"wrote {args.json}")
     return 0
 

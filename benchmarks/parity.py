@@ -25,7 +25,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import timing  # noqa: E402
 
 import fastseq  # noqa: E402
-from fastseq import atomic  # noqa: E402
 from fastseq.ops.registry import served  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -166,10 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     path = args.json or os.path.join(HERE, "results", f"parity-{device.type}-{preset}-{datetime.date.today()}-"
                                                       f"{commit[:7]}.json")
 
-    def save(rows):
-        atomic.write(path, lambda f: json.dump({"meta": meta, "rows": rows}, f, indent=1), "w")
-
-    rows = run(preset, device, timing.DTYPES[dtype_name], save)
+    rows = run(preset, device, timing.DTYPES[dtype_name], lambda rows: timing.write_rows(path, meta, rows))
     print(table(rows))
     print(f"wrote {path}")
     return 0

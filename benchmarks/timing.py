@@ -3,6 +3,7 @@ with CUDA events on a GPU and the wall clock on a CPU; the matmul rate, copy ban
 measured on the same device, so every figure can be given as a fraction of what the machine does."""
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import subprocess
@@ -10,6 +11,8 @@ import time
 from typing import Callable
 
 import torch
+
+from fastseq import atomic
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Seconds each measurement runs for at least (after its 10 runs): sweep.py shortens it for the headline preset.
@@ -90,6 +93,12 @@ def copy_bandwidth(device: torch.device) -> float:
     dst = torch.empty_like(src)
     t = measure(lambda: dst.copy_(src), device, warmup=3, min_reps=10, min_seconds=0.3)["median_ms"]
     return 2 * src.numel() * 4 / (t * 1e-3)
+
+
+def write_rows(path: str, meta: dict, rows: list) -> None:
+    """A benchmark's file, {"meta": meta, "rows": rows}, written to a temporary file and renamed over `path`
+    (a run killed mid-write leaves the last complete file)."""
+    atomic.write(path, lambda f: json.dump({"meta": meta, "rows": rows}, f, indent=1), "w")
 
 
 def peak_memory(fn: Callable[[], object], device: torch.device) -> int:
