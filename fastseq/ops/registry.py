@@ -177,13 +177,13 @@ def functions(family: str) -> tuple[str, ...]:
 
 
 def chosen(family: str, device_type: str, needs: tuple[str, ...] = (), autograd: bool = False,
-           call: tuning.Call | None = None) -> str:
+           call: Callable[[], tuning.Call] | None = None) -> str:
     """The backend that serves `family` on `device_type` now (fastseq.backends' rules) among those that
     implement every function of `needs` (a forward that will need its backward names both), for a
     forward to pin; with `autograd`, one whose backward torch's autograd derives may serve too (the
-    caller then calls it directly: `differentiated`). Given the `call`, and no backend forced by the
-    user, the fastest of them for its shape bucket (fastseq.ops.tuning; the reference is timed only when
-    nothing else serves). While torch.compile traces: "" (the op chooses when the graph runs; the choice
+    caller then calls it directly: `differentiated`). Given `call` (which makes the call's tuning.Call,
+    asked only when there are backends to time between), and no backend forced by the user, the fastest
+    of them for its shape bucket (fastseq.ops.tuning; the reference is timed only when nothing else serves). While torch.compile traces: "" (the op chooses when the graph runs; the choice
     reads context variables, which Dynamo cannot trace)."""
     if torch.compiler.is_compiling():
         return ""
@@ -198,7 +198,7 @@ def chosen(family: str, device_type: str, needs: tuple[str, ...] = (), autograd:
     if len(fast) > 1:  # something to time
         token = _served.set(None)  # the chooser's trial runs are not what served the call
         try:
-            measured = tuning.pick(family, fast, call)
+            measured = tuning.pick(family, fast, call())
         finally:
             _served.reset(token)
         if measured is not None:

@@ -12,6 +12,7 @@ the Triton kernels in triton_forward.py, triton_backward.py and triton_decode.py
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional, Sequence, Union
 
 import torch
@@ -192,7 +193,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, key_padding
     if attn_mask is not None:
         needs += ("attn_mask", "attn_mask_grad") if mask_grad else ("attn_mask",)
     kind = "none" if attn_mask is None else "bool" if attn_mask.dtype == torch.bool else "float"
-    call = tuning.Call.rerun(attention, (q, k, v, causal, key_padding_mask, lengths, scale, dropout_p, attn_mask),
+    call = functools.partial(tuning.Call.rerun, attention,
+                             (q, k, v, causal, key_padding_mask, lengths, scale, dropout_p, attn_mask),
                              grad, (B, Hq, k.shape[1], Tq, Tk, D, v.shape[3]),
                              (bool(causal), lengths is not None or mask is not None, dropout_p > 0, kind))
     backend = chosen("attention", q.device.type, needs, autograd=True, call=call)
@@ -224,8 +226,9 @@ def attention_decode(q: Tensor, k: Tensor, v: Tensor, lengths: Union[Tensor, Seq
                          attn_mask=attn_mask)[:, :, 0]
     mask = None if key_padding_mask is None else key_padding_mask.contiguous()
     B, Hq, D = q.shape
-    call = tuning.Call.rerun(attention_decode, (q, k, v, lengths, key_padding_mask, scale), False,
-                             (B, Hq, k.shape[1], k.shape[2], D, v.shape[3]), (lengths is not None or mask is not None,))
+    call = functools.partial(tuning.Call.rerun, attention_decode, (q, k, v, lengths, key_padding_mask, scale),
+                             False, (B, Hq, k.shape[1], k.shape[2], D, v.shape[3]),
+                             (lengths is not None or mask is not None,))
     backend = chosen("attention_decode", q.device.type, ("attention_decode",), call=call)
     scale = float(D ** -0.5 if scale is None else scale)
     args = (q.contiguous(), cache_layout(k), cache_layout(v), lengths, mask, scale)

@@ -10,6 +10,7 @@ The math and the workspace contract shared by every backend are in reference.py 
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional, Sequence, Union
 
 import torch
@@ -91,7 +92,7 @@ def lstm_cell(gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
     C.check_shape(op, "c_prev", c_prev, (gates.shape[0], gates.shape[1] // 4), "(B, H)")
     C.check_like(op, "c_prev", c_prev, "gates", gates)
     grad = torch.is_grad_enabled() and (gates.requires_grad or c_prev.requires_grad)
-    call = tuning.Call.rerun(lstm_cell, (gates, c_prev), grad, gates.shape)
+    call = functools.partial(tuning.Call.rerun, lstm_cell, (gates, c_prev), grad, gates.shape)
     return _cell(gates, c_prev, chosen("lstm", gates.device.type, _cell_needs(grad), autograd=True, call=call))
 
 
@@ -140,7 +141,8 @@ def checked_step(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor, b_
     own checks give torch.nn.LSTMCell's errors, so a small step pays for its checks once."""
     args = (x, h, c, w_ih, w_hh, b_ih, b_hh)
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args)
-    call = tuning.Call.rerun(lstm_step, args, grad, (x.shape[0], x.shape[1], h.shape[1]), ("step",))
+    call = functools.partial(tuning.Call.rerun, lstm_step, args, grad, (x.shape[0], x.shape[1], h.shape[1]),
+                             ("step",))
     backend = chosen("lstm", x.device.type, _cell_needs(grad), autograd=True, call=call)
     if backend == "torch":
         return FAMILY.function(backend, "lstm_step")(*args)
@@ -255,7 +257,7 @@ def _layer_choice(params: tuple, lengths: Optional[Tensor], reverse: bool, train
     T, B, I = x.shape
     H = w_ih.shape[0] // 4
     needs = ("lstm_layer", "lstm_layer_backward") if training else ("lstm_layer",)
-    call = tuning.Call.rerun(lstm_layer, (*params, lengths, reverse), training,
+    call = functools.partial(tuning.Call.rerun, lstm_layer, (*params, lengths, reverse), training,
                              (T, B, I, H, H if w_hr is None else w_hr.shape[0]), (lengths is not None, bool(reverse)))
     return chosen("lstm", x.device.type, needs, autograd=True, call=call)
 
