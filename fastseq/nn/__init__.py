@@ -7,6 +7,6 @@ from .multihead_attention import MultiheadAttention, PrecomputedKV
 from .transformer import (Transformer, TransformerDecoder, TransformerDecoderLayer, TransformerEncoder,
                           TransformerEncoderLayer)
 
-__all__ = ["AdditiveAttention", "KVCache", "LSTM", "Linear", "LSTMCell", "MultiheadAttention", "PrecomputedKeys", "PrecomputedKV",
-           "Transformer", "TransformerDecoder", "TransformerDecoderLayer", "TransformerEncoder",
+__all__ = ["AdditiveAttention", "KVCache", "LSTM", "Linear", "LSTMCell", "MultiheadAttention", "PrecomputedKeys",
+           "PrecomputedKV", "Transformer", "TransformerDecoder", "TransformerDecoderLayer", "TransformerEncoder",
            "TransformerEncoderLayer"]

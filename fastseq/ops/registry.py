@@ -183,8 +183,9 @@ def chosen(family: str, device_type: str, needs: tuple[str, ...] = (), autograd:
     forward to pin; with `autograd`, one whose backward torch's autograd derives may serve too (the
     caller then calls it directly: `differentiated`). Given `call` (which makes the call's tuning.Call,
     asked only when there are backends to time between), and no backend forced by the user, the fastest
-    of them for its shape bucket (fastseq.ops.tuning; the reference is timed only when nothing else serves). While torch.compile traces: "" (the op chooses when the graph runs; the choice
-    reads context variables, which Dynamo cannot trace)."""
+    of them for its shape bucket (fastseq.ops.tuning; the reference is timed only when nothing else
+    serves). While torch.compile traces: "" (the op chooses when the graph runs; the choice reads context
+    variables, which Dynamo cannot trace)."""
     if torch.compiler.is_compiling():
         return ""
     declaration = _FAMILIES[family]
