@@ -120,7 +120,7 @@ def _context(args: tuple[Tensor, ...], lengths: Optional[Tensor], mask: Optional
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in args)
     backend = chosen("additive_attention", args[0].device.type, needs(B, Tq, Tk, H, grad), autograd=True)
     if differentiated("additive_attention", backend, args[0].device.type):  # torch's ops, under torch's autograd
-        return FAMILY.function(backend, "additive_attention")(*args, lengths, mask, padding_zeroed)[0]
+        return FAMILY.function(backend, "additive_attention")(*args, lengths, mask, padding_zeroed, with_lse=False)[0]
     return _OPS["additive_attention"](*args, lengths, mask, backend)[0]  # fused: zeroes padding at no cost
 
 
@@ -179,4 +179,11 @@ def additive_attention_step(query_proj: Tensor, key_proj: Tensor, v: Tensor, val
     args, lengths, mask = _prepare(op, query_proj, key_proj, v, values, key_padding_mask, lengths, "(B, H)")
     if torch.is_grad_enabled() and any(t.requires_grad for t in args):
         return _context((args[0][:, None], *args[1:]), lengths, mask, padding_zeroed)[:, 0]
-    return _OPS["additive_attention_decode"](*args, lengths, mask)
+    device_type = args[0].device.type
+    backend = chosen("additive_attention", device_type, ("additive_attention_decode",))
+    if not backend:  # traced by torch.compile: the op, which chooses when the graph runs
+        return _OPS["additive_attention_decode"](*args, lengths, mask)
+    decode = FAMILY.function(backend, "additive_attention_decode")  # eager: the backend itself, not the custom
+    if differentiated("additive_attention", backend, device_type):  # op's dispatch (its cost is a step's here)
+        return decode(*args, lengths, mask, padding_zeroed)  # torch's ops: told what the caller has zeroed
+    return decode(*args, lengths, mask)  # a fused kernel: zeroes padding at no cost

@@ -29,10 +29,12 @@ MATERIALIZED = 1 << 24
 def additive_attention(
     query_proj: Tensor, key_proj: Tensor, v: Tensor, values: Tensor,
     lengths: Optional[Tensor], key_padding_mask: Optional[Tensor], padding_zeroed: bool = False,
+    with_lse: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """-> (context (B, Tq, Dv) in the input dtype, lse (B, Tq) in the accumulation dtype, not differentiated).
     padding_zeroed: the caller has zeroed the padded keys' rows of key_proj and values (a decoder's
-    PrecomputedKeys, once per sequence), so this call need not."""
+    PrecomputedKeys, once per sequence), so this call need not. with_lse=False: an empty lse, for a caller
+    whose gradient autograd derives (the log-sum-exp serves only a fused backward)."""
     acc = acc_dtype(query_proj.dtype)
     B, Tq, _ = query_proj.shape
     q, k, w, vals = (t.to(acc) for t in (query_proj, key_proj, v, values))
@@ -44,11 +46,13 @@ def additive_attention(
         empty = ~keep.any(-1)[:, None, None]  # rows with no key: scored as if all were kept, then zeroed
         scores = scores.masked_fill(~keep[:, None, :] & ~empty, float("-inf"))
     weights = torch.softmax(scores, dim=-1)
-    lse = torch.logsumexp(scores.detach(), dim=-1)
     if keep is not None:
         weights = weights.masked_fill(empty, 0.0)
-        lse = lse.masked_fill(empty[..., 0], float("inf"))
-    return (weights @ vals).to(query_proj.dtype), lse
+    context = (weights @ vals).to(query_proj.dtype)
+    if not with_lse:
+        return context, scores.new_empty(0)
+    lse = torch.logsumexp(scores.detach(), dim=-1)
+    return context, lse if keep is None else lse.masked_fill(empty[..., 0], float("inf"))
 
 
 def zero_padding(key_proj: Tensor, values: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
@@ -60,7 +64,8 @@ def zero_padding(key_proj: Tensor, values: Tensor, keep: Tensor) -> tuple[Tensor
 
 def additive_attention_decode(
     query_proj: Tensor, key_proj: Tensor, v: Tensor, values: Tensor,
-    lengths: Optional[Tensor], key_padding_mask: Optional[Tensor],
+    lengths: Optional[Tensor], key_padding_mask: Optional[Tensor], padding_zeroed: bool = False,
 ) -> Tensor:
-    """One query per row, query_proj (B, H) -> context (B, Dv)."""
-    return additive_attention(query_proj[:, None], key_proj, v, values, lengths, key_padding_mask)[0][:, 0]
+    """One query per row, query_proj (B, H) -> context (B, Dv); padding_zeroed as in additive_attention."""
+    return additive_attention(query_proj[:, None], key_proj, v, values, lengths, key_padding_mask, padding_zeroed,
+                              with_lse=False)[0][:, 0]
