@@ -206,12 +206,7 @@ def _row(case, mode, dtype_name, impl, sizes, measured, fused, work, ceiling, un
     if "median_ms" in t:
         row["rate"] = work / (t["median_ms"] * 1e-3) / scale
         row["fraction_of_ceiling"] = work / (t["median_ms"] * 1e-3) / ceiling
-        for base, bt in row["baselines"].items():
-            if "median_ms" in bt:
-                row[f"speedup_vs_{base}"] = bt["median_ms"] / t["median_ms"]
-        fastest = min((bt["median_ms"] for bt in row["baselines"].values() if "median_ms" in bt), default=None)
-        if fastest is not None:
-            row["speedup_vs_fastest_baseline"] = fastest / t["median_ms"]
+        row.update(timing.speedups(t, row["baselines"]))
     return row
 
 
@@ -228,8 +223,8 @@ def run(device, preset, dtype_names, fused_backends, ceilings):
             for r in part:
                 rows.append(r)
                 rate = f"{r['rate']:8.1f} {r['unit']} ({r['fraction_of_ceiling']:.0%})" if "rate" in r else "n/a"
-                best = r.get("speedup_vs_fastest_baseline")
-                vs = f"  x{best:.2f} vs the fastest baseline" if best else ""
+                best, call = r.get("speedup_vs_fastest_baseline"), r.get("call_speedup_vs_fastest_baseline")
+                vs = f"  x{best:.2f} (per call x{call:.2f}) vs the fastest baseline" if best else ""
                 print(f"attention {r['case']:<8} {r['mode']:<16} {dtype_name} {r['sizes']}  {r['backend']} {rate}{vs}",
                       flush=True)
     return rows

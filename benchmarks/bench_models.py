@@ -128,9 +128,7 @@ def _row(case, model, dtype_name, sizes, measured, tokens, ours):
            "baselines": {k: v for k, v in measured.items() if k != ours}, "unit": "tokens/s", "work": tokens}
     if "median_ms" in t:
         row["rate"] = tokens / (t["median_ms"] * 1e-3)
-        for base, bt in row["baselines"].items():
-            if "median_ms" in bt:
-                row[f"speedup_vs_{base}"] = bt["median_ms"] / t["median_ms"]
+        row.update(timing.speedups(t, row["baselines"]))
     return row
 
 

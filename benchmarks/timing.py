@@ -1,6 +1,17 @@
 """Timing and machine ceilings for the benchmarks: warm-up, then the median (and quartiles) of many runs,
-with CUDA events on a GPU and the wall clock on a CPU; the matmul rate, copy bandwidth and tanh rate
-measured on the same device, so every figure can be given as a fraction of what the machine does."""
+and the matmul rate, copy bandwidth and tanh rate measured on the same device, so every figure can be given
+as a fraction of what the machine does.
+
+On a GPU each measurement gives two times, both per call:
+    gpu_ms   the device's time: a block of calls queued behind a spin kernel (so the host runs ahead and
+             the GPU never waits for it), timed between two events and divided by the count (`gpu_method`
+             says how it was taken)
+    call_ms  what a user's Python loop sees: the wall clock over a block of calls and one synchronize at
+             its end, divided by the count (host time included: the larger of host and device time)
+A call that synchronizes cannot be queued ahead: its gpu_ms is then an upper bound, or, with
+`capture=True`, the replay of its CUDA graph.
+`median_ms` is gpu_ms on a GPU and the wall clock on a CPU (where the two are one).
+"""
 from __future__ import annotations
 
 import json
@@ -17,6 +28,8 @@ from fastseq import atomic
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Seconds each measurement runs for at least (after its 10 runs): sweep.py shortens it for the headline preset.
 MIN_SECONDS = 0.5
+BLOCK_MS = 2.0  # a GPU block of calls lasts about this long (at least one call, at most MAX_BLOCK)
+MAX_BLOCK = 64
 
 
 def _sync(device: torch.device) -> None:
@@ -24,37 +37,150 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _quartiles(times: list[float], prefix: str = "") -> dict:
+    q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+    return {f"{prefix}median_ms": statistics.median(times), f"{prefix}p25_ms": q[0], f"{prefix}p75_ms": q[2]}
+
+
+class CudaClock:
+    """What a Timer asks of a GPU: the host's clock, a spin kernel of a given length, events, a synchronize
+    (a test stands in a simulated device)."""
+
+    _cycles_per_ms: dict = {}
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def host_ms(self) -> float:
+        return time.perf_counter() * 1e3
+
+    def sync(self) -> None:
+        torch.cuda.synchronize(self.device)
+
+    def event(self):
+        e = torch.cuda.Event(enable_timing=True)
+        e.record()
+        return e
+
+    def elapsed_ms(self, begin, end) -> float:
+        end.synchronize()
+        return begin.elapsed_time(end)
+
+    def spin(self, ms: float) -> None:
+        """Holds the stream for about `ms` (torch.cuda._sleep's cycles per ms measured once per device)."""
+        key = str(self.device)
+        if key not in self._cycles_per_ms:
+            torch.cuda._sleep(1_000_000)  # warm
+            begin = self.event()
+            torch.cuda._sleep(10_000_000)
+            self._cycles_per_ms[key] = 10_000_000 / max(self.elapsed_ms(begin, self.event()), 1e-3)
+        torch.cuda._sleep(int(self._cycles_per_ms[key] * ms))
+
+
+class Timer:
+    """Times one zero-argument function: `block()` runs a block of calls and returns its per-call times,
+    {"call_ms": ...} on a CPU (one call), {"gpu_ms", "call_ms"} on a GPU (`calls` calls, chosen once)."""
+
+    def __init__(self, fn: Callable[[], object], device: torch.device, capture: bool = False, clock=None):
+        self.fn, self.device, self.capture = fn, device, capture
+        self.calls, self.method, self._graph, self._spin_ms = 1, "wall clock", None, 0.0
+        self.clock = clock or (CudaClock(device) if device.type == "cuda" else None)
+        if self.clock is not None:
+            self._calibrate()
+
+    def _calibrate(self) -> None:
+        clock = self.clock
+        clock.sync()
+        t0 = clock.host_ms()
+        self.fn()
+        clock.sync()
+        one = clock.host_ms() - t0
+        self.calls = max(1, min(MAX_BLOCK, int(BLOCK_MS / max(one, 1e-3))))
+        self._spin_ms = 0.5 + 2.0 * self.calls * one  # longer than the host takes to queue the block
+        self.method = "queued behind a spin"
+        if self._queued()[1]:
+            return
+        self.method = "host waited for the device (the call synchronizes): gpu_ms is an upper bound"
+        if not self.capture:
+            return
+        try:  # time the replay of the call captured in a CUDA graph instead
+            self._graph = self._capture()
+            self.method = "graph replay"
+        except Exception as e:  # noqa: BLE001 - not capturable: the upper bound stands, the reason beside it
+            self.method += f"; not capturable ({type(e).__name__})"
+
+    def _capture(self):
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            self.fn()  # warm on the side stream, as torch's graph docs ask
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self.fn()
+        return graph
+
+    def _queued(self) -> tuple[float, bool]:
+        """(ms per call on the device, whether the host queued the whole block before the spin ended)."""
+        clock, run = self.clock, (self._graph.replay if self._graph is not None else self.fn)
+        clock.spin(self._spin_ms)
+        begin = clock.event()
+        t0 = clock.host_ms()
+        for _ in range(self.calls):
+            run()
+        queued_ms = clock.host_ms() - t0
+        end = clock.event()
+        return clock.elapsed_ms(begin, end) / self.calls, queued_ms < self._spin_ms
+
+    def block(self) -> dict:
+        if self.clock is None:
+            t0 = time.perf_counter()
+            self.fn()
+            return {"call_ms": (time.perf_counter() - t0) * 1e3}
+        gpu_ms, _ = self._queued()
+        self.clock.sync()
+        t0 = self.clock.host_ms()
+        for _ in range(self.calls):
+            self.fn()
+        self.clock.sync()
+        return {"gpu_ms": gpu_ms, "call_ms": (self.clock.host_ms() - t0) / self.calls}
+
+
+def _summary(blocks: list[dict], timer: Timer) -> dict:
+    calls = [b["call_ms"] for b in blocks]
+    out = {**_quartiles(calls, "call_"), "reps": len(blocks)}
+    if "gpu_ms" in blocks[0]:
+        gpu = [b["gpu_ms"] for b in blocks]
+        out.update(_quartiles(gpu, "gpu_"), calls_per_block=timer.calls, gpu_method=timer.method)
+        out.update(_quartiles(gpu))
+    else:
+        out.update(_quartiles(calls))
+    return out
+
+
 def measure(fn: Callable[[], object], device: torch.device, warmup: int = 3, min_reps: int = 10,
-            min_seconds: float | None = None) -> dict:
+            min_seconds: float | None = None, capture: bool = False) -> dict:
     """Median and quartiles in milliseconds of `fn()` after `warmup` calls, over at least `min_reps` runs
-    and `min_seconds` (default MIN_SECONDS)."""
+    (blocks of calls on a GPU) and `min_seconds` (default MIN_SECONDS): median_ms, p25_ms, p75_ms, and on a
+    GPU gpu_* and call_* beside them (the module's docstring). capture: where a call synchronizes, time
+    the replay of its CUDA graph (a call that reads device values cannot be captured)."""
     min_seconds = MIN_SECONDS if min_seconds is None else min_seconds
     for _ in range(warmup):
         fn()
     _sync(device)
-    times: list[float] = []
+    timer = Timer(fn, device, capture)
+    blocks: list[dict] = []
     start = time.perf_counter()
-    while len(times) < min_reps or time.perf_counter() - start < min_seconds:
-        if device.type == "cuda":
-            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            begin.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(begin.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-        if len(times) >= 1000:
+    while len(blocks) < min_reps or time.perf_counter() - start < min_seconds:
+        blocks.append(timer.block())
+        if len(blocks) >= 1000:
             break
-    q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
-    return {"median_ms": statistics.median(times), "p25_ms": q[0], "p75_ms": q[2], "reps": len(times)}
+    return _summary(blocks, timer)
 
 
 def measure_together(fns: dict[str, Callable[[], object]], device: torch.device, warmup: int = 3, min_reps: int = 10,
                      min_seconds: float | None = None) -> dict[str, dict]:
-    """measure() of several functions side by side: after `warmup` calls each, they take turns, one run
+    """measure() of several functions side by side: after `warmup` calls each, they take turns, one block
     each per round, for at least `min_reps` rounds and `min_seconds` in all, so that the machine's drift
     (on a shared CPU one phase runs slower than the next) falls on all of them alike."""
     min_seconds = MIN_SECONDS if min_seconds is None else min_seconds
@@ -62,19 +188,33 @@ def measure_together(fns: dict[str, Callable[[], object]], device: torch.device,
         for _ in range(warmup):
             fn()
     _sync(device)
-    times: dict[str, list[float]] = {name: [] for name in fns}
+    timers = {name: Timer(fn, device) for name, fn in fns.items()}
+    blocks: dict[str, list[dict]] = {name: [] for name in fns}
     start = time.perf_counter()
     rounds = 0
     while rounds < min_reps or time.perf_counter() - start < min_seconds * len(fns):
-        for name, fn in fns.items():
-            times[name].append(measure(fn, device, warmup=0, min_reps=1, min_seconds=0.0)["median_ms"])
+        for name, timer in timers.items():
+            blocks[name].append(timer.block())
         rounds += 1
         if rounds >= 1000:
             break
-    out = {}
-    for name, ts in times.items():
-        q = statistics.quantiles(ts, n=4) if len(ts) > 1 else [ts[0]] * 3
-        out[name] = {"median_ms": statistics.median(ts), "p25_ms": q[0], "p75_ms": q[2], "reps": len(ts)}
+    return {name: _summary(bs, timers[name]) for name, bs in blocks.items()}
+
+
+def speedups(t: dict, baselines: dict[str, dict]) -> dict:
+    """Ratios of each baseline's time to `t`'s: speedup_vs_<name> (the device's time, median_ms) and, on a
+    GPU, call_speedup_vs_<name> (per call, host included), and both against the fastest baseline."""
+    out: dict = {}
+    if "median_ms" not in t:
+        return out
+    for key, prefix in (("median_ms", "speedup"), ("call_median_ms", "call_speedup")):
+        if key not in t:
+            continue
+        times = {name: bt[key] for name, bt in baselines.items() if key in bt}
+        for name, base in times.items():
+            out[f"{prefix}_vs_{name}"] = base / t[key]
+        if times:
+            out[f"{prefix}_vs_fastest_baseline"] = min(times.values()) / t[key]
     return out
 
 

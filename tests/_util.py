@@ -73,7 +73,8 @@ def kernel_run(device, backend):
 
 # The tensor methods that bring values to the host: on a GPU each waits for the device (a synchronization)
 HOST_READS = {torch.Tensor.item, torch.Tensor.__bool__, torch.Tensor.__int__, torch.Tensor.__float__,
-              torch.Tensor.__index__, torch.Tensor.tolist, torch.Tensor.nonzero, torch.nonzero, torch.Tensor.numpy}
+              torch.Tensor.__index__, torch.Tensor.tolist, torch.Tensor.nonzero, torch.nonzero, torch.Tensor.numpy,
+              torch.Tensor.cpu}
 
 
 class HostReads(TorchFunctionMode):
@@ -86,3 +87,113 @@ class HostReads(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         self.n += func in HOST_READS
         return func(*args, **(kwargs or {}))
+
+
+# The calls that build a tensor from host data (a copy to the device when a device is named)
+HOST_DATA = {torch.tensor, torch.as_tensor, torch.asarray, torch.Tensor.new_tensor}
+
+
+def _tensors(tree):
+    return [t for t in torch.utils._pytree.tree_leaves(tree) if isinstance(t, torch.Tensor)]
+
+
+def _caller() -> tuple[str, str]:
+    """(file:line, function) of the innermost frame in fastseq's package that led here (else the innermost
+    outside torch)."""
+    import traceback
+
+    frames = traceback.extract_stack()[:-2]
+    ours = [f for f in frames if "/fastseq/" in f.filename and "/tests/" not in f.filename]
+    f = (ours or [f for f in frames if "/torch/" not in f.filename] or frames)[-1]
+    return f"{f.filename.split('/fastseq/')[-1]}:{f.lineno}", f.name
+
+
+class DeviceResidency(TorchFunctionMode):
+    """Runs a block as if the tensors given to `resident(...)` lived on a GPU, and records in `crossings`
+    each operation that would then cross between host and device: a host read of a value of such a tensor
+    (item, int, bool, tolist, ...: a synchronization on a GPU), a tensor built from host data on a named
+    device, a copy of a host tensor to a device. Residency spreads: to what is computed from a resident
+    tensor and to what a factory makes with a `device=` that is a torch.device (as `device=x.device` is;
+    the string "cpu" names the host). On this CPU every device is the host, so this is how a test here
+    sees what `torch.cuda.set_sync_debug_mode("error")` sees on a GPU. A non-blocking copy of host data
+    (the caller's, such as lengths given on the host) is no crossing: it waits for nothing. Triton's interpreter, which runs
+    the kernels on the host, is not counted (a GPU launch reads nothing back)."""
+
+    def __init__(self, allowed: dict[str, str] | None = None):
+        super().__init__()
+        self.allowed = allowed or {}  # function name -> why its reads are no crossing (a CPU-only path)
+        self.crossings: list[str] = []
+        self._resident: dict[int, torch.Tensor] = {}  # by id; the tensors are kept, so no id is reused
+        self._paused = 0
+
+    def resident(self, *trees):
+        for t in _tensors(trees):
+            self._resident[id(t)] = t
+        return trees[0] if len(trees) == 1 else trees
+
+    def is_resident(self, t) -> bool:
+        return id(t) in self._resident
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if self._paused:
+            return func(*args, **kwargs)
+        inputs = _tensors((args, kwargs))
+        from_device = any(self.is_resident(t) for t in inputs)
+        name = getattr(func, "__qualname__", getattr(func, "__name__", str(func)))
+        before = len(self.crossings)
+        moved = False  # a copy to the device: its result is resident
+        if func in HOST_READS and from_device:
+            self.crossings.append(f"host read: {name}")
+        elif func in HOST_DATA and isinstance(kwargs.get("device"), torch.device) and not inputs:
+            self.crossings.append(f"host data to the device: {name}")
+        elif func is torch.Tensor.copy_ and len(args) > 1:
+            dst, src = args[0], args[1]
+            if self.is_resident(dst) != self.is_resident(src):
+                self.crossings.append("copy_ from a host tensor into a device tensor" if self.is_resident(dst)
+                                      else "copy_ from a device tensor to the host")
+        elif func in (torch.Tensor.to, torch.Tensor.cuda):
+            target = kwargs.get("device", args[1] if len(args) > 1 else None)
+            moved = isinstance(target, torch.device) or func is torch.Tensor.cuda
+            if moved and not from_device and not kwargs.get("non_blocking", False):
+                self.crossings.append(f"blocking copy of a host tensor to the device: {name}")
+            elif isinstance(target, str) and target.startswith("cpu") and from_device:
+                self.crossings.append(f"host read: {name}('cpu')")
+        if len(self.crossings) > before:
+            where, function = _caller()
+            if function in self.allowed:
+                del self.crossings[before:]
+            else:
+                self.crossings[-1] += f" at {where} ({function})"
+        out = func(*args, **kwargs)
+        if getattr(func, "__name__", "") == "_pad_packed_sequence":  # (padded, lengths): torch keeps lengths on the host
+            self.resident(out[0])
+            return out
+        if from_device or moved or isinstance(kwargs.get("device"), torch.device):
+            self.resident(out)
+        return out
+
+
+@contextlib.contextmanager
+def interpreter_uncounted(guard: DeviceResidency):
+    """Inside `guard`, Triton's interpreter's own host copies are not crossings (on a GPU the launch runs
+    there)."""
+    try:
+        from triton.runtime.interpreter import InterpretedFunction
+    except ImportError:
+        yield
+        return
+    run = InterpretedFunction.run
+
+    def paused(self, *args, **kwargs):
+        guard._paused += 1
+        try:
+            return run(self, *args, **kwargs)
+        finally:
+            guard._paused -= 1
+
+    InterpretedFunction.run = paused
+    try:
+        yield
+    finally:
+        InterpretedFunction.run = run

@@ -420,11 +420,15 @@ def test_autotune_pruning_keeps_the_tiles_meant_for_the_inputs(monkeypatch, arch
     monkeypatch.setattr(triton_configs, "arch", lambda device: arch)
     q = torch.empty(1, 1, 1, head_dim, dtype=dtype)
     for kernel in ("fwd", "dkdv", "dq"):
-        wanted = sorted(triton_configs.configs_for(kernel, arch, q.element_size(), head_dim, dropout, bool(bias)))
-        tuner = triton_configs.tuned(kernel, fns[kernel])
-        tuner.nargs = {"q_ptr": q, "D": head_dim, "Dv": head_dim}
-        assert sorted(triton_configs.tile_of(c) for c in tuner.prune_configs({"DROPOUT": dropout, "BIAS": bias})) == wanted
-        rebuilt = [triton.Config(dict(c.kwargs), num_warps=c.num_warps, num_stages=c.num_stages) for c in tuner.configs]
-        kept = tuner.early_config_prune(rebuilt, tuner.nargs, DROPOUT=dropout, BIAS=bias)
-        assert sorted(triton_configs.tile_of(c) for c in kept) == wanted, kernel
-        tuner.nargs = None
+        for key_mask in (False, True):
+            wanted = sorted(triton_configs.configs_for(kernel, arch, q.element_size(), head_dim, dropout, bool(bias),
+                                                       key_mask))
+            tuner = triton_configs.tuned(kernel, fns[kernel])
+            tuner.nargs = {"q_ptr": q, "D": head_dim, "Dv": head_dim}
+            flags = {"DROPOUT": dropout, "BIAS": bias, "HAS_MASK": key_mask}
+            assert sorted(triton_configs.tile_of(c) for c in tuner.prune_configs(flags)) == wanted
+            rebuilt = [triton.Config(dict(c.kwargs), num_warps=c.num_warps, num_stages=c.num_stages)
+                       for c in tuner.configs]
+            kept = tuner.early_config_prune(rebuilt, tuner.nargs, **flags)
+            assert sorted(triton_configs.tile_of(c) for c in kept) == wanted, kernel
+            tuner.nargs = None

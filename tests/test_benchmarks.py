@@ -139,3 +139,70 @@ def test_measure_together_takes_turns():
     assert calls[:6] == ["a", "a", "b", "b", "c", "c"]
     assert calls[6:] == ["a", "b", "c"] * 4
     assert all(t["reps"] == 4 and t["p25_ms"] <= t["median_ms"] <= t["p75_ms"] for t in out.values())
+
+
+class _SimulatedGPU:
+    """A stream and a host clock in simulated milliseconds: a call costs the host `host_ms` and queues
+    `device_ms` of device work; `syncs` makes the call wait for the device (as a value read does)."""
+
+    def __init__(self, host_ms, device_ms, syncs=False):
+        self.host, self.busy_until = 0.0, 0.0
+        self.host_cost, self.device_cost, self.syncs = host_ms, device_ms, syncs
+
+    def call(self):
+        self.host += self.host_cost
+        self.busy_until = max(self.busy_until, self.host) + self.device_cost
+        if self.syncs:
+            self.sync()
+
+    def host_ms(self):
+        return self.host
+
+    def sync(self):
+        self.host = max(self.host, self.busy_until)
+
+    def event(self):
+        self.busy_until = max(self.busy_until, self.host)
+        return self.busy_until
+
+    def elapsed_ms(self, begin, end):
+        self.sync()
+        return end - begin
+
+    def spin(self, ms):
+        self.busy_until = max(self.busy_until, self.host) + ms
+
+
+@pytest.mark.parametrize("host_ms,device_ms", [(0.01, 0.5), (0.2, 0.005), (0.05, 0.05)])
+def test_gpu_timer_separates_device_time_from_host_time(host_ms, device_ms):
+    """timing.Timer on a simulated GPU: gpu_ms is the device's time per call whatever the host costs (the
+    block is queued behind a spin), call_ms what a Python loop sees (the larger of the two)."""
+    import timing
+
+    gpu = _SimulatedGPU(host_ms, device_ms)
+    timer = timing.Timer(gpu.call, torch.device("cuda"), clock=gpu)
+    block = timer.block()
+    assert timer.method == "queued behind a spin" and timer.calls >= 1
+    assert block["gpu_ms"] == pytest.approx(device_ms, rel=1e-9)
+    # the block overlaps host and device but for the first call's host time (or the last call's device time)
+    assert block["call_ms"] == pytest.approx(max(host_ms, device_ms), rel=1e-9, abs=1.01 * min(host_ms, device_ms) / timer.calls)
+
+
+def test_gpu_timer_names_a_call_that_synchronizes():
+    """A call that waits for the device cannot be queued ahead: its gpu_ms is reported as an upper bound."""
+    import timing
+
+    gpu = _SimulatedGPU(0.1, 0.3, syncs=True)
+    timer = timing.Timer(gpu.call, torch.device("cuda"), clock=gpu)
+    assert "upper bound" in timer.method
+    assert timer.block()["gpu_ms"] >= 0.3
+
+
+def test_speedups_give_both_ratios_against_each_baseline():
+    import timing
+
+    ours = {"median_ms": 1.0, "call_median_ms": 2.0}
+    out = timing.speedups(ours, {"a": {"median_ms": 3.0, "call_median_ms": 3.0}, "b": {"oom": True},
+                                 "c": {"median_ms": 1.5, "call_median_ms": 4.0}})
+    assert out == {"speedup_vs_a": 3.0, "speedup_vs_c": 1.5, "speedup_vs_fastest_baseline": 1.5,
+                   "call_speedup_vs_a": 1.5, "call_speedup_vs_c": 2.0, "call_speedup_vs_fastest_baseline": 1.5}

@@ -1,7 +1,10 @@
-"""Compile checks that need no GPU: every Triton kernel compiled ahead of time for sm_90 and sm_80 at the
-configurations the GPU path launches (no register spills, float64 aside), the CUDA kernels compiled with
-nvcc for sm_90a (no spills), and the host-side CUDA launchers of csrc/ checked against torch's CUDA
-headers. Run it under each Triton the package supports: ptxas differs between them."""
+"""Compile checks that need no GPU, on the code the GPU runs: every Triton kernel compiled ahead of time for
+sm_90 and sm_80 as the JIT compiles it at the benchmark presets' shapes (fastseq.ops.aot: the JIT's own
+argument binding, its divisibility hints, the tiles the launchers pick for an H200 or an A100), then gated
+on ptxas's report and on the SASS of each kernel's hot loops (the innermost loops that issue its matrix or
+special-function instructions); the CUDA kernels compiled with nvcc for sm_90a, gated the same way; the
+host-side CUDA launchers of csrc/ checked against torch's CUDA headers. Run it under each Triton the package
+supports: ptxas differs between them."""
 import json
 import os
 import pathlib
@@ -16,62 +19,112 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 triton = pytest.importorskip("triton")
 
-
-def _variants():
-    from fastseq.ops import aot
-
-    return [(arch, spec[0]) for arch, spec in aot.variants()]
+# Per kernel, what the hot loops of its 16-bit (fp16, bf16) variants may hold; of every variant, no local
+# memory. Each number is the most the compiled loops hold today (a test fails when one grows); "mma": each
+# such loop issues tensor-core instructions (HGMMA or HMMA).
+#   shfl:           SHFL per hot loop, by architecture
+#   shfl_per_tanh:  SHFL per MUFU.TANH in a hot loop (a score loop reducing across lanes)
+#   u16_loads:      scalar 16-bit global loads per hot loop (tiles should come 16 bytes at a time)
+BUDGETS = {
+    "fwd_kernel": {"mma": True, "shfl": {90: 8, 80: 64}, "u16_loads": 0},
+    "dkdv_kernel": {"mma": True, "shfl": {90: 0, 80: 0}, "u16_loads": 0},
+    "dq_kernel": {"mma": True, "shfl": {90: 0, 80: 0}, "u16_loads": 0},
+    "split_kernel": {"mma": True, "shfl": {90: 16, 80: 16}, "u16_loads": 0},
+    "combine_kernel": {},
+    # additive attention (Triton): the forward and backward still reduce H across lanes
+    "_fwd_kernel": {"shfl_per_tanh": 4.0, "u16_loads": 1},
+    "_bwd_kernel": {"shfl_per_tanh": 8.25, "u16_loads": 3},
+    "_decode_kernel": {"shfl_per_tanh": 0.25, "u16_loads": 0},
+    "_lstm_step_fwd_kernel": {"mma": True, "shfl": {90: 0, 80: 0}, "u16_loads": 0},
+    "_lstm_step_bwd_kernel": {"mma": True, "shfl": {90: 0, 80: 0}, "u16_loads": 0},
+    "_lstm_cell_fwd_kernel": {},
+    "_lstm_cell_bwd_kernel": {},
+}
+# Variants that spill, each with why it is let pass: the additive backward and decoder step hold a whole
+# BLOCK_D = Dv = 512 row of values (the rewrite that tiles Dv is the additive-attention issue's); float64
+# is the exactness dtype, not a fast path.
+KNOWN_SPILLS = {"_bwd_kernel": lambda r: r["constexprs"].get("BLOCK_D", 0) >= 256,
+                "_decode_kernel": lambda r: r["constexprs"].get("BLOCK_D", 0) >= 512}
+U16_LOADS = ("LDG.E.U16", "LDG.E.S16", "LDG.E.U16.CONSTANT")
 
 
 @pytest.fixture(scope="module")
-def aot_reports():
-    """One non-interpreted process compiles every variant for sm_90 and sm_80 (the interpreter, which
-    the rest of the CPU suite runs under, cannot compile)."""
+def reports():
+    """One non-interpreted process compiles every variant for sm_90 and sm_80 (the interpreter, which the
+    rest of the CPU suite runs under, cannot compile)."""
     env = {**os.environ, "TRITON_INTERPRET": "0"}
     out = subprocess.run([sys.executable, "-m", "fastseq.ops.aot", "--arch", "90", "80", "--json"],
                          capture_output=True, text=True, env=env, cwd=ROOT)
     assert out.stdout.strip(), out.stderr[-4000:]
-    return {(r["arch"], r["name"]): r for r in json.loads(out.stdout.strip().splitlines()[-1])}
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    assert found, "no kernel variant was captured"
+    return found
 
 
-@pytest.mark.parametrize("arch,name", _variants(), ids=lambda v: str(v))
-def test_triton_kernel_fits_the_shared_memory_of_its_architecture(aot_reports, arch, name):
+def _element(r) -> str:
+    return r["name"].split("[")[1].split(",")[0]
+
+
+def _failures(reports, check) -> list[str]:
+    return [f"sm_{r['arch']} {r['name']} ({r['launches'][0]}): {why}" for r in reports
+            for why in [check(r)] if why]
+
+
+def test_every_captured_variant_compiles(reports):
+    assert not _failures(reports, lambda r: None if r["ok"] else r["error"][:300])
+
+
+def test_capture_sees_what_the_jit_specializes(reports):
+    """The AOT variants carry the JIT's own hints: the attention forward at the headline shape has its
+    pointers and its 16-multiple sizes marked divisible by 16, and its tiles are the Hopper ones."""
+    fwd = [r for r in reports if r["kernel"] == "fwd_kernel" and r["arch"] == 90
+           and any(name.startswith("attention forward B4 H16 T4096 D128 bf16") for name in r["launches"])]
+    assert fwd, "no headline attention forward captured"
+    for r in fwd:
+        assert {"q_ptr", "k_ptr", "v_ptr", "out_ptr", "lse_ptr", "Tq", "Tk"} <= set(r["divisible_by_16"]), r
+    assert {(r["constexprs"]["BLOCK_M"], r["num_warps"]) for r in fwd} >= {(128, 8)}
+
+
+def test_every_compiled_kernel_has_a_budget(reports):
+    assert {r["kernel"] for r in reports} <= set(BUDGETS), "add the new kernel's hot-loop budget to BUDGETS"
+
+
+def test_variants_fit_the_shared_memory_of_their_architecture(reports):
     from fastseq.ops.aot import SHARED_MEMORY
 
-    report = aot_reports[(arch, name)]
-    assert report["ok"], report.get("error")
-    assert 0 <= report["shared"] <= SHARED_MEMORY[arch], report
+    assert not _failures(reports, lambda r: r["ok"] and not 0 <= r["shared"] <= SHARED_MEMORY[r["arch"]]
+                         and f"{r['shared']} bytes of shared memory")
 
 
-@pytest.mark.parametrize("arch,name", _variants(), ids=lambda v: str(v))
-def test_triton_kernel_compiles_ahead_of_time_without_spills(aot_reports, arch, name):
-    report = aot_reports[(arch, name)]
-    assert report["ok"], report.get("error")
-    assert report["ptx_target"] in (f"sm_{arch}", f"sm_{arch}a")  # Triton targets sm_90a on Hopper
-    if "[fp64," in name:  # the exactness dtype, not a fast path: Triton 3.6 spills its additive backward
-        return
-    if _measured_spilling(arch, name):
-        return
-    assert report["spill_stores"] == 0 and report["spill_loads"] == 0, report
+def test_ptx_targets_the_architecture(reports):
+    assert not _failures(reports, lambda r: r["ok"] and r["ptx_target"] not in (f"sm_{r['arch']}", f"sm_{r['arch']}a")
+                         and f"targets {r['ptx_target']}")
 
 
-TILE = re.compile(r"attention_(\w+)\[(\w+),d(\d+),\w+,(\d+)x(\d+)w(\d+)s(\d+)\]")
+def _spill_allowed(r) -> bool:
+    return _element(r) == "fp64" or _measured_spilling(r) or KNOWN_SPILLS.get(r["kernel"], lambda r: False)(r)
 
 
-def _measured_spilling(arch, name):
+def test_variants_compile_without_spills(reports):
+    assert not _failures(reports, lambda r: r["ok"] and (r["spill_stores"] or r["spill_loads"])
+                         and not _spill_allowed(r) and f"{r['spill_stores']}/{r['spill_loads']} bytes spilled, "
+                                                       f"{r['registers']} registers")
+
+
+def _measured_spilling(r) -> bool:
     """Whether the variant's tile is one that spills yet measured fastest on a GPU (triton_configs'
     MEASURED_SPILLING); its list must then hold a spill-free tile for the autotuner to fall back on."""
     from fastseq.ops.dot_product import triton_configs
 
-    found = TILE.fullmatch(name)
-    if not found:
+    if r["kernel"] not in ("fwd_kernel", "dkdv_kernel", "dq_kernel"):
         return False
-    kernel, t, dim, *tile = found.groups()
-    key = (kernel, arch, 4 if t == "fp32" else 2, int(dim))
-    if tuple(map(int, tile)) not in triton_configs.MEASURED_SPILLING.get(key, ()):
+    c = r["constexprs"]
+    size = 4 if _element(r) == "fp32" else 2
+    key = (r["kernel"].split("_")[0], r["arch"], size, 64 if c["D"] <= 64 else 128 if c["D"] <= 128 else 256)
+    tile = (c["BLOCK_M"], c["BLOCK_N"], r["num_warps"], r["num_stages"])
+    if tile not in triton_configs.MEASURED_SPILLING.get(key, ()):
         return False
-    tiles = triton_configs.configs_for(kernel, arch, key[2], int(dim))
-    assert set(tiles) - triton_configs.MEASURED_SPILLING[key], f"{key}: every tile may spill"
+    assert set(triton_configs.configs_for(key[0], key[1], key[2], key[3])) - triton_configs.MEASURED_SPILLING[key]
     return True
 
 
@@ -83,47 +136,119 @@ def test_measured_spilling_tiles_are_tuned_tiles():
         assert tiles <= set(triton_configs.configs_for(kernel, arch, size, dim)), (kernel, arch, size, dim)
 
 
-def _hopper_attention_tiles():
-    """The 16-bit attention variants for sm_90 whose query tile spans a warpgroup (64 rows a group)."""
-    from fastseq.ops import aot
+def test_attention_matmuls_lower_to_wgmma_on_hopper(reports):
+    """On sm_90 a 16-bit attention tile that spans a warpgroup (64 rows per 4 warps) must become Hopper's
+    warpgroup MMA, not the Ampere mma.sync."""
+    def check(r):
+        if not (r["ok"] and r["arch"] == 90 and r["kernel"] in ("fwd_kernel", "dq_kernel")
+                and _element(r) in ("fp16", "bf16")):
+            return None
+        if r["constexprs"]["BLOCK_M"] >= 64 * r["num_warps"] // 4 and r["mma"] != ["wgmma"]:
+            return f"lowered to {r['mma']}"
+    assert not _failures(reports, check)
 
-    for arch, spec in aot.variants((90,)):
-        name, options = spec[0], spec[4]
-        if name.startswith(("attention_fwd[", "attention_dq[")) and ",fp32," not in name and ",fp64," not in name:
-            if spec[3]["BLOCK_M"] >= 64 * options["num_warps"] // 4:
-                yield name
+
+def _loop_checks(r, budget) -> str | None:
+    """What in r's hot loops passes its kernel's budget, if anything."""
+    sixteen = _element(r) in ("fp16", "bf16")
+    problems = []
+    if not _spill_allowed(r) and r["sass"]["local_memory"]:
+        problems.append(f"{r['sass']['local_memory']} local-memory instructions")
+    for i, loop in enumerate(r["sass"]["loops"]):
+        def n(prefixes):
+            return sum(c for op, c in loop.items() if op.startswith(prefixes))
+        if sixteen and budget.get("mma") and not n(("HGMMA", "HMMA")):
+            problems.append(f"loop {i}: no tensor-core instruction")
+        if sixteen and "shfl" in budget and n("SHFL") > budget["shfl"][r["arch"]]:
+            problems.append(f"loop {i}: {n('SHFL')} SHFL (budget {budget['shfl'][r['arch']]})")
+        if "shfl_per_tanh" in budget and n("MUFU.TANH") and n("SHFL") / n("MUFU.TANH") > budget["shfl_per_tanh"]:
+            problems.append(f"loop {i}: {n('SHFL') / n('MUFU.TANH'):.2f} SHFL per MUFU.TANH "
+                            f"(budget {budget['shfl_per_tanh']})")
+        if sixteen and "u16_loads" in budget and n(U16_LOADS) > budget["u16_loads"]:
+            problems.append(f"loop {i}: {n(U16_LOADS)} scalar 16-bit global loads (budget {budget['u16_loads']})")
+    return "; ".join(problems) or None
 
 
-@pytest.mark.parametrize("name", list(_hopper_attention_tiles()))
-def test_attention_matmuls_lower_to_wgmma_on_hopper(aot_reports, name):
-    """On sm_90 the attention's tl.dot must become Hopper's warpgroup MMA, not the Ampere mma.sync."""
-    report = aot_reports[(90, name)]
-    assert report["ok"], report.get("error")
-    assert report["mma"] == ["wgmma"], report
+@pytest.mark.parametrize("kernel", sorted(BUDGETS))
+def test_hot_loops_keep_their_instruction_budget(reports, kernel):
+    """Each kernel's hot loops, read from the SASS of every variant (float64 aside): its BUDGETS entry."""
+    variants = [r for r in reports if r["kernel"] == kernel and r["ok"] and _element(r) != "fp64"]
+    assert variants, f"no variant of {kernel} was compiled"
+    assert not _failures(variants, lambda r: _loop_checks(r, BUDGETS[kernel]))
 
+
+# ------------------------------------------------------------------------------------------ CUDA (nvcc)
 
 SPILLS = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
 NVCC = shutil.which("nvcc")
+# Per CUDA kernel (its name, demangled, without namespace or template arguments): the instructions that make
+# a loop hot there ("markers"), and the most SHFL and scalar 16-bit global loads one hot loop holds today.
+# The additive and decoding kernels load 16 bits at a time; their rewrites (the additive-attention and
+# decoding issues) set these to 0.
+CUDA_BUDGETS = {
+    "forward_kernel": {"markers": ("MUFU.TANH",), "shfl": 10, "u16_loads": 32},
+    "backward_queries_kernel": {"markers": ("MUFU.TANH", "FFMA"), "shfl": 20, "u16_loads": 32},
+    "backward_keys_kernel": {"markers": ("MUFU.TANH", "FFMA"), "shfl": 10, "u16_loads": 32},
+    "decode_split_kernel": {"markers": ("FFMA",), "shfl": 40, "u16_loads": 48},
+    "decode_combine_kernel": {"markers": ("FFMA",), "shfl": 0, "u16_loads": 0},
+    "lstm_cell_forward_kernel": {"markers": ("MUFU",), "shfl": 0, "u16_loads": 0},
+    "lstm_cell_backward_kernel": {"markers": ("MUFU",), "shfl": 0, "u16_loads": 0},
+}
+
+
+def _short(demangled: str) -> str:
+    """"void fastseq::kernels::(anonymous namespace)::forward_kernel<...>(...)" -> "forward_kernel"."""
+    return demangled.split("<")[0].split("::")[-1].split("(")[0].split()[-1]
+
+
+def _nvcc_cubin(tmp_path, source):
+    cubin = tmp_path / (source + ".cubin")
+    out = subprocess.run([NVCC, "-std=c++17", "-O3", "-gencode=arch=compute_90a,code=sm_90a", "-Xptxas", "-v",
+                          "-cubin", str(ROOT / "kernels" / source), "-o", str(cubin)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return out.stderr, cubin
+
+
+def _demangled(names):
+    out = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True)
+    return dict(zip(names, out.stdout.splitlines())) if out.returncode == 0 else {n: n for n in names}
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc not found")
 @pytest.mark.parametrize("source", sorted(p.name for p in (ROOT / "kernels").glob("*.cu")))
-def test_cuda_kernels_compile_for_sm90a_without_spills(tmp_path, source):
-    out = subprocess.run([NVCC, "-std=c++17", "-O3", "-arch=sm_90a", "-Xptxas", "-v", "-c",
-                          str(ROOT / "kernels" / source), "-o", str(tmp_path / "k.o")], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    spills = SPILLS.findall(out.stderr)
-    assert spills, out.stderr
-    assert all(s == ("0", "0") for s in spills), out.stderr
+def test_cuda_kernels_compile_for_sm90a_within_budget(tmp_path, source):
+    """kernels/*.cu through nvcc for sm_90a: no spills, no local memory, and each kernel's hot loops within
+    its CUDA_BUDGETS entry (every kernel must have one)."""
+    from fastseq.ops import sass
+
+    report, cubin = _nvcc_cubin(tmp_path, source)
+    spills = SPILLS.findall(report)
+    assert spills and all(s == ("0", "0") for s in spills), report
+    code = sass.disassemble(str(cubin))
+    names = _demangled(list(code))
+    problems = []
+    for mangled, instructions in code.items():
+        name = _short(names[mangled])
+        budget = CUDA_BUDGETS.get(name)
+        if budget is None:
+            problems.append(f"{names[mangled]}: no CUDA_BUDGETS entry")
+            continue
+        if sass.count(instructions, ("LDL", "STL")):
+            problems.append(f"{name}: local memory")
+        for i, body in enumerate(sass.hot_loops(instructions, budget["markers"])):
+            shfl, u16 = sass.count(body, ("SHFL",)), sass.count(body, U16_LOADS)
+            if shfl > budget["shfl"]:
+                problems.append(f"{names[mangled]} loop {i}: {shfl} SHFL (budget {budget['shfl']})")
+            if u16 > budget["u16_loads"]:
+                problems.append(f"{names[mangled]} loop {i}: {u16} scalar 16-bit loads (budget {budget['u16_loads']})")
+    assert not problems, problems
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc (and its CUDA headers) not found")
 @pytest.mark.parametrize("source", sorted(p.name for p in (ROOT / "csrc").glob("*_cuda.cpp")) + ["extension.cpp"])
 def test_cuda_launchers_compile_against_torch_headers(tmp_path, source):
     """The host-side launchers, syntax- and type-checked with the CUDA build's macros (no GPU, no CUDA torch)."""
-    from torch.utils.cpp_extension import include_paths
-
-    from torch.utils.cpp_extension import CUDA_HOME
+    from torch.utils.cpp_extension import CUDA_HOME, include_paths
 
     candidates = [pathlib.Path(NVCC).resolve().parents[1] / "include", *sorted(pathlib.Path("/usr/local").glob("cuda*/include"))]
     if CUDA_HOME:

@@ -85,7 +85,7 @@ class KVCache:
             if host.shape != (B,) or (B and (int(host.min()) < 0 or int(host.max()) > T)):
                 raise ValueError(f"KVCache.append: counts must be {B} integers in [0, T={T}], got {counts!r}")
             self.uniform = self.uniform and bool((host == T).all())
-            counts_t = host.to(device=self.k.device, dtype=torch.int32)
+            counts_t = host.to(device=self.k.device, dtype=torch.int32, non_blocking=True)
         if self.uniform:
             self.k[:, :, self.max_length:self.max_length + T] = k
             self.v[:, :, self.max_length:self.max_length + T] = v

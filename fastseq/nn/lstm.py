@@ -260,7 +260,7 @@ class LSTM(nn.Module):
         else:
             unorder = torch.empty_like(order)
             unorder[order] = torch.arange(batch)
-            order, unorder = order.to(x.device), unorder.to(x.device)
+            order, unorder = order.to(x.device, non_blocking=True), unorder.to(x.device, non_blocking=True)
             if hx is not None:
                 hx = (hx[0].index_select(1, order), hx[1].index_select(1, order))
             output, h_n, c_n = self._run(x.index_select(1, order), hx, sorted_lengths)

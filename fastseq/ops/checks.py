@@ -131,8 +131,18 @@ def check_key_padding(op: str, key_padding_mask: Optional[torch.Tensor], lengths
     lengths = integers(op, "lengths", lengths)
     if tuple(lengths.shape) != (B,):
         fail(op, f"lengths must have shape (B,) = ({B},), got {tuple(lengths.shape)}")
-    # Checked in eager mode (one sync for GPU lengths); a compiled graph cannot branch on the values,
-    # and the kernels clamp each length to [0, Tk] so no value can read out of bounds.
-    if B and read_values() and (int(lengths.min()) < 0 or int(lengths.max()) > Tk):
+    # Host lengths are checked on the host; lengths on a GPU by the device itself (an asynchronous assert:
+    # reading them here would synchronize every call). A compiled graph cannot branch on the values, and
+    # the kernels clamp each length to [0, Tk], so no value can read out of bounds.
+    if B and read_values():
+        if lengths.device.type == "cpu":
+            check_host_lengths(op, lengths, Tk)
+        else:
+            torch._assert_async(((lengths >= 0) & (lengths <= Tk)).all(), f"{op}: lengths must lie in [0, Tk={Tk}]")
+    return lengths.to(device=device, dtype=torch.int32, non_blocking=True)
+
+
+def check_host_lengths(op: str, lengths: torch.Tensor, Tk: int) -> None:
+    """Lengths held on the host (the caller's data), each in [0, Tk]."""
+    if int(lengths.min()) < 0 or int(lengths.max()) > Tk:
         fail(op, f"lengths must lie in [0, Tk={Tk}], got min {int(lengths.min())}, max {int(lengths.max())}")
-    return lengths.to(device=device, dtype=torch.int32)

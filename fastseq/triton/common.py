@@ -3,6 +3,13 @@ row's key count from `lengths`, the keys a bool `key_padding_mask` pads) as the 
 it, and launches split by batch where a grid would pass CUDA's limits."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import dataclasses
+import functools
+import struct
+from typing import Optional
+
 import torch
 import triton
 import triton.language as tl
@@ -10,6 +17,50 @@ import triton.language as tl
 from ..numerics import acc_dtype
 
 MAX_GRID = (2**31 - 1, 65535, 65535)  # programs a launch may have along each grid axis (CUDA's limits)
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """What a launcher asks of the GPU it launches on: the architecture whose tiles it takes (90: Hopper,
+    80: Ampere and the rest) and the multiprocessors a grid fills."""
+
+    arch: int
+    multiprocessors: int
+
+
+TARGETS = {"sm_90": Target(90, 132), "sm_80": Target(80, 108)}  # an H100/H200 SXM, an A100
+_compiling_for: contextvars.ContextVar[Optional[Target]] = contextvars.ContextVar("fastseq_aot_target", default=None)
+
+
+@contextlib.contextmanager
+def compiling_for(target: Target):
+    """Launchers called inside the block choose as they would on `target` (fastseq.ops.aot's captures)."""
+    token = _compiling_for.set(target)
+    try:
+        yield
+    finally:
+        _compiling_for.reset(token)
+
+
+def target(device: torch.device) -> Target:
+    """The GPU `device` is, read once per device (or the one fastseq.ops.aot compiles for)."""
+    forced = _compiling_for.get()
+    if forced is not None:
+        return forced
+    if device.type != "cuda":
+        return Target(80, 4)
+    return _cuda_target(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def on_gpu(t: torch.Tensor) -> bool:
+    """Whether a launch on `t` runs on a GPU (or is compiled for one by fastseq.ops.aot)."""
+    return t.is_cuda or _compiling_for.get() is not None
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_target(index: int) -> Target:
+    properties = torch.cuda.get_device_properties(index)
+    return Target(90 if properties.major >= 9 else 80, properties.multi_processor_count)
 
 
 class BatchPart:
@@ -37,6 +88,19 @@ def batch_slices(B: int, rows_per_batch: int, lengths, mask, flags: dict) -> lis
             for b in range(0, B, step)]
 
 
+def wide_float(x: float) -> tuple[float, float]:
+    """x as two float32 halves, hi + lo (48 significant bits): a kernel argument that float64 kernels
+    need to full precision (Triton passes a float argument as float32), taken back by `wide`."""
+    hi = struct.unpack("f", struct.pack("f", x))[0]
+    return hi, x - hi
+
+
+@triton.jit
+def wide(hi, lo, ACC: tl.constexpr):
+    """The float passed as `wide_float`'s halves, in the accumulation type ACC."""
+    return tl.cast(hi, ACC) + tl.cast(lo, ACC)
+
+
 def acc_type(dtype: torch.dtype):
     """The Triton type a kernel on `dtype` inputs accumulates in (fastseq.numerics.acc_dtype's rule)."""
     return tl.float64 if acc_dtype(dtype) == torch.float64 else tl.float32
@@ -59,11 +123,6 @@ def mask_dtype(dtype: torch.dtype) -> torch.dtype:
     as int32 for float64, where Triton 3.6 cannot lower a float64 `tl.dot` whose operand an 8-bit load
     feeds ("fp64 don't support largeK MMA")."""
     return torch.int32 if dtype == torch.float64 else torch.uint8
-
-
-def mask_pointer(t: str) -> str:
-    """The AOT signature of the mask pointer for inputs of Triton type `t` (see mask_dtype)."""
-    return "*i32" if t == "fp64" else "*u8"
 
 
 def padding_args(lengths, mask, ref):

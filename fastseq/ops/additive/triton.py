@@ -26,7 +26,8 @@ import triton.language as tl
 
 from ...backends import triton_interpret
 from ...triton.activations import tanh
-from ...triton.common import acc_type, batch_slices, key_bound, key_valid, launch_options, mask_pointer, padding_args, precision
+from ...triton.common import (acc_type, batch_slices, key_bound, key_valid, launch_options, on_gpu, padding_args,
+                              precision)
 
 # Tile sizes per kernel, for float64 apart: the 3-D tanh tile and the accumulators fit the registers
 # without spilling (checked ahead of time for sm_90 and sm_80, under Triton 3.6 and 3.9, by
@@ -188,7 +189,7 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, values_ptr, lengths_ptr, mask_ptr, conte
 
 
 def _fast_tanh(t: torch.Tensor) -> bool:
-    return t.dtype in (torch.float16, torch.bfloat16) and t.is_cuda and not triton_interpret()
+    return t.dtype in (torch.float16, torch.bfloat16) and on_gpu(t) and not triton_interpret()
 
 
 def _block_d(Dv: int) -> int:
@@ -253,34 +254,26 @@ def additive_attention_decode(query_proj, key_proj, v, values, lengths, key_padd
     return context
 
 
-def aot_specs():
-    """(name, kernel, signature, constexprs, options) of every compiled variant the GPU path launches
-    (at Dv ≤ 128; larger Dv compiles the same code with a wider BLOCK_D)."""
-    for t in ("fp32", "fp16", "bf16", "fp64"):
-        acc = tl.float64 if t == "fp64" else tl.float32
-        a = "fp64" if t == "fp64" else "fp32"
-        fast = t in ("fp16", "bf16")
-        bwd_cfg = BWD_FP64 if t == "fp64" else BWD
-        for has_len, has_mask in ((False, False), (True, True)):
-            flags = {"HAS_LENGTHS": has_len, "HAS_MASK": has_mask, "BLOCK_D": 128, "ACC": acc, "FAST": fast}
-            sizes = {"Tq": "i32", "Tk": "i32", "H": "i32", "Dv": "i32"}
-            pointers = {"q_ptr": f"*{t}", "k_ptr": f"*{t}", "v_ptr": f"*{t}", "values_ptr": f"*{t}",
-                        "lengths_ptr": "*i32", "mask_ptr": mask_pointer(t)}
-            variant = f"{t},len{int(has_len)},mask{int(has_mask)}"
-            const = {k: "constexpr" for k in ("HAS_LENGTHS", "HAS_MASK", "BLOCK_Q", "BLOCK_K", "BLOCK_H",
-                                              "BLOCK_D", "ACC", "FAST", "PRECISION")}
-            fwd = {**pointers, "context_ptr": f"*{t}", "lse_ptr": f"*{a}", **sizes, **const}
-            yield (f"additive_attention_fwd[{variant}]", _fwd_kernel, fwd,
-                   {**flags, **{k: FWD[k] for k in ("BLOCK_Q", "BLOCK_K", "BLOCK_H")}, "PRECISION": "ieee"},
-                   {"num_warps": FWD["num_warps"]})
-            bwd = {"dc_ptr": f"*{t}", **pointers, "lse_ptr": f"*{a}", "delta_ptr": f"*{a}", "dq_ptr": f"*{a}",
-                   "dk_ptr": f"*{a}", "dv_ptr": f"*{a}", "dvalues_ptr": f"*{t}", **sizes, **const}
-            yield (f"additive_attention_bwd[{variant}]", _bwd_kernel, bwd,
-                   {**flags, **{k: bwd_cfg[k] for k in ("BLOCK_Q", "BLOCK_K", "BLOCK_H")}, "PRECISION": "ieee"},
-                   launch_options(bwd_cfg))
-            dec = {**pointers, "context_ptr": f"*{t}", "Tk": "i32", "H": "i32", "Dv": "i32",
-                   **{k: "constexpr" for k in ("HAS_LENGTHS", "HAS_MASK", "BLOCK_K", "BLOCK_H", "BLOCK_D", "ACC",
-                                               "FAST")}}
-            yield (f"additive_attention_decode[{variant}]", _decode_kernel, dec,
-                   {**flags, "BLOCK_K": DECODE["BLOCK_K"], "BLOCK_H": DECODE["BLOCK_H"]},
-                   {"num_warps": DECODE["num_warps"]})
+def aot_launches():
+    """Forward, backward and the decoder step at each case of the gpu and headline presets in bf16, padded by
+    lengths; at the first also unpadded, with a key padding mask, and in fp16, fp32 and fp64
+    (fastseq.ops.aot)."""
+    from ..aot import Launch
+    from . import CASES
+
+    def run(B, Tq, Tk, H, Dv, dtype, lengths=True, mask=False):
+        q, k = torch.empty(B, Tq, H, dtype=dtype), torch.empty(B, Tk, H, dtype=dtype)
+        v, values = torch.empty(H, dtype=dtype), torch.empty(B, Tk, Dv, dtype=dtype)
+        length = torch.full((B,), Tk, dtype=torch.int32) if lengths else None
+        padded = torch.zeros(B, Tk, dtype=torch.bool) if mask else None
+        context, lse = additive_attention(q, k, v, values, length, padded)
+        additive_attention_backward(torch.empty_like(context), q, k, v, values, length, padded, context, lse)
+        additive_attention_decode(q[:, 0], k, v, values, length, padded)
+
+    cases = list(dict.fromkeys(tuple(c) for preset in ("gpu", "headline") for c in CASES[preset]))
+    variants = [(case, torch.bfloat16, {}) for case in cases]
+    variants += [(cases[0], torch.bfloat16, {"lengths": False}), (cases[0], torch.bfloat16, {"mask": True})]
+    variants += [(cases[0], dtype, {}) for dtype in (torch.float16, torch.float32, torch.float64)]
+    for case, dtype, options in variants:
+        yield Launch("additive_attention B{} Tq{} Tk{} H{} Dv{} ".format(*case) + f"{dtype} {options or ''}",
+                     lambda case=case, dtype=dtype, options=options: run(*case, dtype, **options))

@@ -14,6 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ...numerics import acc_dtype
 from ...triton.common import batch_slices, key_bound, key_valid
 from . import triton_common as common
 from . import triton_configs as configs
@@ -22,13 +23,13 @@ from .triton_common import bias_tile, dropout_keep, key_range, load_tile, query_
 
 @triton.jit
 def dkdv_kernel(do_ptr, q_ptr, k_ptr, v_ptr, lengths_ptr, mask_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
-                     Hq, GROUP, Tq, Tk, T_BUCKET, scales_ptr, seed, p_drop, bias_ptr, bias_sb, bias_sh, bias_sq,
+                     Hq, GROUP, Tq, Tk, T_BUCKET, qk_hi, qk_lo, scale_hi, scale_lo, seed, p_drop, bias_ptr, bias_sb, bias_sh, bias_sq,
                      bias_sk, D: tl.constexpr, Dv: tl.constexpr, CAUSAL: tl.constexpr, HAS_LENGTHS: tl.constexpr,
                      HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
                      BIAS: tl.constexpr):
     """dk (B, Hkv, Tk, D), dv (B, Hkv, Tk, Dv), every element written (zeros where no query sees the key)."""
-    qk_scale, scale, log2e = tl.load(scales_ptr), tl.load(scales_ptr + 1), tl.load(scales_ptr + 2)
+    qk_scale, scale, log2e = common.kernel_scales(qk_hi, qk_lo, scale_hi, scale_lo, ACC)
     bkv = tl.program_id(1).to(tl.int64)
     Hkv = Hq // GROUP
     b = bkv // Hkv
@@ -77,13 +78,13 @@ def dkdv_kernel(do_ptr, q_ptr, k_ptr, v_ptr, lengths_ptr, mask_ptr, lse_ptr, del
 
 @triton.jit
 def dq_kernel(do_ptr, q_ptr, k_ptr, v_ptr, lengths_ptr, mask_ptr, lse_ptr, delta_ptr, dq_ptr,
-                   Hq, GROUP, Tq, Tk, T_BUCKET, scales_ptr, seed, p_drop, bias_ptr, bias_sb, bias_sh, bias_sq, bias_sk,
+                   Hq, GROUP, Tq, Tk, T_BUCKET, qk_hi, qk_lo, scale_hi, scale_lo, seed, p_drop, bias_ptr, bias_sb, bias_sh, bias_sq, bias_sk,
                    D: tl.constexpr, Dv: tl.constexpr, CAUSAL: tl.constexpr, HAS_LENGTHS: tl.constexpr,
                    HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
                    BIAS: tl.constexpr):
     """dq (B, Hq, Tq, D)."""
-    qk_scale, scale, log2e = tl.load(scales_ptr), tl.load(scales_ptr + 1), tl.load(scales_ptr + 2)
+    qk_scale, scale, log2e = common.kernel_scales(qk_hi, qk_lo, scale_hi, scale_lo, ACC)
     bh, b, kvh, m0, queries = query_program(Hq, GROUP, BLOCK_M)
     q_ok = queries < Tq
     q = load_tile(q_ptr + bh * Tq * D, queries, q_ok, D, BLOCK_D, True)
@@ -120,10 +121,10 @@ def attention_backward(grad_out, q, k, v, lengths, key_padding_mask, attn_mask, 
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     len_arg, mask_arg, flags = common.launch_flags(q, v, causal, lengths, key_padding_mask, dropout_p)
     bias, strides, flags["BIAS"] = common.bias_args(attn_mask, q)
-    scales = common.scales(q, scale)
+    scales = common.scales(scale)
     for part in batch_slices(B, Hq, len_arg, mask_arg, flags):
         shared = (*part(grad_out, q, k, v), part.lengths, part.mask, *part(lse, delta))
-        sizes = (Hq, Hq // Hkv, Tq, Tk, bucket, scales, seed, dropout_p, common.bias_rows(bias, part), *strides, D, Dv)
+        sizes = (Hq, Hq // Hkv, Tq, Tk, bucket, *scales, seed, dropout_p, common.bias_rows(bias, part), *strides, D, Dv)
         n_kv, n_q = part.rows * Hkv, part.rows * Hq
         configs.launch("dkdv", dkdv_kernel, lambda c, n=n_kv: (triton.cdiv(Tk, c["BLOCK_N"]), n),
                        (*shared, *part(dk, dv), *sizes), flags, q.dtype)
@@ -132,15 +133,16 @@ def attention_backward(grad_out, q, k, v, lengths, key_padding_mask, attn_mask, 
     return dq, dk, dv
 
 
-_INPUTS = ["do_ptr", "q_ptr", "k_ptr", "v_ptr", "lengths_ptr", "mask_ptr", "lse_ptr", "delta_ptr"]
-KERNELS = {"dkdv": (dkdv_kernel, _INPUTS + ["dk_ptr", "dv_ptr"]), "dq": (dq_kernel, _INPUTS + ["dq_ptr"])}
+def aot_launches():
+    """The backward at each of triton_common.aot_cases (fastseq.ops.aot)."""
+    from ..aot import Launch
 
+    def run(case):
+        args = common.aot_arguments(*case)
+        q, v = args[0], args[2]
+        out = q.new_empty(*q.shape[:3], v.shape[3])
+        lse = q.new_empty(q.shape[:3], dtype=acc_dtype(q.dtype))
+        return attention_backward(torch.empty_like(out), *args, out, lse)
 
-def aot_specs():
-    """The variants of triton_forward.aot_specs, for each backward kernel."""
-    for name, (fn, pointers) in KERNELS.items():
-        for t, dim, kind in common.AOT_VARIANTS:
-            for (m, n, warps, stages), archs in configs.aot_tiles(name, t, dim, kind in ("dropout", "bias")):
-                yield (f"attention_{name}[{t},d{dim},{kind},{m}x{n}w{warps}s{stages}]", fn,
-                       common.aot_signature(pointers, t), {**common.aot_flags(t, dim, kind), "BLOCK_M": m, "BLOCK_N": n},
-                       {"num_warps": warps, "num_stages": stages}, archs)
+    for label, *case in common.aot_cases():
+        yield Launch(f"attention backward {label}", lambda case=case: run(case))

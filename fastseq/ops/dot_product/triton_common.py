@@ -8,7 +8,7 @@ import triton
 import triton.language as tl
 
 from ...numerics import acc_dtype
-from ...triton.common import acc_type, key_valid, mask_dtype, mask_pointer, padding_args, precision
+from ...triton.common import acc_type, key_valid, mask_dtype, padding_args, precision, wide, wide_float
 
 LOG2E = 1.4426950408889634
 MAX_HEAD_DIM = 256
@@ -136,10 +136,19 @@ def launch_flags(q, v, causal, lengths, key_padding_mask, dropout_p):
     return len_arg, mask_arg, flags
 
 
-def scales(q, scale):
-    """(scale · log2 e, scale, log2 e) as a tensor in the accumulation dtype: a float argument would reach
-    the kernel as float32, too coarse for float64."""
-    return torch.tensor([scale * LOG2E, scale, LOG2E], dtype=acc_dtype(q.dtype), device=q.device)
+def scales(scale: float) -> tuple[float, float, float, float]:
+    """The kernels' scale arguments: scale · log2 e and scale, each as `wide_float`'s two float32 halves
+    (kernel arguments, no device tensor: nothing crosses to the device per call; `kernel_scales` takes
+    them back at float64's precision where the kernel runs in float64)."""
+    return (*wide_float(scale * LOG2E), *wide_float(scale))
+
+
+@triton.jit
+def kernel_scales(qk_hi, qk_lo, scale_hi, scale_lo, ACC: tl.constexpr):
+    """(scale · log2 e, scale, log2 e) in ACC from the halves `scales` passed."""
+    qk_scale = wide(qk_hi, qk_lo, ACC)
+    scale = wide(scale_hi, scale_lo, ACC)
+    return qk_scale, scale, qk_scale / scale
 
 
 def unpadded(t, key_padding_mask):
@@ -156,29 +165,42 @@ def sizes(q, k, v):
     return B, Hq, Hkv, Tq, Tk, D, Dv, min(triton.next_power_of_2(max(Tq, Tk)), 16384)
 
 
-AOT_VARIANTS = ([("bf16", dim, "masked") for dim in (64, 128, 256)]
-                + [("fp16", 128, "plain"), ("fp32", 128, "plain"), ("bf16", 128, "dropout"), ("fp64", 128, "masked"),
-                   ("bf16", 128, "bias")])
+def aot_cases():
+    """(label, B, Hq, Hkv, Tq, Tk, D, dtype, options) of the calls the AOT check compiles: every training case
+    of the gpu and headline presets in bf16, full and causal; at the headline shape fp16, fp32 and fp64,
+    lengths with a key padding mask, grouped heads, dropout, a float bias and a bool block mask; the
+    seq2seq preset's padded cross-attention."""
+    from . import CASES
+
+    shapes = dict.fromkeys(tuple(c) for preset in ("gpu", "headline") for c in CASES[preset]["train"])
+    for B, H, T, D in shapes:
+        for causal in (False, True):
+            yield f"B{B} H{H} T{T} D{D}{' causal' if causal else ''} bf16", B, H, H, T, T, D, torch.bfloat16, \
+                {"causal": causal}
+    B, H, T, D = CASES["headline"]["train"][0]
+    for dtype in (torch.float16, torch.float32, torch.float64):
+        yield f"B{B} H{H} T{T} D{D} {dtype}", B, H, H, T, T, D, dtype, {}
+    yield f"B{B} H{H} T{T} D{D} padded GQA bf16", B, H, H // 4, T, T, D, torch.bfloat16, \
+        {"causal": True, "lengths": True, "key_padding_mask": True}
+    yield f"B{B} H{H} T{T} D{D} dropout bf16", B, H, H, T, T, D, torch.bfloat16, {"dropout_p": 0.1}
+    yield f"B{B} H{H} T{T} D{D} bias bf16", B, H, H, T, T, D, torch.bfloat16, {"attn_mask": (T, T), "causal": True}
+    yield f"B{B} H{H} T{T} D{D} block mask bf16", B, H, H, T, T, D, torch.bfloat16, {"attn_mask": (B, 1, T, T)}
+    for B, E, heads, max_len in dict.fromkeys(tuple(c) for p in ("gpu", "headline") for c in CASES[p]["seq2seq"]):
+        yield (f"seq2seq B{B} E{E} heads{heads} Tk{max_len} bf16", B, heads, heads, max_len - 7, max_len, E // heads,
+               torch.bfloat16, {"lengths": True})
 
 
-def aot_signature(pointers: list[str], t: str) -> dict:
-    """The AOT signature of a forward or backward kernel whose pointer arguments are `pointers`, for
-    inputs of Triton type t."""
-    a = "fp64" if t == "fp64" else "fp32"
-    sig = {p: ("*i32" if p == "lengths_ptr" else mask_pointer(t) if p == "mask_ptr" else
-               f"*{a}" if p in ("lse_ptr", "delta_ptr") else f"*{t}") for p in pointers}
-    sig.update({n: "i32" for n in ("Hq", "GROUP", "Tq", "Tk", "T_BUCKET")})
-    sig.update({"scales_ptr": f"*{a}", "seed": "i64", "p_drop": "fp32"})
-    sig.update({"bias_ptr": f"*{a}", **{n: "i32" for n in ("bias_sb", "bias_sh", "bias_sq", "bias_sk")}})
-    sig.update({c: "constexpr" for c in ("D", "Dv", "CAUSAL", "HAS_LENGTHS", "HAS_MASK", "DROPOUT", "BLOCK_M",
-                                         "BLOCK_N", "BLOCK_D", "BLOCK_DV", "ACC", "PRECISION", "BIAS")})
-    return sig
-
-
-def aot_flags(t: str, dim: int, kind: str) -> dict:
-    """The constexprs of an AOT variant (kind: plain, masked = causal with both paddings, dropout, bias =
-    masked with a float attn_mask)."""
-    masked, dropout = kind != "plain", kind == "dropout"
-    return {"D": dim, "Dv": dim, "CAUSAL": masked, "HAS_LENGTHS": masked, "HAS_MASK": masked, "DROPOUT": dropout,
-            "BLOCK_D": dim, "BLOCK_DV": dim, "ACC": tl.float64 if t == "fp64" else tl.float32, "PRECISION": "ieee",
-            "BIAS": 2 if kind == "bias" else 0}
+def aot_arguments(B, Hq, Hkv, Tq, Tk, D, dtype, options):
+    """The forward backend's arguments (q, k, v, lengths, key_padding_mask, attn_mask, causal, scale,
+    dropout_p, seed) for one of aot_cases, as CPU tensors never read."""
+    q = torch.empty(B, Hq, Tq, D, dtype=dtype)
+    k, v = torch.empty(B, Hkv, Tk, D, dtype=dtype), torch.empty(B, Hkv, Tk, D, dtype=dtype)
+    lengths = torch.full((B,), Tk, dtype=torch.int32) if options.get("lengths") else None
+    mask = torch.zeros(B, Tk, dtype=torch.bool) if options.get("key_padding_mask") else None
+    shape = options.get("attn_mask")
+    attn_mask = None if shape is None else (torch.zeros(shape, dtype=torch.bool) if len(shape) == 4 else
+                                            torch.zeros(shape, dtype=torch.float32))
+    if attn_mask is not None and attn_mask.dim() == 2:
+        attn_mask = attn_mask[None, None]
+    return (q, k, v, lengths, mask, attn_mask, options.get("causal", False), D ** -0.5,
+            options.get("dropout_p", 0.0), 1)

@@ -9,6 +9,7 @@ import torch
 import triton
 
 from ...backends import triton_interpret
+from ...triton.common import target
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) tried by the autotuner, per kernel, architecture (90: Hopper,
 # 80: Ampere and the rest), element size (2 or 4 bytes) and largest head dim (64, 128, 256): each
@@ -42,12 +43,15 @@ for _kernel in ("fwd", "dkdv", "dq"):  # float32: FMA products (or TF32) hold wh
 # that holds one also holds a spill-free tile, which the autotuner times beside it: a variant where the
 # spills cost more (masked, causal) takes that one.
 MEASURED_SPILLING = {("dkdv", 90, 2, 128): {(64, 64, 4, 2), (32, 64, 4, 3)}}
+# The largest tile (BLOCK_M x BLOCK_N) a kernel takes on an architecture where a key padding mask's loads
+# share its registers: the sm_80 forward's 128 x 64 tiles spill then, compiled as the JIT compiles them.
+KEY_MASK_TILE = {("fwd", 80): 64 * 32}
 FIXED = {"BLOCK_M": 16, "BLOCK_N": 16, "num_warps": 4, "num_stages": 1}  # float64, and the interpreter
 
 
 def arch(device: torch.device) -> int:
     """The architecture whose tiles a device takes: 90 (Hopper) or 80 (Ampere and the rest)."""
-    return 90 if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9 else 80
+    return target(device).arch
 
 
 def _dim_bucket(head_dim: int) -> int:
@@ -55,11 +59,13 @@ def _dim_bucket(head_dim: int) -> int:
 
 
 def configs_for(kernel: str, target: int, element_size: int, head_dim: int, dropout: bool = False,
-                bias: bool = False) -> list[tuple[int, int, int, int]]:
+                bias: bool = False, key_mask: bool = False) -> list[tuple[int, int, int, int]]:
     """The (BLOCK_M, BLOCK_N, num_warps, num_stages) the autotuner tries for these inputs: with dropout or an
     attn_mask only the smallest (the mask's tile takes registers: with it Triton 3.6 spills every larger
     tile of sm_90 at head dim 128 in bf16, 8 to 1,064 stores, and none of the smallest)."""
     tiles = CONFIGS[(kernel, target, 2 if element_size <= 2 else 4)][_dim_bucket(head_dim)]
+    if key_mask and (kernel, target) in KEY_MASK_TILE:
+        tiles = [t for t in tiles if t[0] * t[1] <= KEY_MASK_TILE[(kernel, target)]] or tiles[-1:]
     return tiles[-1:] if dropout or bias else tiles
 
 
@@ -82,7 +88,7 @@ def prune(kernel: str, configs, named_args, **kwargs) -> list[triton.Config]:
     args = {**named_args, **kwargs}
     q = args["q_ptr"]
     wanted = configs_for(kernel, arch(q.device), q.element_size(), max(args["D"], args["Dv"]), args["DROPOUT"],
-                         bool(args["BIAS"]))
+                         bool(args["BIAS"]), bool(args["HAS_MASK"]))
     return [c for c in configs if tile_of(c) in wanted]
 
 
@@ -104,13 +110,3 @@ def launch(kernel: str, fn, grid, args: tuple, flags: dict, dtype: torch.dtype) 
                         num_warps=FIXED["num_warps"], num_stages=FIXED["num_stages"])
     else:
         tuned(kernel, fn)[grid](*args, **flags)
-
-
-def aot_tiles(kernel: str, t: str, dim: int, smallest: bool):
-    """(tile, architectures) pairs the AOT check compiles for a kernel on inputs of Triton type t."""
-    if t == "fp64":
-        yield tuple(FIXED[k] for k in ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages")), (90, 80)
-        return
-    for target in (90, 80):
-        for tile in configs_for(kernel, target, 4 if t == "fp32" else 2, dim, smallest):
-            yield tile, (target,)

@@ -9,7 +9,8 @@ import triton
 import triton.language as tl
 
 from ...numerics import acc_dtype
-from ...triton.common import acc_type, batch_slices, key_bound, key_valid, mask_pointer, padding_args, precision
+from ...triton.common import (acc_type, batch_slices, key_bound, key_valid, padding_args, precision, target,
+                              wide)
 from . import triton_common as common
 from .triton_common import load_tile, store_tile
 
@@ -22,7 +23,7 @@ DECODE = {"BLOCK_N": {2: 64, 4: 16, 8: 16}, "num_warps": 4, "num_stages": 3, "wa
 
 @triton.jit
 def split_kernel(q_ptr, k_ptr, v_ptr, lengths_ptr, mask_ptr, part_out_ptr, part_lse_ptr, Hq, GROUP, Tk,
-                         k_batch, k_head, v_batch, v_head, chunk, n_splits, scales_ptr, D: tl.constexpr, Dv: tl.constexpr,
+                         k_batch, k_head, v_batch, v_head, chunk, n_splits, qk_hi, qk_lo, D: tl.constexpr, Dv: tl.constexpr,
                          HAS_LENGTHS: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK_G: tl.constexpr,
                          BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, ACC: tl.constexpr,
                          PRECISION: tl.constexpr):
@@ -31,7 +32,7 @@ def split_kernel(q_ptr, k_ptr, v_ptr, lengths_ptr, mask_ptr, part_out_ptr, part_
     k_batch, k_head, v_batch, v_head: elements from one batch row, and one key/value head, to the next
     (any: a view of a cache's first Tk positions, a batch expanded from one row, a single head's odd
     stride); each (row, head)'s positions are contiguous rows of D (Dv) elements."""
-    qk_scale = tl.load(scales_ptr)
+    qk_scale = wide(qk_hi, qk_lo, ACC)
     split = tl.program_id(0)
     bkv = tl.program_id(1).to(tl.int64)
     Hkv = Hq // GROUP
@@ -84,9 +85,7 @@ def combine_kernel(part_out_ptr, part_lse_ptr, out_ptr, n_splits, Dv: tl.constex
 
 
 def _multiprocessors(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 4
+    return target(device).multiprocessors
 
 
 def decode_splits(batch_heads: int, Tk: int, device: torch.device) -> int:
@@ -111,12 +110,12 @@ def attention_decode(q, k, v, lengths, key_padding_mask, scale):
     part_lse = q.new_empty(B, Hq, n_splits, dtype=acc)
     len_arg, mask_arg, has_len, has_mask = padding_args(lengths, key_padding_mask, q)
     flags = {"HAS_LENGTHS": has_len, "HAS_MASK": has_mask}
-    scales = common.scales(q, scale)
+    qk_hi, qk_lo, _, _ = common.scales(scale)
     for part in batch_slices(B, Hkv, len_arg, mask_arg, flags):
         pk, pv = part(k, v)
         split_kernel[(n_splits, part.rows * Hkv)](
             *part(q), pk, pv, part.lengths, part.mask, *part(part_out, part_lse), Hq, group, Tk, pk.stride(0),
-            pk.stride(1), pv.stride(0), pv.stride(1), chunk, n_splits, scales, D, Dv, **flags,
+            pk.stride(1), pv.stride(0), pv.stride(1), chunk, n_splits, qk_hi, qk_lo, D, Dv, **flags,
             BLOCK_G=common.block(group), BLOCK_N=block_n, BLOCK_D=common.block(D), BLOCK_DV=common.block(Dv),
             ACC=acc_type(q.dtype), PRECISION=precision(q.dtype), num_warps=DECODE["num_warps"],
             num_stages=DECODE["num_stages"])
@@ -126,24 +125,21 @@ def attention_decode(q, k, v, lengths, key_padding_mask, scale):
     return out
 
 
-def aot_specs():
-    """Both decode kernels at head dim 128 in bf16, fp32 and fp64."""
-    for t in ("bf16", "fp32", "fp64"):
-        a = "fp64" if t == "fp64" else "fp32"
-        sig = {"q_ptr": f"*{t}", "k_ptr": f"*{t}", "v_ptr": f"*{t}", "lengths_ptr": "*i32", "mask_ptr": mask_pointer(t),
-               "part_out_ptr": f"*{a}", "part_lse_ptr": f"*{a}",
-               **{n: "i32" for n in ("Hq", "GROUP", "Tk", "k_batch", "k_head", "v_batch", "v_head", "chunk",
-                                     "n_splits")},
-               "scales_ptr": f"*{a}",
-               **{c: "constexpr" for c in ("D", "Dv", "HAS_LENGTHS", "HAS_MASK", "BLOCK_G", "BLOCK_N", "BLOCK_D",
-                                           "BLOCK_DV", "ACC", "PRECISION")}}
-        yield (f"attention_decode_split[{t},d128]", split_kernel, sig,
-               {"D": 128, "Dv": 128, "HAS_LENGTHS": True, "HAS_MASK": True, "BLOCK_G": 16,
-                "BLOCK_N": DECODE["BLOCK_N"][{"bf16": 2, "fp32": 4, "fp64": 8}[t]],
-                "BLOCK_D": 128, "BLOCK_DV": 128, "ACC": tl.float64 if t == "fp64" else tl.float32,
-                "PRECISION": "ieee"},
-               {"num_warps": DECODE["num_warps"], "num_stages": DECODE["num_stages"]}, (90, 80))
-        sig = {"part_out_ptr": f"*{a}", "part_lse_ptr": f"*{a}", "out_ptr": f"*{t}", "n_splits": "i32",
-               "Dv": "constexpr", "BLOCK_S": "constexpr", "BLOCK_DV": "constexpr"}
-        yield (f"attention_decode_combine[{t},d128]", combine_kernel, sig,
-               {"Dv": 128, "BLOCK_S": 32, "BLOCK_DV": 128}, {"num_warps": 4}, (90, 80))
+def aot_launches():
+    """Decoding at each case of the gpu and headline presets, in bf16 (ragged lengths, as a KVCache passes
+    them) and at the first in fp32 and fp64 (fastseq.ops.aot)."""
+    from ..aot import Launch
+    from . import DECODE_CASES
+
+    def run(B, Hq, Hkv, T, D, dtype):
+        q = torch.empty(B, Hq, D, dtype=dtype)
+        k, v = (torch.empty(B, Hkv, T, D, dtype=dtype) for _ in range(2))
+        return attention_decode(q, k, v, torch.full((B,), T, dtype=torch.int32), None, D ** -0.5)
+
+    cases = list(dict.fromkeys(tuple(c) for preset in ("gpu", "headline") for c in DECODE_CASES[preset]))
+    for case in cases:
+        yield Launch("attention_decode B{} Hq{} Hkv{} T{} D{} bf16".format(*case),
+                     lambda case=case: run(*case, torch.bfloat16))
+    for dtype in (torch.float32, torch.float64):
+        yield Launch("attention_decode B{} Hq{} Hkv{} T{} D{} ".format(*cases[0]) + str(dtype),
+                     lambda dtype=dtype: run(*cases[0], dtype))

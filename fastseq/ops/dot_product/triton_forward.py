@@ -54,15 +54,15 @@ def _fwd_block(acc, m, l, q, k_row, v_row, mask_ptr, b, bh, queries, k0, n_keys,
 
 
 @triton.jit
-def fwd_kernel(q_ptr, k_ptr, v_ptr, lengths_ptr, mask_ptr, out_ptr, lse_ptr, Hq, GROUP, Tq, Tk, T_BUCKET, scales_ptr,
-                seed, p_drop, bias_ptr, bias_sb, bias_sh, bias_sq, bias_sk, D: tl.constexpr, Dv: tl.constexpr,
+def fwd_kernel(q_ptr, k_ptr, v_ptr, lengths_ptr, mask_ptr, out_ptr, lse_ptr, Hq, GROUP, Tq, Tk, T_BUCKET, qk_hi, qk_lo,
+               scale_hi, scale_lo, seed, p_drop, bias_ptr, bias_sb, bias_sh, bias_sq, bias_sk, D: tl.constexpr, Dv: tl.constexpr,
                 CAUSAL: tl.constexpr, HAS_LENGTHS: tl.constexpr, HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
                 ACC: tl.constexpr, PRECISION: tl.constexpr, BIAS: tl.constexpr):
     """q (B, Hq, Tq, D), k (B, Hkv, Tk, D), v (B, Hkv, Tk, Dv) -> out (B, Hq, Tq, Dv), lse (B, Hq, Tq).
-    scales: (scale · log2 e, scale, log2 e) in ACC; T_BUCKET only keys the autotuner's cache; the attn_mask
+    qk_*, scale_*: scale · log2 e and scale in two float32 halves (triton_common.scales); T_BUCKET only keys the autotuner's cache; the attn_mask
     (BIAS 1 bool, 2 float) read through its strides (0 along a broadcast dim)."""
-    qk_scale, log2e = tl.load(scales_ptr), tl.load(scales_ptr + 2)
+    qk_scale, _, log2e = common.kernel_scales(qk_hi, qk_lo, scale_hi, scale_lo, ACC)
     bh, b, kvh, m0, queries = query_program(Hq, GROUP, BLOCK_M)
     bias_offset = b * bias_sb + (bh % Hq) * bias_sh
     q_ok = queries < Tq
@@ -100,24 +100,18 @@ def attention(q, k, v, lengths, key_padding_mask, attn_mask, causal, scale, drop
     lse = q.new_empty(B, Hq, Tq, dtype=acc_dtype(q.dtype))
     len_arg, mask_arg, flags = common.launch_flags(q, v, causal, lengths, key_padding_mask, dropout_p)
     bias, strides, flags["BIAS"] = common.bias_args(attn_mask, q)
-    scales = common.scales(q, scale)
+    scales = common.scales(scale)
     for part in batch_slices(B, Hq, len_arg, mask_arg, flags):
         n = part.rows * Hq
-        args = (*part(q, k, v), part.lengths, part.mask, *part(out, lse), Hq, Hq // Hkv, Tq, Tk, bucket, scales, seed,
+        args = (*part(q, k, v), part.lengths, part.mask, *part(out, lse), Hq, Hq // Hkv, Tq, Tk, bucket, *scales, seed,
                 dropout_p, common.bias_rows(bias, part), *strides, D, Dv)
         configs.launch("fwd", fwd_kernel, lambda c, n=n: (triton.cdiv(Tq, c["BLOCK_M"]), n), args, flags, q.dtype)
     return out, lse
 
 
-POINTERS = ["q_ptr", "k_ptr", "v_ptr", "lengths_ptr", "mask_ptr", "out_ptr", "lse_ptr"]
+def aot_launches():
+    """The forward at each of triton_common.aot_cases (fastseq.ops.aot)."""
+    from ..aot import Launch
 
-
-def aot_specs():
-    """Every tuned tile of each architecture at head dims 64, 128 and 256 in bf16 with causality and both
-    paddings on (the most registers); at head dim 128 the plain variant in fp16 and fp32, the dropout
-    variant in bf16 and the fixed float64 tile."""
-    for t, dim, kind in common.AOT_VARIANTS:
-        for (m, n, warps, stages), archs in configs.aot_tiles("fwd", t, dim, kind in ("dropout", "bias")):
-            yield (f"attention_fwd[{t},d{dim},{kind},{m}x{n}w{warps}s{stages}]", fwd_kernel,
-                   common.aot_signature(POINTERS, t), {**common.aot_flags(t, dim, kind), "BLOCK_M": m, "BLOCK_N": n},
-                   {"num_warps": warps, "num_stages": stages}, archs)
+    for label, *case in common.aot_cases():
+        yield Launch(f"attention forward {label}", lambda case=case: attention(*common.aot_arguments(*case)))

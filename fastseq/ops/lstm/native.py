@@ -52,7 +52,7 @@ def _within_rows(T: int, lengths: Tensor, device: torch.device) -> Tensor:
     """(T, B) time index that reverses each row within its length (and leaves its padding in place)."""
     t = torch.arange(T)[:, None]
     n = lengths[None, :]
-    return torch.where(t < n, n - 1 - t, t).to(device)
+    return torch.where(t < n, n - 1 - t, t).to(device, non_blocking=True)
 
 
 @contextlib.contextmanager

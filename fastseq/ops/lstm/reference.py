@@ -69,7 +69,7 @@ def _active(lengths: Optional[Tensor], t: int, like: Tensor) -> Optional[Tensor]
     """(B, 1) bool mask of rows active at step t, or None when every row is."""
     if lengths is None:
         return None
-    return (t < lengths).to(like.device).unsqueeze(1)
+    return (t < lengths).to(like.device, non_blocking=True).unsqueeze(1)
 
 
 def _where(mask: Optional[Tensor], a: Tensor, b: Tensor) -> Tensor:

@@ -160,27 +160,34 @@ def backward_out(dh, dc, z, c_prev, w_hh, dz_out, dc_out, dr_out) -> None:
             BLOCK_P="BLOCK_J")
 
 
-def aot_specs():
-    """(name, kernel, signature, constexprs, options) of every compiled variant the GPU path launches."""
-    for t in ("fp32", "fp16", "bf16", "fp64"):
-        s = "fp64" if t == "fp64" else "fp32"  # the cell state's dtype
-        acc = tl.float64 if t == "fp64" else tl.float32
-        for name, cfg in CONFIGS.items():
-            if (name == "fp64") != (t == "fp64"):
-                continue
-            options = launch_options(cfg)
-            sizes = {"n": "i32", "H": "i32", "P": "i32"}
-            fwd = {"zx_ptr": f"*{t}", "h_prev_ptr": f"*{t}", "w_hh_ptr": f"*{t}", "c_prev_ptr": f"*{s}",
-                   "z_out_ptr": f"*{t}", "c_out_ptr": f"*{s}", "h_out_ptr": f"*{t}", **sizes,
-                   "BLOCK_B": "constexpr", "BLOCK_J": "constexpr", "BLOCK_K": "constexpr", "ACC": "constexpr",
-                   "PRECISION": "constexpr"}
-            yield (f"lstm_step_fwd[{t},{name}]", _lstm_step_fwd_kernel, fwd,
-                   {"BLOCK_B": cfg["BLOCK_B"], "BLOCK_J": cfg["BLOCK_J"], "BLOCK_K": cfg["BLOCK_K"],
-                    "ACC": acc, "PRECISION": "ieee"}, options)
-            bwd = {"dh_ptr": f"*{t}", "dc_ptr": f"*{s}", "z_ptr": f"*{t}", "c_prev_ptr": f"*{s}",
-                   "w_hh_ptr": f"*{t}", "dz_out_ptr": f"*{t}", "dc_out_ptr": f"*{s}", "dr_out_ptr": f"*{t}",
-                   **sizes, "BLOCK_B": "constexpr", "BLOCK_J": "constexpr", "BLOCK_P": "constexpr",
-                   "ACC": "constexpr", "PRECISION": "constexpr"}
-            yield (f"lstm_step_bwd[{t},{name}]", _lstm_step_bwd_kernel, bwd,
-                   {"BLOCK_B": cfg["BLOCK_B"], "BLOCK_J": cfg["BLOCK_J"], "BLOCK_P": cfg["BLOCK_J"],
-                    "ACC": acc, "PRECISION": "ieee"}, options)
+def aot_launches():
+    """A layer's forward and backward at each case of the gpu and headline presets in bf16, every batch size
+    (the step's tile follows the active rows), with ragged lengths at the largest; at one batch size fp16,
+    fp32 and fp64 and a projection (fastseq.ops.aot)."""
+    from ..aot import Launch
+    from . import CASES
+    from . import triton as layer
+
+    def run(T, B, I, H, P, dtype, ragged=False, training=True):
+        x, h0, c0 = torch.empty(T, B, I, dtype=dtype), torch.empty(B, P, dtype=dtype), torch.empty(B, H, dtype=dtype)
+        w_ih, w_hh, bias = (torch.empty(4 * H, I, dtype=dtype), torch.empty(4 * H, P, dtype=dtype),
+                            torch.empty(4 * H, dtype=dtype))
+        w_hr = torch.empty(P, H, dtype=dtype) if P != H else None
+        lengths = torch.linspace(T, 1, B).long() if ragged else None
+        y, h, c, gates, c_ws = layer.lstm_layer(x, h0, c0, w_ih, w_hh, bias, w_hr, lengths, False, training)
+        if training:
+            layer.lstm_layer_backward(torch.empty_like(y), torch.empty_like(h), torch.empty_like(c), x, h0, c0, w_ih,
+                                      w_hh, bias, w_hr, lengths, False, y, gates, c_ws)
+
+    shapes = dict.fromkeys((mode, seq, batch, size, hidden) for preset in ("gpu", "headline")
+                           for mode, _, hidden, seq, batches, size in CASES[preset] for batch in batches)
+    for mode, T, B, I, H in shapes:
+        yield Launch(f"lstm_layer {mode} T{T} B{B} I{I} H{H} bf16",
+                     lambda T=T, B=B, I=I, H=H, mode=mode: run(T, B, I, H, H, torch.bfloat16,
+                                                               training=mode == "training"))
+    T, B, I, H = 32, 64, 512, 512
+    yield Launch(f"lstm_layer training T{T} B{B} I{I} H{H} ragged bf16", lambda: run(T, B, I, H, H, torch.bfloat16,
+                                                                                     ragged=True))
+    yield Launch(f"lstm_layer training T{T} B{B} I{I} H{H} P256 bf16", lambda: run(T, B, I, H, 256, torch.bfloat16))
+    for dtype in (torch.float16, torch.float32, torch.float64):
+        yield Launch(f"lstm_layer training T{T} B{B} I{I} H{H} {dtype}", lambda dtype=dtype: run(T, B, I, H, H, dtype))
