@@ -4,13 +4,14 @@
 #   make demo        the main job: `fastseq info`, then `fastseq demo` (a character-level Transformer on
 #                    tiny Shakespeare: progress, validation loss, a curve, samples)
 #   make bench       the benchmark sweep (JSON under benchmarks/results/)
-#   make gpu-quick   on a GPU machine (the lent H200): build (or load the prebuilt extension), the `cuda`
-#                    tests, the headline benchmarks, in <= 8 minutes; log, results.json, junit.xml in $OUT
-#   make gpu-table   on a GPU machine, after gpu-quick: the reproduction table at GPU-window scale (every
+#   make gpu-window  the first command on a GPU machine (the lent H200), <= 7 minutes: the prebuilt extension,
+#                    the machine's rates, the new kernels' correctness and speed, torch's CUDA backward
+#                    precision, the `cuda` tests, the headline benchmarks (benchmarks/gpu_window.py); files in $OUT
+#   make gpu-table   on a GPU machine, after gpu-window: the reproduction table at GPU-window scale (every
 #                    row <= 2 minutes on an H200, <= 9 in all); carry build/data (make gpu-data) and build/prebuilt
 #   make gpu-data    copy ../shared/data into build/data, for the device tool to carry to the GPU machine
 #   make gpu-prebuild  build fastseq._C here for that machine's image (Python 3.12, torch 2.11 with CUDA
-#                    13.0, sm_90a) into build/prebuilt, which the device tool carries; gpu-quick loads it
+#                    13.0, sm_90a) into build/prebuilt, which the device tool carries; gpu-window loads it
 #   make gpu-check   on a GPU machine with torch already there: build offline, run every test
 #                    (the `cuda` ones too) and the full benchmark sweep; results and logs in one folder
 #   make cmake-check compile kernels/ with nvcc through CMake (sm_80, sm_90a; ptxas report)
@@ -28,7 +29,7 @@ export MAX_JOBS ?= 2
 
 SOURCES := setup.py pyproject.toml requirements-dev.txt $(wildcard csrc/*) $(wildcard kernels/*)
 
-.PHONY: install test demo bench gpu-quick gpu-table gpu-data gpu-prebuild gpu-check cmake-check image-check clean
+.PHONY: install test demo bench gpu-window gpu-table gpu-data gpu-prebuild gpu-check cmake-check image-check clean
 
 $(VENV)/.installed: $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,8 +49,8 @@ demo: install
 bench: install
 	$(PY) benchmarks/sweep.py
 
-gpu-quick:
-	$(PYTHON) benchmarks/gpu_quick.py
+gpu-window:
+	$(PYTHON) benchmarks/gpu_window.py
 
 gpu-table:
 	$(PYTHON) benchmarks/gpu_table.py
@@ -89,7 +90,7 @@ gpu-prebuild: $(IMAGE_PY)
 	$(call image_build,prebuild,TORCH_CUDA_ARCH_LIST=9.0a $(IMAGE_PY) setup.py -q build_ext --inplace)
 	rm -rf build/prebuilt && mkdir -p build/prebuilt
 	strip --strip-debug -o build/prebuilt/$$(basename build/prebuild/fastseq/_C.*.so) build/prebuild/fastseq/_C.*.so
-	$(IMAGE_PY) benchmarks/gpu_quick.py --dry-run --out build/prebuild/dry-run
+	$(IMAGE_PY) benchmarks/gpu_window.py --dry-run --out build/prebuild/dry-run
 	ls -l build/prebuilt
 
 clean:

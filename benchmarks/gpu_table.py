@@ -4,8 +4,8 @@ sized to <= 2 minutes on one H200, the whole table one command of <= 9 minutes.
     FASTSEQ_COMMIT=<sha> python benchmarks/gpu_table.py [--out DIR] [--rows ...]      (or: make gpu-table)
 
 The data sets do not live on that machine: `make gpu-data` copies ../shared/data into build/data, which
-the device tool carries with build/prebuilt (the extension, as for gpu_quick). It writes three files to
---out (default $OUT): log, reproduction-cuda-gpu.json and reproduction-cuda-gpu.md. Each row is written
+the device tool carries with build/prebuilt (the extension, as for gpu_window). It writes four files to
+--out (default $OUT): log, window.json (the steps), reproduction-cuda-gpu.json and reproduction-cuda-gpu.md. Each row is written
 as it finishes, so a run stopped by its timeout keeps the rows it finished; the run folders (checkpoints,
 models) go to a temporary folder that does not come back.
 """
@@ -17,7 +17,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu_quick import PY, ROOT, Run, use_prebuilt  # noqa: E402
+from gpu_window import PY, ROOT, Window, build  # noqa: E402
 from reproduce import ROWS  # noqa: E402
 
 DATA = os.path.join(ROOT, "build", "data")
@@ -30,18 +30,16 @@ def main(argv=None) -> int:
     parser.add_argument("--rows", nargs="+", choices=sorted(ROWS), default=list(ROWS))
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
-    run = Run(args.out)
+    window = Window(args.out, dry_run=False, deadline_s=TIMEOUT + 40)
     if not os.path.isdir(DATA) and not os.environ.get("FASTSEQ_DATA"):
-        run.step("table", None, note=f"no data: run `make gpu-data` and carry build/data ({DATA} is missing)")
+        window.step("table", None, note=f"no data: run `make gpu-data` and carry build/data ({DATA} is missing)")
         return 1
     env = {"FASTSEQ_DATA": os.environ.get("FASTSEQ_DATA") or DATA, "PYTHONUNBUFFERED": "1"}
-    if not use_prebuilt(run):
-        pip = [PY, "-m", "pip", "install", "-q", "--no-index", "--no-build-isolation", "--no-deps", "-e", "."]
-        run.step("build", pip, env={"TORCH_CUDA_ARCH_LIST": "9.0a", "MAX_JOBS": "16"})
+    build(window, gpu=True)
     command = [PY, "benchmarks/reproduce.py", "--scale", "gpu", "--out", args.out,
                "--runs", tempfile.mkdtemp(prefix="fastseq-runs-"), "--rows", *args.rows]
-    ok = run.step("table", command, env=env, timeout=TIMEOUT)
-    run.log.close()
+    ok = window.step("table", command, env=env, budget=TIMEOUT)
+    window.log.close()
     return 0 if ok else 1
 
 

@@ -5,7 +5,7 @@
 
 One JSON per op (device, versions, dtypes, sizes, commit, the measured ceilings; median and quartiles;
 ratios to the baselines; fractions of the ceilings) and one plot per op, in the output folder; or, with
---json, every op's rows in one file and no plots (what `make gpu-quick` keeps). The `headline` preset is
+--json, every op's rows in one file and no plots (what `make gpu-window` keeps). The `headline` preset is
 the GPU check's: the cases the project reports, each measured for about 0.1 s, no torch.compile baseline.
 The ops' cases and baselines: bench_lstm.py, bench_additive_attention.py, bench_attention.py; whole models
 (training and generation against the same models on torch.nn layers): bench_models.py.

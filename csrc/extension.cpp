@@ -6,6 +6,8 @@
 
 #ifdef FASTSEQ_WITH_CUDA
 #include <cuda_runtime_api.h>
+
+#include "machine_probes.h"
 #endif
 
 namespace fastseq {
@@ -30,4 +32,12 @@ pybind11::dict build_info() {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fastseq's compiled kernels (registered as torch.ops.fastseq_ext.*)";
   m.def("build_info", &fastseq::build_info, "How this extension was built");
+#ifdef FASTSEQ_WITH_CUDA
+  m.def("probe_tanh_rate", &fastseq::probe_tanh_rate, "tanh results/s of a kind (benchmarks/gpu_window.py)",
+        pybind11::arg("kind"), pybind11::arg("iters") = 1024, pybind11::arg("waves") = 4);
+  m.def("probe_cluster_barrier_ns", &fastseq::probe_cluster_barrier_ns, "ns per thread-block cluster barrier",
+        pybind11::arg("cluster"), pybind11::arg("kind") = "sync", pybind11::arg("iters") = 10000);
+  m.def("probe_grid_barrier_ns", &fastseq::probe_grid_barrier_ns, "ns per grid-wide barrier, a block per SM",
+        pybind11::arg("iters") = 2000);
+#endif
 }

@@ -10,7 +10,7 @@ from typing import Any, Optional, TextIO
 import torch
 
 from . import backends
-from .ops import tuning
+from .ops import evidence, tuning
 from .ops.registry import declared
 
 
@@ -55,7 +55,11 @@ def collect() -> dict[str, Any]:
                 needs = (main, *backward, feature)
                 able = tuple(b for b in implemented if declaration.provides(b, needs, device_type))
                 per_device[f"{device_type}, {main} with {feature}"] = _choice(family, device_type, able)
+        trains = {device_type: evidence.evidence(family, device_type) for device_type in backends.DEVICE_TYPES
+                  if "torch" in declaration.backends and any(f.endswith("_backward") for f in declaration.functions)}
         report["ops"][family] = {"implemented": list(implemented), **per_device}
+        if trains:
+            report["ops"][family]["torch_autograd"] = trains
     report["autotune"] = {"enabled": tuning.enabled(), "cache": tuning.cache_path(),
                           "choices": {bucket: asdict(m) for bucket, m in sorted(tuning.choices().items())}}
     return report
@@ -90,9 +94,13 @@ def info(file: Optional[TextIO] = None) -> None:
     ]
     for family, row in r["ops"].items():
         lines.append(f"  {family}  (backends: {', '.join(row['implemented'])})")
-        for device_type in [k for k in row if k != "implemented"]:
+        for device_type in [k for k in row if k not in ("implemented", "torch_autograd")]:
             cell = row[device_type]
             lines.append(f"    {device_type:<5} -> {cell['backend'] or 'none'}: {cell['why']}")
+        for device_type, shown in row.get("torch_autograd", {}).items():
+            lines.append(f"    training through torch's autograd on {device_type}: "
+                         + (f"yes, verified by {shown}" if shown else "no: not verified on this device yet "
+                            "(benchmarks/gpu_window.py section 2, then --adopt)"))
     tuned = r["autotune"]
     lines.append(f"measured   {tuning.ENV_VAR}={'on' if tuned['enabled'] else 'off'}; "
                  f"{len(tuned['choices'])} shape bucket(s) in {tuned['cache']}")

@@ -5,12 +5,15 @@ the sweep writes JSON rows with the ratios to the baselines; benchmarks/parity.p
 module beside its torch.nn twin."""
 import json
 import os
+import pathlib
+import subprocess
 import sys
 
 import pytest
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
 import sweep  # noqa: E402
 
 from fastseq.ops.registry import declared  # noqa: E402
@@ -206,3 +209,45 @@ def test_speedups_give_both_ratios_against_each_baseline():
                                  "c": {"median_ms": 1.5, "call_median_ms": 4.0}})
     assert out == {"speedup_vs_a": 3.0, "speedup_vs_c": 1.5, "speedup_vs_fastest_baseline": 1.5,
                    "call_speedup_vs_a": 1.5, "call_speedup_vs_c": 2.0, "call_speedup_vs_fastest_baseline": 1.5}
+
+
+def test_gpu_window_dry_run_runs_every_section_and_keeps_its_files(tmp_path):
+    """benchmarks/gpu_window.py --dry-run on this CPU: every section runs (toy sizes), each step is recorded,
+    and the folder holds the window's files, at most eight: what a GPU run leaves, minus the measurements."""
+    out = tmp_path / "window"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_window.py"), "--dry-run", "--out", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["autograd.json", "generate-hf.json", "headline.json", "log", "parity.json", "tests.junit.xml",
+                     "window.json"], files
+    window = json.loads((out / "window.json").read_text())
+    assert window["meta"]["dry_run"] and window["meta"]["commit"]
+    assert [s["step"] for s in window["steps"]] == ["build", "0", "1", "2", "3", "4:sweep", "4:parity", "4:generate"]
+    assert all(s["status"] in ("ok", "skipped") for s in window["steps"]), window["steps"]
+    assert {r["name"] for r in window["rates"]} >= {"copy", "probes"}
+    assert window["new_kernels"] and all(r.get("ok") for r in window["new_kernels"])
+    autograd = json.loads((out / "autograd.json").read_text())
+    assert set(autograd["verdicts"]) == {"lstm", "attention"} and "cuda" not in autograd["verdicts"]["lstm"]
+    headline = json.loads((out / "headline.json").read_text())["results"]
+    assert all("call_median_ms" in r for rows in headline.values() for r in rows if "median_ms" in r)
+    # a dry run is never adopted as evidence
+    adopted = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_window.py"), "--adopt", str(out)],
+                             capture_output=True, text=True, cwd=ROOT)
+    assert adopted.returncode == 1 and "nothing adopted" in adopted.stdout
+
+
+def test_autograd_evidence_turns_a_passed_window_into_cuda_training(tmp_path, monkeypatch):
+    """fastseq.ops.evidence: a window's passed verdicts list torch for CUDA in Family.autograd, naming the
+    evidence file; failed ones and CPU rows add nothing."""
+    from fastseq.ops import evidence
+
+    monkeypatch.setattr(evidence, "EVIDENCE_FILE", str(tmp_path / "evidence.json"))
+    assert evidence.autograd("lstm") == {"cpu": ("torch",)} and evidence.evidence("lstm", "cuda") is None
+    added = evidence.record({"lstm": {"cuda": {"ok": True, "dtypes": ["bfloat16", "float32"]}},
+                             "attention": {"cuda": {"ok": False, "dtypes": ["bfloat16"]}, "cpu": {"ok": True}}},
+                            "benchmarks/results/h200/w-autograd.json")
+    assert added == ["lstm on cuda"]
+    assert evidence.autograd("lstm") == {"cpu": ("torch",), "cuda": ("torch",)}
+    assert evidence.autograd("attention") == {"cpu": ("torch",)}
+    assert evidence.evidence("lstm", "cuda") == "benchmarks/results/h200/w-autograd.json (bfloat16, float32)"

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ...numerics import acc_dtype, autocast
 from .. import checks as C
-from .. import tuning
+from .. import evidence, tuning
 from ..registry import EXTENSION, Family, chosen, declare, differentiated
 from .reference import attention_weights as reference_weights
 
@@ -52,7 +52,7 @@ FAMILY = Family(
               "triton": (_TRITON + "forward", _TRITON + "backward"), "torch": "fastseq.ops.dot_product.native"},
     kernels=(_TRITON + "forward", _TRITON + "backward"),
     cases=CASES,
-    autograd={"cpu": ("torch",)},  # SDPA trains under torch's autograd; on CUDA it awaits a GPU check
+    autograd=evidence.autograd("attention"),  # SDPA under torch's autograd: a CPU, and where a GPU window passed
     # a general attn_mask: every attention backend takes one; its gradient (a float mask that requires grad)
     # comes from torch's autograd, through SDPA or through the reference's forward
     features={"attn_mask": ("reference", "torch", "triton"), "attn_mask_grad": ("reference", "torch")},

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ...numerics import acc_dtype, autocast
 from .. import checks as C
-from .. import tuning
+from .. import evidence, tuning
 from ..registry import EXTENSION, Family, chosen, declare, differentiated
 
 # (mode, layers, hidden, seq, batch sizes, input size): benchmarks/bench_lstm.py against torch.nn.LSTM
@@ -47,7 +47,7 @@ FAMILY = Family(
     cases=CASES,
     # torch's fused LSTM trains under torch's autograd on a CPU (twice the C++ backend's speed there); on
     # CUDA cuDNN's backward awaits a GPU check of its float32 precision
-    autograd={"cpu": ("torch",)},
+    autograd=evidence.autograd("lstm"),  # torch's fused LSTM under its autograd: a CPU, and where a window passed
 )
 _OPS = declare(FAMILY)
 
