@@ -211,8 +211,8 @@ cudaError_t launch_cluster_barrier(int64_t* elapsed_ns, int cluster, int cluster
     if (err != cudaSuccess) return err;
   }
   cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(cluster * clusters);
-  config.blockDim = dim3(kThreads);
+  config.gridDim = static_cast<unsigned>(cluster * clusters);  // one-dimensional, as every launch here
+  config.blockDim = kThreads;
   config.dynamicSmemBytes = kThreads * sizeof(uint4);
   config.stream = stream;
   cudaLaunchAttribute attribute;
@@ -243,7 +243,7 @@ cudaError_t cluster_barrier(int64_t* elapsed_ns, int cluster, int clusters, int 
 cudaError_t grid_barrier(unsigned* state, int64_t* elapsed_ns, int blocks, int threads, int iters,
                          cudaStream_t stream) {
   void* args[] = {&state, &elapsed_ns, &iters};
-  return cudaLaunchCooperativeKernel(reinterpret_cast<void*>(grid_barrier_kernel), dim3(blocks), dim3(threads), args, 0,
+  return cudaLaunchCooperativeKernel(reinterpret_cast<void*>(grid_barrier_kernel), blocks, threads, args, 0,
                                      stream);
 }
 
