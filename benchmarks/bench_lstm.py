@@ -66,11 +66,22 @@ def bench_case(device, dtype_name, mode, layers, hidden, seq, batch, input_size,
     default = registry.chosen("lstm", device.type, needs, autograd=True)  # what a user gets without choosing
     able = [b for b in fused_backends if registry.declared()["lstm"].provides(b, needs, device.type)]
     for backend in [*able, f"default ({default})"]:
-        # the baseline beside each backend: on a CPU a measurement slows the next (the C++ backend's threads
-        # leave torch's 25% slower), so each ratio is of one pair taken together
-        baseline = timing.measure(run(base), device)
-        with backends.use(backend) if backend in able else contextlib.nullcontext():
-            t = timing.measure(run(ours), device)
+        # the baseline beside each backend, taking turns with it (timing.measure_together)
+        context = (lambda: backends.use(backend)) if backend in able else contextlib.nullcontext
+        try:
+            with context():
+                run(ours)()
+        except backends.BackendUnavailableError as e:  # a backend whose plan refuses the case says why
+            rows.append({"op": "lstm", "mode": mode, "dtype": dtype_name, "backend": backend,
+                         "sizes": {"layers": layers, "hidden": hidden, "seq": seq, "batch": batch, "input": input_size},
+                         "refused": str(e)})
+            continue
+
+        def ours_fn(fn=run(ours), context=context):
+            with context():
+                fn()
+        timed = timing.measure_together({"torch": run(base), "ours": ours_fn}, device)
+        baseline, t = timed["torch"], timed["ours"]
         seconds = t["median_ms"] * 1e-3
         rows.append({
             "op": "lstm", "mode": mode, "dtype": dtype_name, "backend": backend, "baseline": "torch.nn.LSTM",
@@ -91,7 +102,7 @@ def bench_case(device, dtype_name, mode, layers, hidden, seq, batch, input_size,
 def plot(rows, path):
     series = {}
     for r in rows:
-        if r["mode"] == "inference":
+        if r["mode"] == "inference" and "speedup" in r:
             series.setdefault(f"fastseq[{r['backend']}] {r['dtype']}", {})[r["sizes"]["batch"]] = r["speedup"]
     return timing.line_plot(series, path, "batch size", "speed-up over torch.nn.LSTM", "LSTM inference forward, 1 layer",
                             hline=1.0)
@@ -106,6 +117,10 @@ def run(device, preset, dtype_names, fused_backends, ceilings):
                 for r in bench_case(device, dtype_name, mode, layers, hidden, seq, batch, input_size,
                                     fused_backends, ceilings):
                     rows.append(r)
+                    if "refused" in r:
+                        print(f"lstm {r['mode']:<9} {r['dtype']} L{layers} H{hidden} T{seq} B{batch:<4} "
+                              f"{r['backend']:<6} refused: {r['refused']}", flush=True)
+                        continue
                     print(f"lstm {r['mode']:<9} {r['dtype']} L{layers} H{hidden} T{seq} B{batch:<4} "
                           f"{r['backend']:<6} {r['median_ms']:9.3f} ms  torch {r['baseline_median_ms']:9.3f} ms  "
                           f"x{r['speedup']:.2f} (per call x{r['call_speedup']:.2f})  {r['fraction_of_matmul_ceiling']:.1%} of matmul, "

@@ -10,7 +10,8 @@ a time budget (one that fails, or leaves the device unusable, does not stop the 
                    pairs, tanh on the FMA units (two forms), a thread-block cluster's barrier (four kinds,
                    2 to 16 blocks), a grid-wide barrier
     1 new kernels  each kernel new since the last GPU run (NEW_KERNELS): its error against float64 first,
-                   then its speed beside its baseline, GPU time and per-call time
+                   then its speed beside its baseline, GPU time and per-call time (the persistent LSTM
+                   against cuDNN; the Triton attention against SDPA)
     2 autograd     the precision of torch's own CUDA backward against float64 beside fastseq's: the LSTM
                    (cuDNN, float32 with TF32 off, bfloat16) and SDPA (each backend); the verdicts go to
                    autograd.json, the evidence `--adopt` turns into Family.autograd entries for CUDA
@@ -46,11 +47,11 @@ sys.path.insert(0, ROOT)
 
 DEADLINE_S = 7 * 60 - 20  # the whole window, the start and the copy back aside
 # seconds each step may take at most; a section starts only while the deadline leaves it its minimum
-BUDGETS = {"build": 200, "0": 45, "1": 60, "2": 50, "3": 120, "4": 150}
+BUDGETS = {"build": 200, "0": 40, "1": 100, "2": 45, "3": 100, "4": 110}
 MINIMUM = {"build": 20, "0": 10, "1": 15, "2": 15, "3": 30, "4": 30}
 SECTIONS = {"0": "rates", "1": "new kernels", "2": "autograd", "3": "tests", "4": "headline"}
-TEST_FILES = ["tests/test_lstm.py", "tests/test_additive_attention.py", "tests/test_attention.py",
-              "tests/test_attention_mask.py", "tests/test_host_traffic.py", "tests/test_strided_inputs.py",
+TEST_FILES = ["tests/test_lstm_persistent.py", "tests/test_lstm.py", "tests/test_additive_attention.py",
+              "tests/test_attention.py", "tests/test_attention_mask.py", "tests/test_host_traffic.py", "tests/test_strided_inputs.py",
               "tests/test_padded_values.py", "tests/test_backends.py", "tests/test_nn_lstm.py",
               "tests/test_nn_multihead_attention.py", "tests/test_generation.py", "tests/test_cuda_graph_decoding.py"]
 BUILD_ENV = {"TORCH_CUDA_ARCH_LIST": "9.0a", "MAX_JOBS": "16"}
@@ -232,8 +233,122 @@ def _attention_grads(attention, qkv, kwargs, grad, backend):
     return out, q.grad, k.grad, v.grad
 
 
+def _lstm_run(layer_args, grads, backend):
+    """ops.lstm_layer on `backend` -> (y, h_n, c_n, and the six gradients when grads are given)."""
+    from fastseq import backends, ops
+
+    x, h0, c0, w_ih, w_hh, bias, lengths, reverse = layer_args
+    params = [t.detach().requires_grad_(grads is not None) for t in (x, h0, c0, w_ih, w_hh, bias)]
+    with backends.use(cuda=backend, cpu=backend):
+        outs = ops.lstm_layer(*params, lengths=lengths, reverse=reverse)
+    if grads is None:
+        return outs
+    import torch
+
+    return (*outs, *torch.autograd.grad(outs, params, grads))
+
+
+def new_persistent_lstm(record: Record, device, deadline: float) -> None:
+    """The persistent LSTM layer (kernels/lstm_persistent.cu, the `cuda` backend's layer): forward and every
+    gradient against float64 in bfloat16 and float16, ragged lengths, reverse, both exchanges (a cluster's
+    shared memory and, forced, global memory), hidden 128 to 1024; then its speed beside torch.nn.LSTM on
+    cuDNN in bfloat16 and in float16 (where torch takes cuDNN's own persistent kernel), inference at batch
+    1/8/32/64/256 for hidden 256/512/1024, and 2-layer training at B64 T128."""
+    import torch
+
+    import fastseq.nn
+    import timing
+    from fastseq import backends
+
+    backend = "cuda" if device.type == "cuda" else "reference"
+    bound = {torch.bfloat16: 3e-2, torch.float16: 1e-2, torch.float32: 1e-5}
+    cases = [(37, 5, 96, 256, [37, 30, 30, 12, 1], False, None), (37, 5, 96, 256, [37, 30, 30, 12, 1], True, None),
+             (20, 33, 64, 512, None, False, None), (20, 33, 64, 512, None, False, "grid"),
+             (11, 70, 40, 128, None, True, None), (9, 3, 32, 1024, [9, 5, 2], False, None),
+             (9, 3, 32, 1024, [9, 5, 2], True, None)]
+    for dtype in ((torch.bfloat16, torch.float16) if device.type == "cuda" else (torch.float32,)):
+        for T, B, I, H, lengths, reverse, exchange in cases:
+            if _left(deadline) < 20:
+                return
+            if device.type != "cuda" and H > 256:
+                continue
+            g = torch.Generator().manual_seed(T * B + H)
+            full = [torch.randn(*shape, generator=g, dtype=torch.float64) * scale for shape, scale in
+                    (((T, B, I), 1.0), ((B, H), 0.5), ((B, H), 0.5), ((4 * H, I), I ** -0.5), ((4 * H, H), H ** -0.5),
+                     ((4 * H,), 0.1))]  # torch.nn.LSTM's scale: no chaos to amplify rounding
+            lens = None if lengths is None else torch.tensor(lengths)
+            grads = [torch.randn(*shape, generator=g, dtype=torch.float64) for shape in ((T, B, H), (B, H), (B, H))]
+            ref = _lstm_run((*full, lens, reverse), grads, "reference")
+            os.environ.pop("FASTSEQ_LSTM_EXCHANGE", None)
+            if exchange:
+                os.environ["FASTSEQ_LSTM_EXCHANGE"] = exchange
+            try:
+                got = _lstm_run((*(t.to(device, dtype) for t in full), lens, reverse),
+                                [t.to(device, dtype) for t in grads], backend)
+            finally:
+                os.environ.pop("FASTSEQ_LSTM_EXCHANGE", None)
+            names = ("y", "h_n", "c_n", "dx", "dh0", "dc0", "dw_ih", "dw_hh", "dbias")
+            errors = {n: _rel(a, b) for n, a, b in zip(names, got, ref)}
+            record.row("new_kernels", {"kernel": f"lstm_layer[{backend}] persistent", "dtype": str(dtype),
+                                       "sizes": [T, B, I, H], "case": {"lengths": lengths, "reverse": reverse,
+                                                                       "exchange": exchange or "planned"},
+                                       "errors": errors, "bound": bound[dtype],
+                                       "ok": all(e <= bound[dtype] for e in errors.values())})
+    if device.type != "cuda":
+        return
+    for dtype in (torch.bfloat16, torch.float16):
+        for H in (512, 256, 1024):
+            for B in (1, 8, 32, 64, 256):
+                if _left(deadline) < 6:
+                    return
+                _lstm_speed(record, device, dtype, "inference", 1, H, 256, B)
+        if _left(deadline) > 8:
+            _lstm_speed(record, device, dtype, "training", 2, 512, 128, 64)
+    del backends, fastseq, timing
+
+
+def _lstm_speed(record, device, dtype, mode, layers, H, T, B):
+    """fastseq.nn.LSTM on its persistent `cuda` layer beside torch.nn.LSTM (cuDNN), taking turns."""
+    import torch
+
+    import fastseq.nn
+    import timing
+    from fastseq import backends
+
+    base = torch.nn.LSTM(H, H, layers).to(device, dtype)
+    ours = fastseq.nn.LSTM(H, H, layers).to(device, dtype)
+    ours.load_state_dict(base.state_dict())
+    x = torch.randn(T, B, H, device=device, dtype=dtype, requires_grad=mode == "training")
+
+    def run(module, backend=None):
+        def fn():
+            with backends.use(cuda=backend) if backend else _nothing():
+                if mode == "inference":
+                    with torch.no_grad():
+                        module(x)
+                else:
+                    y, (h, c) = module(x)
+                    (y.float().sum() + h.float().sum() + c.float().sum()).backward()
+        return fn
+    timed = timing.measure_together({"persistent": run(ours, "cuda"), "cudnn": run(base)}, device, min_seconds=0.1,
+                                    min_reps=5)
+    record.row("new_kernels", {"kernel": "lstm_layer[cuda] persistent speed", "mode": mode, "dtype": str(dtype),
+                               "sizes": {"layers": layers, "hidden": H, "seq": T, "batch": B},
+                               **{f"{n}_{key}": t[key] for n, t in timed.items()
+                                  for key in ("gpu_median_ms", "call_median_ms")},
+                               "gpu_us_per_step": timed["persistent"]["gpu_median_ms"] * 1e3 / T / layers,
+                               **timing.speedups(timed["persistent"], {"cudnn": timed["cudnn"]})})
+
+
+def _nothing():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
 # Each kernel new since the last GPU run: (name, function(record, device, deadline)) — correctness first.
-NEW_KERNELS: list[tuple[str, Callable]] = [("attention (Triton): scale halves, attn_mask", new_attention_triton)]
+NEW_KERNELS: list[tuple[str, Callable]] = [("LSTM layer (CUDA): persistent, W_hh in registers", new_persistent_lstm),
+                                           ("attention (Triton): scale halves, attn_mask", new_attention_triton)]
 
 
 def section_new_kernels(record: Record, device, deadline: float) -> None:
@@ -534,7 +649,7 @@ def headline_lines(path: str) -> list[str]:
             sizes = ",".join(f"{k}{v}" for k, v in r["sizes"].items() if not isinstance(v, list))
             case = f"{op} {r.get('case', '')} {r['mode']} {r['dtype']} {sizes} [{r['backend']}]"[:78]
             if "median_ms" not in r:
-                lines.append(f"{case:<78} {'n/a':>9}")
+                lines.append(f"{case:<78} {'n/a':>9} {r.get('refused', '')[:60]}")
                 continue
             ratio = r.get("speedup_vs_fastest_baseline", r.get("speedup", float("nan")))
             call = r.get("call_speedup_vs_fastest_baseline", r.get("call_speedup", float("nan")))

@@ -1,6 +1,6 @@
 // One LSTM layer in one direction over a whole sequence, forward and backward, with the time loop in
-// C++. Device-generic: GEMMs through ATen (MKL/oneDNN on CPU, cuBLAS on CUDA) and the fused cell of
-// lstm_cell.h for the pointwise work. The math and the workspace contract are those of
+// C++: the `cpu` backend's layer. GEMMs through ATen (MKL/oneDNN) and the fused cell of lstm_cell.h for the
+// pointwise work (the `cuda` backend's layer is the persistent kernel: lstm_persistent_cuda.cpp). The math and the workspace contract are those of
 // fastseq/ops/lstm/reference.py; variable lengths (sorted non-increasing) become per-step row counts, so
 // inactive rows cost nothing and keep their state untouched.
 #include <ATen/ATen.h>
@@ -152,15 +152,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_ba
 
 }  // namespace fastseq
 
-// The schemas of fastseq_ext::* are declared once, in fastseq/ops (registry.py); these are the kernels.
-// Every function of the LSTM family is device-generic: the same implementations for CPU and CUDA tensors.
-#define FASTSEQ_LSTM_IMPL(m)                                      \
-  m.impl("lstm_cell", &fastseq::lstm_cell);                       \
-  m.impl("lstm_cell_backward", &fastseq::lstm_cell_backward);     \
-  m.impl("lstm_layer", &fastseq::lstm_layer);                     \
+// The schemas of fastseq_ext::* are declared once, in fastseq/ops (registry.py); these are the kernels. The
+// cell is device-generic; a whole layer on CUDA tensors is the persistent kernel's (lstm_persistent_cuda.cpp).
+TORCH_LIBRARY_IMPL(fastseq_ext, CPU, m) {
+  m.impl("lstm_cell", &fastseq::lstm_cell);
+  m.impl("lstm_cell_backward", &fastseq::lstm_cell_backward);
+  m.impl("lstm_layer", &fastseq::lstm_layer);
   m.impl("lstm_layer_backward", &fastseq::lstm_layer_backward);
-
-TORCH_LIBRARY_IMPL(fastseq_ext, CPU, m) { FASTSEQ_LSTM_IMPL(m) }
+}
 #ifdef FASTSEQ_WITH_CUDA
-TORCH_LIBRARY_IMPL(fastseq_ext, CUDA, m) { FASTSEQ_LSTM_IMPL(m) }
+TORCH_LIBRARY_IMPL(fastseq_ext, CUDA, m) {
+  m.impl("lstm_cell", &fastseq::lstm_cell);
+  m.impl("lstm_cell_backward", &fastseq::lstm_cell_backward);
+}
 #endif

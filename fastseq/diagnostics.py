@@ -60,6 +60,8 @@ def collect() -> dict[str, Any]:
         report["ops"][family] = {"implemented": list(implemented), **per_device}
         if trains:
             report["ops"][family]["torch_autograd"] = trains
+        if declaration.limits:
+            report["ops"][family]["limits"] = dict(declaration.limits)
     report["autotune"] = {"enabled": tuning.enabled(), "cache": tuning.cache_path(),
                           "choices": {bucket: asdict(m) for bucket, m in sorted(tuning.choices().items())}}
     return report
@@ -94,9 +96,11 @@ def info(file: Optional[TextIO] = None) -> None:
     ]
     for family, row in r["ops"].items():
         lines.append(f"  {family}  (backends: {', '.join(row['implemented'])})")
-        for device_type in [k for k in row if k not in ("implemented", "torch_autograd")]:
+        for device_type in [k for k in row if k not in ("implemented", "torch_autograd", "limits")]:
             cell = row[device_type]
             lines.append(f"    {device_type:<5} -> {cell['backend'] or 'none'}: {cell['why']}")
+        for backend, limit in row.get("limits", {}).items():
+            lines.append(f"    {backend} serves {limit}")
         for device_type, shown in row.get("torch_autograd", {}).items():
             lines.append(f"    training through torch's autograd on {device_type}: "
                          + (f"yes, verified by {shown}" if shown else "no: not verified on this device yet "

@@ -199,6 +199,10 @@ CUDA_BUDGETS = {
                           "forbid": {"TanhProbe)2>": ("MUFU",), "TanhProbe)3>": ("MUFU",)}},
     "cluster_barrier_kernel": {"markers": ("UCGABAR",), "shfl": 0, "u16_loads": 0},
     "grid_barrier_kernel": {"markers": ("LDG",), "shfl": 0, "u16_loads": 0},
+    # the persistent LSTM: its step loop's loads are h (ldmatrix) and the step's inputs, never W_hh (held in
+    # registers: no constant-cache loads in the loop), checked further in test_persistent_lstm_step_loop
+    "lstm_persistent_forward_kernel": {"markers": ("HMMA",), "shfl": 32, "u16_loads": 64},
+    "lstm_persistent_backward_kernel": {"markers": ("HMMA",), "shfl": 0, "u16_loads": 32},
 }
 
 
@@ -287,3 +291,41 @@ def test_cuda_launchers_compile_against_torch_headers(tmp_path, source):
     out = subprocess.run(["c++", "-std=c++20", "-fsyntax-only", "-DFASTSEQ_WITH_CUDA", *flags,
                           str(ROOT / "csrc" / source)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-4000:]
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc not found")
+def test_persistent_lstm_step_loop_keeps_w_hh_in_registers(tmp_path):
+    """kernels/lstm_persistent.cu for sm_90a, every instantiation: W_hh loaded once, before the step loop
+    (its 32-bit constant loads all outside the loop), never in local memory; the loop issues exactly the
+    tensor-core products of the tile (forward: the k-tiles of a warp x the batch's n-tiles; backward: the
+    warp's m-tiles x the block's k-tiles x the n-tiles) and, forward, the gate swap's two shuffles per n-tile
+    (in at most two copies: ptxas duplicates an n-tile's tail for its branches)."""
+    from fastseq.ops import sass
+
+    _, cubin = _nvcc_cubin(tmp_path, "lstm_persistent.cu")
+    code = sass.disassemble(str(cubin))
+    names = _demangled(list(code))
+    seen = set()
+    for mangled, instructions in code.items():
+        found = re.search(r"lstm_persistent_(forward|backward)_kernel<(\w+), (\d+), (\d+)>", names[mangled])
+        assert found, names[mangled]
+        kind, hidden, tile = found.group(1), int(found.group(3)), int(found.group(4))
+        seen.add((kind, found.group(2), hidden, tile))
+        units = 16 if hidden >= 1024 else 32
+        n_tiles = tile // 8
+        assert not sass.count(instructions, ("LDL", "STL")), names[mangled]
+        loops = sass.hot_loops(instructions, ("HMMA",))
+        assert len(loops) == 1, (names[mangled], len(loops))
+        body = loops[0]
+        if kind == "forward":
+            k_split = 8 // (4 * units // 16)
+            assert sass.count(body, ("HMMA",)) == hidden // 16 // k_split * n_tiles, names[mangled]
+            assert 2 * n_tiles <= sass.count(body, ("SHFL",)) <= 4 * n_tiles, names[mangled]
+            assert sass.count(body, ("LDG.E.CONSTANT",)) == 0 < sass.count(instructions, ("LDG.E.CONSTANT",))
+        else:
+            assert sass.count(body, ("HMMA",)) == hidden // 16 // 8 * (4 * units // 16) * n_tiles, names[mangled]
+    def most(kind, h):  # lstm_persistent_max_tile
+        return (16 if h < 1024 else 8) if kind == "backward" else (32 if h >= 512 else 64)
+    plans = {(kind, h, t) for kind in ("forward", "backward") for h in (128, 256, 512, 1024) for t in (8, 16, 32, 64)
+             if t <= most(kind, h)}
+    assert {(k, h, t) for k, _, h, t in seen} == plans

@@ -1,5 +1,7 @@
 """The LSTM ops (fastseq.ops.lstm_cell, fastseq.ops.lstm_layer): every backend present against the
 float64 reference, forward and backward; gradcheck; opcheck; torch.compile; bad input."""
+import re
+
 import pytest
 import torch
 from _util import DTYPES, TOL, backend_params, cpu_backends, rel_err
@@ -35,6 +37,25 @@ def _rounded(t, dtype):
     return None if t is None else t.to(dtype).double()
 
 
+def _refused_here(device, backend, dtype, inputs, training, lengths, reverse) -> bool:
+    """Where the backend's plan refuses the call (the `cuda` layer: its persistent kernel), the call asked of
+    it by name raises, naming why, before anything runs; the test then has nothing more to compare."""
+    if (device, backend) != ("cuda", "cuda"):
+        return False
+    from fastseq.ops.lstm import persistent
+
+    x, w_hh, w_hr = inputs[0].to(dtype), inputs[4], inputs[6]
+    why = persistent.refusal(x, w_hh, w_hr, training)
+    if why is None:
+        return False
+    args = [None if t is None else t.to(dtype) for t in inputs]
+    with backends.use(backend), torch.set_grad_enabled(training), \
+            pytest.raises(backends.BackendUnavailableError, match=re.escape(why)):
+        ops.lstm_layer(*(a.requires_grad_(training) if a is not None else None for a in args), lengths=lengths,
+                       reverse=reverse)
+    return True
+
+
 def _run_layer(inputs, dtype, lengths, reverse, grads_out):
     args = [None if t is None else t.to(dtype).requires_grad_() for t in inputs]
     y, h_n, c_n = ops.lstm_layer(*args, lengths=lengths, reverse=reverse)
@@ -56,6 +77,8 @@ def test_layer_matches_float64_reference(device, backend, dtype, case):
     lengths = None if lengths is None else torch.tensor(lengths)
     grads_out = [_rounded(torch.randn(*shape, dtype=torch.float64, device=device), dtype)
                  for shape in ((T, B, P or H), (B, P or H), (B, H))]
+    if _refused_here(device, backend, dtype, inputs, training=True, lengths=lengths, reverse=reverse):
+        return
     with backends.use("reference"):
         expected = _run_layer(inputs, torch.float64, lengths, reverse, grads_out)
     with backends.use(backend):
@@ -268,6 +291,8 @@ def test_inference_matches_float64_reference(device, backend, dtype, case):
     T, B, I, H, P, lengths, reverse, bias = case
     inputs = [_rounded(t, dtype) for t in _layer_inputs(T, B, I, H, P, bias, device)]
     lengths = None if lengths is None else torch.tensor(lengths)
+    if _refused_here(device, backend, dtype, inputs, training=False, lengths=lengths, reverse=reverse):
+        return
     with backends.use("reference"):
         expected = ops.lstm_layer(*inputs, lengths=lengths, reverse=reverse)
     with torch.no_grad(), backends.use(backend):

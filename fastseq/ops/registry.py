@@ -13,7 +13,10 @@ A `Family` declares everything the rest of the tree needs to know about an op fa
     types where that is verified: for a call that needs a gradient the public op calls such a backend
     directly, outside the custom op, whose backward it does not implement;
   - the optional inputs only some backends serve (features: an attention mask), each with those
-    backends: a call that uses one names it among the functions it needs.
+    backends: a call that uses one names it among the functions it needs;
+  - what a backend cannot serve by the call's sizes (`limits`: a line per backend saying what, for `fastseq
+    info`; `refusal(backend, function, args)`: the reason for one call, or None), refused before anything
+    runs: the next backend serves, and a backend asked for by name says why it cannot.
 
 From a declaration, `declare` makes a torch custom op `fastseq::<function>` per function, which calls
 that function of the backend `fastseq.backends` chooses (or of the one its last argument, `backend`,
@@ -54,6 +57,8 @@ class Family:
     order: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     autograd: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     features: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    limits: dict[str, str] = dataclasses.field(default_factory=dict)
+    refusal: Callable[[str, str, tuple], str | None] | None = None
 
     def function(self, backend: str, name: str) -> Callable:
         """`backend`'s function `name` for this family."""
@@ -140,7 +145,7 @@ def _dispatcher(family: str, function: str, schema: str) -> Callable:
         if len(args) > arity:  # the pinned backend, passed positionally
             args, backend = args[:arity], args[arity]
         device = next(a for a in args if isinstance(a, torch.Tensor)).device.type
-        return implementation(family, function, device, backend or None)(*args)
+        return implementation(family, function, device, backend or None, args)(*args)
 
     run.__name__ = function
     return run
@@ -177,21 +182,29 @@ def functions(family: str) -> tuple[str, ...]:
 
 
 def chosen(family: str, device_type: str, needs: tuple[str, ...] = (), autograd: bool = False,
-           call: Callable[[], tuning.Call] | None = None) -> str:
+           call: Callable[[], tuning.Call] | None = None, args: tuple | None = None) -> str:
     """The backend that serves `family` on `device_type` now (fastseq.backends' rules) among those that
     implement every function of `needs` (a forward that will need its backward names both), for a
     forward to pin; with `autograd`, one whose backward torch's autograd derives may serve too (the
     caller then calls it directly: `differentiated`). Given `call` (which makes the call's tuning.Call,
     asked only when there are backends to time between), and no backend forced by the user, the fastest
     of them for its shape bucket (fastseq.ops.tuning; the reference is timed only when nothing else
-    serves). While torch.compile traces: "" (the op chooses when the graph runs; the choice reads context
-    variables, which Dynamo cannot trace)."""
+    serves). Given `args` (the first function's, in its schema's order), a backend the family's `refusal`
+    turns down for them is left out; asked for by name, it raises saying why. While torch.compile traces:
+    "" (the op chooses when the graph runs; the choice reads context variables, which Dynamo cannot trace)."""
     if torch.compiler.is_compiling():
         return ""
     declaration = _FAMILIES[family]
     able = declaration.able(tuple(needs), device_type if autograd else None)
     order = declaration.order.get(device_type)
     label = lambda: f"{family} ({', '.join(needs)})" if needs else family  # noqa: E731
+    if declaration.refusal is not None and args is not None and needs:
+        refused = {b: why for b in able if (why := declaration.refusal(b, needs[0], args))}
+        asked = backends.requested(device_type)
+        if asked is not None and asked[0] in refused:
+            raise BackendUnavailableError(f"backend {asked[0]!r} ({asked[1]}) cannot serve {label()} for these "
+                                          f"inputs: {refused[asked[0]]}")
+        able = tuple(b for b in able if b not in refused)
     if backends.requested(device_type) is not None:
         return backends.choose(label(), device_type, able, order).backend
     interpret = backends.triton_interpret()
@@ -227,10 +240,11 @@ def differentiated(family: str, backend: str, device_type: str) -> bool:
     return backend in _FAMILIES[family].autograd.get(device_type, ())
 
 
-def implementation(family: str, function: str, device_type: str, pinned: str | None = None) -> Callable:
+def implementation(family: str, function: str, device_type: str, pinned: str | None = None,
+                   args: tuple | None = None) -> Callable:
     """The function `function` of backend `pinned` (a forward's choice, which its backward keeps), or of
-    the backend chosen for `family` on `device_type`."""
+    the backend chosen for `family` on `device_type` (for `args`, when given: see `chosen`)."""
     declaration = _FAMILIES[family]
     backward = f"{function}_backward"  # unpinned (a direct or compiled call): a backend its backward has too
     needs = (function, backward) if backward in declaration.functions else (function,)
-    return declaration.function(pinned or chosen(family, device_type, needs), function)
+    return declaration.function(pinned or chosen(family, device_type, needs, args=args), function)

@@ -20,6 +20,7 @@ from ...numerics import acc_dtype, autocast
 from .. import checks as C
 from .. import evidence, tuning
 from ..registry import EXTENSION, Family, chosen, declare, differentiated
+from . import persistent
 
 # (mode, layers, hidden, seq, batch sizes, input size): benchmarks/bench_lstm.py against torch.nn.LSTM
 CASES = {
@@ -45,9 +46,10 @@ FAMILY = Family(
               "cpu": EXTENSION, "cuda": EXTENSION, "torch": "fastseq.ops.lstm.native"},
     kernels=("fastseq.ops.lstm.triton_cell", "fastseq.ops.lstm.triton_step"),
     cases=CASES,
-    # torch's fused LSTM trains under torch's autograd on a CPU (twice the C++ backend's speed there); on
-    # CUDA cuDNN's backward awaits a GPU check of its float32 precision
     autograd=evidence.autograd("lstm"),  # torch's fused LSTM under its autograd: a CPU, and where a window passed
+    limits={"cuda": "a layer: the persistent kernel's, bfloat16 and float16, hidden 128/256/512/1024, no "
+                    "proj_size (kernels/lstm_persistent_plan.h); the rest goes to the next backend"},
+    refusal=lambda backend, function, args: _refusal(backend, function, args),
 )
 _OPS = declare(FAMILY)
 
@@ -259,7 +261,18 @@ def _layer_choice(params: tuple, lengths: Optional[Tensor], reverse: bool, train
     needs = ("lstm_layer", "lstm_layer_backward") if training else ("lstm_layer",)
     call = functools.partial(tuning.Call.rerun, lstm_layer, (*params, lengths, reverse), training,
                              (T, B, I, H, H if w_hr is None else w_hr.shape[0]), (lengths is not None, bool(reverse)))
-    return chosen("lstm", x.device.type, needs, autograd=True, call=call)
+    return chosen("lstm", x.device.type, needs, autograd=True, call=call, args=(*params, lengths, reverse, training))
+
+
+def _refusal(backend: str, function: str, args: tuple) -> Optional[str]:
+    """Why `backend` cannot serve this call of `function` (the `cuda` layer: the persistent kernel's plan)."""
+    if backend != "cuda" or function not in ("lstm_layer", "lstm_layer_backward"):
+        return None
+    if function == "lstm_layer":
+        x, w_hh, w_hr, training = args[0], args[4], args[6], args[9]
+    else:
+        x, w_hh, w_hr, training = args[3], args[7], args[9], True
+    return persistent.refusal(x, w_hh, w_hr, training)
 
 
 def layer_backend(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, bias: Optional[Tensor],
