@@ -51,6 +51,7 @@ BUDGETS = {"build": 200, "0": 40, "1": 100, "2": 45, "3": 100, "4": 110}
 MINIMUM = {"build": 20, "0": 10, "1": 15, "2": 15, "3": 30, "4": 30}
 SECTIONS = {"0": "rates", "1": "new kernels", "2": "autograd", "3": "tests", "4": "headline"}
 TEST_FILES = ["tests/test_lstm_persistent.py", "tests/test_lstm.py", "tests/test_additive_attention.py",
+              "tests/test_additive_passes.py",
               "tests/test_attention.py", "tests/test_attention_mask.py", "tests/test_host_traffic.py", "tests/test_strided_inputs.py",
               "tests/test_padded_values.py", "tests/test_backends.py", "tests/test_nn_lstm.py",
               "tests/test_nn_multihead_attention.py", "tests/test_generation.py", "tests/test_cuda_graph_decoding.py"]
@@ -340,6 +341,139 @@ def _lstm_speed(record, device, dtype, mode, layers, H, T, B):
                                **timing.speedups(timed["persistent"], {"cudnn": timed["cudnn"]})})
 
 
+# (module, its variants): the FMA share of H and the scores pass's tile, set on the backend module for a run
+ADDITIVE_SHARES = (0.0, 0.25, 0.5)
+ADDITIVE_TILES = {"reference": (None,), "cuda": (0, 1), "triton": ({"BLOCK_Q": 64, "BLOCK_K": 64, "BLOCK_H": 4, "num_warps": 4},
+                                            {"BLOCK_Q": 32, "BLOCK_K": 128, "BLOCK_H": 4, "num_warps": 4})}
+
+
+def _additive_variant(backend: str, share: float, tile):
+    """A context in which `backend`'s additive attention takes FMA share `share` (16-bit inputs) and `tile`."""
+    import contextlib
+
+    from fastseq.ops.additive import cuda as cuda_module
+    from fastseq.ops.additive import triton as triton_module
+
+    @contextlib.contextmanager
+    def run():
+        module = cuda_module if backend == "cuda" else triton_module
+        saved = dict(module.FMA_SHARE), (module.tile_for if backend == "cuda" else dict(module.SCORES))
+        module.FMA_SHARE[2] = share
+        if backend == "cuda":
+            module.tile_for = lambda Tq: tile
+        else:
+            module.SCORES.update(tile)
+        try:
+            yield
+        finally:
+            module.FMA_SHARE.update(saved[0])
+            if backend == "cuda":
+                module.tile_for = saved[1]
+            else:
+                module.SCORES.clear()
+                module.SCORES.update(saved[1])
+    return run()
+
+
+def _additive_grads(args, lengths, mask, grad, backend, variant=None):
+    from fastseq import backends, ops
+
+    params = [t.detach().requires_grad_() for t in args]
+    with backends.use(cuda=backend, cpu=backend), (variant or _nothing()):
+        out = ops.additive_attention(*params, lengths=lengths, key_padding_mask=mask)
+        out.backward(grad)
+    return (out, *(p.grad for p in params))
+
+
+def new_additive_passes(record: Record, device, deadline: float) -> None:
+    """Additive attention's two tanh passes (kernels/additive_passes.cu, the Triton ones): context and every
+    gradient against float64, both backends, MUFU only and with a share of H on the FMA units, both tiles,
+    odd sizes with lengths and a mask, in bfloat16 (float16: the default variant); then at the two headline
+    shapes in bfloat16,
+    forward+backward, each variant beside the naive form (B, Tq, Tk, H) in one run: GPU time, per-call time,
+    peak memory, and the floor of two tanh an element at the rate measured now."""
+    import torch
+
+    import timing
+    from fastseq.ops.additive.reference import naive
+
+    gpu = device.type == "cuda"
+    names = ("context", "dq", "dk", "dv", "dvalues")
+    bound = {torch.bfloat16: 3e-2, torch.float16: 5e-3, torch.float32: 1e-4}
+    cases = [(3, 37, 70, 136, 24, [70, 41, 1], True), (2, 130, 300, 64, 40, None, False),
+             (2, 5, 600, 512, 512, [600, 77], False)]
+    for dtype in ((torch.bfloat16, torch.float16) if gpu else (torch.float32,)):
+        for B, Tq, Tk, H, Dv, lengths, masked in cases:
+            if _left(deadline) < 20:
+                return
+            g = torch.Generator().manual_seed(B * Tq + Tk)
+            full = [torch.randn(*shape, generator=g, dtype=torch.float64) * sc for shape, sc in
+                    (((B, Tq, H), 1.0), ((B, Tk, H), 1.0), ((H,), H ** -0.5), ((B, Tk, Dv), 1.0))]
+            lens = None if lengths is None else torch.tensor(lengths, device=device)
+            mask = (torch.rand(B, Tk, generator=g) < 0.2).to(device) if masked else None
+            grad = torch.randn(B, Tq, Dv, generator=g, dtype=torch.float64)
+            ref = _additive_grads([t.to(device) for t in full], lens, mask, grad.to(device), "reference")
+            for backend in (("cuda", "triton") if gpu else ("reference",)):  # a dry run: the plumbing only
+                full_sweep = gpu and dtype == torch.bfloat16  # float16: the default variant only
+                for share in ADDITIVE_SHARES if full_sweep else (0.0,):
+                    for tile in ADDITIVE_TILES[backend] if full_sweep else ADDITIVE_TILES[backend][:1]:
+                        variant = _additive_variant(backend, share, tile) if gpu else None
+                        got = _additive_grads([t.to(device, dtype) for t in full], lens, mask, grad.to(device, dtype),
+                                              backend, variant)
+                        errors = {n: _rel(a, b) for n, a, b in zip(names, got, ref)}
+                        record.row("new_kernels", {"kernel": f"additive_attention[{backend}] passes",
+                                                   "dtype": str(dtype), "sizes": [B, Tq, Tk, H, Dv],
+                                                   "fma_share": share, "tile": tile, "errors": errors,
+                                                   "bound": bound[dtype],
+                                                   "ok": all(e <= bound[dtype] for e in errors.values())})
+    if not gpu:
+        return
+    from fastseq import backends as fastseq_backends
+
+    ext = fastseq_backends.extension()
+    for B, Tq, Tk, H, Dv in ((64, 256, 256, 512, 512), (16, 64, 16384, 512, 256)):
+        if _left(deadline) < 15:
+            return
+        args = [torch.randn(*shape, device=device, dtype=torch.bfloat16) for shape in
+                ((B, Tq, H), (B, Tk, H), (H,), (B, Tk, Dv))]
+        args[2] *= H ** -0.5
+        grad = torch.randn(B, Tq, Dv, device=device, dtype=torch.bfloat16)
+        params = [t.requires_grad_() for t in args]
+
+        def naive_step():
+            out, _ = naive(*params)
+            out.backward(grad)
+
+        def fused(backend, share, tile):
+            def step():
+                _additive_grads(params, None, None, grad, backend, _additive_variant(backend, share, tile))
+            return step
+        variants = {f"{b} share{share} tile{i}": fused(b, share, tile) for b in ("cuda", "triton")
+                    for share in ADDITIVE_SHARES for i, tile in enumerate(ADDITIVE_TILES[b])}
+        peak = {}
+        for name, fn in {"naive": naive_step, **variants}.items():
+            torch.cuda.synchronize(device)
+            base = torch.cuda.memory_allocated(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            fn()
+            torch.cuda.synchronize(device)
+            peak[name] = torch.cuda.max_memory_allocated(device) - base
+        timed = timing.measure_together({"naive": naive_step, **variants}, device, min_reps=3, min_seconds=0.05)
+        rate = ext.probe_tanh_rate("mufu_f32", 2048, 4) if ext is not None and hasattr(ext, "probe_tanh_rate") else None
+        floor_ms = 2 * B * Tq * Tk * H / rate * 1e3 if rate else None
+        for name in variants:
+            t = timed[name]
+            record.row("new_kernels", {"kernel": f"additive_attention[{name}] speed", "dtype": "bf16",
+                                       "sizes": [B, Tq, Tk, H, Dv], "mode": "forward+backward",
+                                       "gpu_median_ms": t["gpu_median_ms"], "call_median_ms": t["call_median_ms"],
+                                       "naive_gpu_median_ms": timed["naive"]["gpu_median_ms"],
+                                       "peak_bytes": peak[name], "naive_peak_bytes": peak["naive"],
+                                       "memory_vs_naive": peak[name] / max(1, peak["naive"]),
+                                       "two_tanh_floor_ms": floor_ms, "tanh_per_s": rate,
+                                       "fraction_of_floor": floor_ms / t["gpu_median_ms"] if floor_ms else None,
+                                       **timing.speedups(t, {"naive": timed["naive"]})})
+
+
 def _nothing():
     import contextlib
 
@@ -348,6 +482,7 @@ def _nothing():
 
 # Each kernel new since the last GPU run: (name, function(record, device, deadline)) — correctness first.
 NEW_KERNELS: list[tuple[str, Callable]] = [("LSTM layer (CUDA): persistent, W_hh in registers", new_persistent_lstm),
+                                           ("additive attention: two tanh passes, FMA share", new_additive_passes),
                                            ("attention (Triton): scale halves, attn_mask", new_attention_triton)]
 
 

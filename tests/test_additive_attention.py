@@ -206,7 +206,7 @@ def test_opcheck(device, backend):
     with backends.use(backend):
         for pad in ((None, None), (lengths, mask)):
             args = [t.clone().requires_grad_() for t in inputs]
-            torch.library.opcheck(torch.ops.fastseq.additive_attention.default, (*args, *pad))
+            torch.library.opcheck(torch.ops.fastseq.additive_attention.default, (*args, *pad, True))
             torch.library.opcheck(torch.ops.fastseq.additive_attention_decode.default,
                                   (inputs[0][:, 0].contiguous(), *inputs[1:], *pad))
 

@@ -59,6 +59,9 @@ class Family:
     features: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     limits: dict[str, str] = dataclasses.field(default_factory=dict)
     refusal: Callable[[str, str, tuple], str | None] | None = None
+    # kernels of fastseq._C a Python backend module composes (name -> schema, defined as fastseq_ext::name),
+    # by the device types whose compiled backend registers them
+    extension_functions: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
 
     def function(self, backend: str, name: str) -> Callable:
         """`backend`'s function `name` for this family."""
@@ -129,6 +132,7 @@ def served() -> Iterator[list[tuple[str, str, str]]]:
     finally:
         _served.reset(token)
 _EXTENSION_LIBRARY = torch.library.Library("fastseq_ext", "DEF")
+_EXTENSION_DEFINED: set[str] = set()
 
 
 def _pinnable(schema: str) -> str:
@@ -157,6 +161,11 @@ def declare(family: Family) -> dict[str, Any]:
         raise ValueError(f"op family {family.name!r} is declared twice")
     _FAMILIES[family.name] = family
     compiled = EXTENSION in family.backends.values()
+    for per_device in family.extension_functions.values():
+        for function, schema in per_device.items():
+            if function not in _EXTENSION_DEFINED:
+                _EXTENSION_LIBRARY.define(function + schema)
+                _EXTENSION_DEFINED.add(function)
     ops = {}
     for function, schema in family.functions.items():
         if compiled:

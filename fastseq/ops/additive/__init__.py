@@ -1,11 +1,13 @@
 """The additive (Bahdanau) attention ops: `additive_attention` (a block of queries, forward and backward)
 and `additive_attention_step` (one query per row against cached keys, as a recurrent decoder calls it
 once per output token). Torch custom ops with fake implementations and an autograd formula, served by
-the backend `fastseq.backends` chooses: "cuda" (fastseq._C), "triton" or "reference"; on a CPU, calls
-small enough to build (B, Tq, Tk, H) at once go to "torch" (native.py), which torch's autograd
+the backend `fastseq.backends` chooses: "cuda" (fastseq._C's kernels), "triton" or "reference"; on a CPU,
+calls small enough to build (B, Tq, Tk, H) at once go to "torch" (native.py), which torch's autograd
 differentiates.
 
-The math, the padding rule and the workspace (the log-sum-exp) are in reference.py beside this file.
+The math and the padding rule are in reference.py beside this file; the fused backends' two tanh passes
+and the GEMMs between them in passes.py. The workspace a forward keeps for its backward: the log-sum-exp
+and, when a gradient will be needed, the scores S (B, Tq, Tk) in the accumulation dtype.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from torch import Tensor
 
 from ...numerics import acc_dtype, autocast
 from .. import checks as C
-from ..registry import EXTENSION, Family, chosen, declare, differentiated
+from ..registry import Family, chosen, declare, differentiated
 from . import native
 from .reference import attention_weights, keep_mask
 
@@ -33,13 +35,20 @@ _ARGS = "Tensor query_proj, Tensor key_proj, Tensor v, Tensor values, Tensor? le
 FAMILY = Family(
     name="additive_attention",
     functions={
-        "additive_attention": f"({_ARGS}) -> (Tensor, Tensor)",
-        "additive_attention_backward": f"(Tensor grad_context, {_ARGS}, Tensor context, Tensor lse) "
-                                       "-> (Tensor, Tensor, Tensor, Tensor)",
+        "additive_attention": f"({_ARGS}, bool save_scores) -> (Tensor, Tensor, Tensor)",
+        "additive_attention_backward": f"(Tensor grad_context, {_ARGS}, Tensor context, Tensor lse, "
+                                       "Tensor scores) -> (Tensor, Tensor, Tensor, Tensor)",
         "additive_attention_decode": f"({_ARGS}) -> Tensor",
     },
     backends={"reference": "fastseq.ops.additive.reference", "torch": "fastseq.ops.additive.native",
-              "triton": "fastseq.ops.additive.triton", "cuda": EXTENSION},
+              "triton": "fastseq.ops.additive.triton", "cuda": "fastseq.ops.additive.cuda"},
+    extension_functions={"cuda": {  # the kernels fastseq.ops.additive.cuda composes (kernels/additive_passes.cu)
+        "additive_scores": "(Tensor query_proj, Tensor key_proj, Tensor v, Tensor a, Tensor b, Tensor rows, "
+                           "Tensor? lengths, Tensor? key_padding_mask, int h_fma, int tile) -> Tensor",
+        "additive_gradient_pass": "(Tensor ds, Tensor query_proj, Tensor key_proj, Tensor v, Tensor a, Tensor b, "
+                                  "Tensor rows, int h_fma) -> (Tensor, Tensor, Tensor)",
+        "additive_attention_decode": f"({_ARGS}) -> Tensor",
+    }},
     kernels=("fastseq.ops.additive.triton",),
     cases=CASES,
     autograd={"cpu": ("torch",)},  # the built tensor, kept by autograd, trains 2-3x faster on a CPU (native.py)
@@ -51,10 +60,11 @@ _OPS = declare(FAMILY)
 
 
 @_OPS["additive_attention"].register_fake
-def _(query_proj, key_proj, v, values, lengths, key_padding_mask, backend=""):
+def _(query_proj, key_proj, v, values, lengths, key_padding_mask, save_scores, backend=""):
     B, Tq, _ = query_proj.shape
-    return (query_proj.new_empty(B, Tq, values.shape[2]),
-            query_proj.new_empty(B, Tq, dtype=acc_dtype(query_proj.dtype)))
+    acc = acc_dtype(query_proj.dtype)
+    return (query_proj.new_empty(B, Tq, values.shape[2]), query_proj.new_empty(B, Tq, dtype=acc),
+            query_proj.new_empty(*((B, Tq, key_proj.shape[1]) if save_scores else (0,)), dtype=acc))
 
 
 @_OPS["additive_attention_backward"].register_fake
@@ -63,13 +73,13 @@ def _(grad_context, query_proj, key_proj, v, values, *_):
 
 
 def _setup(ctx, inputs, output):
-    *tensors, ctx.backend = inputs  # the forward's backend runs the backward
+    *tensors, _save_scores, ctx.backend = inputs  # the forward's backend runs the backward
     ctx.save_for_backward(*tensors, *output)
 
 
-def _backward(ctx, grad_context, _grad_lse):
+def _backward(ctx, grad_context, _grad_lse, _grad_scores):
     grads = _OPS["additive_attention_backward"](grad_context.contiguous(), *ctx.saved_tensors, ctx.backend)
-    return (*grads, None, None, None)
+    return (*grads, None, None, None, None)
 
 
 _OPS["additive_attention"].register_autograd(_backward, setup_context=_setup)
@@ -120,8 +130,9 @@ def _context(args: tuple[Tensor, ...], lengths: Optional[Tensor], mask: Optional
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in args)
     backend = chosen("additive_attention", args[0].device.type, needs(B, Tq, Tk, H, grad), autograd=True)
     if differentiated("additive_attention", backend, args[0].device.type):  # torch's ops, under torch's autograd
-        return FAMILY.function(backend, "additive_attention")(*args, lengths, mask, padding_zeroed, with_lse=False)[0]
-    return _OPS["additive_attention"](*args, lengths, mask, backend)[0]  # fused: zeroes padding at no cost
+        return FAMILY.function(backend, "additive_attention")(*args, lengths, mask, padding_zeroed=padding_zeroed,
+                                                              with_lse=False)[0]
+    return _OPS["additive_attention"](*args, lengths, mask, grad, backend)[0]  # fused: zeroes padding at no cost
 
 
 def zero_padded_keys(key_proj: Tensor, values: Tensor, key_padding_mask: Optional[Tensor] = None,

@@ -28,10 +28,11 @@ MATERIALIZED = 1 << 24
 
 def additive_attention(
     query_proj: Tensor, key_proj: Tensor, v: Tensor, values: Tensor,
-    lengths: Optional[Tensor], key_padding_mask: Optional[Tensor], padding_zeroed: bool = False,
-    with_lse: bool = True,
-) -> tuple[Tensor, Tensor]:
-    """-> (context (B, Tq, Dv) in the input dtype, lse (B, Tq) in the accumulation dtype, not differentiated).
+    lengths: Optional[Tensor], key_padding_mask: Optional[Tensor], save_scores: bool = False,
+    padding_zeroed: bool = False, with_lse: bool = True,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """-> (context (B, Tq, Dv) in the input dtype, lse (B, Tq) in the accumulation dtype, not differentiated,
+    the scores (B, Tq, Tk) when save_scores, else empty).
     padding_zeroed: the caller has zeroed the padded keys' rows of key_proj and values (a decoder's
     PrecomputedKeys, once per sequence), so this call need not. with_lse=False: an empty lse, for a caller
     whose gradient autograd derives (the log-sum-exp serves only a fused backward)."""
@@ -49,10 +50,13 @@ def additive_attention(
     if keep is not None:
         weights = weights.masked_fill(empty, 0.0)
     context = (weights @ vals).to(query_proj.dtype)
+    kept = scores.new_empty(0)
+    if save_scores:
+        kept = scores.detach() if keep is None else scores.detach().masked_fill(~keep[:, None, :], float("-inf"))
     if not with_lse:
-        return context, scores.new_empty(0)
+        return context, scores.new_empty(0), kept
     lse = torch.logsumexp(scores.detach(), dim=-1)
-    return context, lse if keep is None else lse.masked_fill(empty[..., 0], float("inf"))
+    return context, lse if keep is None else lse.masked_fill(empty[..., 0], float("inf")), kept
 
 
 def zero_padding(key_proj: Tensor, values: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
@@ -67,5 +71,5 @@ def additive_attention_decode(
     lengths: Optional[Tensor], key_padding_mask: Optional[Tensor], padding_zeroed: bool = False,
 ) -> Tensor:
     """One query per row, query_proj (B, H) -> context (B, Dv); padding_zeroed as in additive_attention."""
-    return additive_attention(query_proj[:, None], key_proj, v, values, lengths, key_padding_mask, padding_zeroed,
-                              with_lse=False)[0][:, 0]
+    return additive_attention(query_proj[:, None], key_proj, v, values, lengths, key_padding_mask,
+                              padding_zeroed=padding_zeroed, with_lse=False)[0][:, 0]

@@ -20,7 +20,9 @@ A row whose keys are all padded attends to nothing: its context and weights are 
 gradients it sends. Its log-sum-exp is +inf, which makes exp(s − lse) zero without a special case.
 
 The workspace every backend's forward returns and its backward reads is that log-sum-exp, `lse`
-(B, Tq) in the accumulation dtype (float32; float64 for float64 inputs). Every backend computes in the
+(B, Tq) in the accumulation dtype (float32; float64 for float64 inputs), and, when the forward was asked
+to keep them (a gradient will be needed), the scores s (B, Tq, Tk) in the accumulation dtype, -inf at keys
+not kept, from which the fused backends' backward takes the weights without recomputing a tanh. Every backend computes in the
 accumulation dtype. The reference computes a block of queries at a time, so its memory is
 O(block · Tk · H), never O(B · Tq · Tk · H).
 """
@@ -73,9 +75,10 @@ def _unpadded(t: Tensor, keep: Optional[Tensor]) -> Tensor:
 
 def additive_attention(
     query_proj: Tensor, key_proj: Tensor, v: Tensor, values: Tensor,
-    lengths: Optional[Tensor], key_padding_mask: Optional[Tensor],
-) -> tuple[Tensor, Tensor]:
-    """-> (context (B, Tq, Dv) in the input dtype, lse (B, Tq) in the accumulation dtype)."""
+    lengths: Optional[Tensor], key_padding_mask: Optional[Tensor], save_scores: bool = False,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """-> (context (B, Tq, Dv) in the input dtype, lse (B, Tq) in the accumulation dtype, the scores
+    (B, Tq, Tk) in the accumulation dtype, -inf at keys not kept, when save_scores, else empty)."""
     acc = acc_dtype(query_proj.dtype)
     B, Tq, _ = query_proj.shape
     q, k, w, vals = (t.to(acc) for t in (query_proj, key_proj, v, values))
@@ -83,20 +86,26 @@ def additive_attention(
     k, vals = _unpadded(k, keep), _unpadded(vals, keep)
     context = query_proj.new_empty(B, Tq, values.shape[2])
     lse = q.new_empty(B, Tq)
+    scores = q.new_empty(B, Tq, key_proj.shape[1]) if save_scores else q.new_empty(0)
     for rows in _query_blocks(query_proj, key_proj):
         s = _masked(_tanh_block(q[:, rows], k) @ w, keep)
         m = torch.logsumexp(s, dim=-1)
         m = m.masked_fill(m == float("-inf"), float("inf"))  # no key: the rule in the module docstring
         context[:, rows] = (torch.exp(s - m[..., None]) @ vals).to(context.dtype)
         lse[:, rows] = m
-    return context, lse
+        if save_scores:
+            scores[:, rows] = s
+    return context, lse, scores
 
 
 def additive_attention_backward(
     grad_context: Tensor, query_proj: Tensor, key_proj: Tensor, v: Tensor, values: Tensor,
     lengths: Optional[Tensor], key_padding_mask: Optional[Tensor], context: Tensor, lse: Tensor,
+    scores: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """-> (grad_query_proj, grad_key_proj, grad_v, grad_values), each in its input's dtype."""
+    """-> (grad_query_proj, grad_key_proj, grad_v, grad_values), each in its input's dtype. The reference
+    recomputes the scores block by block whatever `scores` a forward kept (it stays the oracle of the
+    fused backends, which read them)."""
     acc = acc_dtype(query_proj.dtype)
     B, Tq, _ = query_proj.shape
     q, k, w, vals, dc = (t.to(acc) for t in (query_proj, key_proj, v, values, grad_context))
@@ -122,7 +131,7 @@ def additive_attention_decode(
     lengths: Optional[Tensor], key_padding_mask: Optional[Tensor],
 ) -> Tensor:
     """One query per row, query_proj (B, H) -> context (B, Dv): a decoder's step, no gradient."""
-    context, _ = additive_attention(query_proj[:, None], key_proj, v, values, lengths, key_padding_mask)
+    context, _, _ = additive_attention(query_proj[:, None], key_proj, v, values, lengths, key_padding_mask)
     return context[:, 0]
 
 
