@@ -51,7 +51,7 @@ BUDGETS = {"build": 200, "0": 40, "1": 100, "2": 45, "3": 100, "4": 110}
 MINIMUM = {"build": 20, "0": 10, "1": 15, "2": 15, "3": 30, "4": 30}
 SECTIONS = {"0": "rates", "1": "new kernels", "2": "autograd", "3": "tests", "4": "headline"}
 TEST_FILES = ["tests/test_lstm_persistent.py", "tests/test_lstm.py", "tests/test_additive_attention.py",
-              "tests/test_additive_passes.py",
+              "tests/test_additive_passes.py", "tests/test_attention_decode.py",
               "tests/test_attention.py", "tests/test_attention_mask.py", "tests/test_host_traffic.py", "tests/test_strided_inputs.py",
               "tests/test_padded_values.py", "tests/test_backends.py", "tests/test_nn_lstm.py",
               "tests/test_nn_multihead_attention.py", "tests/test_generation.py", "tests/test_cuda_graph_decoding.py"]
@@ -474,6 +474,109 @@ def new_additive_passes(record: Record, device, deadline: float) -> None:
                                        **timing.speedups(t, {"naive": timed["naive"]})})
 
 
+DECODE_SPEED_CASES = ((1, 16384), (64, 2048), (8, 512))  # (B, Tk) at Hq32 Hkv8 D128 bf16, ragged lengths
+
+
+def new_decode_balanced(record: Record, device, deadline: float) -> None:
+    """Decoding attention on the balanced split-KV plan (triton_decode.py): the output against float64 at odd
+    sizes (lengths 0, ragged, full, a mask, a batch past one plan block), a CUDA-graph replay against the
+    eager call on a static cache; then GPU and per-call time at DECODE_SPEED_CASES beside SDPA's cuDNN and
+    flash backends with and without a mask, and the fraction of the copy bandwidth its real keys' bytes take."""
+    import torch
+    import torch.nn.functional as F
+
+    import timing
+    from fastseq import backends
+    from fastseq.ops.dot_product import attention_decode
+    from fastseq.ops.dot_product.reference import attention_decode as reference_decode
+
+    gpu = device.type == "cuda"
+    backend = "triton" if gpu else "reference"
+    bound = {torch.bfloat16: 2e-2, torch.float16: 5e-3, torch.float32: 1e-5}
+    cases = [(3, 4, 2, 70, 64, "ragged"), (1, 32, 8, 5000, 128, "full"), (5, 6, 3, 333, 80, "zeros"),
+             (2, 8, 8, 1000, 128, "mask"), (1100, 2, 1, 40, 64, "ragged")]
+    for dtype in ((torch.bfloat16, torch.float16) if gpu else (torch.float32,)):
+        for B, Hq, Hkv, T, D, kind in cases:
+            if _left(deadline) < 10:
+                return
+            g = torch.Generator().manual_seed(B + T)
+            q, k, v = (torch.randn(*s, generator=g, dtype=torch.float64) for s in
+                       ((B, Hq, D), (B, Hkv, T, D), (B, Hkv, T, D)))
+            lengths = {"ragged": torch.randint(0, T + 1, (B,), generator=g, dtype=torch.int32),
+                       "zeros": torch.zeros(B, dtype=torch.int32)}.get(kind)
+            mask = torch.rand(B, T, generator=g) < 0.3 if kind == "mask" else None
+            ref = reference_decode(q, k, v, lengths, mask, D ** -0.5)
+            with backends.use(backend), torch.no_grad():
+                out = attention_decode(*(t.to(device, dtype) for t in (q, k, v)),
+                                       lengths=None if lengths is None else lengths.to(device),
+                                       key_padding_mask=None if mask is None else mask.to(device))
+            error = _rel(out, ref)
+            record.row("new_kernels", {"kernel": f"attention_decode[{backend}] balanced", "dtype": str(dtype),
+                                       "sizes": [B, Hq, Hkv, T, D], "case": kind, "error": error,
+                                       "bound": bound[dtype], "ok": error <= bound[dtype]})
+    if not gpu:
+        return
+    from fastseq.nn import KVCache
+
+    cache = KVCache(4, 8, 128, 1024, dtype=torch.bfloat16, device=device)
+    cache.make_static()
+    cache.k.normal_(), cache.v.normal_(), cache.lengths.copy_(torch.tensor([1024, 1, 500, 0], device=device))
+    q = torch.randn(4, 32, 128, device=device, dtype=torch.bfloat16)
+    with backends.use("triton"), torch.no_grad():
+        eager = cache.attend(q)
+        graph = torch.cuda.CUDAGraph()
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            cache.attend(q)
+        torch.cuda.current_stream(device).wait_stream(side)
+        with torch.cuda.graph(graph):
+            captured = cache.attend(q)
+        graph.replay()
+        torch.cuda.synchronize(device)
+    record.row("new_kernels", {"kernel": "attention_decode[triton] graph replay", "sizes": [4, 32, 8, 1024, 128],
+                               "max_diff": float((captured.float() - eager.float()).abs().max()),
+                               "ok": bool(torch.equal(captured, eager))})
+    bandwidth = timing.copy_bandwidth(device)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    for B, T in DECODE_SPEED_CASES:
+        if _left(deadline) < 15:
+            return
+        Hq, Hkv, D = 32, 8, 128
+        k, v = (torch.randn(B, Hkv, T, D, device=device, dtype=torch.bfloat16) for _ in range(2))
+        q = torch.randn(B, Hq, D, device=device, dtype=torch.bfloat16)
+        lengths = torch.randint(T // 2, T + 1, (B,), device=device, dtype=torch.int32)
+        lengths[0] = T
+        blocked = torch.arange(T, device=device)[None, :] >= lengths[:, None]
+        keep = (~blocked)[:, None, None, :]
+        fns = {"triton": lambda: _with(backends.use("triton"), lambda: attention_decode(q, k, v, lengths=lengths))}
+        for name, kernel in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION)):
+            for masked in (False, True):
+                def sdpa(kernel=kernel, masked=masked):
+                    with sdpa_kernel(kernel):
+                        return F.scaled_dot_product_attention(q[:, :, None], k, v, attn_mask=keep if masked else None,
+                                                              enable_gqa=True)
+                try:
+                    with torch.no_grad():
+                        sdpa()
+                    fns[f"sdpa_{name}{'_mask' if masked else ''}"] = sdpa
+                except RuntimeError as e:
+                    record.row("new_kernels", {"kernel": f"sdpa_{name} decode", "sizes": [B, T], "masked": masked,
+                                               "unavailable": str(e)[:200]})
+        with torch.no_grad():
+            timed = timing.measure_together(fns, device, min_reps=5, min_seconds=0.05)
+        real_bytes = int(lengths.sum()) * Hkv * D * 2 * 2  # the keys and values the lengths hold
+        fastest = min((t["gpu_median_ms"], n) for n, t in timed.items() if n != "triton")
+        for name, t in timed.items():
+            record.row("new_kernels", {"kernel": f"attention_decode[{name}] speed", "dtype": "bf16",
+                                       "sizes": [B, Hq, Hkv, T, D], "lengths": "ragged, T/2..T",
+                                       "gpu_median_ms": t["gpu_median_ms"], "call_median_ms": t["call_median_ms"],
+                                       "bandwidth_fraction": real_bytes / (t["gpu_median_ms"] * 1e-3) / bandwidth,
+                                       "copy_bytes_per_s": bandwidth, "vs_fastest_sdpa": fastest[0] / t["gpu_median_ms"],
+                                       "fastest_sdpa": fastest[1]})
+
+
 def _nothing():
     import contextlib
 
@@ -483,6 +586,7 @@ def _nothing():
 # Each kernel new since the last GPU run: (name, function(record, device, deadline)) — correctness first.
 NEW_KERNELS: list[tuple[str, Callable]] = [("LSTM layer (CUDA): persistent, W_hh in registers", new_persistent_lstm),
                                            ("additive attention: two tanh passes, FMA share", new_additive_passes),
+                                           ("decoding attention (Triton): balanced split-KV", new_decode_balanced),
                                            ("attention (Triton): scale halves, attn_mask", new_attention_triton)]
 
 

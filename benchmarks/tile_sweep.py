@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import timing  # noqa: E402
 from fastseq import atomic, backends  # noqa: E402
 from fastseq.ops import attention, attention_decode  # noqa: E402
-from fastseq.ops.dot_product import triton_configs, triton_decode  # noqa: E402
+from fastseq.ops.dot_product import decode_plan, triton_configs, triton_decode  # noqa: E402
 
 GRIDS = {
     "fwd": list(itertools.product((64, 128), (64, 128), (4, 8), (2, 3, 4))),
@@ -110,7 +110,7 @@ def train_tiles(sweep: Sweep, device) -> None:
 
 
 def decode_tiles(sweep: Sweep, device) -> None:
-    before = dict(triton_decode.DECODE)
+    before, units_before = dict(triton_decode.DECODE), decode_plan.UNITS_PER_SM
     for B, Hq, Hkv, T, D in DECODING:
         q = torch.randn(B, Hq, D, device=device, dtype=torch.bfloat16)
         k, v = (torch.randn(B, Hkv, T, D, device=device, dtype=torch.bfloat16) for _ in range(2))
@@ -122,9 +122,11 @@ def decode_tiles(sweep: Sweep, device) -> None:
                 for waves in WAVES:
                     if not sweep.left():
                         triton_decode.DECODE.update(before)
+                        decode_plan.UNITS_PER_SM = units_before
                         return
                     triton_decode.DECODE.update({"BLOCK_N": {**before["BLOCK_N"], 2: block_n}, "num_warps": warps,
-                                                 "num_stages": stages, "waves": waves})
+                                                 "num_stages": stages})
+                    decode_plan.UNITS_PER_SM = waves  # work units per multiprocessor
                     tile = {"BLOCK_N": block_n, "num_warps": warps, "num_stages": stages, "waves": waves}
                     try:
                         t = _time(lambda: attention_decode(q, k, v), device)
@@ -134,6 +136,7 @@ def decode_tiles(sweep: Sweep, device) -> None:
                     sweep.add({"kernel": "decode", **sizes, **tile, **t,
                                "bytes": 2 * B * Hkv * T * D * 2})
     triton_decode.DECODE.update(before)
+    decode_plan.UNITS_PER_SM = units_before
 
 
 def run(path: str, seconds: float, device: torch.device) -> None:

@@ -86,8 +86,24 @@ def triton_version() -> Optional[str]:
     return triton.__version__
 
 
+# os.environ's own store on POSIX (bytes keys; every write through os.environ updates it): a read there costs
+# a dict lookup where os.environ.get encodes and decodes, and every op call reads two variables.
+_ENVIRON = os.environ._data if os.name == "posix" and isinstance(getattr(os.environ, "_data", None), dict) else None
+
+
+def getenv(name: str, default: str = "") -> str:
+    """os.environ.get(name, default), at a dict lookup's cost where the platform allows."""
+    if _ENVIRON is None:
+        return os.environ.get(name, default)
+    value = _ENVIRON.get(_KEYS.get(name) or _KEYS.setdefault(name, os.fsencode(name)))
+    return default if value is None else os.fsdecode(value)
+
+
+_KEYS: dict[str, bytes] = {}
+
+
 def triton_interpret() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    return getenv("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def cuda_available() -> bool:
@@ -169,7 +185,7 @@ def requested(device_type: str) -> Optional[tuple[str, str]]:
     ctx = _override.get()
     if ctx and device_type in ctx:
         return ctx[device_type], "chosen with fastseq.backends.use"
-    spec = os.environ.get(ENV_VAR, "")
+    spec = getenv(ENV_VAR)
     if spec:
         env = _parse(spec, ENV_VAR)
         if device_type in env:

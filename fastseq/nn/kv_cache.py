@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from ..ops.checks import check_index, integers
+from ..ops.dot_product import attention_decode_cached
 
 
 class KVCache:
@@ -96,13 +97,19 @@ class KVCache:
         self.lengths += counts_t
         self.max_length += T
 
+    def attend(self, q: Tensor, scale: Optional[float] = None) -> Tensor:
+        """One new query per row, q (B, Hq, D), against what the cache holds -> (B, Hq, Dv): the decode
+        step of `fastseq.ops.attention_decode`, with only q checked (the cache keeps its own layout and
+        lengths valid)."""
+        return attention_decode_cached(q, self.keys(), self.values(), None if self.uniform else self.lengths, scale)
+
     def keys(self) -> Tensor:
-        """(B, Hkv, max_length, D), a view of the buffer."""
-        return self.k[:, :, :self.max_length]
+        """(B, Hkv, max_length, D), a view of the buffer (the buffer itself once static)."""
+        return self.k if self.static else self.k[:, :, :self.max_length]
 
     def values(self) -> Tensor:
-        """(B, Hkv, max_length, Dv), a view of the buffer."""
-        return self.v[:, :, :self.max_length]
+        """(B, Hkv, max_length, Dv), a view of the buffer (the buffer itself once static)."""
+        return self.v if self.static else self.v[:, :, :self.max_length]
 
     def reorder(self, index: Tensor) -> None:
         """Keep rows `index` (B',) of the cache, in that order (beam search: each beam's parent). With as many

@@ -290,7 +290,7 @@ class MultiheadAttention(nn.Module):
         keys, values = cache.keys(), cache.values()
         lengths = None if cache.uniform else cache.lengths  # every row holding every position: no padding
         if L == 1:
-            out = ops.attention_decode(q[:, :, 0], keys, values, lengths=lengths)[:, :, None]
+            out = cache.attend(q[:, :, 0])[:, :, None]
         else:
             out = ops.attention(q, keys, values, causal=True, lengths=lengths,
                                 dropout_p=self.dropout if self.training else 0.0)

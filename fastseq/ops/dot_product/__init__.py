@@ -237,6 +237,31 @@ def attention_decode(q: Tensor, k: Tensor, v: Tensor, lengths: Union[Tensor, Seq
     return _OPS["attention_decode"](*args, backend)  # traced by torch.compile: the op, which chooses when run
 
 
+def attention_decode_cached(q: Tensor, k: Tensor, v: Tensor, lengths: Optional[Tensor], scale: Optional[float] = None
+                            ) -> Tensor:
+    """`attention_decode` on a cache whose layout and lengths its owner guarantees (`fastseq.nn.KVCache.attend`:
+    k, v views of its buffers, lengths int32 on their device within [0, Tk] or None): only q is checked, so a
+    step costs a few microseconds of Python. No gradient, no mask."""
+    op = "attention_decode"
+    B, Hkv, Tk, D = k.shape
+    if q.dim() != 3 or q.shape[0] != B or q.shape[2] != D or q.shape[1] % Hkv or q.dtype != k.dtype \
+            or q.device != k.device:
+        C.fail(op, f"q must be (B={B}, Hq (a multiple of Hkv={Hkv}), D={D}) {k.dtype} on {k.device}, got "
+                   f"{tuple(q.shape)} {q.dtype} on {q.device}")
+    if q.requires_grad and torch.is_grad_enabled():
+        return attention_decode(q, k, v, lengths=lengths, scale=scale)
+    if scale is not None:
+        _check_scale(op, scale)
+    Hq = q.shape[1]
+    call = functools.partial(tuning.Call.rerun, attention_decode, (q, k, v, lengths, None, scale), False,
+                             (B, Hq, Hkv, Tk, D, v.shape[3]), (lengths is not None,))
+    backend = chosen("attention_decode", q.device.type, ("attention_decode",), call=call)
+    args = (q if q.is_contiguous() else q.contiguous(), k, v, lengths, None, float(D ** -0.5 if scale is None else scale))
+    if backend:
+        return DECODE_FAMILY.function(backend, "attention_decode")(*args)
+    return _OPS["attention_decode"](*args, backend)
+
+
 def attention_weights(q: Tensor, k: Tensor, causal: bool = False, key_padding_mask: Optional[Tensor] = None,
                       lengths: Union[Tensor, Sequence[int], None] = None, scale: Optional[float] = None,
                       attn_mask: Optional[Tensor] = None) -> Tensor:
