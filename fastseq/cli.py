@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -26,9 +27,22 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _device(name):
+    """The --device asked for, checked to exist here (before any run folder is touched)."""
     import torch
 
-    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        device = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as e:
+        raise ValueError(f"--device: {name!r} is not a device ({str(e).splitlines()[0]})") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: this machine has no CUDA device (torch {torch.__version__}, "
+                             f"CUDA {torch.version.cuda or 'not built'}); use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type != "cpu":
+        raise ValueError(f"--device: fastseq runs on cpu or cuda, got {name!r}")
+    return device
 
 
 def _owned(out_dir: str, rank0: bool):
@@ -54,14 +68,23 @@ def _train(args: argparse.Namespace) -> int:
         device = torch.device("cuda", torch.cuda.current_device())
     rank0 = int(os.environ.get("RANK", 0)) == 0
     with _owned(config["out_dir"], rank0) as folder:
-        run = build_run(config, device)  # the whole config checked before the folder is touched
+        # every check before the folder is touched: the config, the folder's own against it, the tokenizer
+        # against the checkpoint's, the checkpoint loaded into this model; then the run begins
+        run = build_run(config, device)
         if rank0:
-            folder.start(config, fresh=args.fresh, allow=args.allow_change or ())
+            folder.check(config, fresh=args.fresh, allow=args.allow_change or ())
+            folder.check_tokenizer(run.tokenizer.state(), fresh=args.fresh)
+        train = dataclasses.replace(run.train, resume=False) if args.fresh else run.train
+        trainer = Trainer(run.model.to(device), train, run.batches, run.loss, run.evaluate, device=device,
+                          on_save=lambda: save_run(run, config["out_dir"]))
+        if rank0:
+            moved = folder.begin(config, fresh=args.fresh)
+            if moved:
+                print(f"fastseq train: the earlier run's files are in {moved}")
             print(f"fastseq train: {run.task}, {type(run.model).__name__} "
                   f"({sum(p.numel() for p in run.model.parameters()) / 1e6:.2f}M parameters), vocabulary "
                   f"{run.tokenizer.vocab_size}, {run.train.steps} steps on {device}; run folder {config['out_dir']}")
-        history = Trainer(run.model.to(device), run.train, run.batches, run.loss, run.evaluate, device=device,
-                          on_save=lambda: save_run(run, config["out_dir"])).fit()
+        history = trainer.fit()
     final = [r for r in history if any(k.startswith("eval_") for k in r)]
     if final and rank0:
         print("final: " + "  ".join(f"{k}={v:.4g}" for k, v in final[-1].items() if k.startswith("eval_")))

@@ -185,3 +185,106 @@ def test_a_tokenizer_from_another_run_is_refused(tmp_path):
     (tmp_path / "a" / "tokenizer.json").write_bytes((tmp_path / "b" / "tokenizer.json").read_bytes())
     out = fastseq("generate", str(tmp_path / "a"), "ROMEO:", "--max-new-tokens", "3")
     assert out.returncode == 2 and "the two files are not from one run" in out.stderr, out.stderr
+
+
+# ----------------------------------------------------------------- nothing lost before every check
+
+def _files(path):
+    return {name: (path / name).read_bytes() for name in ("checkpoint.pt", "model.pt", "tokenizer.json",
+                                                          "config.json", "log.jsonl") if (path / name).exists()}
+
+
+def _text_run(tmp_path, text, *extra):
+    train = tmp_path / "train.txt"
+    train.write_text(text)
+    return fastseq("train", "--config", CONFIG, "--out", str(tmp_path / "run"),
+                   f"--set=data={{files: {{train: {train}, valid: {train}}}, tokenizer: {{kind: char}}}}", *TINY,
+                   *extra)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal of a device this machine lacks")
+def test_fresh_on_a_missing_device_touches_nothing(tmp_path):
+    out = fastseq("train", "--config", CONFIG, "--out", str(tmp_path), *TINY)
+    assert out.returncode == 0, out.stderr[-2000:]
+    before = _files(tmp_path)
+    out = fastseq("train", "--config", CONFIG, "--out", str(tmp_path), *TINY, "--fresh", "--device=cuda")
+    assert out.returncode == 2 and "--device cuda: this machine has no CUDA device" in out.stderr, out.stderr
+    assert _files(tmp_path) == before
+    assert not list(tmp_path.glob("previous-*"))
+
+
+def test_fresh_moves_the_earlier_run_aside(tmp_path):
+    out = fastseq("train", "--config", CONFIG, "--out", str(tmp_path), *TINY)
+    assert out.returncode == 0, out.stderr[-2000:]
+    before = _files(tmp_path)
+    out = fastseq("train", "--config", CONFIG, "--out", str(tmp_path), *TINY, "--fresh", "--set=train.lr=0.01")
+    assert out.returncode == 0, out.stderr[-2000:]
+    (aside,) = tmp_path.glob("previous-*")
+    assert _files(aside) == before  # every file of the earlier run, byte for byte
+    assert json.load(open(tmp_path / "config.json"))["train"]["lr"] == 0.01
+
+
+def test_a_failed_allow_change_writes_nothing_and_the_original_command_still_resumes(tmp_path):
+    out = fastseq("train", "--config", CONFIG, "--out", str(tmp_path), *TINY)
+    assert out.returncode == 0, out.stderr[-2000:]
+    before = _files(tmp_path)
+    out = fastseq("train", "--config", CONFIG, "--out", str(tmp_path), *TINY, "--set=model.d_model=32",
+                  "--allow-change=model.d_model")
+    assert out.returncode == 2 and "does not match this one" in out.stderr, out.stderr
+    assert _files(tmp_path) == before
+    out = fastseq("train", "--config", CONFIG, "--out", str(tmp_path), *TINY, "--set=train.steps=4",
+                  "--allow-change=train.steps")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert _train_steps(tmp_path)[-1] == 4
+
+
+def test_an_allowed_lr_change_is_applied_on_resume(tmp_path):
+    out = fastseq("train", "--config", CONFIG, "--out", str(tmp_path), *TINY, "--set=train.schedule=constant",
+                  "--set=train.warmup=0")
+    assert out.returncode == 0, out.stderr[-2000:]
+    out = fastseq("train", "--config", CONFIG, "--out", str(tmp_path), *TINY, "--set=train.schedule=constant",
+                  "--set=train.warmup=0", "--set=train.steps=5", "--set=train.lr=0.0123", "--set=train.weight_decay=0.2",
+                  "--allow-change=train.steps", "--allow-change=train.lr", "--allow-change=train.weight_decay")
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
+    lrs = {r["step"]: r["lr"] for r in rows if "lr" in r}
+    assert lrs[4] == pytest.approx(0.0123) and lrs[5] == pytest.approx(0.0123) and lrs[3] != pytest.approx(0.0123)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert all(g["weight_decay"] == 0.2 for g in state["optimizer"]["param_groups"])
+
+
+def test_configs_are_compared_as_values(tmp_path):
+    out = fastseq("train", "--config", CONFIG, "--out", str(tmp_path), *TINY, "--set=train.lr=1e-3")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.load(open(tmp_path / "config.json"))["train"]["lr"] == 0.001  # a number, as YAML 1.2 reads it
+    out = fastseq("train", "--config", CONFIG, "--out", str(tmp_path), *TINY, "--set=train.lr=1.0e-3",
+                  "--set=train.steps=4", "--allow-change=train.steps")
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_a_run_that_failed_before_its_first_checkpoint_binds_no_config(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"task": "causal_lm", "train": {"lr": 9.0}}))
+    (tmp_path / "log.jsonl").write_text("")
+    out = fastseq("train", "--config", CONFIG, "--out", str(tmp_path), *TINY)
+    assert out.returncode == 0, out.stderr[-2000:]
+    (aside,) = tmp_path.glob("previous-*")
+    assert json.load(open(aside / "config.json"))["train"]["lr"] == 9.0  # kept, not overwritten
+    assert _train_steps(tmp_path) == [1, 2, 3]
+
+
+def test_resuming_after_the_data_changed_is_refused_naming_both_tokenizers(tmp_path):
+    text = "abcdefgh " * 400
+    out = _text_run(tmp_path, text)
+    assert out.returncode == 0, out.stderr[-2000:]
+    before = _files(tmp_path / "run")
+    out = _text_run(tmp_path, "stuvwxyz " * 400, "--set=train.steps=4", "--allow-change=train.steps")  # same size
+    assert out.returncode == 2 and "is not the checkpoint's" in out.stderr and "char, 9 entries" in out.stderr, \
+        out.stderr
+    assert _files(tmp_path / "run") == before
+    out = _text_run(tmp_path, text, "--set=train.steps=4", "--allow-change=train.steps")
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_set_into_a_setting_names_it():
+    out = fastseq("train", "--config", CONFIG, "--set=train.steps.x=1", "--device=cpu")
+    assert out.returncode == 2 and "train.steps is a setting (5000), not a section" in out.stderr, out.stderr

@@ -52,9 +52,13 @@ class Tokenizer:
             ids = [i for i in ids if i >= len(SPECIALS) or i == UNK]
         return self._decode(ids)
 
+    def state(self) -> dict:
+        """What save() writes: equal states are the same tokenizer."""
+        return {"format": "fastseq-tokenizer/1", "kind": self.kind, **self._state()}
+
     def save(self, path: str | os.PathLike) -> None:
         """One JSON file, written atomically."""
-        state = {"format": "fastseq-tokenizer/1", "kind": self.kind, **self._state()}
+        state = self.state()
         atomic.write(path, lambda f: json.dump(state, f, ensure_ascii=False), mode="w")
 
 

@@ -1,22 +1,26 @@
 """A run folder owned by one process at a time, and resumed only with the config that started it.
 
 The lock is an advisory `flock` on <folder>/.lock, which the kernel drops when its process ends, so a
-killed run never leaves the folder stuck. The config a run starts with is written to config.json before
-any training; a later run in the same folder compares its own with it and refuses to resume under a
-different one, naming the keys that differ, unless asked to start fresh or allowed to change those keys.
+killed run never leaves the folder stuck. A run is checked in full before anything in its folder is
+written (`check`: the config, compared as parsed values, against the one its checkpoint was trained
+under; `check_tokenizer`: the tokenizer the data gives against the checkpoint's), and only when training
+starts (`begin`) is the config recorded. Nothing is deleted: starting afresh, or over a run that never
+reached its first checkpoint, moves the earlier run's files into a dated folder inside this one.
 """
 from __future__ import annotations
 
+import datetime
 import fcntl
 import json
 import os
-from typing import Iterable
+from typing import Iterable, Optional
 
 from .. import atomic
 
 # Keys that change nothing a run computes: they may differ when a run resumes.
 HARMLESS = ("train.progress", "train.log_every", "out_dir")
-# What a run writes into its folder; --fresh removes them.
+# What a run writes into its folder; --fresh moves them aside (PREVIOUS).
+PREVIOUS = "previous-"
 RUN_FILES = ("checkpoint.pt", "log.jsonl", "model.pt", "tokenizer.json", "config.json", "curves.png")
 
 
@@ -35,10 +39,32 @@ def _flatten(config: dict, prefix: str = "") -> dict:
     return flat
 
 
+def _number(value) -> Optional[float]:
+    """value as a number when it is one, or a string that reads as one (YAML 1.1 reads 1e-3 as a string)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def same_value(a, b) -> bool:
+    """Equal as parsed values: 1e-3, "1e-3" and 0.001 are one setting; 1 and 1.0 too; True is not 1."""
+    x, y = _number(a), _number(b)
+    if x is not None and y is not None and not (isinstance(a, str) and isinstance(b, str)):
+        return x == y
+    return a == b
+
+
 def changed_keys(old: dict, new: dict) -> dict:
-    """{dotted key: (old value, new value)} for every setting that differs (missing: None)."""
+    """{dotted key: (old value, new value)} for every setting that differs as a value (missing: None)."""
     a, b = _flatten(old), _flatten(new)
-    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if not same_value(a.get(k), b.get(k))}
 
 
 class RunFolder:
@@ -72,27 +98,82 @@ class RunFolder:
         self._lock.close()
         self._lock = None
 
-    def start(self, config: dict, fresh: bool = False, allow: Iterable[str] = ()) -> None:
-        """Refuse a config that differs from the folder's (keys outside HARMLESS and `allow`); with
-        fresh, remove the earlier run's files instead. Then record `config` as the folder's."""
+    def _file(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
+    def resumable(self) -> bool:
+        """Whether the folder holds a checkpoint a run would resume from."""
+        return os.path.exists(self._file("checkpoint.pt"))
+
+    def check(self, config: dict, fresh: bool = False, allow: Iterable[str] = ()) -> None:
+        """Refuse to resume the folder's checkpoint under a config that differs from the one it was trained
+        under (keys outside HARMLESS and `allow`). Writes nothing. A folder without a checkpoint binds no
+        config: its files are moved aside when the run begins."""
         config = json.loads(json.dumps(config))
-        saved_path = os.path.join(self.path, "config.json")
-        if fresh:
-            for name in RUN_FILES:
-                if os.path.exists(os.path.join(self.path, name)):
-                    os.unlink(os.path.join(self.path, name))
-        elif os.path.exists(saved_path):
-            try:
-                with open(saved_path, encoding="utf-8") as f:
-                    saved = json.load(f)
-            except (ValueError, UnicodeDecodeError) as e:
-                raise ValueError(f"{saved_path}: not a readable run config ({e}); pass --fresh to start the run "
-                                 f"afresh") from None
-            allowed = set(HARMLESS) | set(allow)
-            differ = {k: v for k, v in changed_keys(saved, config).items() if k not in allowed}
-            if differ:
-                listed = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in differ.items())
-                raise ValueError(f"run folder {self.path} holds a run with another config ({listed}); pass --fresh "
-                                 f"to start it afresh, --allow-change KEY for a key that may change, or another "
-                                 f"--out")
-        atomic.write(saved_path, lambda f: json.dump(config, f, indent=1), mode="w")
+        saved_path = self._file("config.json")
+        if fresh or not self.resumable() or not os.path.exists(saved_path):
+            return
+        try:
+            with open(saved_path, encoding="utf-8") as f:
+                saved = json.load(f)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"{saved_path}: not a readable run config ({e}); pass --fresh to start the run "
+                             f"afresh (the earlier run's files are kept in a {PREVIOUS}* folder)") from None
+        allowed = set(HARMLESS) | set(allow)
+        differ = {k: v for k, v in changed_keys(saved, config).items() if k not in allowed}
+        if differ:
+            listed = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in differ.items())
+            raise ValueError(f"run folder {self.path} holds a run with another config ({listed}); pass --fresh "
+                             f"to start it afresh, --allow-change KEY for a key that may change, or another "
+                             f"--out")
+
+    def check_tokenizer(self, state: dict, fresh: bool = False) -> None:
+        """Refuse to resume the checkpoint with a tokenizer other than the one it was trained with (the same
+        data path whose text changed gives other ids to the same vocabulary size). `state`: the saved form
+        (Tokenizer.state()). Writes nothing."""
+        path = self._file("tokenizer.json")
+        if fresh or not self.resumable() or not os.path.exists(path):
+            return
+        try:
+            with open(path, encoding="utf-8") as f:
+                saved = json.load(f)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: not a readable tokenizer ({e}); pass --fresh to start the run afresh") from None
+        if saved != json.loads(json.dumps(state)):
+            raise ValueError(f"run folder {self.path}: the tokenizer this config's data gives ({_describe(state)}) "
+                             f"is not the checkpoint's ({path}: {_describe(saved)}): the data changed since the "
+                             f"run started; resuming would give its ids other meanings. Pass --fresh to start "
+                             f"afresh, or another --out")
+
+    def begin(self, config: dict, fresh: bool = False) -> Optional[str]:
+        """Training starts: the earlier run's files moved aside when starting afresh (or when they hold no
+        checkpoint to resume), then `config` recorded. Returns the folder they went to, if any."""
+        moved = None
+        present = [n for n in RUN_FILES if os.path.exists(self._file(n))]
+        if present and (fresh or not self.resumable()):
+            moved = self._aside(present)
+        atomic.write(self._file("config.json"), lambda f: json.dump(json.loads(json.dumps(config)), f, indent=1),
+                     mode="w")
+        return moved
+
+    def _aside(self, names: list[str]) -> str:
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+        target, n = self._file(PREVIOUS + stamp), 1
+        while os.path.exists(target):
+            n += 1
+            target = self._file(f"{PREVIOUS}{stamp}-{n}")
+        os.makedirs(target)
+        for name in names:
+            os.replace(self._file(name), os.path.join(target, name))
+        return target
+
+    def start(self, config: dict, fresh: bool = False, allow: Iterable[str] = ()) -> Optional[str]:
+        """check() then begin(): for a caller with nothing to check in between."""
+        self.check(config, fresh, allow)
+        return self.begin(config, fresh)
+
+
+def _describe(state: dict) -> str:
+    kind = state.get("kind", "?")
+    size = len(state.get("chars") or state.get("words") or [])
+    return f"{kind}, {size} entries" if size else str(kind)

@@ -53,6 +53,20 @@ class Run:
     config: dict
 
 
+def yaml_load(text):
+    """YAML as a config reads it: safe, and 1e-3 a number as in YAML 1.2 (PyYAML's 1.1 reads it as a string)."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"),
+                                 list("-+0123456789."))
+    return yaml.load(text, Loader=Loader)
+
+
 def load_config(path: str) -> dict:
     import yaml
 
@@ -60,7 +74,7 @@ def load_config(path: str) -> dict:
         raise FileNotFoundError(f"no config file at {path}")
     with open(path) as f:
         try:
-            config = yaml.safe_load(f)
+            config = yaml_load(f)
         except yaml.YAMLError as e:
             raise ValueError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(config, dict):
@@ -79,9 +93,17 @@ def apply_overrides(config: dict, overrides: list[str]) -> dict:
         key, value = item.split("=", 1)
         node = config
         *parents, last = key.split(".")
-        for p in parents:
+        if not key or not all(key.split(".")):
+            raise ValueError(f"--set {item}: the key must be dotted names, e.g. train.steps")
+        for depth, p in enumerate(parents):
             node = node.setdefault(p, {})
-        node[last] = yaml.safe_load(value)
+            if not isinstance(node, dict):
+                raise ValueError(f"--set {item}: {'.'.join(parents[:depth + 1])} is a setting ({node!r}), not a "
+                                 f"section holding {last!r}")
+        try:
+            node[last] = yaml_load(value)
+        except yaml.YAMLError as e:
+            raise ValueError(f"--set {item}: the value is not valid YAML ({str(e).splitlines()[0]})") from None
     return config
 
 

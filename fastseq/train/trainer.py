@@ -157,6 +157,10 @@ class Trainer:
 
     def fit(self) -> list[dict]:
         c = self.config
+        if getattr(self, "_log_from_checkpoint", False) and self.rank == 0 and c.out_dir:
+            atomic.write(os.path.join(c.out_dir, "log.jsonl"),
+                         lambda f: f.writelines(json.dumps(row) + "\n" for row in self.history), mode="w")
+            self._log_from_checkpoint = False
         bar = self._progress()
         tokens, losses, started = 0, [], time.perf_counter()
         while self.step < c.steps:
@@ -266,13 +270,24 @@ class Trainer:
             self.model.load_state_dict(state["model"])
         except RuntimeError as e:
             raise ValueError(f"{path}: its model does not match this one: {str(e).splitlines()[0]}") from None
+        # the optimizer's state (moments) and the schedule's position resume; its settings are this config's
+        # (a resumed run allowed another lr, weight decay or schedule trains under them, not the saved ones)
+        configured = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+        saved_groups = state["optimizer"].get("param_groups", [])
+        if len(saved_groups) != len(configured):
+            raise ValueError(f"{path}: its optimizer has {len(saved_groups)} parameter groups, this run "
+                             f"{len(configured)}")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        for group, settings in zip(self.optimizer.param_groups, configured):
+            group.update(settings)
+        self.scheduler.base_lrs = [g["initial_lr"] for g in self.optimizer.param_groups]  # its rules: this config's
+        for group, base, rule in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
+            group["lr"] = base * rule(self.scheduler.last_epoch)
+        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.history = state["step"], state["history"]
-        if self.rank == 0 and self.config.out_dir:  # the log as of the checkpoint: no row twice after a kill
-            atomic.write(os.path.join(self.config.out_dir, "log.jsonl"),
-                         lambda f: f.writelines(json.dumps(row) + "\n" for row in self.history), mode="w")
+        self._log_from_checkpoint = True  # fit() rewrites the log as of the checkpoint: no row twice after a kill
         torch.set_rng_state(state["rng"]["torch"])
         if state["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
