@@ -26,6 +26,17 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    """An argparse type: an int >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
 def _device(name):
     """The --device asked for, checked to exist here (before any run folder is touched)."""
     import torch
@@ -245,11 +256,11 @@ def main(argv: list[str] | None = None) -> int:
     p = command("tune", help="measure each op's backend at a config's training shapes ahead of training")
     p.add_argument("--config", required=True, help="YAML: as for train")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. data.max_tokens=2048")
-    p.add_argument("--batches", type=int, default=4, help="batches to run (their shapes are the ones measured)")
+    p.add_argument("--batches", type=_positive, default=4, help="batches to run (their shapes are the ones measured)")
     p.add_argument("--device", default=None)
     p.set_defaults(func=_tune)
     p = command("demo", help="train a character-level Transformer on tiny Shakespeare and print samples")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default: 5000 on a GPU, 300 on a CPU)")
+    p.add_argument("--steps", type=_positive, default=None, help="training steps (default: 5000 on a GPU, 300 on a CPU)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
     p.add_argument("--out", default="runs/demo", help="folder for the log, the curve, the model and tokenizer")
     p.set_defaults(func=_demo)
@@ -272,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     p = command("eval", help="metrics of a finished run on a split (perplexity, BLEU, accuracy)")
     p.add_argument("run", help="the run folder")
     p.add_argument("--split", default="test")
-    p.add_argument("--limit", type=int, default=None, help="only the first N examples (sentences, texts, windows)")
+    p.add_argument("--limit", type=_positive, default=None, help="only the first N examples (sentences, texts, windows)")
     p.add_argument("--device", default=None)
     p.set_defaults(func=_eval)
     for name in ("generate", "translate"):
@@ -281,8 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("text", nargs="*", help="prompts or sources (default: one per line on stdin)")
         p.add_argument("--method", choices=("greedy", "sample", "beam"), default="beam" if name == "translate"
                        else "sample")
-        p.add_argument("--beams", type=int, default=5)
-        p.add_argument("--max-new-tokens", type=int, default=100)
+        p.add_argument("--beams", type=_positive, default=5)
+        p.add_argument("--max-new-tokens", type=_positive, default=100)
         p.add_argument("--temperature", type=float, default=0.8)
         p.add_argument("--top-k", type=int, default=0)
         p.add_argument("--top-p", type=float, default=1.0)
@@ -293,24 +304,24 @@ def main(argv: list[str] | None = None) -> int:
     p = command("ngram", help="an interpolated Kneser-Ney n-gram LM: perplexity on held-out text")
     p.add_argument("--train", default="wikitext-2:valid", help="dataset:split to count")
     p.add_argument("--test", default="wikitext-2:test", help="dataset:split to score")
-    p.add_argument("--order", type=int, default=3)
+    p.add_argument("--order", type=_positive, default=3)
     p.add_argument("--discount", type=float, default=0.75)
-    p.add_argument("--min-count", type=int, default=1)
+    p.add_argument("--min-count", type=_positive, default=1)
     p.add_argument("--lowercase", action="store_true")
     p.set_defaults(func=_ngram)
     p = command("word2vec", help="word2vec on a data set, then nearest words to queries")
     p.add_argument("--data", default="wikitext-2:valid", help="dataset:split")
     p.add_argument("--mode", choices=("skipgram", "cbow"), default="skipgram")
-    p.add_argument("--dim", type=int, default=100)
-    p.add_argument("--window", type=int, default=5)
+    p.add_argument("--dim", type=_positive, default=100)
+    p.add_argument("--window", type=_positive, default=5)
     p.add_argument("--negative", type=int, default=5, help="negative samples (0: full softmax)")
-    p.add_argument("--min-count", type=int, default=5)
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--batch", type=int, default=2048)
+    p.add_argument("--min-count", type=_positive, default=5)
+    p.add_argument("--steps", type=_positive, default=2000)
+    p.add_argument("--batch", type=_positive, default=2048)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--query", nargs="*", default=["january", "he", "war"])
-    p.add_argument("-k", type=int, default=8)
+    p.add_argument("-k", type=_positive, default=8)
     p.add_argument("--save", default=None, help="write the model (and its tokenizer beside it)")
     p.set_defaults(func=_word2vec)
     p = command("bench", help="the benchmark sweep (benchmarks/sweep.py of a checkout); other arguments go "

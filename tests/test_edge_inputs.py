@@ -78,3 +78,144 @@ def test_out_of_range_rows_name_the_class_and_method():
     keys = attention.precompute_keys(torch.randn(2, 3, 5))
     with pytest.raises(IndexError, match=r"PrecomputedKeys.index_select: index must lie in \[0, 2\)"):
         keys.index_select(torch.tensor([-1, 0]))
+
+
+# ---------------------------------------------------- the second pass: each a clear error or torch's answer
+
+def _tiny_lm():
+    from fastseq.models import CausalLM, CausalLMConfig
+    return CausalLM(CausalLMConfig(19, 16, 4, 2, dropout=0.0, max_len=40, pad_id=0, eos_id=2)).eval()
+
+
+@pytest.mark.parametrize("option,value", [("length_penalty", float("inf")), ("length_penalty", float("nan")),
+                                          ("temperature", float("inf"))])
+def test_generation_options_must_be_finite(option, value):
+    from fastseq.generation import generate
+    with pytest.raises(ValueError, match=f"{option} must be"):
+        generate(_tiny_lm(), torch.tensor([[3, 4]]), max_new_tokens=2, method="beam", **{option: value})
+
+
+def test_generation_refuses_meta_float_and_misplaced_prompts():
+    from fastseq.generation import generate
+    model = _tiny_lm()
+    with pytest.raises(ValueError, match="meta device"):
+        generate(model, torch.empty(1, 3, dtype=torch.long, device="meta"), max_new_tokens=2)
+    with pytest.raises(TypeError, match="integer token ids"):
+        generate(model, torch.tensor([[3.0, 4.0]]), max_new_tokens=2)
+    with pytest.raises(TypeError, match="lengths must be integers"):
+        generate(model, torch.tensor([[3, 4]]), torch.tensor([1.0]), max_new_tokens=2)
+
+
+def test_attention_scale_must_be_finite():
+    q = torch.randn(1, 2, 3, 4)
+    for scale in (float("inf"), float("nan"), 0.0, True):
+        with pytest.raises(ValueError, match="scale must be a positive finite number"):
+            ops.attention(q, q, q, scale=scale)
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch"])
+def test_a_float_mask_hiding_a_whole_row_gives_zeros_and_torch_s_gradients(backend):
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 2, n, 4, dtype=torch.float64, requires_grad=True) for n in (3, 5, 5))
+    mask = torch.randn(3, 5, dtype=torch.float64)
+    mask[1] = float("-inf")
+    mask.requires_grad_()
+    grads = {}
+    for name in ("torch", backend):
+        for t in (q, k, v, mask):
+            t.grad = None
+        with backends.use(name):
+            out = ops.attention(q, k, v, attn_mask=mask)
+        (out * torch.arange(out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+        grads[name] = [out.detach()] + [t.grad.clone() for t in (q, k, v, mask)]
+    assert grads[backend][0][:, :, 1].abs().max() == 0
+    for ours, theirs in zip(grads[backend], grads["torch"]):
+        assert torch.isfinite(ours).all()
+        torch.testing.assert_close(ours, theirs)
+
+
+def test_lstm_cell_hidden_state_must_be_a_pair():
+    cell = fastseq.nn.LSTMCell(4, 3)
+    with pytest.raises(TypeError, match=r"hx must be a tuple \(h_0, c_0\) of two tensors, got tuple of 1"):
+        cell(torch.randn(2, 4), (torch.randn(2, 3),))
+
+
+def test_kv_cache_sizes_are_ints_not_bools():
+    with pytest.raises(ValueError, match="batch must be a positive int, got True"):
+        fastseq.nn.KVCache(batch=True, kv_heads=1, head_dim=4, capacity=3)
+
+
+def test_a_static_cache_appended_past_its_capacity_names_it():
+    cache = fastseq.nn.KVCache(2, 1, 4, 2)
+    cache.make_static()
+    for _ in range(2):
+        cache.append(torch.randn(2, 1, 1, 4), torch.randn(2, 1, 1, 4))
+    with pytest.raises(ValueError, match="already holds its capacity of 2 positions"):
+        cache.append(torch.randn(2, 1, 1, 4), torch.randn(2, 1, 1, 4))
+
+
+def test_mha_with_a_cache_checks_the_causal_mask_it_is_told_of():
+    mha = fastseq.nn.MultiheadAttention(8, 2, batch_first=True).eval()
+    x = torch.randn(1, 3, 8)
+    causal = torch.ones(3, 3, dtype=torch.bool).triu(1)
+    with torch.no_grad():
+        out, _ = mha(x, x, x, kv_cache=fastseq.nn.KVCache(1, 2, 4, 8), is_causal=True, attn_mask=causal)
+        expected, _ = mha(x, x, x, kv_cache=fastseq.nn.KVCache(1, 2, 4, 8))
+        torch.testing.assert_close(out, expected)
+        with pytest.raises(ValueError, match="this one is not"):
+            mha(x, x, x, kv_cache=fastseq.nn.KVCache(1, 2, 4, 8), is_causal=True,
+                attn_mask=torch.zeros(3, 3, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("ids", [[-1], [100], [3, 50]])
+def test_decoding_an_id_outside_the_vocabulary_names_it(ids):
+    from fastseq.data.tokenizers import CharTokenizer
+    tok = CharTokenizer.fit(["abc"])
+    with pytest.raises(ValueError, match=f"id {[i for i in ids if not 0 <= i < tok.vocab_size][0]} is outside"):
+        tok.decode(ids)
+
+
+def test_damaged_or_incomplete_tokenizer_files_are_refused(tmp_path):
+    import json
+    from fastseq.data.tokenizers import CharTokenizer, load_tokenizer
+    tok = CharTokenizer.fit(["abcdef"])
+    path = tmp_path / "tokenizer.json"
+    tok.save(path)
+    assert load_tokenizer(path).decode(tok.encode("fed")) == "fed"
+    damaged = path.read_text().replace('"a"', '"z"')  # the same size, another meaning
+    assert len(damaged) == len(path.read_text())
+    path.write_text(damaged)
+    with pytest.raises(ValueError, match="damaged"):
+        load_tokenizer(path)
+    path.write_text(json.dumps({"format": "fastseq-tokenizer/1", "kind": "char"}))
+    with pytest.raises(ValueError, match="needs 'chars'"):
+        load_tokenizer(path)
+
+
+def test_token_budget_batches_of_nothing_is_no_batch():
+    from fastseq.data.batching import token_budget_batches
+    assert token_budget_batches([], 100) == []
+
+
+def test_a_malformed_choice_in_the_cache_file_is_remeasured_not_fatal(tmp_path, monkeypatch):
+    import json
+    from fastseq import diagnostics
+    from fastseq.ops import tuning
+    path = tmp_path / "choices.json"
+    path.write_text(json.dumps({"versions": tuning._versions(), "choices": {
+        "bad": {"backend": "torch", "times_ms": 3, "tuning_s": 0.1},
+        "good": {"backend": "torch", "times_ms": {"torch": 1.0}, "tuning_s": 0.1}}}))
+    monkeypatch.setenv("FASTSEQ_CACHE", str(path))
+    tuning.forget()
+    try:
+        with pytest.warns(RuntimeWarning, match="the choice for bad is malformed"):
+            assert set(tuning.choices()) == {"good"}
+        diagnostics.info()
+    finally:
+        tuning.forget()
+
+
+def test_cli_counts_must_be_positive():
+    from test_cli import fastseq as run_cli
+    out = run_cli("tune", "--config", "configs/char_transformer_shakespeare.yaml", "--batches", "-3")
+    assert out.returncode == 2 and "expected a positive integer, got -3" in out.stderr, out.stderr

@@ -30,6 +30,8 @@ def token_budget_batches(lengths: Sequence[int], max_tokens: int, shuffle: bool 
     """Indices grouped into batches of similar lengths whose padded size (rows × longest) stays within
     max_tokens: sort within windows of `bucket` batches' worth of examples (so that batches are random
     but padding is small), cut, then shuffle the batches. Deterministic in seed."""
+    if not lengths:
+        return []
     if max_tokens < max(lengths):
         raise ValueError(f"token_budget_batches: max_tokens ({max_tokens}) must hold the longest example "
                          f"({max(lengths)} tokens)")

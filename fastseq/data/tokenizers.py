@@ -46,6 +46,9 @@ class Tokenizer:
     def decode(self, ids: Iterable[int], skip_special: bool = True) -> str:
         """Text of ids; stops at the first <eos> and drops the other special tokens when skip_special."""
         ids = [int(i) for i in ids]
+        bad = next((i for i in ids if not 0 <= i < self.vocab_size), None)
+        if bad is not None:
+            raise ValueError(f"{type(self).__name__}.decode: id {bad} is outside the vocabulary [0, {self.vocab_size})")
         if skip_special:
             if EOS in ids:
                 ids = ids[:ids.index(EOS)]
@@ -57,8 +60,8 @@ class Tokenizer:
         return {"format": "fastseq-tokenizer/1", "kind": self.kind, **self._state()}
 
     def save(self, path: str | os.PathLike) -> None:
-        """One JSON file, written atomically."""
-        state = self.state()
+        """One JSON file, written atomically, with a checksum of its content (a damaged file is refused)."""
+        state = {**self.state(), "sha256": _checksum(self.state())}
         atomic.write(path, lambda f: json.dump(state, f, ensure_ascii=False), mode="w")
 
 
@@ -178,15 +181,39 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
         raise FileNotFoundError(f"no tokenizer file at {os.fspath(path)!r}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{os.fspath(path)}: not a fastseq tokenizer file (bad JSON: {e})") from None
+    if isinstance(state, dict) and "format" not in state and isinstance(state.get("model"), dict):
+        from tokenizers import Tokenizer as HFTokenizer  # a tokenizer.json HF `tokenizers` wrote (save_pretrained)
+
+        try:
+            return BPETokenizer(HFTokenizer.from_str(json.dumps(state)))
+        except Exception as e:  # noqa: BLE001
+            raise ValueError(f"{os.fspath(path)}: not a loadable Hugging Face tokenizer ({e})") from None
     if not isinstance(state, dict) or state.get("format") != "fastseq-tokenizer/1":
         raise ValueError(f"{os.fspath(path)}: not a fastseq tokenizer file")
+    saved_sum = state.pop("sha256", None)
+    if saved_sum is not None and saved_sum != _checksum(state):
+        raise ValueError(f"{os.fspath(path)}: the tokenizer file is damaged (its content does not match its sha256)")
     kind = state.get("kind")
-    if kind == "char":
-        return CharTokenizer(state["chars"])
-    if kind == "word":
-        return WordTokenizer(state["words"], state.get("lowercase", False))
-    if kind == "bpe":
+    fields = {"char": ("chars", list), "word": ("words", list), "bpe": ("hf", str)}
+    if kind not in fields:
+        raise ValueError(f"{os.fspath(path)}: unknown tokenizer kind {kind!r} (char, word, bpe)")
+    name, expected = fields[kind]
+    if not isinstance(state.get(name), expected):
+        raise ValueError(f"{os.fspath(path)}: a {kind} tokenizer file needs {name!r} ({expected.__name__}), got "
+                         f"{type(state.get(name)).__name__}")
+    try:
+        if kind == "char":
+            return CharTokenizer(state["chars"])
+        if kind == "word":
+            return WordTokenizer(state["words"], state.get("lowercase", False))
         from tokenizers import Tokenizer as HFTokenizer
 
         return BPETokenizer(HFTokenizer.from_str(state["hf"]))
-    raise ValueError(f"{os.fspath(path)}: unknown tokenizer kind {kind!r} (char, word, bpe)")
+    except (TypeError, ValueError, Exception) as e:  # noqa: BLE001 - a malformed entry inside the file
+        raise ValueError(f"{os.fspath(path)}: not a loadable {kind} tokenizer ({type(e).__name__}: {e})") from None
+
+
+def _checksum(state: dict) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(state, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()

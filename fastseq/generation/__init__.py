@@ -13,6 +13,7 @@ layer, recurrent models their (h, c) and the attention's projected keys.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Union
 
 import torch
@@ -63,6 +64,7 @@ def generate(model: Decoder, inputs: Tensor, lengths=None, *, max_new_tokens: in
         raise ValueError("generate: cuda_graph=True needs CUDA inputs and use_cache=True, got "
                          f"{'inputs on ' + str(inputs.device) if isinstance(inputs, Tensor) else type(inputs).__name__}"
                          f"{'' if use_cache else ' and use_cache=False'}")
+    _check_inputs(model, inputs, lengths)
     if isinstance(inputs, Tensor) and inputs.dim() == 2 and inputs.shape[0] == 0:  # no rows: nothing to generate
         return Generation(inputs.new_empty(0, 0), inputs.new_empty(0), torch.empty(0, device=inputs.device))
     was_training = model.training
@@ -90,6 +92,23 @@ def _vocab_size(model) -> Optional[int]:
     return None
 
 
+def _check_inputs(model, inputs, lengths) -> None:
+    """Prompts of token ids on the model's device (never the meta device: it holds no values), and lengths
+    of an integer type."""
+    if not isinstance(inputs, Tensor):
+        return
+    if inputs.is_meta:
+        raise ValueError("generate: inputs are on the meta device, which holds no token ids")
+    if inputs.dtype == torch.bool or inputs.is_floating_point() or inputs.is_complex():
+        raise TypeError(f"generate: inputs must be integer token ids, got {inputs.dtype}")
+    param = next(model.parameters(), None) if isinstance(model, torch.nn.Module) else None
+    if param is not None and inputs.device != param.device:
+        raise ValueError(f"generate: inputs are on {inputs.device}, the model on {param.device}; move one of them")
+    if isinstance(lengths, Tensor) and (lengths.dtype == torch.bool or lengths.is_floating_point()
+                                        or lengths.is_complex()):
+        raise TypeError(f"generate: lengths must be integers, got {lengths.dtype}")
+
+
 def check_options(*, method, max_new_tokens, beams, temperature, top_k, top_p, no_repeat_ngram_size,
                   length_penalty) -> None:
     """generate()'s options are valid; else a ValueError naming the option (a run config checks its
@@ -104,8 +123,11 @@ def check_options(*, method, max_new_tokens, beams, temperature, top_k, top_p, n
         raise ValueError(f"generate: temperature must be > 0, got {temperature!r}")
     if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
         raise ValueError(f"generate: top_p must lie in (0, 1], got {top_p!r}")
-    if isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float)):
-        raise ValueError(f"generate: length_penalty must be a number, got {length_penalty!r}")
+    if isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float)) \
+            or not math.isfinite(length_penalty):
+        raise ValueError(f"generate: length_penalty must be a finite number, got {length_penalty!r}")
+    if isinstance(temperature, float) and not math.isfinite(temperature):
+        raise ValueError(f"generate: temperature must be finite, got {temperature!r}")
 
 
 __all__ = ["Decoder", "DecodingState", "Generation", "block_repeated_ngrams", "check_options", "generate",

@@ -20,6 +20,8 @@ from .graphs import decode_steps
 from .logits import block_repeated_ngrams, end_blocked_rows, top_k_filter, top_p_filter
 from .protocol import Decoder
 
+FIRST_COLUMNS = 64  # tokens a greedy or sampled row holds at first; doubled as it grows
+
 
 @dataclass
 class Generation:
@@ -42,7 +44,7 @@ def sequential(model: Decoder, inputs: Tensor, lengths, max_new_tokens: int, eos
     logits, state = model.begin_decoding(inputs, lengths, max_new_tokens=max_new_tokens, use_cache=use_cache)
     B, device = logits.shape[0], logits.device
     step = decode_steps(model, state, cuda_graph, device, B)
-    tokens = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    tokens = torch.full((B, min(max_new_tokens, FIRST_COLUMNS)), pad_id, dtype=torch.long, device=device)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     out_lengths = torch.zeros(B, dtype=torch.long, device=device)
     scores = torch.zeros(B, dtype=torch.float32, device=device)
@@ -59,6 +61,8 @@ def sequential(model: Decoder, inputs: Tensor, lengths, max_new_tokens: int, eos
         token = token.masked_fill(finished, pad_id)
         scores += logp.masked_fill(finished, 0.0)
         out_lengths += (~finished).long()
+        if t == tokens.shape[1]:  # grown as generation goes, never sized by max_new_tokens up front
+            tokens = torch.cat([tokens, torch.full_like(tokens, pad_id)[:, :min(tokens.shape[1], max_new_tokens - t)]], 1)
         tokens[:, t] = token
         if eos_id is not None:
             finished |= token == eos_id

@@ -33,7 +33,7 @@ class KVCache:
                  dtype: torch.dtype = torch.float32, device: Union[torch.device, str, None] = None):
         for name, value in (("batch", batch), ("kv_heads", kv_heads), ("head_dim", head_dim),
                             ("capacity", capacity)):
-            if not isinstance(value, int) or value < 1:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"KVCache: {name} must be a positive int, got {value!r}")
         value_dim = head_dim if value_dim is None else value_dim
         self.k = torch.zeros(batch, kv_heads, capacity, head_dim, dtype=dtype, device=device)
@@ -71,7 +71,8 @@ class KVCache:
             if T != 1 or counts is not None:
                 raise ValueError(f"KVCache.append: a static cache takes one position per row at a time, got T={T}"
                                  + (" with counts" if counts is not None else ""))
-            index = self.lengths.long()[:, None, None, None]
+            self._check_room()
+            index = self.lengths.long().clamp_max(self.capacity - 1)[:, None, None, None]  # the check names it
             self.k.scatter_(2, index.expand(B, H, 1, D), k)
             self.v.scatter_(2, index.expand(B, H, 1, self.v.shape[3]), v)
             self.lengths += 1
@@ -96,6 +97,17 @@ class KVCache:
             self.v.scatter_(2, index[:, None, :, None].expand(B, H, T, self.v.shape[3]), v)
         self.lengths += counts_t
         self.max_length += T
+
+    def _check_room(self) -> None:
+        """A static append past the capacity raises naming it: on the host for a CPU cache, on a GPU by an
+        asynchronous device assertion (no synchronization; the step's writes are clamped in bounds)."""
+        message = (f"KVCache.append: a row of this static cache already holds its capacity of {self.capacity} "
+                   f"positions; allocate a larger cache")
+        if self.lengths.device.type == "cpu":
+            if self.batch and int(self.lengths.max()) >= self.capacity:
+                raise ValueError(message)
+        else:
+            torch._assert_async((self.lengths < self.capacity).all(), message)
 
     def attend(self, q: Tensor, scale: Optional[float] = None) -> Tensor:
         """One new query per row, q (B, Hq, D), against what the cache holds -> (B, Hq, Dv): the decode

@@ -317,6 +317,9 @@ class LSTMCell(nn.Module):
         if hx is None:
             h = c = x.new_zeros(x.size(0), self.hidden_size)
         else:
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2 or not all(isinstance(t, Tensor) for t in hx):
+                raise TypeError(f"LSTMCell: hx must be a tuple (h_0, c_0) of two tensors, got "
+                                f"{type(hx).__name__}" + (f" of {len(hx)}" if isinstance(hx, (tuple, list)) else ""))
             h, c = hx
             if unbatched:
                 h, c = h.unsqueeze(0), c.unsqueeze(0)

@@ -286,6 +286,8 @@ class MultiheadAttention(nn.Module):
         if L > 1 and not cache.uniform:
             raise ValueError("MultiheadAttention: several queries at once need a kv_cache whose rows hold equal "
                              "lengths; append ragged prompts with their counts, then decode one token at a time")
+        if attn_mask is not None:  # is_causal=True: a hint that attn_mask is the causal mask; checked, not trusted
+            _check_causal_mask(attn_mask, L, cache.max_length + L if not cache.static else None)
         cache.append(self._heads(k), self._heads(v), counts=lengths)
         keys, values = cache.keys(), cache.values()
         lengths = None if cache.uniform else cache.lengths  # every row holding every position: no padding
@@ -346,3 +348,20 @@ def _bool_padding(key_padding_mask: Optional[Tensor]) -> Optional[Tensor]:
     if not bool((key_padding_mask.masked_fill(padded, 0) == 0).all()):
         raise ValueError("MultiheadAttention: a float key_padding_mask must hold only 0 (keep) and -inf (pad)")
     return padded
+
+
+def _check_causal_mask(attn_mask: Tensor, L: int, S: Optional[int]) -> None:
+    """attn_mask (L, S) is the causal mask over a cache's positions (the new L at the end): bool True where a
+    query may not attend, or float -inf there and 0 elsewhere; anything else would be silently ignored."""
+    if attn_mask.dim() != 2 or attn_mask.shape[0] != L or (S is not None and attn_mask.shape[1] != S):
+        raise ValueError(f"MultiheadAttention: with a kv_cache and is_causal=True, attn_mask must be the causal "
+                         f"mask ({L}, {S if S is not None else 'S'}), got shape {tuple(attn_mask.shape)}")
+    S = attn_mask.shape[1]
+    blocked = torch.ones(L, S, dtype=torch.bool, device=attn_mask.device).triu(S - L + 1)
+    expected = blocked if attn_mask.dtype == torch.bool else torch.zeros(L, S, dtype=attn_mask.dtype,
+                                                                          device=attn_mask.device).masked_fill(
+        blocked, float("-inf"))
+    if not torch.equal(attn_mask, expected):
+        raise ValueError("MultiheadAttention: with a kv_cache the attention is causal over the cached and new "
+                         "positions; is_causal=True says attn_mask is that causal mask, and this one is not (pass "
+                         "no attn_mask)")

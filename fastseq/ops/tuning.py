@@ -149,10 +149,30 @@ def _read() -> dict[str, Measured]:
         if data.get("versions") != _versions():
             _warn("stale", f"{path} holds choices for {data.get('versions')}, not {_versions()}: they are remeasured")
             return {}
-        return {k: Measured(**v) for k, v in data["choices"].items()}
+        choices = {}
+        for bucket, entry in data["choices"].items():
+            found = _entry(entry)
+            if found is None:
+                warnings.warn(f"fastseq backend choices: {path}: the choice for {bucket} is malformed "
+                              f"({str(entry)[:80]}); it is remeasured", RuntimeWarning, stacklevel=4)
+            else:
+                choices[bucket] = found
+        return choices
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as error:
         _warn("corrupt", f"{path} cannot be read ({type(error).__name__}: {error})")
         return {}
+
+
+def _entry(entry) -> Optional[Measured]:
+    """A cache file's choice, or None where it is not one (a backend name, times by backend, a cost)."""
+    number = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool) and x >= 0  # noqa: E731
+    if not isinstance(entry, dict) or set(entry) != {"backend", "times_ms", "tuning_s"}:
+        return None
+    times = entry["times_ms"]
+    if not isinstance(entry["backend"], str) or not isinstance(times, dict) or not number(entry["tuning_s"]) \
+            or not all(isinstance(b, str) and number(t) for b, t in times.items()):
+        return None
+    return Measured(**entry)
 
 
 def _loaded() -> dict[str, Measured]:

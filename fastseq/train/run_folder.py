@@ -139,6 +139,7 @@ class RunFolder:
                 saved = json.load(f)
         except (ValueError, UnicodeDecodeError) as e:
             raise ValueError(f"{path}: not a readable tokenizer ({e}); pass --fresh to start the run afresh") from None
+        saved.pop("sha256", None)
         if saved != json.loads(json.dumps(state)):
             raise ValueError(f"run folder {self.path}: the tokenizer this config's data gives ({_describe(state)}) "
                              f"is not the checkpoint's ({path}: {_describe(saved)}): the data changed since the "

@@ -13,6 +13,7 @@ the Triton kernels in triton_forward.py, triton_backward.py and triton_decode.py
 from __future__ import annotations
 
 import functools
+import math
 from typing import Optional, Sequence, Union
 
 import torch
@@ -125,8 +126,8 @@ def _check_heads(op: str, q: Tensor, k: Tensor, v: Tensor, q_dims: str) -> None:
 
 
 def _check_scale(op: str, scale) -> None:
-    if scale is not None and (not isinstance(scale, (int, float)) or not scale > 0):
-        C.fail(op, f"scale must be a positive number or None, got {scale!r}")
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < math.inf):
+        C.fail(op, f"scale must be a positive finite number or None, got {scale!r}")
 
 
 def _attn_mask(op: str, attn_mask: Optional[Tensor], B: int, Hq: int, Tq: int, Tk: int,
@@ -163,7 +164,10 @@ def cache_layout(t: Tensor) -> Tensor:
 def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, key_padding_mask: Optional[Tensor] = None,
               lengths: Union[Tensor, Sequence[int], None] = None, scale: Optional[float] = None,
               dropout_p: float = 0.0, attn_mask: Optional[Tensor] = None) -> Tensor:
-    """Scaled dot-product attention of q (B, Hq, Tq, D) over k (B, Hkv, Tk, D), v (B, Hkv, Tk, Dv) -> (B, Hq, Tq, Dv).
+    """Attention with torch.nn.MultiheadAttention's mask convention (a bool attn_mask is True where a query may
+    NOT attend; causal aligned to the end of the keys): for SDPA's, use `fastseq.ops.scaled_dot_product_attention`.
+
+    Scaled dot-product attention of q (B, Hq, Tq, D) over k (B, Hkv, Tk, D), v (B, Hkv, Tk, Dv) -> (B, Hq, Tq, Dv).
 
     Hkv must divide Hq (grouped-query and multi-query attention). causal: query i sees keys
     j <= i + Tk − Tq (aligned to the end of the keys, as in KV-cache decoding). Keys are padded where

@@ -83,8 +83,9 @@ def scores(q: Tensor, k: Tensor, scale: float, causal: bool, lengths: Optional[T
 def _probabilities(q, k, scale, causal, lengths, key_padding_mask, attn_mask):
     """P (B, Hq, Tq, Tk) and lse (B, Hq, Tq) in the accumulation dtype."""
     s = scores(q, k, scale, causal, lengths, key_padding_mask, attn_mask)
-    lse = torch.logsumexp(s, dim=-1)
-    lse = lse.masked_fill(lse == float("-inf"), float("inf"))  # no visible key: P = 0
+    empty = (s == float("-inf")).all(dim=-1)  # no visible key (a float mask may hide every one): P = 0
+    # logsumexp's gradient on a row of -inf is NaN (0 · NaN upstream): such rows take it over zeros
+    lse = torch.logsumexp(s.masked_fill(empty[..., None], 0.0), dim=-1).masked_fill(empty, float("inf"))
     return torch.exp(s - lse[..., None]), lse
 
 
