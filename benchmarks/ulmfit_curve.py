@@ -62,7 +62,7 @@ def _scratch(tokenizer, model_cfg, records, num_classes, settings, steps, lr, de
     """The classifier from random weights, every layer trained for `steps` (cosine schedule, 10% warm-up)."""
     torch.manual_seed(seed)
     body = LSTMLM(LSTMLMConfig(tokenizer.vocab_size, **model_cfg, pad_id=tokenizer.pad_id))
-    model = SequenceClassifier.from_pretrained(body, num_classes, hidden_dim=int(settings.get("hidden_dim", 50)),
+    model = SequenceClassifier.from_language_model(body, num_classes, hidden_dim=int(settings.get("hidden_dim", 50)),
                                                dropout=float(settings.get("dropout", 0.1))).to(device)
     max_len = int(settings.get("max_len", 128))
     ids = encode_labelled(tokenizer, records, max_len)

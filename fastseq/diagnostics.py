@@ -14,6 +14,22 @@ from .ops import evidence, tuning
 from .ops.registry import declared
 
 
+def _integrations() -> dict[str, str]:
+    """Which ways into other libraries' code this install offers, and why not where one is missing."""
+    import importlib.util
+
+    found = {"fastseq.nn.convert": "yes (torch.nn's LSTM, LSTMCell, MultiheadAttention, Transformer*)",
+             "fastseq.ops.scaled_dot_product_attention": "yes (torch SDPA's signature and conventions)"}
+    if importlib.util.find_spec("transformers") is None:
+        found["fastseq.integrations.transformers"] = "no: transformers is not installed (pip install transformers)"
+    else:
+        from importlib.metadata import version
+
+        found["fastseq.integrations.transformers"] = (f"yes (transformers {version('transformers')}): "
+                                                      f"attn_implementation=\"fastseq\" after importing it")
+    return found
+
+
 def collect() -> dict[str, Any]:
     """Everything `info()` prints, as a dict (for logs and benchmark records)."""
     import fastseq
@@ -31,6 +47,7 @@ def collect() -> dict[str, Any]:
         "capability": ".".join(map(str, torch.cuda.get_device_capability(0))) if device else None,
         "extension": ext.build_info() if ext is not None else None,
         "extension_error": backends.extension_error(),
+        "integrations": _integrations(),
         "ops": {},
     }
     for family, declaration in declared().items():
@@ -92,6 +109,8 @@ def info(file: Optional[TextIO] = None) -> None:
         f"device     " + (f"{r['device']} (sm_{r['capability'].replace('.', '')})" if r["device"] else "no CUDA device"),
         f"fastseq._C {built}",
         f"override   {backends.ENV_VAR}={__import__('os').environ.get(backends.ENV_VAR, '') or '(unset)'}",
+        "integrations:",
+        *(f"  {name}: {state}" for name, state in r["integrations"].items()),
         "ops:",
     ]
     for family, row in r["ops"].items():

@@ -164,7 +164,7 @@ def _distinct_batches(count, B, T):
 @pytest.mark.parametrize("body", ["lstm_lm", "masked_lm"])
 def test_classifier_fits_fixed_batches(body):
     lm = lstm_lm() if body == "lstm_lm" else masked_lm()
-    model = SequenceClassifier.from_pretrained(lm, num_classes=3, dropout=0.0)
+    model = SequenceClassifier.from_language_model(lm, num_classes=3, dropout=0.0)
     batches = [(tokens, torch.randint(0, 3, (8,)), n) for tokens, n in _distinct_batches(2, B=8, T=6)]
     first, final = _fit(model, _Loss(model.loss, batches), steps=150)
     assert final < 0.1, (first, final)
@@ -302,7 +302,7 @@ def test_beams_share_the_encoder_memory():
 def test_save_load_gives_identical_outputs(kind, tmp_path):
     make = {"lstm_lm": lstm_lm, "lstm_lm_weight_drop": lambda: lstm_lm(weight_drop=0.5), "causal_lm": causal_lm,
             "masked_lm": masked_lm, "bahdanau": lambda: seq2seq("additive"), "transformer": transformer,
-            "classifier": lambda: SequenceClassifier.from_pretrained(causal_lm(), 4)}[kind]
+            "classifier": lambda: SequenceClassifier.from_language_model(causal_lm(), 4)}[kind]
     model = make().eval()
     tokens, n = batch(B=3, T=6)
     if kind in ("bahdanau", "transformer"):
@@ -332,7 +332,7 @@ def test_load_rejects_other_files(tmp_path):
 def test_classifier_loads_a_saved_body(tmp_path):
     lm = lstm_lm()
     lm.save(tmp_path / "lm.pt")
-    clf = SequenceClassifier.from_pretrained(tmp_path / "lm.pt", num_classes=2)
+    clf = SequenceClassifier.from_language_model(tmp_path / "lm.pt", num_classes=2)
     for (name, a), b in zip(lm.state_dict().items(), clf.body.state_dict().values()):
         assert torch.equal(a, b), name
     with pytest.raises(ValueError, match="vocab_size"):
@@ -353,7 +353,7 @@ def test_classifier_loads_a_saved_body(tmp_path):
     (lambda: LSTMLMConfig(V, hidden_dropout=1.5), "hidden_dropout must be a probability"),
     (lambda: MaskedLMConfig(V, mask_id=0, pad_id=0), "mask_id and pad_id must differ"),
     (lambda: SequenceClassifierConfig("GRU", {}), "body must be one of"),
-    (lambda: CausalLMConfig(V, activation="tanh"), "activation must be 'relu' or 'gelu'"),
+    (lambda: CausalLMConfig(V, activation="tanh"), "activation must be 'relu', 'gelu' or 'gelu_tanh'"),
     (lambda: TransformerConfig(V, V, d_model=16, num_heads=4, max_len=0), "max_len must be a positive int"),
 ])
 def test_bad_configs_fail_clearly(make, match):
@@ -374,7 +374,7 @@ def test_bad_inputs_fail_clearly():
     with pytest.raises(ValueError, match="share their batch size"):
         transformer()(torch.ones(2, 3, dtype=torch.long), torch.ones(3, 3, dtype=torch.long))
     with pytest.raises(ValueError, match="labels must be 2 class ids"):
-        SequenceClassifier.from_pretrained(lstm_lm(), 3).loss(torch.ones(2, 3, dtype=torch.long), torch.rand(2))
+        SequenceClassifier.from_language_model(lstm_lm(), 3).loss(torch.ones(2, 3, dtype=torch.long), torch.rand(2))
     with pytest.raises(TypeError, match="takes a CausalLMConfig"):
         CausalLM(LSTMLMConfig(V))
 

@@ -202,5 +202,5 @@ def test_errors_name_the_argument():
         ours(tgt[:2], memory, memory_mask=torch.zeros(3, 5, dtype=torch.bool))
     with pytest.raises(ValueError, match="PrecomputedKV memory carries its own padding"):
         ours(tgt[:2], static, memory_lengths=[5, 5])
-    with pytest.raises(ValueError, match="activation must be 'relu', 'gelu' or a callable"):
+    with pytest.raises(ValueError, match="activation must be 'relu', 'gelu', 'gelu_tanh' or a callable"):
         fnn.TransformerEncoderLayer(D, HEADS, activation="tanh")

@@ -172,7 +172,7 @@ def test_ulmfit_discriminative_rates_and_groups():
     assert sum(p.numel() for g in groups for p in g) == sum(p.numel() for p in lm.parameters())
     rates = [g["lr"] for g in discriminative(groups, 1.0)]
     assert rates == pytest.approx([2.6 ** -4, 2.6 ** -3, 2.6 ** -2, 2.6 ** -1, 1.0])
-    clf = SequenceClassifier.from_pretrained(lm, 3)
+    clf = SequenceClassifier.from_language_model(lm, 3)
     assert layer_groups(clf)[-1] == list(clf.head.parameters())
 
 

@@ -17,6 +17,7 @@ from .. import atomic
 from ..numerics import autocast_dtype
 from ..ops.checks import read_values
 
+PRETRAINED_FORMAT = "fastseq-pretrained/1"
 FORMAT = "fastseq-model/1"
 _MODELS: dict[str, type["Model"]] = {}  # every Model subclass by class name (what a model file names)
 
@@ -121,6 +122,54 @@ class Model(nn.Module):
         model = model_cls(model_cls.config_class(**payload["config"]))
         model.load_state_dict(payload["state_dict"])
         return model.to(map_location) if map_location is not None else model
+
+
+    def save_pretrained(self, directory: Union[str, os.PathLike], tokenizer=None) -> None:
+        """A folder as Hugging Face lays one out: config.json ({"model", "config"}), model.safetensors (the
+        weights; tied ones stored once) and, given a tokenizer, tokenizer.json (a BPE one in the format
+        HF `tokenizers` reads itself; a char or word one in fastseq's)."""
+        import json
+
+        from safetensors.torch import save_model
+
+        os.makedirs(directory, exist_ok=True)
+        atomic.write(os.path.join(directory, "config.json"), lambda f: json.dump(
+            {"format": PRETRAINED_FORMAT, "model": type(self).__name__, "config": dataclasses.asdict(self.config)},
+            f, indent=1), mode="w")
+        temporary = os.path.join(directory, "model.safetensors.tmp")
+        save_model(self, temporary)
+        os.replace(temporary, os.path.join(directory, "model.safetensors"))
+        if tokenizer is not None:
+            hf = getattr(tokenizer, "hf", None)
+            path = os.path.join(directory, "tokenizer.json")
+            if hf is not None:
+                atomic.write(path, lambda f: f.write(hf.to_str()), mode="w")
+            else:
+                tokenizer.save(path)
+
+    @classmethod
+    def from_pretrained(cls, directory: Union[str, os.PathLike],
+                        map_location: Union[str, torch.device, None] = "cpu") -> "Model":
+        """The model `save_pretrained` wrote to `directory`; called on a subclass, it must be that model."""
+        import json
+
+        from safetensors.torch import load_model
+
+        config_path = os.path.join(directory, "config.json")
+        if not os.path.exists(config_path):
+            raise FileNotFoundError(f"{directory}: no config.json (not a save_pretrained folder)")
+        with open(config_path, encoding="utf-8") as f:
+            saved = json.load(f)
+        if not isinstance(saved, dict) or saved.get("format") != PRETRAINED_FORMAT:
+            raise ValueError(f"{config_path}: not a fastseq model config (format {PRETRAINED_FORMAT!r}); a Hugging "
+                             f"Face checkpoint loads through CausalLM.from_hf")
+        model_cls = model_class(saved["model"])
+        if cls is not Model and not issubclass(model_cls, cls):
+            raise ValueError(f"{directory}: holds a {saved['model']}, not a {cls.__name__}")
+        model = model_cls(model_cls.config_class(**saved["config"]))
+        load_model(model, os.path.join(directory, "model.safetensors"),
+                   device=str(map_location) if map_location is not None else "cpu")
+        return model
 
 
 def load(path: Union[str, os.PathLike], map_location: Union[str, torch.device, None] = "cpu") -> Model:

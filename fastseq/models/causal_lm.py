@@ -58,6 +58,14 @@ class CausalLM(Model):
 
     config_class = CausalLMConfig
 
+    @classmethod
+    def from_hf(cls, path_or_model) -> "CausalLM":
+        """A GPT-2 checkpoint (a directory or hub name transformers reads, or a GPT2LMHeadModel) as a
+        CausalLM: the same logits and the same greedy and beam outputs."""
+        from .hf import gpt2_to_causal_lm
+
+        return gpt2_to_causal_lm(path_or_model)
+
     def __init__(self, config: CausalLMConfig) -> None:
         super().__init__(config)
         c = config

@@ -4,7 +4,7 @@ real state, the max and the mean over real positions, then a two-layer head (nor
 norm, dropout, linear) gives the classes. The norms are layer norms where ULMFiT has batch norms, so
 that an example's prediction never depends on the rest of its batch, nor on running statistics that
 lag behind during fine-tuning. The body is an LSTMLM, CausalLM or MaskedLM, loaded from a pretrained
-one with `from_pretrained`.
+one with `from_language_model`.
 """
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ class SequenceClassifier(Model):
                                                                                    config.num_classes))
 
     @classmethod
-    def from_pretrained(cls, lm: Union[Model, str, os.PathLike], num_classes: int, hidden_dim: int = 50,
+    def from_language_model(cls, lm: Union[Model, str, os.PathLike], num_classes: int, hidden_dim: int = 50,
                         dropout: float = 0.1) -> "SequenceClassifier":
         """A classifier whose body is the language model `lm` (a model, or the path it was saved to)."""
         if not isinstance(lm, Model):

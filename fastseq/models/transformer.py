@@ -64,8 +64,8 @@ def check_transformer(owner: str, config) -> None:
     """What the Transformer configs share: heads that divide d_model, an activation the layers know."""
     if config.d_model % config.num_heads:
         raise ValueError(f"{owner}: d_model ({config.d_model}) must be divisible by num_heads ({config.num_heads})")
-    if config.activation not in ("relu", "gelu"):
-        raise ValueError(f"{owner}: activation must be 'relu' or 'gelu', got {config.activation!r}")
+    if config.activation not in ("relu", "gelu", "gelu_tanh"):
+        raise ValueError(f"{owner}: activation must be 'relu', 'gelu' or 'gelu_tanh', got {config.activation!r}")
 
 
 def layer_stack(layer_cls, config, num_layers: int) -> nn.ModuleList:

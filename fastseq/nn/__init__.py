@@ -1,5 +1,6 @@
 """Drop-in modules built on fastseq's ops."""
 from .additive_attention import AdditiveAttention, PrecomputedKeys
+from .convert import convert, revert
 from .kv_cache import KVCache
 from .linear import Linear
 from .lstm import LSTM, LSTMCell
@@ -9,4 +10,4 @@ from .transformer import (Transformer, TransformerDecoder, TransformerDecoderLay
 
 __all__ = ["AdditiveAttention", "KVCache", "LSTM", "Linear", "LSTMCell", "MultiheadAttention", "PrecomputedKeys",
            "PrecomputedKV", "Transformer", "TransformerDecoder", "TransformerDecoderLayer", "TransformerEncoder",
-           "TransformerEncoderLayer"]
+           "TransformerEncoderLayer", "convert", "revert"]

@@ -30,7 +30,13 @@ def _activation(activation: Union[str, Callable[[Tensor], Tensor]]) -> Callable[
         return F.relu
     if activation == "gelu":
         return F.gelu
-    raise ValueError(f"activation must be 'relu', 'gelu' or a callable, got {activation!r}")
+    if activation == "gelu_tanh":  # GPT-2's approximation
+        return _gelu_tanh
+    raise ValueError(f"activation must be 'relu', 'gelu', 'gelu_tanh' or a callable, got {activation!r}")
+
+
+def _gelu_tanh(x: Tensor) -> Tensor:
+    return F.gelu(x, approximate="tanh")
 
 
 class _Layer(nn.Module):

@@ -3,7 +3,8 @@ per op family (lstm, additive, dot_product): its declaration and public function
 reference and its Triton kernels beside them; registry.py holds the declarations."""
 from .additive import additive_attention, additive_attention_step
 from .dot_product import attention, attention_decode, attention_weights
+from .dot_product.sdpa import scaled_dot_product_attention
 from .lstm import lstm_cell, lstm_layer, lstm_step
 
 __all__ = ["additive_attention", "additive_attention_step", "attention", "attention_decode", "attention_weights",
-           "lstm_cell", "lstm_layer", "lstm_step"]
+           "lstm_cell", "lstm_layer", "lstm_step", "scaled_dot_product_attention"]

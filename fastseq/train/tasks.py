@@ -349,7 +349,7 @@ def _classify(task, config, data, model_cfg, train, device) -> Run:
         if vocab is not None and tokenizer.vocab_size > vocab:
             raise ValueError(f"config: model.pretrained: {pretrained}/tokenizer.json has {tokenizer.vocab_size} tokens, "
                              f"more than the model's vocabulary ({vocab})")
-        model = M.SequenceClassifier.from_pretrained(lm, num_classes, **model_cfg)
+        model = M.SequenceClassifier.from_language_model(lm, num_classes, **model_cfg)
     else:
         tokenizer = _tokenizer(data.get("tokenizer", {"kind": "word"}), [t for _, t in train_records])
         body = model_cfg.pop("body", {"class": "LSTMLM"})
@@ -357,7 +357,7 @@ def _classify(task, config, data, model_cfg, train, device) -> Run:
         body_model = _model("causal_lm" if body_cls != "MaskedLM" else "masked_lm", {"class": body_cls, **body},
                             {"vocab_size": tokenizer.vocab_size, "mask_id": tokenizer.mask_id,
                              "pad_id": tokenizer.pad_id, "max_len": int(data.get("max_len", 128))})
-        model = M.SequenceClassifier.from_pretrained(body_model, num_classes, **model_cfg)
+        model = M.SequenceClassifier.from_language_model(body_model, num_classes, **model_cfg)
     max_len = int(data.get("max_len", 128))
 
     train_ids = encode_labelled(tokenizer, train_records, max_len)

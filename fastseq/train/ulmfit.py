@@ -98,7 +98,7 @@ def train_classifier(lm, tokenizer, train_records, valid_records, settings: dict
     steps, lr = int(c.pop("steps_per_stage", 200)), float(c.pop("lr", 1e-2))
     max_tokens, max_len = int(c.pop("max_tokens", 2048)), int(c.pop("max_len", 128))
     seed = int(c.pop("seed", 0))
-    model = (wrap or (lambda m: m))(SequenceClassifier.from_pretrained(lm, num_classes, **c)).to(device)
+    model = (wrap or (lambda m: m))(SequenceClassifier.from_language_model(lm, num_classes, **c)).to(device)
 
     train_ids = encode_labelled(tokenizer, train_records, max_len)
     valid_ids = encode_labelled(tokenizer, valid_records, max_len) if valid_records else None

@@ -1,0 +1,71 @@
+"""Hugging Face checkpoints into fastseq's models: a GPT-2 written by transformers from a random config loads
+into CausalLM.from_hf with equal logits (float64) and equal greedy and beam outputs."""
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from fastseq.generation import generate  # noqa: E402
+from fastseq.models import CausalLM  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("gpt2")
+    config = transformers.GPT2Config(vocab_size=120, n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=1,
+                                     eos_token_id=2)
+    transformers.GPT2LMHeadModel(config).save_pretrained(path)
+    return path
+
+
+def test_gpt2_logits_equal_transformers(checkpoint):
+    hf = transformers.GPT2LMHeadModel.from_pretrained(checkpoint).double().eval()
+    ours = CausalLM.from_hf(checkpoint).double().eval()
+    assert ours.config.activation == "gelu_tanh" and ours.config.eos_id == 2
+    tokens = torch.randint(3, 120, (3, 11))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(tokens), hf(tokens).logits, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_gpt2_generation_equals_transformers(checkpoint, beams):
+    hf = transformers.GPT2LMHeadModel.from_pretrained(checkpoint).double().eval()
+    ours = CausalLM.from_hf(hf)
+    prompt = torch.randint(3, 120, (2, 6))
+    with torch.no_grad():
+        theirs = hf.generate(prompt, max_new_tokens=7, do_sample=False, num_beams=beams, length_penalty=0.0,
+                             eos_token_id=None, pad_token_id=0)[:, 6:]
+        found = generate(ours, prompt, max_new_tokens=7, method="beam" if beams > 1 else "greedy", beams=beams,
+                         length_penalty=0.0, eos_id=None)
+    assert torch.equal(found.tokens, theirs)
+
+
+def test_other_checkpoints_are_refused_naming_why():
+    bert = transformers.BertForMaskedLM(transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+                                                                 num_attention_heads=2, intermediate_size=32))
+    with pytest.raises(ValueError, match="a GPT-2 checkpoint is expected"):
+        CausalLM.from_hf(bert)
+
+
+def test_save_pretrained_round_trips_model_and_tokenizer(tmp_path):
+    from tokenizers import Tokenizer as HFTokenizer
+
+    from fastseq.data.tokenizers import BPETokenizer, load_tokenizer
+    from fastseq.models import CausalLMConfig, Model
+
+    text = ["the cat sat on the mat", "a dog sat on a log"] * 20
+    tokenizer = BPETokenizer.fit(text, vocab_size=60)
+    model = CausalLM(CausalLMConfig(tokenizer.vocab_size, 16, 2, 1, max_len=32)).eval()
+    model.save_pretrained(tmp_path, tokenizer)
+    assert {p.name for p in tmp_path.iterdir()} == {"config.json", "model.safetensors", "tokenizer.json"}
+    again = Model.from_pretrained(tmp_path)
+    assert type(again) is CausalLM and again.output.weight is again.embedding.tokens.weight  # still tied
+    tokens = torch.tensor([tokenizer.encode("the cat sat")])
+    with torch.no_grad():
+        torch.testing.assert_close(again.eval()(tokens), model(tokens))
+    hf_tok = HFTokenizer.from_file(str(tmp_path / "tokenizer.json"))  # HF tokenizers reads it itself
+    assert hf_tok.encode("the cat sat").ids == tokenizer.encode("the cat sat")
+    assert load_tokenizer(tmp_path / "tokenizer.json").encode("a dog") == tokenizer.encode("a dog")
+    with pytest.raises(ValueError, match="not a MaskedLM"):
+        __import__("fastseq").models.MaskedLM.from_pretrained(tmp_path)
