@@ -26,6 +26,11 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# What the user asked wrongly (an argument, a config value, a file to read): exit 2, as argparse's own errors;
+# anything else that fails while a command runs exits 1.
+USAGE_ERRORS = (ValueError, TypeError, KeyError, FileNotFoundError, IsADirectoryError, NotADirectoryError)
+
+
 def _positive(text: str) -> int:
     """An argparse type: an int >= 1."""
     try:
@@ -242,7 +247,10 @@ def _tune(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="fastseq", description="Fast sequence-model kernels and models.")
+    parser.add_argument("--version", action="version", version=f"fastseq {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="on an error, the whole traceback (default: one line)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -257,10 +265,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", required=True, help="YAML: as for train")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. data.max_tokens=2048")
     p.add_argument("--batches", type=_positive, default=4, help="batches to run (their shapes are the ones measured)")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when present)")
     p.set_defaults(func=_tune)
     p = command("demo", help="train a character-level Transformer on tiny Shakespeare and print samples")
-    p.add_argument("--steps", type=_positive, default=None, help="training steps (default: 5000 on a GPU, 300 on a CPU)")
+    p.add_argument("--steps", type=_positive, default=None,
+                   help="training steps (default: 5000 on a GPU, 800 on a CPU)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
     p.add_argument("--out", default="runs/demo", help="folder for the log, the curve, the model and tokenizer")
     p.set_defaults(func=_demo)
@@ -268,60 +277,65 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", required=True, help="YAML: task, data, model, train, generate, out_dir")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. train.steps=100")
     p.add_argument("--out", default=None, help="the run folder (default: out_dir, else runs/<config name>)")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when present)")
     p.add_argument("--fresh", action="store_true", help="start the run folder's run afresh (its files are removed)")
     p.add_argument("--allow-change", action="append", metavar="KEY", help="resume although KEY (e.g. train.steps) "
                                                                            "differs from the folder's config")
     p.set_defaults(func=_train)
     p = command("ulmfit", help="ULMFiT: pretrain an LSTM LM, fine-tune it on the task's text, train the "
                                       "classifier with gradual unfreezing (one config, see configs/ulmfit_*.yaml)")
-    p.add_argument("--config", required=True)
-    p.add_argument("--set", action="append", metavar="KEY=VALUE")
-    p.add_argument("--out", default=None)
-    p.add_argument("--device", default=None)
+    p.add_argument("--config", required=True, help="YAML: task, data, model, train (see configs/)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a setting, e.g. train.lr=1e-3 (repeatable)")
+    p.add_argument("--out", default=None, help="the run folder (default: the config's out_dir)")
+    p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when present)")
     p.set_defaults(func=_ulmfit)
     p = command("eval", help="metrics of a finished run on a split (perplexity, BLEU, accuracy)")
     p.add_argument("run", help="the run folder")
-    p.add_argument("--split", default="test")
-    p.add_argument("--limit", type=_positive, default=None, help="only the first N examples (sentences, texts, windows)")
-    p.add_argument("--device", default=None)
+    p.add_argument("--split", default="test", help="the data split to evaluate on")
+    p.add_argument("--limit", type=_positive, default=None,
+                   help="only the first N examples (sentences, texts, windows)")
+    p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when present)")
     p.set_defaults(func=_eval)
     for name in ("generate", "translate"):
         p = command(name, help="continue prompts (language models) or translate (encoder-decoders)")
         p.add_argument("run", help="the run folder")
         p.add_argument("text", nargs="*", help="prompts or sources (default: one per line on stdin)")
         p.add_argument("--method", choices=("greedy", "sample", "beam"), default="beam" if name == "translate"
-                       else "sample")
-        p.add_argument("--beams", type=_positive, default=5)
-        p.add_argument("--max-new-tokens", type=_positive, default=100)
-        p.add_argument("--temperature", type=float, default=0.8)
-        p.add_argument("--top-k", type=int, default=0)
-        p.add_argument("--top-p", type=float, default=1.0)
-        p.add_argument("--no-repeat-ngram-size", type=int, default=0)
-        p.add_argument("--seed", type=int, default=None)
-        p.add_argument("--device", default=None)
+                       else "sample", help="the search (default: beam for translate, sample for generate)")
+        p.add_argument("--beams", type=_positive, default=5, help="beams of beam search")
+        p.add_argument("--max-new-tokens", type=_positive, default=100, help="tokens to generate at most per input")
+        p.add_argument("--temperature", type=float, default=0.8, help="sampling: divide the logits by this")
+        p.add_argument("--top-k", type=int, default=0, help="sampling: keep the k most likely tokens (0: all)")
+        p.add_argument("--top-p", type=float, default=1.0,
+                       help="sampling: keep the smallest set of tokens holding this probability")
+        p.add_argument("--no-repeat-ngram-size", type=int, default=0,
+                       help="never repeat an n-gram of this size (0: off)")
+        p.add_argument("--seed", type=int, default=None, help="the sampling seed (default: random)")
+        p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when present)")
         p.set_defaults(func=_generate)
     p = command("ngram", help="an interpolated Kneser-Ney n-gram LM: perplexity on held-out text")
     p.add_argument("--train", default="wikitext-2:valid", help="dataset:split to count")
     p.add_argument("--test", default="wikitext-2:test", help="dataset:split to score")
-    p.add_argument("--order", type=_positive, default=3)
-    p.add_argument("--discount", type=float, default=0.75)
-    p.add_argument("--min-count", type=_positive, default=1)
-    p.add_argument("--lowercase", action="store_true")
+    p.add_argument("--order", type=_positive, default=3, help="n of the n-gram model")
+    p.add_argument("--discount", type=float, default=0.75, help="Kneser-Ney absolute discount")
+    p.add_argument("--min-count", type=_positive, default=1, help="words seen fewer times become <unk>")
+    p.add_argument("--lowercase", action="store_true", help="lowercase the text first")
     p.set_defaults(func=_ngram)
     p = command("word2vec", help="word2vec on a data set, then nearest words to queries")
     p.add_argument("--data", default="wikitext-2:valid", help="dataset:split")
-    p.add_argument("--mode", choices=("skipgram", "cbow"), default="skipgram")
-    p.add_argument("--dim", type=_positive, default=100)
-    p.add_argument("--window", type=_positive, default=5)
+    p.add_argument("--mode", choices=("skipgram", "cbow"), default="skipgram", help="word2vec's objective")
+    p.add_argument("--dim", type=_positive, default=100, help="embedding size")
+    p.add_argument("--window", type=_positive, default=5, help="context words on each side")
     p.add_argument("--negative", type=int, default=5, help="negative samples (0: full softmax)")
-    p.add_argument("--min-count", type=_positive, default=5)
-    p.add_argument("--steps", type=_positive, default=2000)
-    p.add_argument("--batch", type=_positive, default=2048)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--query", nargs="*", default=["january", "he", "war"])
-    p.add_argument("-k", type=_positive, default=8)
+    p.add_argument("--min-count", type=_positive, default=5, help="words seen fewer times are dropped")
+    p.add_argument("--steps", type=_positive, default=2000, help="training steps")
+    p.add_argument("--batch", type=_positive, default=2048, help="(center, context) pairs per step")
+    p.add_argument("--lr", type=float, default=3e-3, help="learning rate")
+    p.add_argument("--seed", type=int, default=0, help="the random seed")
+    p.add_argument("--query", nargs="*", default=["january", "he", "war"],
+                   help="words whose nearest neighbours are printed")
+    p.add_argument("-k", type=_positive, default=8, help="neighbours per query word")
     p.add_argument("--save", default=None, help="write the model (and its tokenizer beside it)")
     p.set_defaults(func=_word2vec)
     p = command("bench", help="the benchmark sweep (benchmarks/sweep.py of a checkout); other arguments go "
@@ -339,9 +353,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"fastseq {args.command}: interrupted", file=sys.stderr)
         return 130
-    except Exception as e:  # one line naming the key, file or argument; --debug for the traceback
+    except USAGE_ERRORS as e:  # one line naming the key, file or argument; --debug for the traceback
         print(f"fastseq {args.command}: error: {e}  (--debug for the traceback)", file=sys.stderr)
         return 2
+    except Exception as e:  # a failure while running: exit 1, as distinct from a usage error's 2
+        print(f"fastseq {args.command}: error: {type(e).__name__}: {e}  (--debug for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

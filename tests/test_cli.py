@@ -164,3 +164,66 @@ def test_tune_measures_a_configs_shapes_and_info_lists_them(tmp_path, monkeypatc
     off = fastseq("tune", "--config", "configs/char_lstm_shakespeare.yaml", "--device", "cpu", *sets)
     assert off.returncode != 0 and "FASTSEQ_AUTOTUNE=0" in off.stderr
     tuning.forget()
+
+
+def test_version_and_a_help_that_imports_no_torch():
+    import subprocess
+    import time
+
+    out = subprocess.run([sys.executable, "-m", "fastseq", "--version"], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0 and out.stdout.strip().startswith("fastseq ")
+    probe = ("import sys, fastseq.cli as c\ntry:\n    c.main(['--help'])\nexcept SystemExit:\n    pass\n"
+             "print('torch' in sys.modules)")
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT)
+    elapsed = time.perf_counter() - start
+    assert out.returncode == 0 and out.stdout.strip().splitlines()[-1] == "False", out.stderr
+    assert elapsed < 3.0  # a loaded machine's bound; the point is above: torch is not imported
+
+
+def test_usage_errors_exit_2_and_failures_while_running_exit_1(monkeypatch):
+    out = fastseq("train", "--config", "configs/char_transformer_shakespeare.yaml", "--set=train.steps=-1",
+                  "--device=cpu")
+    assert out.returncode == 2 and "steps" in out.stderr
+    from fastseq.train import tasks
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the device went away")
+
+    monkeypatch.setattr(tasks, "build_run", broken)
+    out = fastseq("train", "--config", "configs/char_transformer_shakespeare.yaml", "--device=cpu")
+    assert out.returncode == 1 and "RuntimeError: the device went away" in out.stderr
+
+
+def test_a_missing_optional_package_is_named_before_training(monkeypatch, tmp_path):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sacrebleu" else real(name, *a))
+    out = fastseq("train", "--config", "configs/seq2seq_multi30k.yaml", "--out", str(tmp_path), "--device=cpu")
+    assert out.returncode == 2 and "needs sacrebleu" in out.stderr and "fastseq[text]" in out.stderr, out.stderr
+    assert set(os.listdir(tmp_path)) <= {".lock"}  # nothing written but the lock
+
+
+def test_every_option_has_help():
+    import argparse
+
+    parser_actions = []
+    original = argparse.ArgumentParser.add_argument
+
+    def record(self, *args, **kwargs):
+        action = original(self, *args, **kwargs)
+        parser_actions.append(action)
+        return action
+
+    argparse.ArgumentParser.add_argument = record
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            try:
+                cli.main(["--help"])
+            except SystemExit:
+                pass
+    finally:
+        argparse.ArgumentParser.add_argument = original
+    missing = [a.option_strings or a.dest for a in parser_actions if not a.help and a.dest != "version"]
+    assert parser_actions and not missing, missing

@@ -160,6 +160,16 @@ def test_demo_command_runs(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "validation loss" in out.stdout and "--- sample 1" in out.stdout
     assert {"model.pt", "tokenizer.json", "log.jsonl", "curves.png", "checkpoint.pt"} <= set(os.listdir(tmp_path))
+    # a full run folder: the other commands take it
+    out = subprocess.run([sys.executable, "-m", "fastseq", "generate", str(tmp_path), "ROMEO:", "--max-new-tokens", "5",
+                          "--device", "cpu"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip(), out.stderr[-2000:]
+    before = open(tmp_path / "model.pt", "rb").read()
+    out = subprocess.run([sys.executable, "-m", "fastseq", "demo", "--steps", "2", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    (aside,) = [p for p in os.listdir(tmp_path) if p.startswith("previous-")]  # the earlier demo kept
+    assert open(tmp_path / aside / "model.pt", "rb").read() == before
 
 
 def test_ulmfit_discriminative_rates_and_groups():

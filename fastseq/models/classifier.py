@@ -43,6 +43,8 @@ class SequenceClassifierConfig:
 class SequenceClassifier(Model):
     """forward(tokens (B, T), lengths=None) -> class logits (B, num_classes); loss(tokens, labels, lengths)."""
 
+    unused_parameters = True  # its body's output layer takes no part in the loss (DDP must look for it)
+
     config_class = SequenceClassifierConfig
 
     def __init__(self, config: SequenceClassifierConfig) -> None:

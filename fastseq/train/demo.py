@@ -8,6 +8,7 @@ learns (seen on 2 cores: the validation loss falls from ln(70) = 4.25 to 1.86 na
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
@@ -17,6 +18,7 @@ from ..data import CharTokenizer, load, stream_windows
 from ..generation import generate
 from ..models import CausalLM, CausalLMConfig
 from .metrics import perplexity
+from .run_folder import RunFolder
 from .trainer import TrainConfig, Trainer
 
 SIZES = {  # (d_model, heads, layers, block, batch, steps, lr, dropout)
@@ -54,17 +56,30 @@ def run(steps: int | None = None, device: str | None = None, out_dir: str = "run
                          betas=[0.9, 0.99], precision="bf16" if device.type == "cuda" else "fp32",
                          eval_every=max(1, steps // 5), log_every=max(1, steps // 50), out_dir=out_dir,
                          resume=False, seed=seed, progress=progress)
-    start = time.perf_counter()
-    history = Trainer(model, config, batches, lambda m, b: m.loss(b["tokens"]), evaluate).fit()
-    seconds = time.perf_counter() - start
-    model.save(os.path.join(out_dir, "model.pt"))
-    tokenizer.save(os.path.join(out_dir, "tokenizer.json"))
+    # a run folder the other commands take (`fastseq generate runs/demo`), its config as `fastseq train` writes
+    # one; an earlier demo there is moved aside, never overwritten
+    recorded = {"task": "causal_lm", "out_dir": out_dir,
+                "data": {"dataset": "tinyshakespeare", "train": "train", "valid": "val", "tokenizer": {"kind": "char"},
+                         "block": block, "batch": batch},
+                "model": {"class": "CausalLM", "d_model": d_model, "num_heads": heads, "num_layers": layers,
+                          "dropout": dropout},
+                "train": {k: v for k, v in dataclasses.asdict(config).items() if k not in ("out_dir", "progress")}}
+    with RunFolder(out_dir) as folder:
+        moved = folder.begin(recorded, fresh=True)
+        if moved:
+            print(f"fastseq demo: the earlier demo's files are in {moved}")
+        start = time.perf_counter()
+        history = Trainer(model, config, batches, lambda m, b: m.loss(b["tokens"]), evaluate).fit()
+        seconds = time.perf_counter() - start
+        model.save(os.path.join(out_dir, "model.pt"))
+        tokenizer.save(os.path.join(out_dir, "tokenizer.json"))
     prompt = torch.tensor([tokenizer.encode("ROMEO:\n")] * samples, device=device)
     out = generate(model, prompt, max_new_tokens=min(300, block - prompt.shape[1]), method="sample", temperature=0.8,
                    top_k=40, seed=seed, eos_id=None)
     for i in range(samples):
         print(f"--- sample {i + 1}\nROMEO:\n{tokenizer.decode(out.tokens[i])}")
     final = [r for r in history if "eval_loss" in r][-1]
-    print(f"validation loss {final['eval_loss']:.3f} nats/char after {steps} steps, {seconds:.0f} s; curve: "
-          f"{os.path.join(out_dir, 'curves.png')}")
+    curve = os.path.join(out_dir, "curves.png")
+    print(f"validation loss {final['eval_loss']:.3f} nats/char after {steps} steps, {seconds:.0f} s; "
+          + (f"curve: {curve}" if os.path.exists(curve) else "no curve (matplotlib is not installed)"))
     return {"eval_loss": final["eval_loss"], "seconds": seconds, "steps": steps}

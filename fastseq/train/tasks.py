@@ -169,6 +169,8 @@ def train_valid(data: dict):
 
 
 def _tokenizer(spec: dict, texts: list[str]) -> D.Tokenizer:
+    if isinstance(spec, dict) and spec.get("kind") == "bpe":
+        _needs("tokenizers", "data.tokenizer.kind bpe", "text")
     spec = dict(spec or {"kind": "char"})
     kind = spec.pop("kind", "char")
     if kind == "char":
@@ -286,7 +288,18 @@ def _masked_lm(task, config, data, model_cfg, train, device) -> Run:
     return Run(task, model, tokenizer, train, batches, loss, evaluate, config)
 
 
+def _needs(module: str, what: str, extra: str) -> None:
+    """An optional package a config needs, checked before any work: its absence named with the extra."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise ValueError(f"config: {what} needs {module}, which is not installed: pip install 'fastseq[{extra}]' "
+                         f"(or pip install {module})")
+
+
 def _seq2seq(task, config, data, model_cfg, train, device) -> Run:
+    _needs("sacrebleu", f"task {task} (its evaluation reports BLEU)", "text")
+
     def orient(records):
         return [(b, a) for a, b in records] if data.get("reverse") else records
 

@@ -133,8 +133,10 @@ class Trainer:
         objective = _Objective(self.model, loss_fn)
         if self.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            # a classifier leaves its LM's output layer unused: let DDP look for unused parameters
-            objective = nn.parallel.DistributedDataParallel(objective, device_ids=ids, find_unused_parameters=True)
+            # only a model that leaves parameters out of its loss (a classifier: its LM's output layer) says so;
+            # DDP's search for unused parameters costs every step and warns on every rank where none are
+            unused = bool(getattr(model, "unused_parameters", False))
+            objective = nn.parallel.DistributedDataParallel(objective, device_ids=ids, find_unused_parameters=unused)
         self.objective = objective
         groups = param_groups if param_groups is not None else [p for p in model.parameters() if p.requires_grad]
         c = config
