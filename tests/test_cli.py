@@ -181,9 +181,9 @@ def test_version_and_a_help_that_imports_no_torch():
     assert elapsed < 3.0  # a loaded machine's bound; the point is above: torch is not imported
 
 
-def test_usage_errors_exit_2_and_failures_while_running_exit_1(monkeypatch):
+def test_usage_errors_exit_2_and_failures_while_running_exit_1(monkeypatch, tmp_path):
     out = fastseq("train", "--config", "configs/char_transformer_shakespeare.yaml", "--set=train.steps=-1",
-                  "--device=cpu")
+                  "--device=cpu", "--out", str(tmp_path))
     assert out.returncode == 2 and "steps" in out.stderr
     from fastseq.train import tasks
 
@@ -191,7 +191,8 @@ def test_usage_errors_exit_2_and_failures_while_running_exit_1(monkeypatch):
         raise RuntimeError("the device went away")
 
     monkeypatch.setattr(tasks, "build_run", broken)
-    out = fastseq("train", "--config", "configs/char_transformer_shakespeare.yaml", "--device=cpu")
+    out = fastseq("train", "--config", "configs/char_transformer_shakespeare.yaml", "--device=cpu", "--out",
+                  str(tmp_path))
     assert out.returncode == 1 and "RuntimeError: the device went away" in out.stderr
 
 
