@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import sys
+from typing import Optional
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -180,28 +181,68 @@ def _word2vec(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from .train.tasks import evaluate_run
 
-    metrics = evaluate_run(args.run, args.split, _device(args.device), args.limit)
+    generation = {k: v for k, v in (("method", args.method), ("beams", args.beams),
+                                    ("max_new_tokens", args.max_new_tokens), ("length_penalty", args.length_penalty))
+                  if v is not None}
+    metrics = evaluate_run(args.run, args.split, _device(args.device), args.limit, generation, args.hypotheses)
     print(json.dumps({"run": args.run, "split": args.split, **metrics}))
     return 0
+
+
+def _batches(lengths: list[int], batch_size: int, max_tokens: Optional[int]) -> list[list[int]]:
+    """Indices by length, longest first, cut into batches of at most batch_size rows (and max_tokens padded
+    tokens when given); every index in one batch."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    out: list[list[int]] = []
+    for i in order:
+        if out and len(out[-1]) < batch_size and (max_tokens is None
+                                                  or lengths[out[-1][0]] * (len(out[-1]) + 1) <= max_tokens):
+            out[-1].append(i)
+        else:
+            out.append([i])
+    return out
 
 
 def _generate(args: argparse.Namespace) -> int:
     import torch
 
+    from . import atomic
+    from .data import pad
     from .generation import generate
     from .train.tasks import open_run
 
     device = _device(args.device)
     model, tokenizer, _ = open_run(args.run, device)
-    texts = args.text or [line.rstrip("\n") for line in sys.stdin]
+    if args.text and args.input:
+        raise ValueError("give the texts as arguments or --input, not both")
+    if args.input:
+        with open(args.input, encoding="utf-8") as f:
+            texts = [line.rstrip("\n") for line in f]
+    else:
+        texts = args.text or [line.rstrip("\n") for line in sys.stdin]
     encoder_decoder = "src_vocab_size" in model.config.__dataclass_fields__
-    for text in texts:
-        ids = tokenizer.encode(text) or [tokenizer.unk_id]
-        out = generate(model, torch.tensor([ids], device=device), max_new_tokens=args.max_new_tokens,
+    ids = [tokenizer.encode(text) or [tokenizer.unk_id] for text in texts]
+    results: list[Optional[tuple[str, float]]] = [None] * len(texts)
+    for batch in _batches([len(i) for i in ids], args.batch_size, args.max_tokens):  # sorted by length
+        tokens, lengths = pad([ids[i] for i in batch], tokenizer.pad_id)
+        out = generate(model, tokens.to(device), lengths.to(device), max_new_tokens=args.max_new_tokens,
                        method=args.method, beams=args.beams, temperature=args.temperature, top_k=args.top_k,
                        top_p=args.top_p, seed=args.seed, no_repeat_ngram_size=args.no_repeat_ngram_size)
-        new = tokenizer.decode(out.tokens[0, :out.lengths[0]].tolist())
-        print(new if encoder_decoder else text + new)
+        rows, counts, scores = out.tokens.tolist(), out.lengths.tolist(), out.scores.tolist()
+        for j, i in enumerate(batch):  # back in input order
+            new = tokenizer.decode(rows[j][:counts[j]])
+            results[i] = (new if encoder_decoder else texts[i] + new, scores[j])
+    lines = []
+    for i, (text, (hypothesis, score)) in enumerate(zip(texts, results)):
+        if args.print_scores:  # fairseq's lines: the source, then the hypothesis with its score
+            lines += [f"S-{i}\t{text}", f"H-{i}\t{score:.4f}\t{hypothesis}"]
+        else:
+            lines.append(hypothesis)
+    if args.output:
+        atomic.write(args.output, lambda f: f.writelines(line + "\n" for line in lines), mode="w")
+    else:
+        for line in lines:
+            print(line)
     return 0
 
 
@@ -296,6 +337,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=_positive, default=None,
                    help="only the first N examples (sentences, texts, windows)")
     p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when present)")
+    p.add_argument("--hypotheses", default=None, help="seq2seq: write the outputs to this file, one a line")
+    p.add_argument("--method", choices=("greedy", "sample", "beam"), default=None,
+                   help="seq2seq: the search (default: the run's generate settings, else beam)")
+    p.add_argument("--beams", type=_positive, default=None, help="seq2seq: beams of beam search")
+    p.add_argument("--max-new-tokens", type=_positive, default=None, help="seq2seq: tokens to generate at most")
+    p.add_argument("--length-penalty", type=float, default=None, help="seq2seq: beam scores / length ** this")
     p.set_defaults(func=_eval)
     for name in ("generate", "translate"):
         p = command(name, help="continue prompts (language models) or translate (encoder-decoders)")
@@ -313,6 +360,13 @@ def main(argv: list[str] | None = None) -> int:
                        help="never repeat an n-gram of this size (0: off)")
         p.add_argument("--seed", type=int, default=None, help="the sampling seed (default: random)")
         p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when present)")
+        p.add_argument("--input", default=None, help="a file of texts, one per line (default: the arguments, or stdin)")
+        p.add_argument("--output", default=None, help="write the outputs here, one per line (default: stdout)")
+        p.add_argument("--batch-size", type=_positive, default=32, help="texts generated together (sorted by length)")
+        p.add_argument("--max-tokens", type=_positive, default=None,
+                       help="at most this many padded input tokens a batch (with --batch-size)")
+        p.add_argument("--print-scores", action="store_true",
+                       help="fairseq-style lines: S-i (the input) and H-i (its score and output)")
         p.set_defaults(func=_generate)
     p = command("ngram", help="an interpolated Kneser-Ney n-gram LM: perplexity on held-out text")
     p.add_argument("--train", default="wikitext-2:valid", help="dataset:split to count")

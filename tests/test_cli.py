@@ -73,10 +73,30 @@ def test_every_config_trains_evaluates_and_generates(config, tmp_path):
     metrics = json.loads(out.stdout.strip().splitlines()[-1])
     assert {"causal_lm": "perplexity", "masked_lm": "masked_accuracy", "seq2seq": "bleu",
             "classify": "accuracy"}[task] in metrics
+    if task == "seq2seq":  # the hypotheses written, the signature reported, generation overridable
+        out = fastseq("eval", str(tmp_path), "--split", split, "--limit", "5", "--hypotheses", str(tmp_path / "h.txt"),
+                      "--method", "greedy", "--max-new-tokens", "3")
+        assert out.returncode == 0, out.stderr[-3000:]
+        metrics = json.loads(out.stdout.strip().splitlines()[-1])
+        assert metrics["signature"].startswith("nrefs:1") and metrics["generation"]["method"] == "greedy"
+        assert len((tmp_path / "h.txt").read_text().splitlines()) == 5
     if task in ("causal_lm", "seq2seq"):
         out = fastseq("generate" if task == "causal_lm" else "translate", str(tmp_path), "A man is",
                       "--max-new-tokens", "5", "--seed", "0")
         assert out.returncode == 0 and out.stdout.count("\n") == 1, out.stderr[-3000:]  # one line (maybe empty)
+        # a file in, batched by length, outputs in input order: as one at a time (greedy), and fairseq's lines
+        sources = tmp_path / "in.txt"
+        sources.write_text("A man is\nTwo dogs run in the park\nA\nThe woman is\n")
+        command = "generate" if task == "causal_lm" else "translate"
+        outputs = {}
+        for size in ("1", "3"):
+            out = fastseq(command, str(tmp_path), "--input", str(sources), "--output", str(tmp_path / f"out{size}.txt"),
+                          "--batch-size", size, "--method", "greedy", "--max-new-tokens", "4")
+            assert out.returncode == 0, out.stderr[-3000:]
+            outputs[size] = (tmp_path / f"out{size}.txt").read_text().splitlines()
+        assert len(outputs["3"]) == 4 and outputs["3"] == outputs["1"]
+        out = fastseq(command, str(tmp_path), "A man is", "--print-scores", "--method", "greedy", "--max-new-tokens", "4")
+        assert out.stdout.startswith("S-0\tA man is\nH-0\t"), out.stdout
 
 
 def test_bad_configs_fail_clearly(tmp_path):

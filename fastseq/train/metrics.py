@@ -23,5 +23,16 @@ def bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
     return sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score
 
 
+def bleu_signed(hypotheses: Sequence[str], references: Sequence[str]) -> tuple[float, str]:
+    """`bleu` and sacreBLEU's signature of it (what a paper reports beside the score)."""
+    import sacrebleu
+
+    if len(hypotheses) != len(references):
+        raise ValueError(f"bleu: {len(hypotheses)} hypotheses for {len(references)} references")
+    metric = sacrebleu.BLEU()
+    score = metric.corpus_score(list(hypotheses), [list(references)]).score
+    return score, str(metric.get_signature())
+
+
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return (logits.argmax(-1) == labels).float().mean().item()

@@ -31,7 +31,7 @@ from .. import models as M
 from ..generation import generate
 from ..models.losses import token_loss
 from . import settings as S
-from .metrics import bleu, perplexity
+from .metrics import bleu, bleu_signed, perplexity
 from .trainer import TrainConfig
 
 TASKS = ("causal_lm", "masked_lm", "seq2seq", "classify")
@@ -431,11 +431,13 @@ def open_run(out_dir: str, device: Optional[torch.device] = None) -> tuple[M.Mod
 
 
 @torch.no_grad()
-def evaluate_run(out_dir: str, split: str, device: torch.device, limit: Optional[int] = None) -> dict:
+def evaluate_run(out_dir: str, split: str, device: torch.device, limit: Optional[int] = None,
+                 generation: Optional[dict] = None, hypotheses: Optional[str] = None) -> dict:
     """Metrics of a finished run on a split of its data: language models, loss and perplexity over the
     whole split in consecutive windows; masked LMs, masked-token accuracy; seq2seq, BLEU of its
-    generation settings; classifiers, accuracy. limit: only the first examples (windows of 32 rows for
-    language models, batches for masked LMs)."""
+    generation settings (`generation` overrides them; `hypotheses`: a file for its outputs, one a line),
+    with sacreBLEU's signature; classifiers, accuracy. limit: only the first examples (windows of 32 rows
+    for language models, batches for masked LMs)."""
     model, tokenizer, config = open_run(out_dir, device)
     model.eval()
     task, data = config["task"], dict(config["data"])
@@ -464,9 +466,13 @@ def evaluate_run(out_dir: str, split: str, device: torch.device, limit: Optional
     if task == "seq2seq":
         pairs = [(b, a) for a, b in records] if data.get("reverse") else records
         gen = {"method": "beam", "beams": 5, "max_new_tokens": int(data.get("max_len", 100)),
-               **config.get("generate", {})}
+               **config.get("generate", {}), **(generation or {})}
+        S.check_generate(gen)
         hyps = translate(model, tokenizer, [s for s, _ in pairs], device, **gen)
-        return {"bleu": bleu(hyps, [t for _, t in pairs]), "sentences": len(pairs)}
+        if hypotheses:
+            atomic.write(hypotheses, lambda f: f.writelines(h + "\n" for h in hyps), mode="w")
+        score, signature = bleu_signed(hyps, [t for _, t in pairs])
+        return {"bleu": score, "signature": signature, "sentences": len(pairs), "generation": gen}
     max_len = int(data.get("max_len", 128))
     examples = encode_labelled(tokenizer, records, max_len)
     return classification_metrics(model, examples, tokenizer.pad_id, device)
