@@ -172,6 +172,22 @@ class Model(nn.Module):
         return model
 
 
+def init_output_bias(model: nn.Module, token_ids: torch.Tensor, smoothing: float = 0.5) -> bool:
+    """Start a language model's output bias at the log unigram frequencies of `token_ids` (its training
+    stream; add-`smoothing` counts): the bias then holds the word-frequency prior from step 0, which a
+    zero bias leaves the hidden units to learn (and with a tied embedding they saturate doing it). Returns
+    whether the model has such a bias."""
+    output = getattr(model, "output", None)
+    bias = getattr(output, "bias", None)
+    if bias is None:
+        return False
+    counts = torch.bincount(token_ids.reshape(-1).long().cpu(), minlength=bias.numel())[:bias.numel()].double()
+    log_p = (counts + smoothing).log() - (counts.sum() + smoothing * bias.numel()).log()
+    with torch.no_grad():
+        bias.copy_(log_p.to(bias.dtype))
+    return True
+
+
 def load(path: Union[str, os.PathLike], map_location: Union[str, torch.device, None] = "cpu") -> Model:
     """Rebuild the fastseq model saved at `path` (any kind)."""
     return Model.load(path, map_location)

@@ -29,6 +29,7 @@ from .. import atomic
 from .. import data as D
 from .. import models as M
 from ..generation import generate
+from ..models.base import init_output_bias
 from ..models.losses import token_loss
 from . import settings as S
 from .metrics import bleu, bleu_signed, perplexity
@@ -236,6 +237,7 @@ def _language_model(task, config, data, model_cfg, train, device) -> Run:
     _check_stream_sizes(train_ids, valid_ids, block + 1)
     model = _model(task, model_cfg, {"vocab_size": tokenizer.vocab_size, "max_len": block,
                                      "pad_id": tokenizer.pad_id, "eos_id": tokenizer.eos_id})
+    init_output_bias(model, train_ids)  # the frequency prior in the bias from step 0 (else the units saturate)
 
     def batches(i):
         return {"tokens": D.stream_windows(train_ids, rows, block, _generator(train.seed, i))}
@@ -259,6 +261,7 @@ def _masked_lm(task, config, data, model_cfg, train, device) -> Run:
     _check_stream_sizes(train_ids, valid_ids, block)
     model = _model(task, model_cfg, {"vocab_size": tokenizer.vocab_size, "mask_id": tokenizer.mask_id,
                                      "max_len": block, "pad_id": tokenizer.pad_id})
+    init_output_bias(model, train_ids)
 
     def masked(ids, g):
         tokens = D.stream_windows(ids, rows, block - 1, g)

@@ -26,6 +26,7 @@ from torch import nn
 
 from .. import data as D
 from ..models import LSTMLM, LSTMLMConfig, SequenceClassifier
+from ..models.base import init_output_bias
 from .tasks import Run, classification_metrics, encode_labelled, epoch_batches, save_run, train_valid
 from .trainer import TrainConfig, Trainer
 
@@ -61,14 +62,18 @@ def discriminative(groups: list[list[nn.Parameter]], lr: float) -> list[dict]:
     return [{"params": params, "lr": lr / FACTOR ** (top - i)} for i, params in enumerate(groups)]
 
 
-def lm_stage(name, model, tokenizer, text, valid_text, settings, out_dir, device, param_groups=None):
+def lm_stage(name, model, tokenizer, text, valid_text, settings, out_dir, device, param_groups=None,
+             init_bias: bool = False):
     """Train the LSTMLM `model` on `text` (windows of settings' block x batch), checking it on valid_text
-    (None: not checked); logs and checkpoint in out_dir/name (out_dir None: nothing written)."""
+    (None: not checked); logs and checkpoint in out_dir/name (out_dir None: nothing written). init_bias:
+    start the output bias at the text's log unigram frequencies (pretraining from scratch)."""
     settings = dict(settings)
     block, rows = int(settings.pop("block", 70)), int(settings.pop("batch", 32))
     config = TrainConfig(**{"out_dir": os.path.join(out_dir, name) if out_dir else None, **settings})
     ids = torch.tensor(tokenizer.encode(text))
     valid = torch.tensor(tokenizer.encode(valid_text)) if valid_text else None
+    if init_bias:
+        init_output_bias(model, ids)
 
     def batches(i):
         return {"tokens": D.stream_windows(ids, rows, block, torch.Generator().manual_seed(config.seed * 7919 + i))}
@@ -145,7 +150,8 @@ def run(config: dict, device: torch.device, wrap=None) -> dict:
                                                      eos_id=tokenizer.eos_id))).to(device)
     held_out = "\n".join(t for _, t in valid_records)
 
-    lm_stage("pretrain", lm, tokenizer, general, held_out, config["pretrain"], out_dir, device)  # 1. general text
+    lm_stage("pretrain", lm, tokenizer, general, held_out, config["pretrain"], out_dir, device,
+             init_bias=True)  # 1. general text
     finetune_lm(lm, tokenizer, target_text, held_out, config["finetune"], out_dir, device)  # 2. the task's text
     classify = config["classify"]  # 3. the classifier
     num_classes = max(label for label, _ in train_records) + 1
