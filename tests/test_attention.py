@@ -244,7 +244,7 @@ def test_torch_compile_smoke():
      r"Hkv = 3 must divide the query heads Hq = 4"),
     (dict(v=torch.randn(2, 2, 5, 8)), r"v must have the dtype of q"),
     (dict(dropout_p=1.0), r"dropout_p must be a number in \[0, 1\)"),
-    (dict(scale=-1.0), r"scale must be a positive number"),
+    (dict(scale=-1.0), r"scale must be a positive finite number"),
     (dict(key_padding_mask=torch.zeros(2, 4, dtype=torch.bool)), r"key_padding_mask must have shape \(B, Tk\)"),
     (dict(lengths=[5, 6]), r"lengths must lie in \[0, Tk=5\]"),
 ])
@@ -329,7 +329,7 @@ def test_decode_torch_compile_smoke():
     (dict(k=torch.randn(2, 3, 7, 8, dtype=torch.float64), v=torch.randn(2, 3, 7, 8, dtype=torch.float64)),
      r"Hkv = 3 must divide the query heads Hq = 4"),
     (dict(lengths=[8, 1]), r"lengths must lie in \[0, Tk=7\]"),
-    (dict(scale=0), r"scale must be a positive number"),
+    (dict(scale=0), r"scale must be a positive finite number"),
 ])
 def test_decode_bad_input_names_the_argument(changes, message):
     args = dict(q=torch.randn(2, 4, 8, dtype=torch.float64), k=torch.randn(2, 2, 7, 8, dtype=torch.float64),
