@@ -90,8 +90,9 @@ CASES = [(3, 4, 2, 70, 16, 8), (1, 2, 1, 300, 32, 32), (6, 6, 3, 33, 8, 16), (9,
 
 KERNEL_RUNS = ([(case, kind, torch.float32) for case, kind in itertools.product(CASES, ["full", "ragged", "zeros",
                                                                                    "mask", "both"])]
-               + [(CASES[i], kind, dtype) for i, kind, dtype in ((0, "both", torch.float16), (1, "ragged", torch.float16),
-                                                                  (0, "both", torch.float64), (2, "mask", torch.float64))])
+               + [(CASES[i], kind, dtype) for i, kind, dtype in (
+                   (0, "both", torch.float16), (1, "ragged", torch.float16), (0, "both", torch.float64),
+                   (2, "mask", torch.float64))])
 
 
 @pytest.mark.parametrize("case,kind,dtype", KERNEL_RUNS)
@@ -99,7 +100,8 @@ def test_kernels_match_float64(interpreted, case, kind, dtype):
     B, Hq, Hkv, T, D, Dv = case
     torch.manual_seed(hash((case, kind)) % 2**31)
     q, k, v = torch.randn(B, Hq, D), torch.randn(B, Hkv, T, D), torch.randn(B, Hkv, T, Dv)
-    lengths = LENGTHS["ragged"](B, T) if kind in ("ragged", "both") else LENGTHS["zeros"](B, T) if kind == "zeros" else None
+    lengths = {"ragged": LENGTHS["ragged"], "both": LENGTHS["ragged"], "zeros": LENGTHS["zeros"]}.get(kind)
+    lengths = None if lengths is None else lengths(B, T)
     mask = torch.rand(B, T) < 0.3 if kind in ("mask", "both") else None
     out = interpreted.attention_decode(q.to(dtype), k.to(dtype), v.to(dtype), lengths, mask, D ** -0.5)
     expected = reference_decode(q.double(), k.double(), v.double(), lengths, mask, D ** -0.5)
