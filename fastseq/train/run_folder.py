@@ -105,20 +105,27 @@ class RunFolder:
         """Whether the folder holds a checkpoint a run would resume from."""
         return os.path.exists(self._file("checkpoint.pt"))
 
+    def _resumed(self, name: str, what: str, fresh: bool):
+        """The JSON of `name` a resumed run is checked against; None when nothing is resumed (fresh, no
+        checkpoint) or the folder has no such file."""
+        path = self._file(name)
+        if fresh or not self.resumable() or not os.path.exists(path):
+            return None
+        try:
+            with open(path, encoding="utf-8") as f:
+                return json.load(f)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: not a readable {what} ({e}); pass --fresh to start the run afresh (the "
+                             f"earlier run's files are kept in a {PREVIOUS}* folder)") from None
+
     def check(self, config: dict, fresh: bool = False, allow: Iterable[str] = ()) -> None:
         """Refuse to resume the folder's checkpoint under a config that differs from the one it was trained
         under (keys outside HARMLESS and `allow`). Writes nothing. A folder without a checkpoint binds no
         config: its files are moved aside when the run begins."""
         config = json.loads(json.dumps(config))
-        saved_path = self._file("config.json")
-        if fresh or not self.resumable() or not os.path.exists(saved_path):
+        saved = self._resumed("config.json", "run config", fresh)
+        if saved is None:
             return
-        try:
-            with open(saved_path, encoding="utf-8") as f:
-                saved = json.load(f)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise ValueError(f"{saved_path}: not a readable run config ({e}); pass --fresh to start the run "
-                             f"afresh (the earlier run's files are kept in a {PREVIOUS}* folder)") from None
         allowed = set(HARMLESS) | set(allow)
         differ = {k: v for k, v in changed_keys(saved, config).items() if k not in allowed}
         if differ:
@@ -132,13 +139,9 @@ class RunFolder:
         data path whose text changed gives other ids to the same vocabulary size). `state`: the saved form
         (Tokenizer.state()). Writes nothing."""
         path = self._file("tokenizer.json")
-        if fresh or not self.resumable() or not os.path.exists(path):
+        saved = self._resumed("tokenizer.json", "tokenizer", fresh)
+        if saved is None:
             return
-        try:
-            with open(path, encoding="utf-8") as f:
-                saved = json.load(f)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise ValueError(f"{path}: not a readable tokenizer ({e}); pass --fresh to start the run afresh") from None
         saved.pop("sha256", None)
         if saved != json.loads(json.dumps(state)):
             raise ValueError(f"run folder {self.path}: the tokenizer this config's data gives ({_describe(state)}) "

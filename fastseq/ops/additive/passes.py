@@ -153,6 +153,19 @@ def backward(grad_context: Tensor, q: Tensor, k: Tensor, v: Tensor, values: Tens
     return gradients(grad_context, values0, context_, s, lse, keep, lambda ds: gradient_pass(ds, q, k0, v))
 
 
+def entry_points(scores: Callable, gradient_pass: Callable) -> tuple[Callable, Callable]:
+    """A fused backend's additive_attention and additive_attention_backward, as the schema calls them, from its
+    two passes."""
+    def additive_attention(query_proj, key_proj, v, values, lengths, key_padding_mask, save_scores):
+        return forward(query_proj, key_proj, v, values, lengths, key_padding_mask, save_scores, scores)
+
+    def additive_attention_backward(grad_context, query_proj, key_proj, v, values, lengths, key_padding_mask,
+                                    context, lse, saved):
+        return backward(grad_context, query_proj, key_proj, v, values, lengths, key_padding_mask, context, lse, saved,
+                        scores, gradient_pass)
+    return additive_attention, additive_attention_backward
+
+
 def model_forward(q, k, v, values, lengths, key_padding_mask, h_fma: int = 0):
     """The fused backends' forward in PyTorch -> (context, lse, scores)."""
     keep = keep_mask(q.shape[0], k.shape[1], lengths, key_padding_mask, q.device)

@@ -292,14 +292,7 @@ def gradient_pass(ds, query_proj, key_proj, v, h_fma=None):
     return dq, dk, w.sum((0, 1)).to(v.dtype)
 
 
-def additive_attention(query_proj, key_proj, v, values, lengths, key_padding_mask, save_scores):
-    return passes.forward(query_proj, key_proj, v, values, lengths, key_padding_mask, save_scores, scores)
-
-
-def additive_attention_backward(grad_context, query_proj, key_proj, v, values, lengths, key_padding_mask,
-                                context, lse, saved):
-    return passes.backward(grad_context, query_proj, key_proj, v, values, lengths, key_padding_mask, context, lse,
-                           saved, scores, gradient_pass)
+additive_attention, additive_attention_backward = passes.entry_points(scores, gradient_pass)
 
 
 def additive_attention_decode(query_proj, key_proj, v, values, lengths, key_padding_mask):

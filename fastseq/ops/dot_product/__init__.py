@@ -229,13 +229,17 @@ def attention_decode(q: Tensor, k: Tensor, v: Tensor, lengths: Union[Tensor, Seq
         return attention(q[:, :, None], k, v, key_padding_mask=key_padding_mask, lengths=lengths, scale=scale,
                          attn_mask=attn_mask)[:, :, 0]
     mask = None if key_padding_mask is None else key_padding_mask.contiguous()
+    return _decode(q.contiguous(), cache_layout(k), cache_layout(v), lengths, mask, scale)
+
+
+def _decode(q: Tensor, k: Tensor, v: Tensor, lengths: Optional[Tensor], mask: Optional[Tensor],
+            scale: Optional[float]) -> Tensor:
+    """The checked decode call on the chosen backend (timed per shape bucket)."""
     B, Hq, D = q.shape
-    call = functools.partial(tuning.Call.rerun, attention_decode, (q, k, v, lengths, key_padding_mask, scale),
-                             False, (B, Hq, k.shape[1], k.shape[2], D, v.shape[3]),
-                             (lengths is not None or mask is not None,))
+    call = functools.partial(tuning.Call.rerun, attention_decode, (q, k, v, lengths, mask, scale), False,
+                             (B, Hq, k.shape[1], k.shape[2], D, v.shape[3]), (lengths is not None or mask is not None,))
     backend = chosen("attention_decode", q.device.type, ("attention_decode",), call=call)
-    scale = float(D ** -0.5 if scale is None else scale)
-    args = (q.contiguous(), cache_layout(k), cache_layout(v), lengths, mask, scale)
+    args = (q, k, v, lengths, mask, float(D ** -0.5 if scale is None else scale))
     if backend:  # eager, no gradient: the backend itself (the custom op would add 0.1 ms a token on a CPU)
         return DECODE_FAMILY.function(backend, "attention_decode")(*args)
     return _OPS["attention_decode"](*args, backend)  # traced by torch.compile: the op, which chooses when run
@@ -256,14 +260,7 @@ def attention_decode_cached(q: Tensor, k: Tensor, v: Tensor, lengths: Optional[T
         return attention_decode(q, k, v, lengths=lengths, scale=scale)
     if scale is not None:
         _check_scale(op, scale)
-    Hq = q.shape[1]
-    call = functools.partial(tuning.Call.rerun, attention_decode, (q, k, v, lengths, None, scale), False,
-                             (B, Hq, Hkv, Tk, D, v.shape[3]), (lengths is not None,))
-    backend = chosen("attention_decode", q.device.type, ("attention_decode",), call=call)
-    args = (q if q.is_contiguous() else q.contiguous(), k, v, lengths, None, float(D ** -0.5 if scale is None else scale))
-    if backend:
-        return DECODE_FAMILY.function(backend, "attention_decode")(*args)
-    return _OPS["attention_decode"](*args, backend)
+    return _decode(q if q.is_contiguous() else q.contiguous(), k, v, lengths, None, scale)
 
 
 def attention_weights(q: Tensor, k: Tensor, causal: bool = False, key_padding_mask: Optional[Tensor] = None,
