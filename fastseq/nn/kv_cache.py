@@ -7,7 +7,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from ..ops.checks import check_index, integers
+from ..ops.checks import check_index, integers, trusted
 from ..ops.dot_product import attention_decode_cached
 
 
@@ -112,8 +112,13 @@ class KVCache:
     def attend(self, q: Tensor, scale: Optional[float] = None) -> Tensor:
         """One new query per row, q (B, Hq, D), against what the cache holds -> (B, Hq, Dv): the decode
         step of `fastseq.ops.attention_decode`, with only q checked (the cache keeps its own layout and
-        lengths valid)."""
-        return attention_decode_cached(q, self.keys(), self.values(), None if self.uniform else self.lengths, scale)
+        lengths valid, and its padding holds zeros or the model's own values, so no backend reads them to
+        check: the step runs as a generation step does, under checks.trusted)."""
+        args = (q, self.keys(), self.values(), None if self.uniform else self.lengths, scale)
+        if torch.compiler.is_compiling():
+            return attention_decode_cached(*args)
+        with trusted():
+            return attention_decode_cached(*args)
 
     def keys(self) -> Tensor:
         """(B, Hkv, max_length, D), a view of the buffer (the buffer itself once static)."""
