@@ -1,6 +1,7 @@
 # fastseq: the commands that do all set-up on a fresh machine.
 #   make test        create .venv, install torch (CPU wheel), triton and the test tools, build
 #                    fastseq._C, run the whole test suite
+#   make lint        ruff (pyproject.toml's settings) over the whole tree; CI runs it before the tests
 #   make demo        the main job: `fastseq info`, then `fastseq demo` (a character-level Transformer on
 #                    tiny Shakespeare: progress, validation loss, a curve, samples)
 #   make bench       the benchmark sweep (JSON under benchmarks/results/)
@@ -29,7 +30,7 @@ export MAX_JOBS ?= 2
 
 SOURCES := setup.py pyproject.toml requirements-dev.txt $(wildcard csrc/*) $(wildcard kernels/*)
 
-.PHONY: install test demo bench gpu-window gpu-table gpu-data gpu-prebuild gpu-check cmake-check image-check clean
+.PHONY: install test lint demo bench gpu-window gpu-table gpu-data gpu-prebuild gpu-check cmake-check image-check clean
 
 $(VENV)/.installed: $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +42,9 @@ install: $(VENV)/.installed
 
 test: install
 	$(PY) -m pytest -p no:cacheprovider
+
+lint: install
+	$(VENV)/bin/ruff check .
 
 demo: install
 	$(VENV)/bin/fastseq info

@@ -104,7 +104,8 @@ def plot(rows, path):
     for r in rows:
         if r["mode"] == "inference" and "speedup" in r:
             series.setdefault(f"fastseq[{r['backend']}] {r['dtype']}", {})[r["sizes"]["batch"]] = r["speedup"]
-    return timing.line_plot(series, path, "batch size", "speed-up over torch.nn.LSTM", "LSTM inference forward, 1 layer",
+    return timing.line_plot(series, path, "batch size", "speed-up over torch.nn.LSTM",
+                            "LSTM inference forward, 1 layer",
                             hline=1.0)
 
 
@@ -123,6 +124,7 @@ def run(device, preset, dtype_names, fused_backends, ceilings):
                         continue
                     print(f"lstm {r['mode']:<9} {r['dtype']} L{layers} H{hidden} T{seq} B{batch:<4} "
                           f"{r['backend']:<6} {r['median_ms']:9.3f} ms  torch {r['baseline_median_ms']:9.3f} ms  "
-                          f"x{r['speedup']:.2f} (per call x{r['call_speedup']:.2f})  {r['fraction_of_matmul_ceiling']:.1%} of matmul, "
+                          f"x{r['speedup']:.2f} (per call x{r['call_speedup']:.2f})  "
+                          f"{r['fraction_of_matmul_ceiling']:.1%} of matmul, "
                           f"{r['fraction_of_bandwidth']:.1%} of bandwidth", flush=True)
     return rows

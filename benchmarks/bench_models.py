@@ -11,8 +11,18 @@ from __future__ import annotations
 import torch
 
 from fastseq.generation import generate
-from fastseq.models import (LSTMLM, CausalLM, CausalLMConfig, LSTMLMConfig, MaskedLM, MaskedLMConfig, Seq2Seq,
-                            Seq2SeqConfig, Transformer, TransformerConfig)
+from fastseq.models import (
+    LSTMLM,
+    CausalLM,
+    CausalLMConfig,
+    LSTMLMConfig,
+    MaskedLM,
+    MaskedLMConfig,
+    Seq2Seq,
+    Seq2SeqConfig,
+    Transformer,
+    TransformerConfig,
+)
 
 import timing
 from timing import DTYPES
@@ -31,7 +41,8 @@ MODELS = {
                          {"quick": (100, 100, 16, 24, 1), "cpu": (2000, 2000, 128, 256, 1),
                           "gpu": (16000, 16000, 512, 1024, 1)}),
     "transformer": (Transformer, TransformerConfig, {},  # base
-                    {"quick": (100, 100, 16, 2, 1, 1, 32), "cpu": (2000, 2000, 128, 4, 2, 2, 512), "gpu": (16000, 16000)}),
+                    {"quick": (100, 100, 16, 2, 1, 1, 32), "cpu": (2000, 2000, 128, 4, 2, 2, 512),
+                     "gpu": (16000, 16000)}),
     "causal_lm": (CausalLM, CausalLMConfig, {"max_len": 1024},  # GPT-2 small
                   {"quick": (100, 16, 2, 2), "cpu": (2000, 128, 4, 2), "gpu": (16000, 768, 12, 12)}),
     "masked_lm": (MaskedLM, MaskedLMConfig, {},  # BERT-base

@@ -5,9 +5,9 @@ sized to <= 2 minutes on one H200, the whole table one command of <= 9 minutes.
 
 The data sets do not live on that machine: `make gpu-data` copies ../shared/data into build/data, which
 the device tool carries with build/prebuilt (the extension, as for gpu_window). It writes four files to
---out (default $OUT): log, window.json (the steps), reproduction-cuda-gpu.json and reproduction-cuda-gpu.md. Each row is written
-as it finishes, so a run stopped by its timeout keeps the rows it finished; the run folders (checkpoints,
-models) go to a temporary folder that does not come back.
+--out (default $OUT): log, window.json (the steps), reproduction-cuda-gpu.json and reproduction-cuda-gpu.md.
+Each row is written as it finishes, so a run stopped by its timeout keeps the rows it finished; the run
+folders (checkpoints, models) go to a temporary folder that does not come back.
 """
 from __future__ import annotations
 

@@ -52,7 +52,8 @@ MINIMUM = {"build": 20, "0": 10, "1": 15, "2": 15, "3": 30, "4": 30}
 SECTIONS = {"0": "rates", "1": "new kernels", "2": "autograd", "3": "tests", "4": "headline"}
 TEST_FILES = ["tests/test_lstm_persistent.py", "tests/test_lstm.py", "tests/test_additive_attention.py",
               "tests/test_additive_passes.py", "tests/test_attention_decode.py",
-              "tests/test_attention.py", "tests/test_attention_mask.py", "tests/test_host_traffic.py", "tests/test_strided_inputs.py",
+              "tests/test_attention.py", "tests/test_attention_mask.py", "tests/test_host_traffic.py",
+              "tests/test_strided_inputs.py",
               "tests/test_padded_values.py", "tests/test_backends.py", "tests/test_nn_lstm.py",
               "tests/test_nn_multihead_attention.py", "tests/test_generation.py", "tests/test_cuda_graph_decoding.py"]
 BUILD_ENV = {"TORCH_CUDA_ARCH_LIST": "9.0a", "MAX_JOBS": "16"}
@@ -175,8 +176,9 @@ def new_attention_triton(record: Record, device, deadline: float) -> None:
     import torch
     import torch.nn.functional as F
 
-    import timing
     from fastseq import backends, ops
+
+    import timing
 
     backend = "triton" if device.type == "cuda" else "reference"
     bound = {torch.bfloat16: 2e-2, torch.float16: 5e-3, torch.float32: 1e-4}
@@ -258,8 +260,9 @@ def new_persistent_lstm(record: Record, device, deadline: float) -> None:
     import torch
 
     import fastseq.nn
-    import timing
     from fastseq import backends
+
+    import timing
 
     backend = "cuda" if device.type == "cuda" else "reference"
     bound = {torch.bfloat16: 3e-2, torch.float16: 1e-2, torch.float32: 1e-5}
@@ -313,8 +316,9 @@ def _lstm_speed(record, device, dtype, mode, layers, H, T, B):
     import torch
 
     import fastseq.nn
-    import timing
     from fastseq import backends
+
+    import timing
 
     base = torch.nn.LSTM(H, H, layers).to(device, dtype)
     ours = fastseq.nn.LSTM(H, H, layers).to(device, dtype)
@@ -343,8 +347,9 @@ def _lstm_speed(record, device, dtype, mode, layers, H, T, B):
 
 # (module, its variants): the FMA share of H and the scores pass's tile, set on the backend module for a run
 ADDITIVE_SHARES = (0.0, 0.25, 0.5)
-ADDITIVE_TILES = {"reference": (None,), "cuda": (0, 1), "triton": ({"BLOCK_Q": 64, "BLOCK_K": 64, "BLOCK_H": 4, "num_warps": 4},
-                                            {"BLOCK_Q": 32, "BLOCK_K": 128, "BLOCK_H": 4, "num_warps": 4})}
+ADDITIVE_TILES = {"reference": (None,), "cuda": (0, 1),
+                  "triton": ({"BLOCK_Q": 64, "BLOCK_K": 64, "BLOCK_H": 4, "num_warps": 4},
+                             {"BLOCK_Q": 32, "BLOCK_K": 128, "BLOCK_H": 4, "num_warps": 4})}
 
 
 def _additive_variant(backend: str, share: float, tile):
@@ -394,8 +399,9 @@ def new_additive_passes(record: Record, device, deadline: float) -> None:
     peak memory, and the floor of two tanh an element at the rate measured now."""
     import torch
 
-    import timing
     from fastseq.ops.additive.reference import naive
+
+    import timing
 
     gpu = device.type == "cuda"
     names = ("context", "dq", "dk", "dv", "dvalues")
@@ -485,10 +491,11 @@ def new_decode_balanced(record: Record, device, deadline: float) -> None:
     import torch
     import torch.nn.functional as F
 
-    import timing
     from fastseq import backends
     from fastseq.ops.dot_product import attention_decode
     from fastseq.ops.dot_product.reference import attention_decode as reference_decode
+
+    import timing
 
     gpu = device.type == "cuda"
     backend = "triton" if gpu else "reference"
@@ -573,7 +580,8 @@ def new_decode_balanced(record: Record, device, deadline: float) -> None:
                                        "sizes": [B, Hq, Hkv, T, D], "lengths": "ragged, T/2..T",
                                        "gpu_median_ms": t["gpu_median_ms"], "call_median_ms": t["call_median_ms"],
                                        "bandwidth_fraction": real_bytes / (t["gpu_median_ms"] * 1e-3) / bandwidth,
-                                       "copy_bytes_per_s": bandwidth, "vs_fastest_sdpa": fastest[0] / t["gpu_median_ms"],
+                                       "copy_bytes_per_s": bandwidth,
+                                       "vs_fastest_sdpa": fastest[0] / t["gpu_median_ms"],
                                        "fastest_sdpa": fastest[1]})
 
 
@@ -616,7 +624,6 @@ def _verdict(torch_errors: dict, ours_errors: dict | None, dtype: str) -> bool:
 
 
 def _lstm_grads(module, x, grad_y, device, dtype):
-    import torch
 
     m = module.to(device, dtype)
     xi = x.detach().to(device, dtype).requires_grad_()
@@ -848,7 +855,8 @@ def headline(window: Window, gpu: bool) -> None:
         ["sweep", PY, "benchmarks/sweep.py", "--preset", preset, "--dtypes", "bf16" if gpu else "fp32", "--ops", "lstm",
          "additive_attention", "attention", "--json", os.path.join(out, "headline.json")],
         ["parity", PY, "benchmarks/parity.py", "--preset", preset, "--json", os.path.join(out, "parity.json")],
-        ["generate", PY, "benchmarks/generate_hf.py", "--batches", *(("1", "8", "64") if gpu else ("1",)), "--repeats", "1",
+        ["generate", PY, "benchmarks/generate_hf.py", "--batches", *(("1", "8", "64") if gpu else ("1",)),
+         "--repeats", "1",
          "--json", os.path.join(out, "generate-hf.json")] + ([] if gpu else ["--size", "tiny", "--new", "4"]),
     ]
     start, budget = time.monotonic(), min(BUDGETS["4"], _left(window.deadline))

@@ -22,10 +22,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import timing  # noqa: E402
-
 import fastseq  # noqa: E402
 from fastseq.ops.registry import served  # noqa: E402
+
+import timing  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODES = ("inference", "training")
@@ -141,12 +141,14 @@ def run(preset: str, device: torch.device, dtype: torch.dtype, save=lambda rows:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| module | mode | sizes | torch.nn | fastseq | ratio | per call: torch.nn | fastseq | ratio | served by |",
+    lines = ["| module | mode | sizes | torch.nn | fastseq | ratio | per call: torch.nn | fastseq | ratio "
+             "| served by |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         sizes = " ".join(f"{k}={v}" for k, v in r["sizes"].items())
         lines.append(f"| {r['module']} | {r['mode']} | {sizes} | {r['torch_ms']:.3f} ms | {r['fastseq_ms']:.3f} ms | "
-                     f"{r['ratio']:.2f}× | {r['torch']['call_median_ms']:.3f} ms | {r['fastseq']['call_median_ms']:.3f} ms | "
+                     f"{r['ratio']:.2f}× | {r['torch']['call_median_ms']:.3f} ms | "
+                     f"{r['fastseq']['call_median_ms']:.3f} ms | "
                      f"{r['call_ratio']:.2f}× | {', '.join(r['served']) or 'torch ops'} |")
     return "\n".join(lines)
 
@@ -154,7 +156,8 @@ def table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", choices=sorted(GRIDS), default=None, help="default: gpu on a GPU, else cpu")
-    parser.add_argument("--dtype", choices=sorted(timing.DTYPES), default=None, help="default: bf16 on a GPU, else fp32")
+    parser.add_argument("--dtype", choices=sorted(timing.DTYPES), default=None,
+                        help="default: bf16 on a GPU, else fp32")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

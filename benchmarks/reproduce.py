@@ -25,15 +25,15 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from torch_layers import torch_layers  # noqa: E402
-
-import timing  # noqa: E402
-from fastseq import atomic, data as D  # noqa: E402
+from fastseq import atomic  # noqa: E402
+from fastseq import data as D
 from fastseq.models import LSTMLM, LSTMLMConfig, NGramLM, Word2Vec, Word2VecConfig, Word2VecData  # noqa: E402
 from fastseq.train import Trainer, ulmfit  # noqa: E402
+from fastseq.train.tasks import apply_overrides, build_run, evaluate_run, load_config, open_run, save_run  # noqa: E402
 from fastseq.train.trainer import to_device  # noqa: E402
-from fastseq.train.tasks import (apply_overrides, build_run, evaluate_run, load_config, open_run,  # noqa: E402
-                                 save_run)
+
+import timing  # noqa: E402
+from torch_layers import torch_layers  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = os.path.join(os.path.dirname(HERE), "configs")

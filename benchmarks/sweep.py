@@ -22,6 +22,10 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import fastseq  # noqa: E402
+from fastseq import backends  # noqa: E402
+from fastseq.ops.registry import declared  # noqa: E402
+
 import bench_additive_attention  # noqa: E402
 import bench_attention  # noqa: E402
 import bench_lstm  # noqa: E402
@@ -29,10 +33,6 @@ import bench_models  # noqa: E402
 import tanh_rate  # noqa: E402
 import timing  # noqa: E402
 from timing import DTYPES  # noqa: E402
-
-import fastseq  # noqa: E402
-from fastseq import backends  # noqa: E402
-from fastseq.ops.registry import declared  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OPS = {"lstm": bench_lstm, "additive_attention": bench_additive_attention, "attention": bench_attention,
@@ -45,7 +45,8 @@ def fused_backends(op: str, device: torch.device) -> list[str]:
     it cannot serve (torch's kernels train through autograd on a CPU only)."""
     families = getattr(OPS[op], "FAMILIES", (op,))
     implemented = {b for f in families for b in declared()[f].backends}
-    return [b for b in ("cuda", "cpu", "triton", "torch") if b in implemented and backends.availability(b, device.type)[0]
+    return [b for b in ("cuda", "cpu", "triton", "torch")
+            if b in implemented and backends.availability(b, device.type)[0]
             and not (b == "triton" and device.type == "cpu")]
 
 
@@ -53,7 +54,8 @@ def ceilings(device: torch.device, dtype_names: list[str]) -> dict:
     out = {"matmul_flops": {d: timing.matmul_ceiling(device, DTYPES[d]) for d in dtype_names},
            "copy_bandwidth": timing.copy_bandwidth(device),
            "tanh_rate_exact": tanh_rate.tanh_rate(device, approx=False)}
-    out["tanh_rate_approx"] = tanh_rate.tanh_rate(device, approx=True) if device.type == "cuda" else out["tanh_rate_exact"]
+    out["tanh_rate_approx"] = (tanh_rate.tanh_rate(device, approx=True) if device.type == "cuda"
+                               else out["tanh_rate_exact"])
     return out
 
 

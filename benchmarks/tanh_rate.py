@@ -4,9 +4,9 @@ import torch
 import triton
 import triton.language as tl
 
-import timing
-
 from fastseq.triton.activations import tanh
+
+import timing
 
 BLOCK, ITERS = 1024, 512
 

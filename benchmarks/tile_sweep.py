@@ -81,7 +81,8 @@ def train_tiles(sweep: Sweep, device) -> None:
     for causal in (False, True):
         for name, fn in (("sdpa fwd", lambda: F.scaled_dot_product_attention(q.detach(), k.detach(), v.detach(),
                                                                             is_causal=causal)),
-                         ("sdpa fwd+bwd", lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal).backward(g))):
+                         ("sdpa fwd+bwd",
+                          lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal).backward(g))):
             sweep.add({"kernel": "baseline", "what": name, "causal": causal, **_time(fn, device)})
     with backends.use("triton"):
         for kernel, grid in GRIDS.items():

@@ -193,7 +193,8 @@ def requested(device_type: str) -> Optional[tuple[str, str]]:
     return None
 
 
-def candidates(device_type: str, implemented: tuple[str, ...], order: Optional[tuple[str, ...]] = None) -> tuple[str, ...]:
+def candidates(device_type: str, implemented: tuple[str, ...],
+               order: Optional[tuple[str, ...]] = None) -> tuple[str, ...]:
     """The backends of `order` (default DEFAULT_ORDER[device_type]) that implement the op and run here."""
     return tuple(name for name in order or DEFAULT_ORDER.get(device_type, ("reference",))
                  if name in implemented and availability(name, device_type)[0])

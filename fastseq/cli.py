@@ -204,7 +204,6 @@ def _batches(lengths: list[int], batch_size: int, max_tokens: Optional[int]) -> 
 
 
 def _generate(args: argparse.Namespace) -> int:
-    import torch
 
     from . import atomic
     from .data import pad

@@ -106,7 +106,7 @@ def info(file: Optional[TextIO] = None) -> None:
         f"python     {r['python']}",
         f"torch      {r['torch']}" + (f" (CUDA {r['torch_cuda']})" if r["torch_cuda"] else " (CPU build)"),
         f"triton     {triton}",
-        f"device     " + (f"{r['device']} (sm_{r['capability'].replace('.', '')})" if r["device"] else "no CUDA device"),
+        "device     " + (f"{r['device']} (sm_{r['capability'].replace('.', '')})" if r["device"] else "no CUDA device"),
         f"fastseq._C {built}",
         f"override   {backends.ENV_VAR}={__import__('os').environ.get(backends.ENV_VAR, '') or '(unset)'}",
         "integrations:",

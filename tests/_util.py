@@ -1,10 +1,9 @@
 """Helpers shared by the tests: backends present per device, tolerances, errors, host reads."""
 import contextlib
 
-from torch.overrides import TorchFunctionMode
-
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 from fastseq import backends, ops  # noqa: F401  (importing ops registers the op families)
 from fastseq.ops.registry import declared
@@ -116,8 +115,8 @@ class DeviceResidency(TorchFunctionMode):
     tensor and to what a factory makes with a `device=` that is a torch.device (as `device=x.device` is;
     the string "cpu" names the host). On this CPU every device is the host, so this is how a test here
     sees what `torch.cuda.set_sync_debug_mode("error")` sees on a GPU. A non-blocking copy of host data
-    (the caller's, such as lengths given on the host) is no crossing: it waits for nothing. Triton's interpreter, which runs
-    the kernels on the host, is not counted (a GPU launch reads nothing back)."""
+    (the caller's, such as lengths given on the host) is no crossing: it waits for nothing. Triton's interpreter,
+    which runs the kernels on the host, is not counted (a GPU launch reads nothing back)."""
 
     def __init__(self, allowed: dict[str, str] | None = None):
         super().__init__()
@@ -166,7 +165,8 @@ class DeviceResidency(TorchFunctionMode):
             else:
                 self.crossings[-1] += f" at {where} ({function})"
         out = func(*args, **kwargs)
-        if getattr(func, "__name__", "") == "_pad_packed_sequence":  # (padded, lengths): torch keeps lengths on the host
+        # (padded, lengths): torch keeps lengths on the host
+        if getattr(func, "__name__", "") == "_pad_packed_sequence":
             self.resident(out[0])
             return out
         if from_device or moved or isinstance(kwargs.get("device"), torch.device):

@@ -3,11 +3,12 @@ present against the float64 reference, forward and backward; the reference again
 naive form; the padding rule; gradcheck; opcheck; torch.compile; bad input; GPU sizes."""
 import pytest
 import torch
-from _util import DTYPES, TOL, backend_params, rel_err
 
 from fastseq import backends, ops
 from fastseq.ops import additive, registry
 from fastseq.ops.additive.reference import naive
+
+from _util import DTYPES, TOL, backend_params, rel_err
 
 # (B, Tq, Tk, H, Dv, padding): odd sizes, several query/key/H tiles, Dv past one 128 tile, both paddings.
 CASES = [
@@ -291,7 +292,8 @@ def test_long_keys_run_in_memory_linear_in_tk(backend):
     torch.cuda.synchronize()
     extra = torch.cuda.max_memory_allocated() - base
     inputs_bytes = sum(t.numel() * t.element_size() for t in args)
-    assert extra < 6 * inputs_bytes, f"peak extra memory {extra / 2**20:.0f} MiB for {inputs_bytes / 2**20:.0f} MiB of inputs"
+    assert extra < 6 * inputs_bytes, (f"peak extra memory {extra / 2**20:.0f} MiB for "
+                                      f"{inputs_bytes / 2**20:.0f} MiB of inputs")
     assert all(torch.isfinite(a.grad).all() for a in args)
 
 

@@ -5,8 +5,9 @@ input range, with the large-|x| fallback."""
 import pytest
 import torch
 
-from _util import rel_err
 from fastseq.ops.additive import passes, reference
+
+from _util import rel_err
 
 
 def _inputs(B, Tq, Tk, H, Dv, dtype=torch.float64, scale=1.0, seed=0):

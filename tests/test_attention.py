@@ -6,10 +6,11 @@ view; gradcheck; opcheck; torch.compile; bad input; at real sizes on a GPU (`cud
 import pytest
 import torch
 import torch.nn.functional as F
-from _util import DTYPES, TOL, backend_params, rel_err
 
 from fastseq import backends, ops
 from fastseq.ops import registry
+
+from _util import DTYPES, TOL, backend_params, rel_err
 
 # (B, Hq, Hkv, Tq, Tk, D, Dv, causal, padding)
 CASES = [
@@ -409,7 +410,8 @@ def test_real_size_padded_batch_memory_is_linear():
 @pytest.mark.parametrize("arch", [90, 80])
 @pytest.mark.parametrize("dtype,head_dim,dropout,bias", [(torch.bfloat16, 128, False, 0), (torch.float16, 64, True, 0),
                                                          (torch.float32, 256, False, 0), (torch.bfloat16, 200, True, 0),
-                                                         (torch.bfloat16, 128, False, 2), (torch.float16, 64, False, 1)])
+                                                         (torch.bfloat16, 128, False, 2),
+                                                         (torch.float16, 64, False, 1)])
 def test_autotune_pruning_keeps_the_tiles_meant_for_the_inputs(monkeypatch, arch, dtype, head_dim, dropout, bias):
     """Triton's own pruning call keeps exactly `configs_for`'s tiles, and recognizes configurations Triton
     rebuilt from their values (its autotune cache does), whatever attributes it keeps on a Config."""

@@ -5,10 +5,11 @@ key padding and lengths; the gradient of a float mask; decoding with a mask; whi
 bad masks named in the error."""
 import pytest
 import torch
-from _util import DTYPES, TOL, backend_params, rel_err
 
 from fastseq import backends, ops
 from fastseq.ops import registry
+
+from _util import DTYPES, TOL, backend_params, rel_err
 
 B, HQ, HKV, TQ, TK, D = 3, 4, 2, 5, 7, 8
 # attn_mask shapes, broadcast against (B, Hq, Tq, Tk)

@@ -25,7 +25,8 @@ def test_default_for_cpu_prefers_the_compiled_kernels(monkeypatch):
 def test_context_manager_nests_and_restores(monkeypatch):
     monkeypatch.delenv(backends.ENV_VAR, raising=False)
     with backends.use("reference"):
-        assert backends.choose("lstm", "cpu", IMPLEMENTED) == backends.Choice("reference", "chosen with fastseq.backends.use")
+        assert backends.choose("lstm", "cpu", IMPLEMENTED) == backends.Choice("reference",
+                                                                              "chosen with fastseq.backends.use")
         with backends.use(cpu="cpu"):
             assert backends.choose("lstm", "cpu", IMPLEMENTED).backend == "cpu"
         assert backends.choose("lstm", "cpu", IMPLEMENTED).backend == "reference"
@@ -114,9 +115,7 @@ def test_the_extension_registers_a_kernel_for_every_op_it_serves(device_type):
         pytest.skip(f"fastseq._C is unavailable: {backends.extension_error()}")
     if device_type == "cuda" and not backends.extension_has_cuda():
         pytest.skip("fastseq._C was built without CUDA (`make image-check` builds it with nvcc)")
-    from fastseq.ops.registry import families, functions
-
-    from fastseq.ops.registry import EXTENSION, declared
+    from fastseq.ops.registry import EXTENSION, declared, families, functions
 
     serving = [family for family, names in families().items() if device_type in names]
     assert serving, f"no op family is served by the extension on {device_type}"

@@ -4,7 +4,6 @@ against its baseline; every model trains on fastseq and on torch.nn layers and e
 the sweep writes JSON rows with the ratios to the baselines; benchmarks/parity.py times every drop-in
 module beside its torch.nn twin."""
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -14,9 +13,9 @@ import torch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-import sweep  # noqa: E402
-
 from fastseq.ops.registry import declared  # noqa: E402
+
+import sweep  # noqa: E402
 
 
 def test_lstm_sweep_runs_every_declared_quick_case(tmp_path):
@@ -24,8 +23,8 @@ def test_lstm_sweep_runs_every_declared_quick_case(tmp_path):
     assert sweep.main(["--ops", "lstm", "--preset", "quick", "--json", str(path)]) == 0
     rows = json.loads(path.read_text())["results"]["lstm"]
     fused = sweep.fused_backends("lstm", torch.device("cpu"))
-    cases = [(mode, layers, hidden, seq, batch) for mode, layers, hidden, seq, batches, _ in declared()["lstm"].cases["quick"]
-             for batch in batches]
+    cases = [(mode, layers, hidden, seq, batch)
+             for mode, layers, hidden, seq, batches, _ in declared()["lstm"].cases["quick"] for batch in batches]
     # each backend that serves the case (the torch LSTM trains through autograd on a CPU), and the default
     able = {mode: [b for b in fused if declared()["lstm"].provides(b, needs, "cpu")]
             for mode, needs in (("inference", ("lstm_layer",)), ("training", ("lstm_layer", "lstm_layer_backward")))}
@@ -188,7 +187,8 @@ def test_gpu_timer_separates_device_time_from_host_time(host_ms, device_ms):
     assert timer.method == "queued behind a spin" and timer.calls >= 1
     assert block["gpu_ms"] == pytest.approx(device_ms, rel=1e-9)
     # the block overlaps host and device but for the first call's host time (or the last call's device time)
-    assert block["call_ms"] == pytest.approx(max(host_ms, device_ms), rel=1e-9, abs=1.01 * min(host_ms, device_ms) / timer.calls)
+    assert block["call_ms"] == pytest.approx(max(host_ms, device_ms), rel=1e-9,
+                                             abs=1.01 * min(host_ms, device_ms) / timer.calls)
 
 
 def test_gpu_timer_names_a_call_that_synchronizes():

@@ -274,7 +274,8 @@ def test_cuda_kernels_compile_for_sm80_within_spill_budget(tmp_path, source):
     """The build's other architecture (an A100): every kernel compiles there too, spilling no more than
     SM80_SPILLS allows its file (bytes per kernel: the decoding and additive kernels' rewrites set them to 0)."""
     out = subprocess.run([NVCC, "-std=c++17", "-O3", "-gencode=arch=compute_80,code=sm_80", "-Xptxas", "-v", "-cubin",
-                          str(ROOT / "kernels" / source), "-o", str(tmp_path / "k.cubin")], capture_output=True, text=True)
+                          str(ROOT / "kernels" / source), "-o", str(tmp_path / "k.cubin")],
+                         capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     spills = SPILLS.findall(out.stderr)
     assert spills and max(int(a) + int(b) for a, b in spills) <= SM80_SPILLS.get(source, 0), out.stderr
@@ -286,7 +287,8 @@ def test_cuda_launchers_compile_against_torch_headers(tmp_path, source):
     """The host-side launchers, syntax- and type-checked with the CUDA build's macros (no GPU, no CUDA torch)."""
     from torch.utils.cpp_extension import CUDA_HOME, include_paths
 
-    candidates = [pathlib.Path(NVCC).resolve().parents[1] / "include", *sorted(pathlib.Path("/usr/local").glob("cuda*/include"))]
+    candidates = [pathlib.Path(NVCC).resolve().parents[1] / "include",
+                  *sorted(pathlib.Path("/usr/local").glob("cuda*/include"))]
     if CUDA_HOME:
         candidates.insert(0, pathlib.Path(CUDA_HOME) / "include")
     cuda_include = next((c for c in candidates if (c / "cuda_runtime.h").exists()), None)

@@ -5,8 +5,8 @@ steps run without the graph); on a GPU, the captured graph's output equals eager
 reuses the same buffers."""
 import pytest
 import torch
-
 from test_generation import _inputs, _sharpen, tiny_models
+
 from fastseq.generation import generate
 from fastseq.generation.search import beam_search, sequential
 from fastseq.nn import KVCache

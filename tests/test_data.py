@@ -8,9 +8,10 @@ import shutil
 import pytest
 import torch
 
-from _util import assert_proportion
 from fastseq import data
 from fastseq.data import registry
+
+from _util import assert_proportion
 
 TEXTS = ["First Citizen: Before we proceed any further, hear me speak.",
          "All: Speak, speak.", "You are all resolved rather to die than to famish?"]

@@ -177,6 +177,7 @@ def test_decoding_an_id_outside_the_vocabulary_names_it(ids):
 
 def test_damaged_or_incomplete_tokenizer_files_are_refused(tmp_path):
     import json
+
     from fastseq.data.tokenizers import CharTokenizer, load_tokenizer
     tok = CharTokenizer.fit(["abcdef"])
     path = tmp_path / "tokenizer.json"
@@ -199,6 +200,7 @@ def test_token_budget_batches_of_nothing_is_no_batch():
 
 def test_a_malformed_choice_in_the_cache_file_is_remeasured_not_fatal(tmp_path, monkeypatch):
     import json
+
     from fastseq import diagnostics
     from fastseq.ops import tuning
     path = tmp_path / "choices.json"

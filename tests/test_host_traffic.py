@@ -7,9 +7,11 @@ torch.cuda.set_sync_debug_mode("error") on a GPU."""
 import pytest
 import torch
 
-from _util import DeviceResidency, cpu_backends, interpreter_uncounted
-from fastseq import backends, nn as fnn, ops
+from fastseq import backends, ops
+from fastseq import nn as fnn
 from fastseq.ops import checks
+
+from _util import DeviceResidency, cpu_backends, interpreter_uncounted
 
 
 def _backends(*family):
@@ -178,8 +180,16 @@ def test_module_crosses_nothing(name, grad):
 
 
 def _decoders():
-    from fastseq.models import CausalLM, CausalLMConfig, LSTMLM, LSTMLMConfig, Seq2Seq, Seq2SeqConfig, Transformer, \
-        TransformerConfig
+    from fastseq.models import (
+        LSTMLM,
+        CausalLM,
+        CausalLMConfig,
+        LSTMLMConfig,
+        Seq2Seq,
+        Seq2SeqConfig,
+        Transformer,
+        TransformerConfig,
+    )
     return {
         "lstm_lm": LSTMLM(LSTMLMConfig(19, 12, 16, 2, pad_id=0, eos_id=2)),
         "causal_lm": CausalLM(CausalLMConfig(19, 16, 4, 2, dropout=0.0, max_len=40, pad_id=0, eos_id=2)),

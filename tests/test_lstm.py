@@ -4,10 +4,11 @@ import re
 
 import pytest
 import torch
-from _util import DTYPES, TOL, backend_params, cpu_backends, rel_err
 
 from fastseq import backends, ops
 from fastseq.ops import registry
+
+from _util import DTYPES, TOL, backend_params, cpu_backends, rel_err
 
 # (T, B, I, H, P, lengths, reverse, bias): odd sizes, projection, mixed lengths, both directions.
 LAYER_CASES = [
@@ -220,7 +221,8 @@ def test_torch_compile_smoke():
 
 
 def test_inference_saves_no_workspace_and_refuses_backward():
-    x, h0, c0, w_ih, w_hh, bias, _ = [t.float() if t is not None else None for t in _layer_inputs(3, 2, 4, 5, 0, True, "cpu")]
+    x, h0, c0, w_ih, w_hh, bias, _ = [t.float() if t is not None else None
+                                      for t in _layer_inputs(3, 2, 4, 5, 0, True, "cpu")]
     out = torch.ops.fastseq.lstm_layer(x, h0, c0, w_ih, w_hh, bias, None, None, False, False)
     assert out[3].numel() == 0 and out[4].numel() == 0
     with torch.no_grad():

@@ -6,12 +6,24 @@ import dataclasses
 import pytest
 import torch
 
-from _util import KERNEL_RUNS, assert_proportion, kernel_run
 from fastseq import models
+from fastseq.models import (
+    LSTMLM,
+    CausalLM,
+    CausalLMConfig,
+    LSTMLMConfig,
+    MaskedLM,
+    MaskedLMConfig,
+    Seq2Seq,
+    Seq2SeqConfig,
+    SequenceClassifier,
+    SequenceClassifierConfig,
+    Transformer,
+    TransformerConfig,
+)
 from fastseq.models.losses import token_loss
-from fastseq.models import (LSTMLM, CausalLM, CausalLMConfig, LSTMLMConfig, MaskedLM, MaskedLMConfig, Seq2Seq,
-                            Seq2SeqConfig, SequenceClassifier, SequenceClassifierConfig, Transformer,
-                            TransformerConfig)
+
+from _util import KERNEL_RUNS, assert_proportion, kernel_run
 
 V = 17  # vocabulary: 0 pad, 1 bos, 2 eos, 3 mask, 4.. words
 WORDS = (4, V)

@@ -2,11 +2,12 @@
 gives the same outputs, final states and gradients, through every backend present."""
 import pytest
 import torch
-from _util import TOL, backend_params, cpu_backends, rel_err
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_sequence
 
 import fastseq.nn
 from fastseq import backends
+
+from _util import TOL, backend_params, cpu_backends, rel_err
 
 CPU_BACKENDS = cpu_backends("lstm")  # those that train: forward and backward
 
@@ -240,7 +241,8 @@ def test_lengths_equal_a_packed_sequence(batch_first, lengths):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     weights = torch.randn_like(out)
     ga = torch.autograd.grad((out * weights).sum() + h.sum() - c.square().sum(), [x, *hx, *ours.parameters()])
-    gb = torch.autograd.grad((ref_out * weights).sum() + ref_h.sum() - ref_c.square().sum(), [x, *hx, *ref.parameters()])
+    gb = torch.autograd.grad((ref_out * weights).sum() + ref_h.sum() - ref_c.square().sum(),
+                             [x, *hx, *ref.parameters()])
     for a, b in zip(ga, gb):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 

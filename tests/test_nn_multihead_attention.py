@@ -5,10 +5,11 @@ add_bias_kv, add_zero_attn, no bias; incremental decoding through a KVCache; the
 import pytest
 import torch
 import torch.nn.functional as F
-from _util import backend_params, rel_err
 
 from fastseq import backends
 from fastseq import nn as fnn
+
+from _util import backend_params, rel_err
 
 E, HEADS = 16, 4
 CONFIGS = [dict(), dict(batch_first=True), dict(kdim=12, vdim=20), dict(add_bias_kv=True, add_zero_attn=True),
@@ -60,7 +61,8 @@ def test_cross_attention_matches_torch(kwargs, call):
     mask[:, 0] = False
     args = {"padding": dict(key_padding_mask=mask), "no-weights": dict(need_weights=False),
             "per-head-weights": dict(average_attn_weights=False, key_padding_mask=mask),
-            "lengths-as-mask": dict(key_padding_mask=torch.arange(S)[None, :] >= torch.tensor([7, 3, 5])[:, None])}[call]
+            "lengths-as-mask": dict(key_padding_mask=torch.arange(S)[None, :] >= torch.tensor([7, 3, 5])[:, None]),
+            }[call]
     _compare(ref, ours, (q, k, v), **args)
     if call == "lengths-as-mask":  # the same padding given as lengths
         b, _ = ours(q, k, v, lengths=torch.tensor([7, 3, 5]))
@@ -262,7 +264,8 @@ def test_dropout_applies_in_training_only():
     (dict(embed_dim=16, num_heads=4, dropout=1.0), None, r"dropout must lie in \[0, 1\)"),
     (None, dict(attn_mask=torch.zeros(5, 5, dtype=torch.int64)), r"attn_mask must be a bool .* or float"),
     (None, dict(is_causal=True, key=(7,)), r"is_causal without an attn_mask needs as many queries as keys"),
-    (None, dict(attn_mask=torch.ones(5, 5, dtype=torch.bool), key=(7,)), r"attn_mask must have shape \(L, S\) = \(5, 7\)"),
+    (None, dict(attn_mask=torch.ones(5, 5, dtype=torch.bool), key=(7,)),
+     r"attn_mask must have shape \(L, S\) = \(5, 7\)"),
     (None, dict(attn_mask=torch.ones(4, 5, 5, dtype=torch.bool)), r"attn_mask must have shape \(L, S\)"),
     (None, dict(key_padding_mask=torch.zeros(2, 5, dtype=torch.int32)), r"key_padding_mask must be bool"),
     (None, dict(key_padding_mask=torch.zeros(2, 4, dtype=torch.bool)), r"key_padding_mask must have shape \(N, S\)"),

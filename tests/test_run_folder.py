@@ -9,13 +9,12 @@ import stat
 
 import pytest
 import torch
+from test_cli import fastseq
+from test_train import _batches, _config, _loss, _model
 
 from fastseq import cli, models
 from fastseq.train import TrainConfig, Trainer
 from fastseq.train.run_folder import RunFolder, RunFolderBusy
-
-from test_cli import fastseq
-from test_train import _batches, _config, _evaluate, _loss, _model
 
 TINY = ["--set=model.d_model=16", "--set=model.num_heads=2", "--set=model.num_layers=1", "--set=data.block=16",
         "--set=data.batch=4", "--set=data.eval_batches=1", "--set=train.steps=3", "--set=train.log_every=1",
@@ -243,7 +242,8 @@ def test_an_allowed_lr_change_is_applied_on_resume(tmp_path):
                   "--set=train.warmup=0")
     assert out.returncode == 0, out.stderr[-2000:]
     out = fastseq("train", "--config", CONFIG, "--out", str(tmp_path), *TINY, "--set=train.schedule=constant",
-                  "--set=train.warmup=0", "--set=train.steps=5", "--set=train.lr=0.0123", "--set=train.weight_decay=0.2",
+                  "--set=train.warmup=0", "--set=train.steps=5", "--set=train.lr=0.0123",
+                  "--set=train.weight_decay=0.2",
                   "--allow-change=train.steps", "--allow-change=train.lr", "--allow-change=train.weight_decay")
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [json.loads(line) for line in open(tmp_path / "log.jsonl")]

@@ -8,9 +8,9 @@ import pytest
 
 pytest.importorskip("matplotlib")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
-import ulmfit_curve  # noqa: E402
-
 from fastseq.train import ulmfit  # noqa: E402
+
+import ulmfit_curve  # noqa: E402
 
 
 def test_ulmfit_curve_tiny(tmp_path):

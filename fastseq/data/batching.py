@@ -14,6 +14,7 @@ from torch import Tensor
 
 from ..masking import mask_tokens
 
+
 def pad(sequences: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[Tensor, Tensor]:
     """-> (tokens (B, max length) int64 right-padded with pad_id, lengths (B,) int64)."""
     lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)

@@ -26,7 +26,8 @@ from .search import Generation, beam_search, sequential
 METHODS = ("greedy", "sample", "beam")
 
 
-def generate(model: Decoder, inputs: Tensor, lengths=None, *, max_new_tokens: int, method: str = "greedy", beams: int = 4,
+def generate(model: Decoder, inputs: Tensor, lengths=None, *, max_new_tokens: int, method: str = "greedy",
+             beams: int = 4,
              length_penalty: float = 1.0, no_repeat_ngram_size: int = 0, temperature: float = 1.0, top_k: int = 0,
              top_p: float = 1.0, eos_id: Union[int, None, str] = "model", pad_id: Union[int, str] = "model",
              seed: Optional[int] = None, use_cache: bool = True, cuda_graph: bool = False) -> Generation:

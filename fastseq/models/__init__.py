@@ -5,8 +5,8 @@ from .causal_lm import CausalLM, CausalLMConfig
 from .classifier import SequenceClassifier, SequenceClassifierConfig
 from .lstm_lm import LSTMLM, LSTMLMConfig
 from .masked_lm import MaskedLM, MaskedLMConfig
-from .seq2seq import Seq2Seq, Seq2SeqConfig
 from .ngram import NGramLM
+from .seq2seq import Seq2Seq, Seq2SeqConfig
 from .transformer import Transformer, TransformerConfig
 from .word2vec import Word2Vec, Word2VecConfig, Word2VecData
 

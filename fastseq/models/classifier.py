@@ -16,7 +16,7 @@ from typing import Union
 import torch
 from torch import Tensor, nn
 
-from .base import Model, model_class, check_config, lengths_tensor, padding_mask
+from .base import Model, check_config, lengths_tensor, model_class, padding_mask
 from .losses import token_loss
 
 BODIES = ("LSTMLM", "CausalLM", "MaskedLM")

@@ -9,7 +9,6 @@ from torch import Tensor
 from ..masking import IGNORE
 
 
-
 def token_loss(logits: Tensor, targets: Tensor, lengths=None, label_smoothing: float = 0.0) -> Tensor:
     """Mean cross-entropy of logits (B, T, V) against targets (B, T), over the targets not -100 and
     (with lengths) at t < lengths[b]; zero, not NaN, when there are none."""

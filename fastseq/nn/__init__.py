@@ -5,8 +5,13 @@ from .kv_cache import KVCache
 from .linear import Linear
 from .lstm import LSTM, LSTMCell
 from .multihead_attention import MultiheadAttention, PrecomputedKV
-from .transformer import (Transformer, TransformerDecoder, TransformerDecoderLayer, TransformerEncoder,
-                          TransformerEncoderLayer)
+from .transformer import (
+                          Transformer,
+                          TransformerDecoder,
+                          TransformerDecoderLayer,
+                          TransformerEncoder,
+                          TransformerEncoderLayer,
+)
 
 __all__ = ["AdditiveAttention", "KVCache", "LSTM", "Linear", "LSTMCell", "MultiheadAttention", "PrecomputedKeys",
            "PrecomputedKV", "Transformer", "TransformerDecoder", "TransformerDecoderLayer", "TransformerEncoder",

@@ -120,7 +120,8 @@ def check_key_padding(op: str, key_padding_mask: Optional[torch.Tensor], lengths
     integer tensor or sequence, each in [0, Tk]); returns the lengths as int32 on `device` (or None)."""
     if key_padding_mask is not None:
         if not isinstance(key_padding_mask, torch.Tensor) or key_padding_mask.dtype != torch.bool:
-            got = key_padding_mask.dtype if isinstance(key_padding_mask, torch.Tensor) else type(key_padding_mask).__name__
+            got = (key_padding_mask.dtype if isinstance(key_padding_mask, torch.Tensor)
+                   else type(key_padding_mask).__name__)
             fail(op, f"key_padding_mask must be a bool tensor (True = padded key), got {got}", TypeError)
         check_shape(op, "key_padding_mask", key_padding_mask, (B, Tk), "(B, Tk)")
         if key_padding_mask.device != device:

@@ -22,8 +22,8 @@ gradients it sends. Its log-sum-exp is +inf, which makes exp(s − lse) zero wit
 The workspace every backend's forward returns and its backward reads is that log-sum-exp, `lse`
 (B, Tq) in the accumulation dtype (float32; float64 for float64 inputs), and, when the forward was asked
 to keep them (a gradient will be needed), the scores s (B, Tq, Tk) in the accumulation dtype, -inf at keys
-not kept, from which the fused backends' backward takes the weights without recomputing a tanh. Every backend computes in the
-accumulation dtype. The reference computes a block of queries at a time, so its memory is
+not kept, from which the fused backends' backward takes the weights without recomputing a tanh. Every backend
+computes in the accumulation dtype. The reference computes a block of queries at a time, so its memory is
 O(block · Tk · H), never O(B · Tq · Tk · H).
 """
 from __future__ import annotations

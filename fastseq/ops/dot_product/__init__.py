@@ -126,7 +126,8 @@ def _check_heads(op: str, q: Tensor, k: Tensor, v: Tensor, q_dims: str) -> None:
 
 
 def _check_scale(op: str, scale) -> None:
-    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < math.inf):
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))
+                              or not 0 < scale < math.inf):
         C.fail(op, f"scale must be a positive finite number or None, got {scale!r}")
 
 

@@ -23,7 +23,8 @@ from .triton_common import bias_tile, dropout_keep, key_range, load_tile, query_
 
 @triton.jit
 def dkdv_kernel(do_ptr, q_ptr, k_ptr, v_ptr, lengths_ptr, mask_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
-                     Hq, GROUP, Tq, Tk, T_BUCKET, qk_hi, qk_lo, scale_hi, scale_lo, seed, p_drop, bias_ptr, bias_sb, bias_sh, bias_sq,
+                     Hq, GROUP, Tq, Tk, T_BUCKET, qk_hi, qk_lo, scale_hi, scale_lo, seed, p_drop, bias_ptr, bias_sb,
+                     bias_sh, bias_sq,
                      bias_sk, D: tl.constexpr, Dv: tl.constexpr, CAUSAL: tl.constexpr, HAS_LENGTHS: tl.constexpr,
                      HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
@@ -78,7 +79,8 @@ def dkdv_kernel(do_ptr, q_ptr, k_ptr, v_ptr, lengths_ptr, mask_ptr, lse_ptr, del
 
 @triton.jit
 def dq_kernel(do_ptr, q_ptr, k_ptr, v_ptr, lengths_ptr, mask_ptr, lse_ptr, delta_ptr, dq_ptr,
-                   Hq, GROUP, Tq, Tk, T_BUCKET, qk_hi, qk_lo, scale_hi, scale_lo, seed, p_drop, bias_ptr, bias_sb, bias_sh, bias_sq, bias_sk,
+                   Hq, GROUP, Tq, Tk, T_BUCKET, qk_hi, qk_lo, scale_hi, scale_lo, seed, p_drop, bias_ptr, bias_sb,
+                   bias_sh, bias_sq, bias_sk,
                    D: tl.constexpr, Dv: tl.constexpr, CAUSAL: tl.constexpr, HAS_LENGTHS: tl.constexpr,
                    HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,

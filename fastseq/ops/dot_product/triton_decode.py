@@ -193,12 +193,14 @@ def attention_decode(q, k, v, lengths, key_padding_mask, scale):
     split_kernel[(n_units * Hkv,)](
         q, k, v, len_arg, mask_arg, part_out, part_lse, B, Hq, Hq // Hkv, Hkv, Tk, k.stride(0), k.stride(1),
         v.stride(0), v.stride(1), chunk, n_units, qk_hi, qk_lo, D, Dv, HAS_LENGTHS=has_len, HAS_MASK=has_mask,
-        BLOCK_B=block_b, ONE_BLOCK=B <= block_b, BLOCK_G=common.block(Hq // Hkv), BLOCK_N=DECODE["BLOCK_N"][q.element_size()],
+        BLOCK_B=block_b, ONE_BLOCK=B <= block_b, BLOCK_G=common.block(Hq // Hkv),
+        BLOCK_N=DECODE["BLOCK_N"][q.element_size()],
         BLOCK_D=common.block(D), BLOCK_DV=common.block(Dv), ACC=acc_type(q.dtype), PRECISION=precision(q.dtype),
         num_warps=DECODE["num_warps"], num_stages=DECODE["num_stages"])
     out = q.new_empty(B, Hq, Dv)
     combine_kernel[(B * Hq,)](len_arg, part_out, part_lse, out, B, Hq, Tk, chunk, n_units, Dv, HAS_LENGTHS=has_len,
-                              BLOCK_B=block_b, ONE_BLOCK=B <= block_b, BLOCK_S=COMBINE_SLOTS, BLOCK_DV=common.block(Dv), ACC=acc_type(q.dtype),
+                              BLOCK_B=block_b, ONE_BLOCK=B <= block_b, BLOCK_S=COMBINE_SLOTS, BLOCK_DV=common.block(Dv),
+                              ACC=acc_type(q.dtype),
                               num_warps=4)
     return out
 

@@ -12,7 +12,6 @@ exactly the forward's mask; the mask differs from the reference's (torch.Generat
 """
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 
@@ -55,13 +54,14 @@ def _fwd_block(acc, m, l, q, k_row, v_row, mask_ptr, b, bh, queries, k0, n_keys,
 
 @triton.jit
 def fwd_kernel(q_ptr, k_ptr, v_ptr, lengths_ptr, mask_ptr, out_ptr, lse_ptr, Hq, GROUP, Tq, Tk, T_BUCKET, qk_hi, qk_lo,
-               scale_hi, scale_lo, seed, p_drop, bias_ptr, bias_sb, bias_sh, bias_sq, bias_sk, D: tl.constexpr, Dv: tl.constexpr,
+               scale_hi, scale_lo, seed, p_drop, bias_ptr, bias_sb, bias_sh, bias_sq, bias_sk, D: tl.constexpr,
+               Dv: tl.constexpr,
                 CAUSAL: tl.constexpr, HAS_LENGTHS: tl.constexpr, HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
                 ACC: tl.constexpr, PRECISION: tl.constexpr, BIAS: tl.constexpr):
     """q (B, Hq, Tq, D), k (B, Hkv, Tk, D), v (B, Hkv, Tk, Dv) -> out (B, Hq, Tq, Dv), lse (B, Hq, Tq).
-    qk_*, scale_*: scale · log2 e and scale in two float32 halves (triton_common.scales); T_BUCKET only keys the autotuner's cache; the attn_mask
-    (BIAS 1 bool, 2 float) read through its strides (0 along a broadcast dim)."""
+    qk_*, scale_*: scale · log2 e and scale in two float32 halves (triton_common.scales); T_BUCKET only keys the
+    autotuner's cache; the attn_mask (BIAS 1 bool, 2 float) read through its strides (0 along a broadcast dim)."""
     qk_scale, _, log2e = common.kernel_scales(qk_hi, qk_lo, scale_hi, scale_lo, ACC)
     bh, b, kvh, m0, queries = query_program(Hq, GROUP, BLOCK_M)
     bias_offset = b * bias_sb + (bh % Hq) * bias_sh

@@ -40,7 +40,8 @@ FAMILY = Family(
         "lstm_cell_backward": "(Tensor grad_h, Tensor grad_c, Tensor gates, Tensor c_prev) -> (Tensor, Tensor)",
         "lstm_layer": f"({_LAYER_ARGS}, bool training) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
         "lstm_layer_backward": f"(Tensor grad_y, Tensor grad_h_n, Tensor grad_c_n, {_LAYER_ARGS}, Tensor y, "
-                               "Tensor gates_ws, Tensor c_ws) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
+                               "Tensor gates_ws, Tensor c_ws) -> "
+                               "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
     },
     backends={"reference": "fastseq.ops.lstm.reference", "triton": "fastseq.ops.lstm.triton",
               "cpu": EXTENSION, "cuda": EXTENSION, "torch": "fastseq.ops.lstm.native"},

@@ -18,9 +18,10 @@ has read h_{t-1}.
 
 Backward, iteration k (the forward's step s = T-1-k, back in time): each block adds, for its units, the
 gradient of y, the partial sums every block sent it last iteration (in block order: deterministic) and what
-an inactive row passes through (its dh unchanged, the gradient of its zero output ignored); runs the cell backward; multiplies its rows' dz by its W_hh rows (a partial sum
-over its rows of dh_{t-1} for every unit) and sends each block the part for that block's units. The weight
-gradients are GEMMs after the loop, as every backend computes them.
+an inactive row passes through (its dh unchanged, the gradient of its zero output ignored); runs the cell
+backward; multiplies its rows' dz by its W_hh rows (a partial sum over its rows of dh_{t-1} for every unit)
+and sends each block the part for that block's units. The weight gradients are GEMMs after the loop, as
+every backend computes them.
 """
 from __future__ import annotations
 
