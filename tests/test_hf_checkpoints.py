@@ -69,3 +69,55 @@ def test_save_pretrained_round_trips_model_and_tokenizer(tmp_path):
     assert load_tokenizer(tmp_path / "tokenizer.json").encode("a dog") == tokenizer.encode("a dog")
     with pytest.raises(ValueError, match="not a MaskedLM"):
         __import__("fastseq").models.MaskedLM.from_pretrained(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def bert_checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("bert")
+    config = transformers.BertConfig(vocab_size=97, hidden_size=24, num_hidden_layers=2, num_attention_heads=3,
+                                     intermediate_size=40, max_position_embeddings=40, type_vocab_size=2,
+                                     pad_token_id=0)
+    hf = transformers.BertForMaskedLM(config)
+    with torch.no_grad():  # a checkpoint's head bias and token-type table are not zero
+        hf.cls.predictions.bias.normal_()
+        hf.bert.embeddings.token_type_embeddings.weight.normal_()
+    hf.save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_bert_logits_equal_transformers(bert_checkpoint, padded):
+    from fastseq.models import MaskedLM
+
+    hf = transformers.BertForMaskedLM.from_pretrained(bert_checkpoint).double().eval()
+    ours = MaskedLM.from_hf(hf, mask_id=4).eval()  # from the float64 model: the token-type fold rounds in its dtype
+    assert ours.config.mask_id == 4 and ours.config.pad_id == 0 and ours.config.layer_norm_eps == 1e-12
+    B, T = 3, 13
+    tokens = torch.randint(5, 97, (B, T))
+    lengths = torch.tensor([13, 7, 10]) if padded else torch.full((B,), T)
+    mask = torch.arange(T)[None] < lengths[:, None]
+    with torch.no_grad():
+        theirs = hf(tokens, attention_mask=mask.long()).logits
+        found = ours(tokens, lengths=lengths if padded else None)
+    torch.testing.assert_close(found[mask], theirs[mask], atol=1e-10, rtol=1e-10)
+
+
+def test_bert_needs_a_mask_id_and_a_bert(bert_checkpoint, checkpoint, tmp_path):
+    import shutil
+
+    from fastseq.models import MaskedLM
+
+    with pytest.raises(ValueError, match="mask_id is needed"):
+        MaskedLM.from_hf(bert_checkpoint)
+    shutil.copytree(bert_checkpoint, tmp_path / "with_tokenizer")
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "the", "[MASK]"] + [f"w{i}" for i in range(91)]
+    (tmp_path / "vocab.txt").write_text("\n".join(words) + "\n")
+    transformers.BertTokenizer(str(tmp_path / "vocab.txt")).save_pretrained(tmp_path / "with_tokenizer")
+    assert MaskedLM.from_hf(str(tmp_path / "with_tokenizer")).config.mask_id == 5  # read from its tokenizer
+    with pytest.raises(ValueError, match="a BERT checkpoint is expected"):
+        MaskedLM.from_hf(transformers.GPT2LMHeadModel.from_pretrained(checkpoint), mask_id=3)
+    bert = transformers.BertForMaskedLM.from_pretrained(bert_checkpoint)
+    bert.config.position_embedding_type = "relative_key"
+    with pytest.raises(ValueError, match="position_embedding_type"):
+        MaskedLM.from_hf(bert, mask_id=3)

@@ -94,9 +94,29 @@ def test_only_the_chosen_modules_and_never_a_subclass():
     assert type(fastseq.nn.convert(nn.LSTM(3, 5))) is fastseq.nn.LSTM  # the model itself
 
 
-def test_a_wrapped_model_is_refused_naming_the_order():
-    with pytest.raises(TypeError, match="convert the model first, then wrap it"):
-        fastseq.nn.convert(nn.DataParallel(nn.LSTM(3, 4)))
+def test_wrapped_models_are_converted_inside_with_the_wrappers_settings(tmp_path):
+    import torch.distributed as dist
+
+    dp = nn.DataParallel(nn.Sequential(nn.LSTM(3, 4)))
+    assert fastseq.nn.convert(dp) is dp and type(dp.module[0]) is fastseq.nn.LSTM
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        model = UserModel(batch_first=True).double()
+        theirs = nn.parallel.DistributedDataParallel(copy.deepcopy(model), broadcast_buffers=False,
+                                                     find_unused_parameters=True, bucket_cap_mb=1)
+        ours = fastseq.nn.convert(nn.parallel.DistributedDataParallel(model, broadcast_buffers=False,
+                                                                      find_unused_parameters=True, bucket_cap_mb=1))
+        assert isinstance(ours, nn.parallel.DistributedDataParallel) and type(ours.module.rnn) is fastseq.nn.LSTM
+        assert ours.find_unused_parameters and not ours.broadcast_buffers and ours.bucket_bytes_cap == 1024 * 1024
+        x, lengths = torch.randn(3, 6, 8, dtype=torch.float64), torch.tensor([6, 2, 5])
+        for m in (theirs, ours):
+            m.zero_grad()
+            m(x, lengths).pow(2).sum().backward()
+        for (name, a), (_, b) in zip(theirs.module.named_parameters(), ours.module.named_parameters()):
+            torch.testing.assert_close(b.grad, a.grad, msg=name)
+    finally:
+        dist.destroy_process_group()
 
 
 def test_the_converted_model_compiles():
@@ -109,3 +129,18 @@ def test_the_converted_model_compiles():
     compiled = torch.compile(model.attn, backend="eager", fullgraph=False)
     out, _ = compiled(x, x, x, need_weights=False)
     torch.testing.assert_close(out, eager)
+
+
+def test_type_checks_hold_where_they_can():
+    """MultiheadAttention and LSTMCell stay instances of torch's classes (code that checks types keeps
+    working); LSTM does not, since Dynamo refuses to trace any torch.nn.LSTM."""
+    model = UserModel(batch_first=True)
+    fastseq.nn.convert(model)
+    assert isinstance(model.attn, nn.MultiheadAttention) and isinstance(model.cell, nn.LSTMCell)
+    assert type(model.attn) is fastseq.nn.MultiheadAttention and type(model.cell) is fastseq.nn.LSTMCell
+    assert not isinstance(model.rnn, nn.LSTM)
+    assert type(fastseq.nn.convert(model.attn)) is fastseq.nn.MultiheadAttention  # not converted twice
+    x = torch.randn(2, 3, 32)
+    eager, _ = model.attn(x, x, x, need_weights=False)
+    compiled, _ = torch.compile(model.attn, backend="eager")(x, x, x, need_weights=False)
+    torch.testing.assert_close(compiled, eager)

@@ -2,6 +2,7 @@
 name by name; HF's Conv1D weights transposed). transformers is needed only to read the checkpoint."""
 from __future__ import annotations
 
+import os
 from typing import Union
 
 import torch
@@ -67,4 +68,86 @@ def gpt2_to_causal_lm(path_or_model: Union[str, nn.Module]):
             _copy(target, source, f"h.{i} weight {j}")
     _copy(model.norm.weight, t.ln_f.weight, "ln_f.weight")
     _copy(model.norm.bias, t.ln_f.bias, "ln_f.bias")
+    return model.train(hf.training)
+
+
+def _mask_id(path_or_model, mask_id):
+    if mask_id is not None:
+        return mask_id
+    files = ("tokenizer.json", "vocab.txt", "tokenizer_config.json")
+    local = not isinstance(path_or_model, nn.Module) and os.path.isdir(path_or_model)
+    if local and not any(os.path.exists(os.path.join(path_or_model, f)) for f in files):
+        path_or_model = None  # transformers would make up an empty vocabulary with its own [MASK]
+    if path_or_model is not None and not isinstance(path_or_model, nn.Module):
+        try:
+            import transformers
+
+            found = transformers.AutoTokenizer.from_pretrained(path_or_model).mask_token_id
+        except Exception:  # no tokenizer beside the checkpoint: the caller names the id
+            found = None
+        if found is not None:
+            return found
+    raise ValueError("MaskedLM.from_hf: mask_id is needed (the [MASK] token's id): the checkpoint has no tokenizer "
+                     "that names it")
+
+
+def bert_to_masked_lm(path_or_model: Union[str, nn.Module], mask_id=None):
+    """A fastseq MaskedLM holding a BERT checkpoint's weights (a directory, a hub name, or the model). The
+    token-type embedding of type 0 (what BERT adds when no token types are given) is folded into the
+    position table."""
+    from .masked_lm import MaskedLM, MaskedLMConfig
+
+    hf = _hf_model(path_or_model, "BertForMaskedLM")
+    c = hf.config
+    if getattr(c, "model_type", None) != "bert":
+        raise ValueError(f"MaskedLM.from_hf: a BERT checkpoint is expected, got model_type {c.model_type!r}")
+    if getattr(c, "position_embedding_type", "absolute") != "absolute":
+        raise ValueError(f"MaskedLM.from_hf: position_embedding_type {c.position_embedding_type!r} is not served "
+                         f"(absolute positions only)")
+    if getattr(c, "is_decoder", False):
+        raise ValueError("MaskedLM.from_hf: a BERT decoder (is_decoder=True) is not a masked LM")
+    activations = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
+    if c.hidden_act not in activations:
+        raise ValueError(f"MaskedLM.from_hf: activation {c.hidden_act!r} is not served ({sorted(activations)})")
+    bert, predictions = hf.bert, hf.cls.predictions
+    if predictions.decoder.weight.data_ptr() != bert.embeddings.word_embeddings.weight.data_ptr():
+        raise ValueError("MaskedLM.from_hf: the checkpoint's output layer is not tied to its embedding "
+                         "(tie_word_embeddings=False); MaskedLM ties them")
+    mask_id = _mask_id(path_or_model, mask_id)
+    pad = c.pad_token_id if isinstance(c.pad_token_id, int) and 0 <= c.pad_token_id < c.vocab_size else None
+    act = activations[c.hidden_act]
+    config = MaskedLMConfig(c.vocab_size, mask_id, c.hidden_size, c.num_attention_heads, c.num_hidden_layers,
+                            max_len=c.max_position_embeddings, dim_feedforward=c.intermediate_size,
+                            dropout=c.hidden_dropout_prob, activation=act, head_activation=act, norm_first=False,
+                            positions="learned", layer_norm_eps=c.layer_norm_eps, pad_id=pad)
+    model = MaskedLM(config)
+    p = next(hf.parameters())
+    model.to(device=p.device, dtype=p.dtype)
+    e = bert.embeddings
+    _copy(model.embedding.tokens.weight, e.word_embeddings.weight, "word_embeddings")
+    _copy(model.embedding.positions.weight, e.position_embeddings.weight + e.token_type_embeddings.weight[0],
+          "position_embeddings")
+    _copy(model.embedding_norm.weight, e.LayerNorm.weight, "embeddings.LayerNorm.weight")
+    _copy(model.embedding_norm.bias, e.LayerNorm.bias, "embeddings.LayerNorm.bias")
+    for i, (block, layer) in enumerate(zip(bert.encoder.layer, model.layers)):
+        a = block.attention
+        q, k, v = a.self.query, a.self.key, a.self.value
+        pairs = [(layer.self_attn.in_proj_weight, torch.cat([q.weight, k.weight, v.weight])),
+                 (layer.self_attn.in_proj_bias, torch.cat([q.bias, k.bias, v.bias])),
+                 (layer.self_attn.out_proj.weight, a.output.dense.weight),
+                 (layer.self_attn.out_proj.bias, a.output.dense.bias),
+                 (layer.norm1.weight, a.output.LayerNorm.weight), (layer.norm1.bias, a.output.LayerNorm.bias),
+                 (layer.linear1.weight, block.intermediate.dense.weight),
+                 (layer.linear1.bias, block.intermediate.dense.bias),
+                 (layer.linear2.weight, block.output.dense.weight), (layer.linear2.bias, block.output.dense.bias),
+                 (layer.norm2.weight, block.output.LayerNorm.weight), (layer.norm2.bias, block.output.LayerNorm.bias)]
+        for j, (target, source) in enumerate(pairs):
+            _copy(target, source, f"layer.{i} weight {j}")
+    t = predictions.transform
+    _copy(model.head[0].weight, t.dense.weight, "transform.dense.weight")
+    _copy(model.head[0].bias, t.dense.bias, "transform.dense.bias")
+    _copy(model.head[2].weight, t.LayerNorm.weight, "transform.LayerNorm.weight")
+    _copy(model.head[2].bias, t.LayerNorm.bias, "transform.LayerNorm.bias")
+    _copy(model.output.bias, predictions.decoder.bias if predictions.decoder.bias is not None else predictions.bias,
+          "predictions.bias")
     return model.train(hf.training)

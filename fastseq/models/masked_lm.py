@@ -20,12 +20,16 @@ from .embeddings import Embedding
 from .losses import token_loss
 from .transformer import check_transformer, layer_stack
 
+HEAD_ACTIVATIONS = {"gelu": lambda: nn.GELU(), "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
+                    "relu": lambda: nn.ReLU()}
+
 
 @dataclass
 class MaskedLMConfig:
     """vocab_size; mask_id (the [MASK] token); d_model, num_heads, num_layers; mask_probability (of each
     real token being chosen: 80% become mask_id, 10% a random token, 10% stay); max_len, dim_feedforward
-    (default 4·d_model), dropout, activation, norm_first, positions; pad_id (never chosen)."""
+    (default 4·d_model), dropout, activation (the blocks'), head_activation (the prediction head's), norm_first,
+    positions; pad_id (never chosen)."""
 
     vocab_size: int
     mask_id: int
@@ -37,6 +41,7 @@ class MaskedLMConfig:
     dim_feedforward: Optional[int] = None
     dropout: float = 0.1
     activation: str = "gelu"
+    head_activation: str = "gelu"
     norm_first: bool = False
     positions: str = "learned"
     layer_norm_eps: float = 1e-5
@@ -50,6 +55,9 @@ class MaskedLMConfig:
                      probabilities=("dropout", "mask_probability"),
                      token_ids=(("mask_id", "vocab_size"), ("pad_id", "vocab_size")))
         check_transformer("MaskedLMConfig", self)
+        if self.head_activation not in HEAD_ACTIVATIONS:
+            raise ValueError(f"MaskedLMConfig: head_activation must be one of {sorted(HEAD_ACTIVATIONS)}, got "
+                             f"{self.head_activation!r}")
         if self.mask_id == self.pad_id:
             raise ValueError(f"MaskedLMConfig: mask_id and pad_id must differ, both are {self.mask_id}")
 
@@ -60,6 +68,14 @@ class MaskedLM(Model):
 
     config_class = MaskedLMConfig
 
+    @classmethod
+    def from_hf(cls, path_or_model, mask_id: Optional[int] = None) -> "MaskedLM":
+        """A BERT checkpoint (a directory or hub name transformers reads, or a BertForMaskedLM) as a MaskedLM:
+        the same logits. mask_id: the [MASK] token's id (read from the checkpoint's tokenizer when not given)."""
+        from .hf import bert_to_masked_lm
+
+        return bert_to_masked_lm(path_or_model, mask_id)
+
     def __init__(self, config: MaskedLMConfig) -> None:
         super().__init__(config)
         c = config
@@ -68,8 +84,8 @@ class MaskedLM(Model):
         self.dropout = nn.Dropout(c.dropout)
         self.layers = layer_stack(fnn.TransformerEncoderLayer, c, c.num_layers)
         self.norm = nn.LayerNorm(c.d_model, eps=c.layer_norm_eps) if c.norm_first else nn.Identity()
-        self.head = nn.Sequential(nn.Linear(c.d_model, c.d_model), nn.GELU(), nn.LayerNorm(c.d_model,
-                                                                                           eps=c.layer_norm_eps))
+        self.head = nn.Sequential(nn.Linear(c.d_model, c.d_model), HEAD_ACTIVATIONS[c.head_activation](),
+                                  nn.LayerNorm(c.d_model, eps=c.layer_norm_eps))
         self.output = nn.Linear(c.d_model, c.vocab_size)
         self.output.weight = self.embedding.tokens.weight
         nn.init.zeros_(self.output.bias)

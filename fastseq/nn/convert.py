@@ -7,18 +7,26 @@
 Each module is rebuilt from its own constructor arguments, given its state_dict (fastseq's modules keep
 torch's keys), its device and dtype, train/eval mode, requires_grad flags and hooks, and put where it was.
 Only modules of exactly these torch classes are converted: a subclass may override forward.
+fastseq's MultiheadAttention and LSTMCell are subclasses of torch's, so `isinstance(m, nn.MultiheadAttention)`
+stays true after converting. Its LSTM and Transformer modules are not: Dynamo refuses to trace any
+torch.nn.LSTM (torch._dynamo.config.allow_rnn), and torch's TransformerEncoder would hand a subclass of
+its layer nested tensors on its fast path.
 """
 from __future__ import annotations
 
 from typing import Callable, Iterable, Optional, Union
 
-import torch
 from torch import nn
 
 from .lstm import LSTM, LSTMCell
 from .multihead_attention import MultiheadAttention
-from .transformer import (Transformer, TransformerDecoder, TransformerDecoderLayer, TransformerEncoder,
-                          TransformerEncoderLayer)
+from .transformer import (
+    Transformer,
+    TransformerDecoder,
+    TransformerDecoderLayer,
+    TransformerEncoder,
+    TransformerEncoderLayer,
+)
 
 
 def _layer_args(m) -> dict:
@@ -125,13 +133,36 @@ def convert(model: nn.Module, modules: Union[None, str, type, Iterable[Union[str
     """`model` with each torch.nn.LSTM, LSTMCell, MultiheadAttention, TransformerEncoderLayer,
     TransformerDecoderLayer, TransformerEncoder, TransformerDecoder and Transformer inside it (or those
     `modules` names) replaced by fastseq's, in place; returns the model (a new object when the model
-    itself is one of them)."""
+    itself is one of them). A DataParallel is converted inside; a DistributedDataParallel comes back as a
+    new one with the same settings around the converted model. Parameters are new objects: build the
+    optimizer after converting."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert: model must be a torch.nn.Module, got {type(model).__name__}")
-    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-        raise TypeError(f"convert: {type(model).__name__} has registered the model's parameters; convert the "
-                        f"model first, then wrap it")
-    return _convert(model, _selected(modules))
+    chosen = _selected(modules)
+    if isinstance(model, nn.DataParallel):  # replicates its module on every call: converted in place
+        model.module = _convert(model.module, chosen)
+        return model
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        return _rewrap(model, _convert(model.module, chosen))
+    return _convert(model, chosen)
+
+
+def _rewrap(ddp: nn.parallel.DistributedDataParallel, module: nn.Module) -> nn.parallel.DistributedDataParallel:
+    """A DistributedDataParallel with `ddp`'s settings around `module`: DDP's reducer holds the parameters it
+    was built with, so a module with new parameters needs a new wrapper (and a new optimizer)."""
+    import warnings
+
+    with warnings.catch_warnings():  # the wrapper's own setting, passed on (torch deprecates its name)
+        warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
+        return _ddp(ddp, module)
+
+
+def _ddp(ddp: nn.parallel.DistributedDataParallel, module: nn.Module) -> nn.parallel.DistributedDataParallel:
+    return nn.parallel.DistributedDataParallel(
+        module, device_ids=ddp.device_ids, output_device=ddp.output_device, broadcast_buffers=ddp.broadcast_buffers,
+        process_group=ddp.process_group, bucket_cap_mb=ddp.bucket_bytes_cap / (1024 * 1024),
+        find_unused_parameters=ddp.find_unused_parameters, gradient_as_bucket_view=ddp.gradient_as_bucket_view,
+        static_graph=ddp.static_graph)
 
 
 def _revert(module: nn.Module) -> nn.Module:

@@ -268,16 +268,18 @@ class LSTM(nn.Module):
         return (output.transpose(0, 1) if self.batch_first else output), (h_n, c_n)
 
 
-class LSTMCell(nn.Module):
+class LSTMCell(nn.LSTMCell):
     """One LSTM step; see torch.nn.LSTMCell. Runs `fastseq.ops.lstm_step`: the projections, then the gate
     nonlinearities and the cell update as one fused op, or torch's own cell where it is the faster.
+    A torch.nn.LSTMCell (its subclass, with its attributes and parameters), so code that checks the type
+    keeps working.
 
     Inputs: input (N, H_in) or (H_in,); hx = (h_0, c_0) each (N, H) or (H,), or None for zeros.
     Output: (h_1, c_1).
     """
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None) -> None:
-        super().__init__()
+        nn.Module.__init__(self)  # torch's __init__ would build the same parameters once more
         for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")

@@ -39,8 +39,10 @@ class PrecomputedKV:
     lengths: Optional[Tensor] = None
 
 
-class MultiheadAttention(nn.Module):
+class MultiheadAttention(nn.MultiheadAttention):
     """Allows the model to attend to information from different representation subspaces.
+    A torch.nn.MultiheadAttention (its subclass, with its attributes and parameters), so code that checks
+    the type keeps working; fastseq's forward.
 
     Args (as torch.nn.MultiheadAttention): embed_dim, num_heads, dropout=0.0 (on the attention
     probabilities, in training), bias=True, add_bias_kv=False, add_zero_attn=False, kdim=None,
@@ -71,7 +73,7 @@ class MultiheadAttention(nn.Module):
         if not 0 <= dropout < 1:
             raise ValueError(f"MultiheadAttention: dropout must lie in [0, 1), got {dropout!r}")
         factory = {"device": device, "dtype": dtype}
-        super().__init__()
+        nn.Module.__init__(self)  # torch's __init__ would build the same parameters once more
         self.embed_dim = embed_dim
         self.kdim = kdim if kdim is not None else embed_dim
         self.vdim = vdim if vdim is not None else embed_dim
@@ -279,7 +281,8 @@ class MultiheadAttention(nn.Module):
                              "mask)")
         if key_padding_mask is not None:
             raise ValueError("MultiheadAttention: with a kv_cache the cache's lengths say which keys each row "
-                             "holds; pass no key_padding_mask (lengths: how many of the new positions each row appends)")
+                             "holds; pass no key_padding_mask (lengths: how many of the new positions each row "
+                             "appends)")
         if self.bias_k is not None or self.add_zero_attn:
             raise ValueError("MultiheadAttention: kv_cache does not serve add_bias_kv or add_zero_attn")
         L = q.shape[2]
