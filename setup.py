@@ -25,7 +25,7 @@ def _cuda_toolkit(cpp_extension):
     PATH that is a wrapper script (/usr/local/bin/nvcc) makes torch guess /usr/local; then /usr/local/cuda
     is taken if it holds the toolkit, else the build stops here rather than at the first #include."""
     home = cpp_extension.CUDA_HOME
-    has_headers = lambda root: os.path.isfile(os.path.join(root, "include", "cuda_runtime.h"))
+    has_headers = lambda root: os.path.isfile(os.path.join(root, "include", "cuda_runtime.h"))  # noqa: E731
     if home is None or has_headers(home):
         return home
     fallback = "/usr/local/cuda"

@@ -95,7 +95,8 @@ def test_every_config_trains_evaluates_and_generates(config, tmp_path):
             assert out.returncode == 0, out.stderr[-3000:]
             outputs[size] = (tmp_path / f"out{size}.txt").read_text().splitlines()
         assert len(outputs["3"]) == 4 and outputs["3"] == outputs["1"]
-        out = fastseq(command, str(tmp_path), "A man is", "--print-scores", "--method", "greedy", "--max-new-tokens", "4")
+        out = fastseq(command, str(tmp_path), "A man is", "--print-scores", "--method", "greedy",
+                      "--max-new-tokens", "4")
         assert out.stdout.startswith("S-0\tA man is\nH-0\t"), out.stdout
 
 
@@ -248,3 +249,20 @@ def test_every_option_has_help():
         argparse.ArgumentParser.add_argument = original
     missing = [a.option_strings or a.dest for a in parser_actions if not a.help and a.dest != "version"]
     assert parser_actions and not missing, missing
+
+
+def test_train_writes_the_loggers_a_config_names(tmp_path):
+    sets = [f"--set={s}" for s in SHRINK["CausalLM"] + ["train.steps=4", "train.eval_every=2", "train.log_every=1",
+                                                        "train.precision=fp32", "train.progress=false",
+                                                        "train.loggers=[jsonl, csv, tensorboard]"]]
+    out = subprocess.run([sys.executable, "-m", "fastseq", "train", "--config",
+                          "configs/char_transformer_shakespeare.yaml", "--out", str(tmp_path), "--device", "cpu",
+                          *sets], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    files = os.listdir(tmp_path)
+    assert {"log.jsonl", "log.csv"} <= set(files) and any(f.startswith("events.out.tfevents.") for f in files)
+    header = open(tmp_path / "log.csv").readline().strip().split(",")
+    assert header[:2] == ["step", "loss"] and "eval_loss" in header
+    bad = fastseq("train", "--config", "configs/char_transformer_shakespeare.yaml", "--out", str(tmp_path / "b"),
+                  "--set=train.loggers=[mlflow]")
+    assert bad.returncode == 2 and "unknown logger 'mlflow'" in bad.stderr

@@ -18,10 +18,11 @@ from typing import Iterable, Optional
 from .. import atomic
 
 # Keys that change nothing a run computes: they may differ when a run resumes.
-HARMLESS = ("train.progress", "train.log_every", "out_dir")
+HARMLESS = ("train.progress", "train.log_every", "train.loggers", "out_dir")
 # What a run writes into its folder; --fresh moves them aside (PREVIOUS).
 PREVIOUS = "previous-"
-RUN_FILES = ("checkpoint.pt", "log.jsonl", "model.pt", "tokenizer.json", "config.json", "curves.png")
+RUN_FILES = ("checkpoint.pt", "log.jsonl", "log.csv", "model.pt", "tokenizer.json", "config.json", "curves.png")
+EVENTS = "events.out.tfevents."  # TensorBoard's files
 
 
 class RunFolderBusy(RuntimeError):
@@ -154,6 +155,8 @@ class RunFolder:
         checkpoint to resume), then `config` recorded. Returns the folder they went to, if any."""
         moved = None
         present = [n for n in RUN_FILES if os.path.exists(self._file(n))]
+        if os.path.isdir(self._file("")):
+            present += sorted(n for n in os.listdir(self._file("")) if n.startswith(EVENTS))
         if present and (fresh or not self.resumable()):
             moved = self._aside(present)
         atomic.write(self._file("config.json"), lambda f: json.dump(json.loads(json.dumps(config)), f, indent=1),

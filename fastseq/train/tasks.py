@@ -63,8 +63,8 @@ def yaml_load(text):
     class Loader(yaml.SafeLoader):
         pass
 
-    Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"),
-                                 list("-+0123456789."))
+    exponent = re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$")
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", exponent, list("-+0123456789."))
     return yaml.load(text, Loader=Loader)
 
 
@@ -351,8 +351,8 @@ def translate(model, tokenizer, sentences: list[str], device, batch: int = 64, *
 def _classify(task, config, data, model_cfg, train, device) -> Run:
     train_records, valid_records = train_valid(data)
     pretrained = model_cfg.pop("pretrained", None)
-    num_classes = S.number("config: model.num_classes", model_cfg.pop("num_classes", max(label for label, _ in train_records) + 1),
-                           int, 2)
+    counted = max(label for label, _ in train_records) + 1
+    num_classes = S.number("config: model.num_classes", model_cfg.pop("num_classes", counted), int, 2)
     for split, records in (("training", train_records), ("validation", valid_records)):
         bad = [label for label, _ in records if not 0 <= label < num_classes]
         if bad:
@@ -363,7 +363,8 @@ def _classify(task, config, data, model_cfg, train, device) -> Run:
         tokenizer = D.load_tokenizer(os.path.join(pretrained, "tokenizer.json"))
         vocab = getattr(lm.config, "vocab_size", None)
         if vocab is not None and tokenizer.vocab_size > vocab:
-            raise ValueError(f"config: model.pretrained: {pretrained}/tokenizer.json has {tokenizer.vocab_size} tokens, "
+            raise ValueError(f"config: model.pretrained: {pretrained}/tokenizer.json has {tokenizer.vocab_size} "
+                             f"tokens, "
                              f"more than the model's vocabulary ({vocab})")
         model = M.SequenceClassifier.from_language_model(lm, num_classes, **model_cfg)
     else:

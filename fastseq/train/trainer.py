@@ -11,7 +11,7 @@ rows of every global batch and DistributedDataParallel averages the gradients; r
 from __future__ import annotations
 
 import dataclasses
-import json
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -22,11 +22,13 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .. import atomic
+from . import loggers
 from .progress import progress
 from .schedules import schedule
 from .settings import number
 
 FORMAT = "fastseq-checkpoint/1"
+_log = logging.getLogger("fastseq.train")
 
 
 @dataclass
@@ -36,8 +38,9 @@ class TrainConfig:
     grad_clip (0: none), accumulate (micro-batches per step); precision ("fp32", "bf16", "fp16");
     eval_every, log_every, checkpoint_every (steps; 0: only at the end; a checkpoint is written before
     the evaluation of its step, so a failing evaluation loses nothing); out_dir (logs, curves,
-    checkpoint.pt; None: nothing written); resume (continue from out_dir/checkpoint.pt when present);
-    seed; progress (a progress bar)."""
+    checkpoint.pt; None: nothing written); loggers (where rows go in out_dir: "jsonl", "csv",
+    "tensorboard"); resume (continue from out_dir/checkpoint.pt when present); seed; progress (a
+    progress bar)."""
 
     steps: int = 1000
     lr: float = 3e-4
@@ -55,6 +58,7 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int = 500
     out_dir: Optional[str] = None
+    loggers: list = field(default_factory=lambda: ["jsonl"])
     resume: bool = True
     seed: int = 0
     progress: bool = True
@@ -89,6 +93,7 @@ class TrainConfig:
         if self.momentum >= 1:
             raise ValueError(f"TrainConfig: momentum must lie in [0, 1), got {self.momentum!r}")
         schedule(self.schedule, self.steps, self.warmup)  # raises on a bad name
+        self.loggers = loggers.check_names("TrainConfig", self.loggers)
 
 
 class _Objective(nn.Module):
@@ -112,19 +117,23 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 
 class Trainer:
-    """Trainer(model, config, batches, loss_fn, evaluate=None, param_groups=None, device=None, on_save=None).
+    """Trainer(model, config, batches, loss_fn, evaluate=None, param_groups=None, device=None, on_save=None,
+    callbacks=None).
 
     batches(i) -> the i-th micro-batch (dict); loss_fn(model, batch) -> scalar loss; evaluate(model) ->
     {metric: value} (run without gradients, in eval mode); param_groups: optimizer parameter groups
     (default all parameters; ULMFiT passes one group per layer with its own lr); on_save(): called on
-    rank 0 after each checkpoint (a run writes its loadable model there). `fit()` returns the logged
-    history (a list of dicts)."""
+    rank 0 after each checkpoint (a run writes its loadable model there); callbacks: objects with any of
+    on_step(trainer, row) (every optimizer step: step, loss, lr), on_eval(trainer, metrics) and
+    on_checkpoint(trainer, path) (rank 0). Rows go to config.loggers in out_dir and to the
+    `fastseq.train` logger (logging, INFO). `fit()` returns the logged history (a list of dicts)."""
 
     def __init__(self, model: nn.Module, config: TrainConfig, batches: Callable[[int], dict],
                  loss_fn: Callable[[nn.Module, dict], Tensor], evaluate: Optional[Callable[[nn.Module], dict]] = None,
                  param_groups: Optional[list] = None, device: Optional[torch.device] = None,
-                 on_save: Optional[Callable[[], None]] = None) -> None:
+                 on_save: Optional[Callable[[], None]] = None, callbacks: Optional[list] = None) -> None:
         self.config, self.batches, self.evaluate, self.on_save = config, batches, evaluate, on_save
+        self.callbacks = loggers.check_callbacks(callbacks)
         self.device = device or next(model.parameters()).device
         self.model = model.to(self.device)
         self.distributed = dist.is_available() and dist.is_initialized()
@@ -150,6 +159,7 @@ class Trainer:
         self.step = 0
         self.history: list[dict] = []
         self.checkpoint_path = os.path.join(c.out_dir, "checkpoint.pt") if c.out_dir else None
+        self.loggers = loggers.make(c.loggers, c.out_dir) if c.out_dir and self.rank == 0 else []
         if self.checkpoint_path and c.resume and os.path.exists(self.checkpoint_path):
             self.load_checkpoint(self.checkpoint_path)
         elif self.step == 0:
@@ -159,10 +169,22 @@ class Trainer:
 
     def fit(self) -> list[dict]:
         c = self.config
-        if getattr(self, "_log_from_checkpoint", False) and self.rank == 0 and c.out_dir:
-            atomic.write(os.path.join(c.out_dir, "log.jsonl"),
-                         lambda f: f.writelines(json.dumps(row) + "\n" for row in self.history), mode="w")
-            self._log_from_checkpoint = False
+        if self.loggers:
+            os.makedirs(c.out_dir, exist_ok=True)
+        for logger in self.loggers:  # a resumed run's files as of its checkpoint: no row twice after a kill
+            if getattr(self, "_log_from_checkpoint", False) or not isinstance(logger, loggers.JsonlLogger):
+                logger.restart(self.history)
+        resumed, self._log_from_checkpoint = getattr(self, "_log_from_checkpoint", False), False
+        try:
+            if resumed:
+                self._evaluate_checkpoint_step()
+            return self._fit()
+        finally:
+            for logger in self.loggers:
+                logger.close()
+
+    def _fit(self) -> list[dict]:
+        c = self.config
         bar = self._progress()
         tokens, losses, started = 0, [], time.perf_counter()
         while self.step < c.steps:
@@ -190,6 +212,7 @@ class Trainer:
             self.scheduler.step()
             self.step += 1
             losses.append(loss_sum)
+            self._call("on_step", {"step": self.step, "loss": loss_sum, "lr": self.scheduler.get_last_lr()[0]})
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_sum:.4f}", tok_s=f"{tokens / (time.perf_counter() - started):.0f}")
@@ -202,7 +225,9 @@ class Trainer:
                                          or self.step == c.steps):
                 self.save_checkpoint(self.checkpoint_path)  # before the evaluation: it may fail
             if self.evaluate and ((c.eval_every and self.step % c.eval_every == 0) or self.step == c.steps):
-                self._log({"step": self.step, **self.run_evaluation()}, bar)
+                metrics = self.run_evaluation()
+                self._log({"step": self.step, **metrics}, bar)
+                self._call("on_eval", metrics)
                 if self.checkpoint_path and self.step == c.steps:
                     self.save_checkpoint(self.checkpoint_path)  # the final checkpoint holds the final metrics
         if bar is not None:
@@ -210,6 +235,18 @@ class Trainer:
         if self.rank == 0 and c.out_dir:
             self.plot(os.path.join(c.out_dir, "curves.png"))
         return self.history
+
+    def _evaluate_checkpoint_step(self) -> None:
+        """A checkpoint is written before its step's evaluation: a run resumed from it evaluates that step
+        (as the uninterrupted run did, random draws included) when its history lacks the result."""
+        c = self.config
+        if not (self.evaluate and c.eval_every and self.step % c.eval_every == 0 and 0 < self.step < c.steps):
+            return
+        if any(r.get("step") == self.step and any(k.startswith("eval_") for k in r) for r in self.history):
+            return
+        metrics = self.run_evaluation()
+        self._log({"step": self.step, **metrics})
+        self._call("on_eval", metrics)
 
     @torch.no_grad()
     def run_evaluation(self) -> dict:
@@ -229,17 +266,22 @@ class Trainer:
             return None
         return progress(self.config.steps, self.step)
 
+    def _call(self, hook: str, *args) -> None:
+        for callback in self.callbacks:
+            fn = getattr(callback, hook, None)
+            if fn is not None:
+                fn(self, *args)
+
     def _log(self, row: dict, bar=None) -> None:
         self.history.append(row)
         if self.rank != 0:
             return
         text = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+        _log.info(text)
         if bar is not None and any(k.startswith("eval_") for k in row):
             bar.write(text)
-        if self.config.out_dir:
-            os.makedirs(self.config.out_dir, exist_ok=True)
-            with open(os.path.join(self.config.out_dir, "log.jsonl"), "a") as f:
-                f.write(json.dumps(row) + "\n")
+        for logger in self.loggers:
+            logger.log(row)
 
     # ----------------------------------------------------------------------------- checkpoints
 
@@ -259,6 +301,7 @@ class Trainer:
         atomic.torch_save(state, path)
         if self.on_save is not None:
             self.on_save()
+        self._call("on_checkpoint", path)
 
     def load_checkpoint(self, path: str) -> None:
         try:
