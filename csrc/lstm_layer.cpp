@@ -4,6 +4,7 @@
 // fastseq/ops/lstm/reference.py; variable lengths (sorted non-increasing) become per-step row counts, so
 // inactive rows cost nothing and keep their state untouched.
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <optional>
@@ -34,6 +35,30 @@ std::vector<int64_t> active_rows(const std::optional<Tensor>& lengths, int64_t T
 
 at::ScalarType acc_type(const Tensor& x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
 
+// Multiply-adds of one step's recurrent GEMM below which the time loop runs on the calling thread alone:
+// a step that small gains little from a second thread, and on a loaded machine each step's parallel
+// region waits for whichever of its threads was descheduled.
+constexpr int64_t kSerialStepMacs = int64_t{1} << 20;
+
+// The time loop's intra-op threads: one while alive when the step is small (OpenMP's and MKL's thread
+// counts are the calling thread's own, so other threads keep theirs); restored on every exit.
+class LoopThreads {
+ public:
+  LoopThreads(const Tensor& x, int64_t B, int64_t H, int64_t P)
+      : saved_(at::get_num_threads()), serial_(x.is_cpu() && saved_ > 1 && B * 4 * H * P < kSerialStepMacs) {
+    if (serial_) at::set_num_threads(1);
+  }
+  ~LoopThreads() {
+    if (serial_) at::set_num_threads(saved_);
+  }
+  LoopThreads(const LoopThreads&) = delete;
+  LoopThreads& operator=(const LoopThreads&) = delete;
+
+ private:
+  int saved_;
+  bool serial_;
+};
+
 }  // namespace
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer(
@@ -61,32 +86,35 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer(
   Tensor tanh_c = cpu ? at::empty({B, H}, acc) : Tensor();
   const bool chain = !w_hr.has_value() && (!lengths.has_value() || !reverse);
 
-  for (int64_t s = 0; s < T; ++s) {
-    const int64_t t = reverse ? T - 1 - s : s;
-    const int64_t n = rows[t];
-    Tensor c = training ? c_ws[t] : c_ws[s % 2];
-    if (n < B) c.narrow(0, n, B - n).copy_(c_prev.narrow(0, n, B - n));  // inactive rows carry their state
-    if (n == 0) {
+  {
+    const LoopThreads threads(x, B, H, P);
+    for (int64_t s = 0; s < T; ++s) {
+      const int64_t t = reverse ? T - 1 - s : s;
+      const int64_t n = rows[t];
+      Tensor c = training ? c_ws[t] : c_ws[s % 2];
+      if (n < B) c.narrow(0, n, B - n).copy_(c_prev.narrow(0, n, B - n));  // inactive rows carry their state
+      if (n == 0) {
+        c_prev = c;
+        continue;
+      }
+      Tensor z = gates[t].narrow(0, 0, n);
+      const int64_t before = reverse ? t + 1 : t - 1;  // the step run just before this one
+      z.addmm_(chain && s > 0 ? y[before].narrow(0, 0, n) : h.narrow(0, 0, n), w_hh.t());
+      Tensor y_t = y[t].narrow(0, 0, n);
+      Tensor c_t = c.narrow(0, 0, n);
+      Tensor out = w_hr.has_value() ? h_raw.narrow(0, 0, n) : y_t;
+      if (cpu) {
+        lstm_cell_forward_ws(z, c_prev.narrow(0, 0, n), out, c_t, act.narrow(0, 0, n), tanh_c.narrow(0, 0, n));
+      } else {
+        lstm_cell_forward_out(z, c_prev.narrow(0, 0, n), out, c_t);
+      }
+      if (w_hr.has_value()) at::mm_out(y_t, out, w_hr->t());
+      // the rows whose last step this is (all of them at the last step); every row each step unless chained
+      const int64_t next = s + 1 < T ? rows[reverse ? t - 1 : t + 1] : 0;
+      const int64_t keep = chain ? std::min(next, n) : 0;
+      if (keep < n) h.narrow(0, keep, n - keep).copy_(y_t.narrow(0, keep, n - keep));
       c_prev = c;
-      continue;
     }
-    Tensor z = gates[t].narrow(0, 0, n);
-    const int64_t before = reverse ? t + 1 : t - 1;  // the step run just before this one
-    z.addmm_(chain && s > 0 ? y[before].narrow(0, 0, n) : h.narrow(0, 0, n), w_hh.t());
-    Tensor y_t = y[t].narrow(0, 0, n);
-    Tensor c_t = c.narrow(0, 0, n);
-    Tensor out = w_hr.has_value() ? h_raw.narrow(0, 0, n) : y_t;
-    if (cpu) {
-      lstm_cell_forward_ws(z, c_prev.narrow(0, 0, n), out, c_t, act.narrow(0, 0, n), tanh_c.narrow(0, 0, n));
-    } else {
-      lstm_cell_forward_out(z, c_prev.narrow(0, 0, n), out, c_t);
-    }
-    if (w_hr.has_value()) at::mm_out(y_t, out, w_hr->t());
-    // the rows whose last step this is (all of them at the last step); every row each step unless chained
-    const int64_t next = s + 1 < T ? rows[reverse ? t - 1 : t + 1] : 0;
-    const int64_t keep = chain ? std::min(next, n) : 0;
-    if (keep < n) h.narrow(0, keep, n - keep).copy_(y_t.narrow(0, keep, n - keep));
-    c_prev = c;
   }
   Tensor c_n = c_prev.to(x.scalar_type(), /*non_blocking=*/false, /*copy=*/true);
   if (!training) return {y, h, c_n, at::empty({0}, x.options()), at::empty({0}, acc)};
@@ -111,27 +139,30 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_ba
   Tensor h_prev = reverse ? at::cat({y.narrow(0, 1, T - 1), h0.unsqueeze(0)}) : at::cat({h0.unsqueeze(0), y.narrow(0, 0, T - 1)});
   const Tensor c0_acc = c0.to(acc_type(x));
 
-  for (int64_t s = 0; s < T; ++s) {
-    const int64_t t = reverse ? s : T - 1 - s;
-    const int64_t p = reverse ? t + 1 : t - 1;  // the step the forward pass ran just before t
-    const bool first = p < 0 || p >= T;
-    const int64_t n = rows[t];
-    if (n == 0) continue;
-    if (!first && rows[p] < n) {  // reverse direction: these rows start at t, from h0
-      h_prev[t].narrow(0, rows[p], n - rows[p]).copy_(h0.narrow(0, rows[p], n - rows[p]));
+  {
+    const LoopThreads threads(x, B, H, P);
+    for (int64_t s = 0; s < T; ++s) {
+      const int64_t t = reverse ? s : T - 1 - s;
+      const int64_t p = reverse ? t + 1 : t - 1;  // the step the forward pass ran just before t
+      const bool first = p < 0 || p >= T;
+      const int64_t n = rows[t];
+      if (n == 0) continue;
+      if (!first && rows[p] < n) {  // reverse direction: these rows start at t, from h0
+        h_prev[t].narrow(0, rows[p], n - rows[p]).copy_(h0.narrow(0, rows[p], n - rows[p]));
+      }
+      Tensor dh_t = dh.narrow(0, 0, n);
+      dh_t.add_(grad_y[t].narrow(0, 0, n));
+      Tensor dh_raw = dh_t;
+      if (w_hr.has_value()) {
+        dr[t].narrow(0, 0, n).copy_(dh_t);
+        dh_raw = at::mm(dh_t, *w_hr);
+      }
+      Tensor dc_t = dc.narrow(0, 0, n);
+      Tensor dz_t = dz[t].narrow(0, 0, n);
+      const Tensor c_prev = (first ? c0_acc : c_ws[p]).narrow(0, 0, n);
+      lstm_cell_backward_out(dh_raw, dc_t, gates[t].narrow(0, 0, n), c_prev, dz_t, dc_t);
+      at::mm_out(dh_t, dz_t, w_hh);
     }
-    Tensor dh_t = dh.narrow(0, 0, n);
-    dh_t.add_(grad_y[t].narrow(0, 0, n));
-    Tensor dh_raw = dh_t;
-    if (w_hr.has_value()) {
-      dr[t].narrow(0, 0, n).copy_(dh_t);
-      dh_raw = at::mm(dh_t, *w_hr);
-    }
-    Tensor dc_t = dc.narrow(0, 0, n);
-    Tensor dz_t = dz[t].narrow(0, 0, n);
-    const Tensor c_prev = (first ? c0_acc : c_ws[p]).narrow(0, 0, n);
-    lstm_cell_backward_out(dh_raw, dc_t, gates[t].narrow(0, 0, n), c_prev, dz_t, dc_t);
-    at::mm_out(dh_t, dz_t, w_hh);
   }
 
   // Weight gradients: one GEMM each over all steps, after the loop.

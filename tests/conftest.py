@@ -10,7 +10,10 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-os.environ.setdefault("FASTSEQ_CACHE", os.path.join(tempfile.mkdtemp(prefix="fastseq-tests-"), "choices.json"))
+# a choice cache of this process's own (each xdist worker too), unless the caller named one
+if os.environ.get("FASTSEQ_CACHE", "") == os.environ.get("FASTSEQ_TEST_OWN_CACHE", ""):
+    os.environ["FASTSEQ_CACHE"] = os.environ["FASTSEQ_TEST_OWN_CACHE"] = os.path.join(
+        tempfile.mkdtemp(prefix="fastseq-tests-"), "choices.json")
 
 import pytest  # noqa: E402
 

@@ -8,10 +8,19 @@ from unittest import mock
 import pytest
 import torch
 
-from _util import KERNEL_RUNS, HostReads, assert_proportion, kernel_run
 from fastseq.generation import block_repeated_ngrams, generate, top_k_filter, top_p_filter
-from fastseq.models import CausalLM, CausalLMConfig, LSTMLM, LSTMLMConfig, Seq2Seq, Seq2SeqConfig, Transformer, \
-    TransformerConfig
+from fastseq.models import (
+    LSTMLM,
+    CausalLM,
+    CausalLMConfig,
+    LSTMLMConfig,
+    Seq2Seq,
+    Seq2SeqConfig,
+    Transformer,
+    TransformerConfig,
+)
+
+from _util import KERNEL_RUNS, HostReads, assert_proportion, kernel_run
 
 
 class ToyDecoder:
@@ -83,6 +92,24 @@ def test_beam_search_with_every_hypothesis_equals_exhaustive_search(alpha):
         assert toy.eos_id not in found[:-1]
         assert toy.logp(s, found) / len(found) ** alpha == pytest.approx(best, rel=1e-6, abs=1e-6)
         assert out.scores[s].item() == pytest.approx(best, rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_beam_buffers_grow_as_needed_not_by_max_new_tokens(alpha):
+    """max_new_tokens = 10**9 (buffers of that many columns would take terabytes): the hypotheses end early,
+    equal to a run with room for 100 tokens; a run past the first columns grows them."""
+    toy = ToyDecoder(4, 5, eos_id=0)
+    toy.table.clamp_(max=1.0)[:, :, 0] = 4.0  # EOS likely: every other token costs a live beam >= 3 nats
+    inputs = torch.arange(4)[:, None]
+    small = generate(toy, inputs, max_new_tokens=100, method="beam", beams=3, length_penalty=alpha, eos_id=0)
+    if alpha == 0.0:
+        huge = generate(toy, inputs, max_new_tokens=10**9, method="beam", beams=3, length_penalty=alpha, eos_id=0)
+        assert torch.equal(huge.tokens, small.tokens) and torch.equal(huge.lengths, small.lengths)
+    toy.table[:, :, 0] = -1e9  # EOS never: every row runs to max_new_tokens, past the first 64 columns
+    long = generate(toy, inputs, max_new_tokens=150, method="beam", beams=2, length_penalty=alpha, eos_id=0)
+    assert long.tokens.shape == (4, 150) and (long.lengths == 150).all() and (long.tokens != 0).all()
+    for s in range(4):  # each kept score is the sequence's own log-probability over its length
+        assert long.scores[s].item() == pytest.approx(toy.logp(s, long.tokens[s].tolist()) / 150 ** alpha, rel=1e-5)
 
 
 def test_beam_search_is_bounded_by_the_optimum_and_beam_one_is_greedy():

@@ -68,7 +68,7 @@ def test_first_call_times_each_backend_and_keeps_the_fastest(cache, monkeypatch)
 
 
 def test_a_gradient_is_its_own_bucket_timed_forward_and_backward(cache, monkeypatch):
-    ran = _spy(monkeypatch, slow="cpu")
+    _spy(monkeypatch, slow="cpu")
     x = _lstm_args(grad=True)
     y, h, c = ops.lstm_layer(*x)
     (y.sum() + h.sum() + c.sum()).backward()
@@ -90,6 +90,84 @@ def test_the_cache_file_serves_a_new_process(cache, monkeypatch):
     with torch.no_grad():
         ops.lstm_layer(*_lstm_args())
     assert ran == [measured.backend]
+
+
+def _spy_switch(monkeypatch, delays: dict):
+    """Like _spy, with each backend's added delay read from `delays` at every call (a machine whose load changes)."""
+    ran = []
+    original = registry.Family.function
+
+    def function(self, backend, name):
+        fn = original(self, backend, name)
+        if self.name != "lstm" or name != "lstm_layer":
+            return fn
+
+        def spied(*args, **kwargs):
+            ran.append(backend)
+            time.sleep(delays.get(backend, 0.0))
+            return fn(*args, **kwargs)
+        return spied
+    monkeypatch.setattr(registry.Family, "function", function)
+    return ran
+
+
+@pytest.fixture
+def one_thread():
+    """The backends' own time well below the sleeps that stand for load, on a machine that may be busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_a_kept_choice_the_machine_no_longer_agrees_with_is_measured_again(cache, monkeypatch, one_thread):
+    """The kept backend turns 3x slower than its record (a busy core): after STRIKES probes in a row the
+    bucket is measured again and the other backend serves; probes that agree change nothing."""
+    delays = {"torch": 0.06, "cpu": 0.02}  # sleeps well above a busy machine's jitter
+    ran = _spy_switch(monkeypatch, delays)
+    monkeypatch.setattr(tuning, "PROBE_MIN_S", 0.0)
+    monkeypatch.setattr(tuning, "PROBE_GAP", 0)  # probe on every call
+    x = _lstm_args()
+    with torch.no_grad():
+        ops.lstm_layer(*x)
+        (bucket, first), = tuning.choices().items()
+        assert first.backend == "cpu"
+        for _ in range(4):  # probes agree: still cpu, never re-measured
+            ops.lstm_layer(*x)
+        assert tuning.choices()[bucket] is first
+        delays.update(cpu=0.1, torch=0.0)
+        for _ in range(tuning.STRIKES - 1):
+            ops.lstm_layer(*x)
+        assert tuning.choices()[bucket] is first  # not yet: one slow probe is not a busy machine
+        ops.lstm_layer(*x)
+        again = tuning.choices()[bucket]
+        assert again is not first and again.backend == "torch"
+        ran.clear()
+        monkeypatch.setattr(tuning, "PROBE_GAP", 10**6)
+        ops.lstm_layer(*_lstm_args(T=5))  # another call of the bucket: the new choice, no probe
+    assert ran == ["torch"]
+    assert json.loads(cache.read_text())["choices"][bucket]["backend"] == "torch"
+
+
+def test_probes_wait_their_gap(cache, monkeypatch, one_thread):
+    """A probe runs at most once per PROBE_GAP recorded call times (so checking costs about 1/PROBE_GAP)."""
+    ran = _spy(monkeypatch, slow="torch", seconds=0.005)
+    with torch.no_grad():
+        x = _lstm_args()
+        ops.lstm_layer(*x)
+        measured, = tuning.choices().values()
+        ran.clear()
+        gap = tuning._gap_s(measured)
+        (due,) = tuning._probe_at.values()
+        clock = [due - gap]  # the moment the choice was made
+        monkeypatch.setattr(tuning.time, "perf_counter", lambda: clock[0])
+        assert gap == max(tuning.PROBE_MIN_S, tuning.PROBE_GAP * sum(measured.times_ms.values()) / 1e3)
+        clock[0] += gap * 0.99
+        ops.lstm_layer(*x)
+        assert ran == ["cpu"]  # no probe yet
+        clock[0] += gap * 0.02
+        ops.lstm_layer(*x)
+    assert sorted(ran[1:]) == ["cpu", "cpu", "torch"]  # one run of each candidate, then the call itself
 
 
 def test_a_forced_backend_and_autotune_off_are_not_measured(cache, monkeypatch):

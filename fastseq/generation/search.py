@@ -20,7 +20,7 @@ from .graphs import decode_steps
 from .logits import block_repeated_ngrams, end_blocked_rows, top_k_filter, top_p_filter
 from .protocol import Decoder
 
-FIRST_COLUMNS = 64  # tokens a greedy or sampled row holds at first; doubled as it grows
+FIRST_COLUMNS = 64  # tokens a row (greedy, sampled or a beam) holds at first; doubled as it grows
 
 
 @dataclass
@@ -62,7 +62,8 @@ def sequential(model: Decoder, inputs: Tensor, lengths, max_new_tokens: int, eos
         scores += logp.masked_fill(finished, 0.0)
         out_lengths += (~finished).long()
         if t == tokens.shape[1]:  # grown as generation goes, never sized by max_new_tokens up front
-            tokens = torch.cat([tokens, torch.full_like(tokens, pad_id)[:, :min(tokens.shape[1], max_new_tokens - t)]], 1)
+            room = min(tokens.shape[1], max_new_tokens - t)
+            tokens = torch.cat([tokens, torch.full_like(tokens, pad_id)[:, :room]], 1)
         tokens[:, t] = token
         if eos_id is not None:
             finished |= token == eos_id
@@ -93,19 +94,24 @@ def beam_search(model: Decoder, inputs: Tensor, lengths, max_new_tokens: int, be
     logits = logits.repeat_interleave(K, dim=0)
     beam_scores = torch.full((B, K), float("-inf"), device=device)
     beam_scores[:, 0] = 0.0  # one live beam at first, so the K beams start different
-    alive = torch.full((B, K, T), pad_id, dtype=torch.long, device=device)
-    finished = _Hypotheses(B, K, T, pad_id, device)
+    width = min(T, FIRST_COLUMNS)  # token columns held: grown as generation goes, never sized by T up front
+    alive = torch.full((B, K, width), pad_id, dtype=torch.long, device=device)
+    finished = _Hypotheses(B, K, width, pad_id, device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
     penalty = lambda n: float(n) ** length_penalty  # noqa: E731
     n_candidates = min(2 * K, K * V)
     for t in range(T):
+        if t == width:
+            width = min(2 * width, T)
+            alive = _widen(alive, width, pad_id)
+            finished.widen(width, pad_id)
         logp = logits.float().log_softmax(dim=-1)
-        logp = end_blocked_rows(block_repeated_ngrams(logp, alive.view(B * K, T)[:, :t], no_repeat_ngram_size), logp,
-                                eos_id, no_repeat_ngram_size)
+        logp = end_blocked_rows(block_repeated_ngrams(logp, alive.view(B * K, width)[:, :t], no_repeat_ngram_size),
+                                logp, eos_id, no_repeat_ngram_size)
         candidates = (beam_scores[:, :, None] + logp.view(B, K, V)).view(B, K * V)
         top_scores, top = candidates.topk(n_candidates, dim=-1)
         parent, token = top // V, top % V
-        sequences = alive.gather(1, parent[:, :, None].expand(B, n_candidates, T)).clone()
+        sequences = alive.gather(1, parent[:, :, None].expand(B, n_candidates, width)).clone()
         sequences[:, :, t] = token
         if eos_id is not None:
             is_eos = token == eos_id
@@ -115,7 +121,7 @@ def beam_search(model: Decoder, inputs: Tensor, lengths, max_new_tokens: int, be
             top_scores = top_scores.masked_fill(is_eos, float("-inf"))
         beam_scores, keep = top_scores.topk(K, dim=-1)
         parents = parent.gather(1, keep)
-        alive = sequences.gather(1, keep[:, :, None].expand(B, K, T))
+        alive = sequences.gather(1, keep[:, :, None].expand(B, K, width))
         if eos_id is not None:
             reachable = beam_scores[:, 0] / penalty(T if length_penalty > 0 else t + 1)
             done |= finished.scores[:, -1] >= reachable
@@ -139,6 +145,9 @@ class _Hypotheses:
         self.tokens = torch.full((B, K, T), pad_id, dtype=torch.long, device=device)
         self.lengths = torch.zeros(B, K, dtype=torch.long, device=device)
 
+    def widen(self, width: int, pad_id: int) -> None:
+        self.tokens = _widen(self.tokens, width, pad_id)
+
     def add(self, scores: Tensor, tokens: Tensor, length: int) -> None:
         """Merge candidates scores (B, M) (-inf: not a candidate), tokens (B, M, T), all of `length`."""
         K = self.scores.shape[1]
@@ -147,3 +156,8 @@ class _Hypotheses:
         self.tokens = torch.cat([self.tokens, tokens], dim=1).gather(1, pick[:, :, None].expand_as(self.tokens))
         new_lengths = torch.full_like(scores, length, dtype=torch.long)
         self.lengths = torch.cat([self.lengths, new_lengths], dim=1).gather(1, pick)
+
+
+def _widen(tokens: Tensor, width: int, pad_id: int) -> Tensor:
+    """tokens (..., T) padded with pad_id to (..., width)."""
+    return torch.nn.functional.pad(tokens, (0, width - tokens.shape[-1]), value=pad_id)

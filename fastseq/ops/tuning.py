@@ -9,6 +9,8 @@ fastseq version and written atomically; a file that is corrupt, from other versi
 one warning and the choices stay in memory. FASTSEQ_AUTOTUNE=0 turns measurement off (the static order
 decides); a backend the user forces (fastseq.backends.use, FASTSEQ_BACKEND) is never second-guessed;
 nothing is timed while torch.compile traces or a CUDA graph captures (the cached or static choice serves).
+On the CPU a kept choice is probed now and then (about 1% of the calls' time) and measured again when the
+machine's load has changed what is fastest.
 """
 from __future__ import annotations
 
@@ -35,6 +37,11 @@ CACHE_ENV_VAR = "FASTSEQ_CACHE"
 # the next) falls on all of them alike; a call of 0.1 ms thus gets 25 runs a backend, not 3, which noise
 # on a 2-core machine (±15%) would decide between.
 REPEATS, MOST, TARGET, SLOW = 3, 25, 0.005, 0.05
+# A kept choice on the CPU is checked now and then, as the machine's load changes: one timed run of each
+# candidate in turns, at most once per PROBE_GAP times the candidates' recorded time (and PROBE_MIN_S), so
+# checking costs about 1/PROBE_GAP of the calls' time. STRIKES probes in a row that find the kept backend
+# SLOWER times its record, or another candidate faster than BEATEN times it, and the bucket is measured again.
+PROBE_GAP, PROBE_MIN_S, STRIKES, SLOWER, BEATEN = 100, 2.0, 3, 3.0, 0.9
 
 
 @dataclass(frozen=True)
@@ -81,7 +88,9 @@ _file: dict[str, Measured] | None = None  # the cache file's choices, read once
 _warned: set[str] = set()
 # choices by a call's exact (unrounded) description: what every call after a bucket's first asks, answered
 # without building the bucket's key (an op's per-call cost is measured in microseconds at small shapes)
-_recent: dict[tuple, str] = {}
+_recent: dict[tuple, tuple[str, str]] = {}  # -> (backend, bucket)
+_probe_at: dict[str, float] = {}  # bucket -> when its kept choice is next checked (perf_counter seconds)
+_strikes: dict[str, int] = {}  # bucket -> probes in a row that found its choice off
 
 
 def enabled() -> bool:
@@ -129,7 +138,8 @@ def _device_name(device: torch.device) -> str:
 def key(family: str, call: Call) -> str:
     """The bucket of a call: its sizes rounded up to powers of two, its flags (booleans, kinds) as they are."""
     parts = [family, _device_name(call.device), str(call.dtype).removeprefix("torch."),
-             "grad" if call.gradient else "nograd", "x".join(str(_bucket(s)) for s in call.sizes), *map(str, call.flags)]
+             "grad" if call.gradient else "nograd", "x".join(str(_bucket(s)) for s in call.sizes),
+             *map(str, call.flags)]
     return "|".join(parts)
 
 
@@ -217,6 +227,8 @@ def forget() -> None:
     with _lock:
         _memory.clear()
         _recent.clear()
+        _probe_at.clear()
+        _strikes.clear()
         _file = None
         _warned.clear()
 
@@ -248,33 +260,69 @@ def _medians_ms(runs: dict[str, Callable[[], None]], device: torch.device) -> di
 def pick(family: str, candidates: tuple[str, ...], call: Call) -> Optional[str]:
     """The fastest of `candidates` for the call's bucket: kept, or measured now (when measuring is allowed)
     by `call.run(backend)` under a forked random state, so the caller's random stream is untouched. None
-    when there is nothing to choose between, measurement is off, or it cannot run now and nothing is kept."""
+    when there is nothing to choose between, measurement is off, or it cannot run now and nothing is kept.
+    A kept choice on the CPU is probed now and then and measured again when the machine no longer agrees."""
     if len(candidates) < 2 or not enabled():
         return None
     exact = (family, candidates, call.device, call.dtype, call.gradient, call.sizes, call.flags)
     seen = _recent.get(exact)
     if seen is not None:
-        return seen
+        backend, bucket = seen
+        if call.device.type != "cpu" or time.perf_counter() < _probe_at.get(bucket, 0.0):
+            return backend
+        return _probe(family, candidates, call, exact, bucket, backend)
     bucket = key(family, call)
     hit = cached(bucket)
     if hit is not None and hit.backend in candidates:
-        _remember(exact, hit.backend)
+        _remember(exact, bucket, hit)
         return hit.backend
     if not can_measure(call.device):
         return None
+    return _measure(family, candidates, call, exact, bucket)
+
+
+def _measure(family: str, candidates: tuple[str, ...], call: Call, exact: tuple, bucket: str) -> str:
     start = time.perf_counter()
     devices = [call.device] if call.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         times = _medians_ms({b: (lambda b=b: call.run(b)) for b in candidates}, call.device)
     best = min(times, key=times.get)
+    measured = Measured(best, times, time.perf_counter() - start)
     with _lock:
-        _memory[bucket] = Measured(best, times, time.perf_counter() - start)
+        _memory[bucket] = measured
         _save()
-    _remember(exact, best)
+    _strikes.pop(bucket, None)
+    for stale in [k for k, (_, b) in _recent.items() if b == bucket]:  # other calls of the bucket: the new choice
+        del _recent[stale]
+    _remember(exact, bucket, measured)
+    _probe_at[bucket] = time.perf_counter() + _gap_s(measured)
     return best
 
 
-def _remember(exact: tuple, backend: str) -> None:
+def _probe(family: str, candidates: tuple[str, ...], call: Call, exact: tuple, bucket: str, backend: str) -> str:
+    """One timed run of each candidate, in turns; measure the bucket again after STRIKES probes in a row that
+    find `backend` far slower than its record or beaten by another candidate."""
+    measured = cached(bucket)
+    if measured is None or not can_measure(call.device):
+        return backend
+    with torch.random.fork_rng(devices=[]):
+        times = {b: _time_s(lambda b=b: call.run(b), call.device) * 1e3 for b in candidates}
+    recorded = measured.times_ms.get(backend)
+    off = (recorded is not None and times[backend] > SLOWER * recorded) or min(times.values()) < BEATEN * times[backend]
+    _strikes[bucket] = _strikes.get(bucket, 0) + 1 if off else 0
+    if _strikes[bucket] >= STRIKES:
+        return _measure(family, candidates, call, exact, bucket)
+    _probe_at[bucket] = time.perf_counter() + _gap_s(measured)
+    return backend
+
+
+def _gap_s(measured: Measured) -> float:
+    return max(PROBE_MIN_S, PROBE_GAP * sum(measured.times_ms.values()) / 1e3)
+
+
+def _remember(exact: tuple, bucket: str, measured: Measured) -> None:
     if len(_recent) >= 4096:  # a model whose shapes never repeat: keep the table bounded
         _recent.clear()
-    _recent[exact] = backend
+        _probe_at.clear()
+    _recent[exact] = (measured.backend, bucket)
+    _probe_at.setdefault(bucket, time.perf_counter() + _gap_s(measured))

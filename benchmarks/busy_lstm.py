@@ -1,0 +1,139 @@
+"""fastseq.nn.LSTM against torch.nn.LSTM on a CPU with another process spinning on one core.
+
+For each shape: the choice cache made on the quiet machine first (what a cache written earlier holds),
+then the spinner started and both modules timed side by side (timing.measure_together) after fastseq's
+chooser has had its probes (it notices a kept choice the load has made slow and measures again). A
+second pass starts from an empty cache under load. Rows: both medians and quartiles, the ratio, the
+backend serving at the end, under each cache.
+
+    python benchmarks/busy_lstm.py [--out benchmarks/results] [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import fastseq  # noqa: E402
+from fastseq.ops import registry, tuning  # noqa: E402
+
+import sweep  # noqa: E402
+import timing  # noqa: E402
+
+SHAPES = [  # mode, batch, hidden, seq (one layer, input = hidden)
+    ("inference", 1, 128, 64), ("inference", 8, 128, 64), ("inference", 8, 256, 64), ("inference", 64, 256, 64),
+    ("inference", 8, 512, 64), ("training", 8, 256, 64), ("training", 64, 256, 32),
+]
+
+
+def _spin() -> None:
+    while True:
+        pass
+
+
+def _modules(B, H, T, mode):
+    torch.manual_seed(0)
+    base = torch.nn.LSTM(H, H)
+    ours = fastseq.nn.LSTM(H, H)
+    ours.load_state_dict(base.state_dict())
+    x = torch.randn(T, B, H, requires_grad=mode == "training")
+
+    def run(m):
+        if mode == "inference":
+            def fn():
+                with torch.inference_mode():
+                    m(x)
+        else:
+            def fn():
+                y, _ = m(x)
+                y.sum().backward()
+        return fn
+    return run(base), run(ours)
+
+
+def _served(fn) -> str:
+    with registry.served() as seen:
+        fn()
+    return ",".join(sorted({backend for family, _, backend in seen if family == "lstm"})) or "?"
+
+
+def _probe_until_settled(fn, seconds: float) -> None:
+    """Calls for `seconds`, probes on every call: what a user's loop does over a longer time, compressed."""
+    gap, least = tuning.PROBE_GAP, tuning.PROBE_MIN_S
+    tuning.PROBE_GAP, tuning.PROBE_MIN_S = 0, 0.0
+    try:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            fn()
+    finally:
+        tuning.PROBE_GAP, tuning.PROBE_MIN_S = gap, least
+
+
+def measure(shape, cache_from_quiet: bool, spinner_start, spinner_stop) -> dict:
+    mode, B, H, T = shape
+    base, ours = _modules(B, H, T, mode)
+    tuning.forget()
+    if cache_from_quiet:
+        ours()  # the choice made on the quiet machine
+    quiet_choice = _served(ours) if cache_from_quiet else None
+    spinner_start()
+    try:
+        ours()  # an empty cache chooses now, under load
+        _probe_until_settled(ours, 2.0)
+        timed = timing.measure_together({"torch": base, "fastseq": ours}, torch.device("cpu"), min_seconds=0.5)
+        serving = _served(ours)
+    finally:
+        spinner_stop()
+    t, b = timed["fastseq"], timed["torch"]
+    return {"mode": mode, "sizes": {"batch": B, "hidden": H, "seq": T, "layers": 1, "input": H},
+            "cache": "made quiet" if cache_from_quiet else "empty", "quiet_choice": quiet_choice,
+            "serving_busy": serving, **t, "baseline": "torch.nn.LSTM", "baseline_median_ms": b["median_ms"],
+            "baseline_p25_ms": b["p25_ms"], "baseline_p75_ms": b["p75_ms"],
+            "speedup": b["median_ms"] / t["median_ms"]}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    parser.add_argument("--quick", action="store_true", help="the first three shapes only")
+    args = parser.parse_args(argv)
+    os.environ["FASTSEQ_CACHE"] = os.path.join(tempfile.mkdtemp(prefix="fastseq-busy-"), "choices.json")
+    os.environ["FASTSEQ_AUTOTUNE"] = "1"
+    spinner = {}
+
+    def start():
+        spinner["p"] = multiprocessing.Process(target=_spin, daemon=True)
+        spinner["p"].start()
+        time.sleep(0.2)
+
+    def stop():
+        spinner.pop("p").terminate()
+        time.sleep(0.2)
+
+    rows = []
+    for shape in SHAPES[:3] if args.quick else SHAPES:
+        for quiet in (True, False):
+            r = measure(shape, quiet, start, stop)
+            rows.append(r)
+            print(f"{r['mode']:<9} B{r['sizes']['batch']:<3} H{r['sizes']['hidden']:<4} T{r['sizes']['seq']:<3} "
+                  f"cache {r['cache']:<10} (quiet: {r['quiet_choice'] or '-':<5}) serving {r['serving_busy']:<5} "
+                  f"fastseq {r['median_ms']:8.2f} ms  torch {r['baseline_median_ms']:8.2f} ms  x{r['speedup']:.2f}",
+                  flush=True)
+    meta = sweep.metadata(torch.device("cpu"), "busy", {})
+    meta["load"] = "one process spinning on one of the machine's cores"
+    stem = f"lstm-busy-cpu-{datetime.date.today().isoformat()}-{meta.get('commit', 'unknown')}"
+    path = os.path.join(args.out, stem + ".json")
+    sweep._write_json(path, {"meta": meta, "results": rows})
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
