@@ -76,7 +76,7 @@ def _probe_until_settled(fn, seconds: float) -> None:
         tuning.PROBE_GAP, tuning.PROBE_MIN_S = gap, least
 
 
-def measure(shape, cache_from_quiet: bool, spinner_start, spinner_stop) -> dict:
+def measure(shape, cache_from_quiet: bool, spinner_start, spinner_stop, seconds: float = 2.0) -> dict:
     mode, B, H, T = shape
     base, ours = _modules(B, H, T, mode)
     tuning.forget()
@@ -87,7 +87,7 @@ def measure(shape, cache_from_quiet: bool, spinner_start, spinner_stop) -> dict:
     try:
         ours()  # an empty cache chooses now, under load
         _probe_until_settled(ours, 2.0)
-        timed = timing.measure_together({"torch": base, "fastseq": ours}, torch.device("cpu"), min_seconds=0.5)
+        timed = timing.measure_together({"torch": base, "fastseq": ours}, torch.device("cpu"), min_seconds=seconds)
         serving = _served(ours)
     finally:
         spinner_stop()
@@ -103,6 +103,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     parser.add_argument("--quick", action="store_true", help="the first three shapes only")
+    parser.add_argument("--seconds", type=float, default=2.0, help="seconds each side is timed for, per shape")
     args = parser.parse_args(argv)
     os.environ["FASTSEQ_CACHE"] = os.path.join(tempfile.mkdtemp(prefix="fastseq-busy-"), "choices.json")
     os.environ["FASTSEQ_AUTOTUNE"] = "1"
@@ -120,7 +121,7 @@ def main(argv=None) -> int:
     rows = []
     for shape in SHAPES[:3] if args.quick else SHAPES:
         for quiet in (True, False):
-            r = measure(shape, quiet, start, stop)
+            r = measure(shape, quiet, start, stop, args.seconds)
             rows.append(r)
             print(f"{r['mode']:<9} B{r['sizes']['batch']:<3} H{r['sizes']['hidden']:<4} T{r['sizes']['seq']:<3} "
                   f"cache {r['cache']:<10} (quiet: {r['quiet_choice'] or '-':<5}) serving {r['serving_busy']:<5} "
@@ -128,6 +129,7 @@ def main(argv=None) -> int:
                   flush=True)
     meta = sweep.metadata(torch.device("cpu"), "busy", {})
     meta["load"] = "one process spinning on one of the machine's cores"
+    meta["timing"] = f"median of blocks taken in turns for >= {args.seconds} s a side (wall clock), after the probes"
     stem = f"lstm-busy-cpu-{datetime.date.today().isoformat()}-{meta.get('commit', 'unknown')}"
     path = os.path.join(args.out, stem + ".json")
     sweep._write_json(path, {"meta": meta, "results": rows})
