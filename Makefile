@@ -27,6 +27,7 @@ TORCH_VERSION ?= 2.13.0
 TRITON_VERSION ?= 3.9.0
 export FASTSEQ_DATA ?= $(abspath ../shared/data)
 export MAX_JOBS ?= 2
+TEST_JOBS ?= 2  # pytest-xdist workers: the suite is mostly single-threaded Python (the Triton interpreter)
 
 SOURCES := setup.py pyproject.toml requirements-dev.txt $(wildcard csrc/*) $(wildcard kernels/*)
 
@@ -41,7 +42,7 @@ $(VENV)/.installed: $(SOURCES)
 install: $(VENV)/.installed
 
 test: install
-	$(PY) -m pytest -p no:cacheprovider
+	$(PY) -m pytest -p no:cacheprovider -n $(TEST_JOBS)
 
 lint: install
 	$(VENV)/bin/ruff check .
