@@ -29,8 +29,13 @@ def _lstm_args(T=6, B=3, I=5, H=7, grad=False):
     return [t.requires_grad_(grad) for t in tensors]
 
 
-def _spy(monkeypatch, slow: str, seconds: float = 0.02):
+def _spy(monkeypatch, slow: str, seconds: float = 0.1):
     """Record which backend each lstm_layer call runs on, and make `slow` slower by `seconds`."""
+    return _spy_switch(monkeypatch, {slow: seconds})
+
+
+def _spy_switch(monkeypatch, delays: dict):
+    """Like _spy, with each backend's added delay read from `delays` at every call (a machine whose load changes)."""
     ran = []
     original = registry.Family.function
 
@@ -41,15 +46,14 @@ def _spy(monkeypatch, slow: str, seconds: float = 0.02):
 
         def spied(*args, **kwargs):
             ran.append(backend)
-            if backend == slow:
-                time.sleep(seconds)
+            time.sleep(delays.get(backend, 0.0))
             return fn(*args, **kwargs)
         return spied
     monkeypatch.setattr(registry.Family, "function", function)
     return ran
 
 
-def test_first_call_times_each_backend_and_keeps_the_fastest(cache, monkeypatch):
+def test_first_call_times_each_backend_and_keeps_the_fastest(cache, monkeypatch, one_thread):
     ran = _spy(monkeypatch, slow="torch")
     x = _lstm_args()
     with torch.no_grad():
@@ -67,7 +71,7 @@ def test_first_call_times_each_backend_and_keeps_the_fastest(cache, monkeypatch)
     assert saved["versions"]["torch"] == torch.__version__ and saved["choices"][bucket]["backend"] == "cpu"
 
 
-def test_a_gradient_is_its_own_bucket_timed_forward_and_backward(cache, monkeypatch):
+def test_a_gradient_is_its_own_bucket_timed_forward_and_backward(cache, monkeypatch, one_thread):
     _spy(monkeypatch, slow="cpu")
     x = _lstm_args(grad=True)
     y, h, c = ops.lstm_layer(*x)
@@ -90,25 +94,6 @@ def test_the_cache_file_serves_a_new_process(cache, monkeypatch):
     with torch.no_grad():
         ops.lstm_layer(*_lstm_args())
     assert ran == [measured.backend]
-
-
-def _spy_switch(monkeypatch, delays: dict):
-    """Like _spy, with each backend's added delay read from `delays` at every call (a machine whose load changes)."""
-    ran = []
-    original = registry.Family.function
-
-    def function(self, backend, name):
-        fn = original(self, backend, name)
-        if self.name != "lstm" or name != "lstm_layer":
-            return fn
-
-        def spied(*args, **kwargs):
-            ran.append(backend)
-            time.sleep(delays.get(backend, 0.0))
-            return fn(*args, **kwargs)
-        return spied
-    monkeypatch.setattr(registry.Family, "function", function)
-    return ran
 
 
 @pytest.fixture

@@ -72,23 +72,25 @@ def gpt2_to_causal_lm(path_or_model: Union[str, nn.Module]):
 
 
 def _mask_id(path_or_model, mask_id):
+    """mask_id, or the [MASK] id of the tokenizer beside the checkpoint (a folder without tokenizer files has
+    none: transformers would make up an empty vocabulary with its own [MASK])."""
     if mask_id is not None:
         return mask_id
     files = ("tokenizer.json", "vocab.txt", "tokenizer_config.json")
-    local = not isinstance(path_or_model, nn.Module) and os.path.isdir(path_or_model)
-    if local and not any(os.path.exists(os.path.join(path_or_model, f)) for f in files):
-        path_or_model = None  # transformers would make up an empty vocabulary with its own [MASK]
-    if path_or_model is not None and not isinstance(path_or_model, nn.Module):
+    readable = isinstance(path_or_model, (str, os.PathLike)) and (
+        not os.path.isdir(path_or_model) or any(os.path.exists(os.path.join(path_or_model, f)) for f in files))
+    found = None
+    if readable:
         try:
             import transformers
 
             found = transformers.AutoTokenizer.from_pretrained(path_or_model).mask_token_id
-        except Exception:  # no tokenizer beside the checkpoint: the caller names the id
+        except Exception:  # no tokenizer to be had: the caller names the id
             found = None
-        if found is not None:
-            return found
-    raise ValueError("MaskedLM.from_hf: mask_id is needed (the [MASK] token's id): the checkpoint has no tokenizer "
-                     "that names it")
+    if found is None:
+        raise ValueError("MaskedLM.from_hf: mask_id is needed (the [MASK] token's id): the checkpoint has no "
+                         "tokenizer that names it")
+    return found
 
 
 def bert_to_masked_lm(path_or_model: Union[str, nn.Module], mask_id=None):

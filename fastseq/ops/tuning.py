@@ -304,6 +304,7 @@ def _probe(family: str, candidates: tuple[str, ...], call: Call, exact: tuple, b
     find `backend` far slower than its record or beaten by another candidate."""
     measured = cached(bucket)
     if measured is None or not can_measure(call.device):
+        _probe_at[bucket] = time.perf_counter() + PROBE_MIN_S  # not asked again on every call
         return backend
     with torch.random.fork_rng(devices=[]):
         times = {b: _time_s(lambda b=b: call.run(b), call.device) * 1e3 for b in candidates}

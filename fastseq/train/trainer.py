@@ -171,10 +171,10 @@ class Trainer:
         c = self.config
         if self.loggers:
             os.makedirs(c.out_dir, exist_ok=True)
-        for logger in self.loggers:  # a resumed run's files as of its checkpoint: no row twice after a kill
-            if getattr(self, "_log_from_checkpoint", False) or not isinstance(logger, loggers.JsonlLogger):
-                logger.restart(self.history)
         resumed, self._log_from_checkpoint = getattr(self, "_log_from_checkpoint", False), False
+        for logger in self.loggers:  # a resumed run's files as of its checkpoint: no row twice after a kill
+            if resumed or not isinstance(logger, loggers.JsonlLogger):
+                logger.restart(self.history)
         try:
             if resumed:
                 self._evaluate_checkpoint_step()
