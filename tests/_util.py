@@ -58,6 +58,15 @@ def cpu_backends(family: str = "lstm", needs=None, autograd: bool = True) -> lis
     return [p.values[1] for p in backend_params(family, needs, autograd) if p.values[0] == "cpu"]
 
 
+def interpreted_wide(device, backend, dtype, wide: bool) -> None:
+    """Skips a case over many tiles on Triton's interpreter in any dtype but float32: the interpreter runs
+    each program in Python, and the dtypes' loads and casts are the same at one tile (run there in every
+    dtype) as at many; the cuda run covers every dtype at every size."""
+    if device == "cpu" and backend == "triton" and wide and dtype != torch.float32:
+        pytest.skip("Triton's interpreter: cases over many tiles run in float32 (other dtypes at one tile; "
+                    "every dtype on the cuda run)")
+
+
 KERNEL_RUNS = [pytest.param("cpu", "triton", id="triton-interpreter"),
                pytest.param("cuda", None, id="cuda", marks=pytest.mark.cuda)]
 

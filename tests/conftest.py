@@ -1,6 +1,7 @@
 """Test set-up: without a GPU, Triton kernels run on the interpreter (set before Triton is imported);
 tests marked `cuda` are skipped; every test gets a fresh random seed, printed so a failure can be rerun.
-Backends are chosen by measurement as users get them, the choices kept in a file of this run's own."""
+Backends are chosen by measurement as users get them, the choices kept in a file of this run's own. Parallel
+workers (pytest-xdist) split the machine's cores between them."""
 import os
 import random
 import tempfile
@@ -14,6 +15,14 @@ os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 if os.environ.get("FASTSEQ_CACHE", "") == os.environ.get("FASTSEQ_TEST_OWN_CACHE", ""):
     os.environ["FASTSEQ_CACHE"] = os.environ["FASTSEQ_TEST_OWN_CACHE"] = os.path.join(
         tempfile.mkdtemp(prefix="fastseq-tests-"), "choices.json")
+
+# xdist workers share the cores: each gets its share of torch's threads (and so do the commands the tests
+# start), else their thread pools oversubscribe the machine and wait on each other's descheduled threads
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    _THREADS = max(1, (os.cpu_count() or 1) // _WORKERS)
+    torch.set_num_threads(_THREADS)
+    os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
 
 import pytest  # noqa: E402
 

@@ -9,7 +9,7 @@ import torch
 from fastseq import backends, ops
 from fastseq.ops import registry
 
-from _util import DTYPES, TOL, backend_params, rel_err
+from _util import DTYPES, TOL, backend_params, interpreted_wide, rel_err
 
 B, HQ, HKV, TQ, TK, D = 3, 4, 2, 5, 7, 8
 # attn_mask shapes, broadcast against (B, Hq, Tq, Tk)
@@ -84,6 +84,7 @@ def test_every_masked_backend_matches_the_float64_reference(device, backend, dty
     in float64: the op adds it in the accumulation dtype), causal, over one and several tiles of keys."""
     if device == "cpu" and backend == "triton" and dtype == torch.bfloat16:
         pytest.skip("Triton's interpreter computes tl.dot wrongly on bf16 inputs; the cuda run covers bf16")
+    interpreted_wide(device, backend, dtype, wide=Tk > TK)
     sizes = {"B": B, "Hq": HQ, "Tq": Tq, "Tk": Tk, "1": 1}
     attn_mask = _mask(tuple(sizes[n] for n in shape.split(",")), kind, device)
     inputs = [t.to(dtype).double() for t in _inputs(device, Tq, Tk)]
