@@ -32,6 +32,19 @@ def _demo(args: argparse.Namespace) -> int:
 USAGE_ERRORS = (ValueError, TypeError, KeyError, FileNotFoundError, IsADirectoryError, NotADirectoryError)
 
 
+EARLY_STOPPING_HELP = ("beam search: when a sentence stops: never (exact: as a search that never stops early), "
+                       "false (Hugging Face's default: live beams bounded at their present length), true (at "
+                       "beams finished hypotheses, as fairseq)")
+
+
+def _early_stopping(text: str):
+    """An argparse type: never, true or false, as generate()'s early_stopping."""
+    value = {"never": "never", "true": True, "false": False}.get(text.lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected never, true or false, got {text!r}")
+    return value
+
+
 def _positive(text: str) -> int:
     """An argparse type: an int >= 1."""
     try:
@@ -182,8 +195,8 @@ def _eval(args: argparse.Namespace) -> int:
     from .train.tasks import evaluate_run
 
     generation = {k: v for k, v in (("method", args.method), ("beams", args.beams),
-                                    ("max_new_tokens", args.max_new_tokens), ("length_penalty", args.length_penalty))
-                  if v is not None}
+                                    ("max_new_tokens", args.max_new_tokens), ("length_penalty", args.length_penalty),
+                                    ("early_stopping", args.early_stopping)) if v is not None}
     metrics = evaluate_run(args.run, args.split, _device(args.device), args.limit, generation, args.hypotheses)
     print(json.dumps({"run": args.run, "split": args.split, **metrics}))
     return 0
@@ -221,22 +234,28 @@ def _generate(args: argparse.Namespace) -> int:
         texts = args.text or [line.rstrip("\n") for line in sys.stdin]
     encoder_decoder = "src_vocab_size" in model.config.__dataclass_fields__
     ids = [tokenizer.encode(text) or [tokenizer.unk_id] for text in texts]
-    results: list[Optional[tuple[str, float]]] = [None] * len(texts)
+    n = args.n_best
+    results: list[list[tuple[str, float, list[float]]]] = [[] for _ in texts]
     for batch in _batches([len(i) for i in ids], args.batch_size, args.max_tokens):  # sorted by length
         tokens, lengths = pad([ids[i] for i in batch], tokenizer.pad_id)
         out = generate(model, tokens.to(device), lengths.to(device), max_new_tokens=args.max_new_tokens,
                        method=args.method, beams=args.beams, temperature=args.temperature, top_k=args.top_k,
-                       top_p=args.top_p, seed=args.seed, no_repeat_ngram_size=args.no_repeat_ngram_size)
+                       top_p=args.top_p, seed=args.seed, no_repeat_ngram_size=args.no_repeat_ngram_size,
+                       length_penalty=args.length_penalty, early_stopping=args.early_stopping, num_return_sequences=n)
         rows, counts, scores = out.tokens.tolist(), out.lengths.tolist(), out.scores.tolist()
+        positional = out.token_scores.tolist()
         for j, i in enumerate(batch):  # back in input order
-            new = tokenizer.decode(rows[j][:counts[j]])
-            results[i] = (new if encoder_decoder else texts[i] + new, scores[j])
+            for r in range(j * n, j * n + n):
+                new = tokenizer.decode(rows[r][:counts[r]])
+                results[i].append((new if encoder_decoder else texts[i] + new, scores[r], positional[r][:counts[r]]))
     lines = []
-    for i, (text, (hypothesis, score)) in enumerate(zip(texts, results)):
-        if args.print_scores:  # fairseq's lines: the source, then the hypothesis with its score
-            lines += [f"S-{i}\t{text}", f"H-{i}\t{score:.4f}\t{hypothesis}"]
+    for i, (text, hypotheses) in enumerate(zip(texts, results)):
+        if args.print_scores:  # fairseq's lines: the source, then each hypothesis with its score and its tokens'
+            lines.append(f"S-{i}\t{text}")
+            for hypothesis, score, token_scores in hypotheses:
+                lines += [f"H-{i}\t{score:.4f}\t{hypothesis}", f"P-{i}\t" + " ".join(f"{p:.4f}" for p in token_scores)]
         else:
-            lines.append(hypothesis)
+            lines += [hypothesis for hypothesis, _, _ in hypotheses]
     if args.output:
         atomic.write(args.output, lambda f: f.writelines(line + "\n" for line in lines), mode="w")
     else:
@@ -342,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--beams", type=_positive, default=None, help="seq2seq: beams of beam search")
     p.add_argument("--max-new-tokens", type=_positive, default=None, help="seq2seq: tokens to generate at most")
     p.add_argument("--length-penalty", type=float, default=None, help="seq2seq: beam scores / length ** this")
+    p.add_argument("--early-stopping", type=_early_stopping, default=None, help=EARLY_STOPPING_HELP)
     p.set_defaults(func=_eval)
     for name in ("generate", "translate"):
         p = command(name, help="continue prompts (language models) or translate (encoder-decoders)")
@@ -350,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--method", choices=("greedy", "sample", "beam"), default="beam" if name == "translate"
                        else "sample", help="the search (default: beam for translate, sample for generate)")
         p.add_argument("--beams", type=_positive, default=5, help="beams of beam search")
+        p.add_argument("--length-penalty", type=float, default=1.0, help="beam search: scores / length ** this")
+        p.add_argument("--early-stopping", type=_early_stopping, default="never", help=EARLY_STOPPING_HELP)
         p.add_argument("--max-new-tokens", type=_positive, default=100, help="tokens to generate at most per input")
         p.add_argument("--temperature", type=float, default=0.8, help="sampling: divide the logits by this")
         p.add_argument("--top-k", type=int, default=0, help="sampling: keep the k most likely tokens (0: all)")
@@ -364,8 +386,11 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--batch-size", type=_positive, default=32, help="texts generated together (sorted by length)")
         p.add_argument("--max-tokens", type=_positive, default=None,
                        help="at most this many padded input tokens a batch (with --batch-size)")
+        p.add_argument("--n-best", type=_positive, default=1,
+                       help="outputs per input: beam search's n best (n <= --beams) or n samples; one a line")
         p.add_argument("--print-scores", action="store_true",
-                       help="fairseq-style lines: S-i (the input) and H-i (its score and output)")
+                       help="fairseq-style lines: S-i (the input), then for each output H-i (its score and text) "
+                            "and P-i (each token's log-probability); natural logs, where fairseq prints base 2")
         p.set_defaults(func=_generate)
     p = command("ngram", help="an interpolated Kneser-Ney n-gram LM: perplexity on held-out text")
     p.add_argument("--train", default="wikitext-2:valid", help="dataset:split to count")

@@ -98,6 +98,21 @@ def test_every_config_trains_evaluates_and_generates(config, tmp_path):
         out = fastseq(command, str(tmp_path), "A man is", "--print-scores", "--method", "greedy",
                       "--max-new-tokens", "4")
         assert out.stdout.startswith("S-0\tA man is\nH-0\t"), out.stdout
+        # the n best, each an H- line (score = its tokens' log-probabilities / length ** penalty) and a P- line
+        out = fastseq(command, str(tmp_path), "A man is", "Two dogs", "--print-scores", "--method", "beam", "--beams",
+                      "3", "--n-best", "2", "--max-new-tokens", "4", "--length-penalty", "0.5", "--early-stopping",
+                      "false")
+        assert out.returncode == 0, out.stderr[-3000:]
+        lines = out.stdout.splitlines()
+        assert [line.split("\t")[0] for line in lines] == ["S-0", "H-0", "P-0", "H-0", "P-0", "S-1", "H-1", "P-1",
+                                                           "H-1", "P-1"], lines
+        for h, p in ((lines[1], lines[2]), (lines[3], lines[4]), (lines[6], lines[7])):
+            token_scores = [float(x) for x in p.split("\t")[1].split()]
+            assert float(h.split("\t")[1]) == pytest.approx(sum(token_scores) / len(token_scores) ** 0.5, abs=2e-3)
+        out = fastseq(command, str(tmp_path), "A man is", "--method", "beam", "--n-best", "3", "--max-new-tokens", "4")
+        assert out.returncode == 0 and out.stdout.count("\n") == 3, out.stderr[-3000:]
+        out = fastseq(command, str(tmp_path), "A", "--method", "beam", "--beams", "2", "--n-best", "3")
+        assert out.returncode == 2 and "num_return_sequences must be <= beams (2)" in out.stderr, out.stderr[-3000:]
 
 
 def test_bad_configs_fail_clearly(tmp_path):

@@ -95,6 +95,13 @@ def test_generation_options_must_be_finite(option, value):
         generate(_tiny_lm(), torch.tensor([[3, 4]]), max_new_tokens=2, method="beam", **{option: value})
 
 
+@pytest.mark.parametrize("value", ["sometimes", 1, 0.0, None])
+def test_early_stopping_is_true_false_or_never(value):
+    from fastseq.generation import generate
+    with pytest.raises(ValueError, match="early_stopping must be True, False or 'never'"):
+        generate(_tiny_lm(), torch.tensor([[3, 4]]), max_new_tokens=2, method="beam", early_stopping=value)
+
+
 def test_generation_refuses_meta_float_and_misplaced_prompts():
     from fastseq.generation import generate
     model = _tiny_lm()

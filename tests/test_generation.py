@@ -112,6 +112,60 @@ def test_beam_buffers_grow_as_needed_not_by_max_new_tokens(alpha):
         assert long.scores[s].item() == pytest.approx(toy.logp(s, long.tokens[s].tolist()) / 150 ** alpha, rel=1e-5)
 
 
+@pytest.mark.parametrize("alpha", [0.5, 1.0, 2.0])
+def test_early_stopping_false_and_true_end_a_positive_length_penalty_early(alpha):
+    """With length_penalty > 0 the exact rule ("never") bounds a live beam at max_new_tokens, so a huge limit
+    keeps it running; Hugging Face's False and fairseq's True stop as soon as their rules allow: here within a
+    few steps of max_new_tokens = 10**9, and with the hypotheses those rules give at a limit of 30."""
+    toy = ToyDecoder(4, 5, eos_id=0)
+    toy.table.clamp_(max=1.0)[:, :, 0] = 4.0  # EOS likely
+    inputs = torch.arange(4)[:, None]
+    for rule in (False, True):
+        with mock.patch.object(ToyDecoder, "decode_step", side_effect=ToyDecoder.decode_step, autospec=True) as step:
+            huge = generate(toy, inputs, max_new_tokens=10**9, method="beam", beams=3, length_penalty=alpha, eos_id=0,
+                            early_stopping=rule)
+        small = generate(toy, inputs, max_new_tokens=30, method="beam", beams=3, length_penalty=alpha, eos_id=0,
+                         early_stopping=rule)
+        assert step.call_count < 30 and torch.equal(huge.tokens, small.tokens), (rule, step.call_count)
+    exact = generate(toy, inputs, max_new_tokens=30, method="beam", beams=3, length_penalty=alpha, eos_id=0)
+    assert (exact.scores >= small.scores - 1e-6).all()  # exact search never scores below a rule that stops early
+
+
+@pytest.mark.parametrize("method", ["greedy", "sample", "beam"])
+def test_token_scores_are_each_tokens_log_probability(method):
+    """token_scores[i, j]: the log-probability the decoder gave token j of row i (recomputed here from the toy's
+    table), 0 past the row's length; they sum to the row's score (beam: over length ** length_penalty)."""
+    toy = ToyDecoder(5, 4, eos_id=0)
+    inputs = torch.arange(5)[:, None]
+    n = 3 if method != "greedy" else 1
+    out = generate(toy, inputs, max_new_tokens=6, method=method, beams=3, length_penalty=0.7, eos_id=0, seed=0,
+                   num_return_sequences=n)
+    assert out.tokens.shape[0] == out.token_scores.shape[0] == 5 * n and out.token_scores.shape == out.tokens.shape
+    for row in range(5 * n):
+        s, length = row // n, int(out.lengths[row])
+        tokens, prev = out.tokens[row, :length].tolist(), toy.vocab
+        for j, tok in enumerate(tokens):
+            expected = torch.log_softmax(toy.table[s, prev], -1)[tok].item()
+            assert out.token_scores[row, j].item() == pytest.approx(expected, abs=1e-5), (row, j)
+            prev = tok
+        assert (out.token_scores[row, length:] == 0).all()
+        total = out.token_scores[row].sum().item() / (length ** 0.7 if method == "beam" else 1)
+        assert out.scores[row].item() == pytest.approx(total, rel=1e-5, abs=1e-5)
+    if method == "beam":  # each sentence's hypotheses best first, and different
+        scores = out.scores.view(5, n)
+        assert (scores[:, :-1] >= scores[:, 1:]).all()
+        assert all(len({tuple(out.tokens[s * n + i, :out.lengths[s * n + i]].tolist()) for i in range(n)}) == n
+                   for s in range(5))
+
+
+@pytest.mark.parametrize("method,n,match", [("greedy", 2, "would repeat one answer"), ("beam", 4, "<= beams"),
+                                            ("sample", 0, "int >= 1")])
+def test_num_return_sequences_is_checked(method, n, match):
+    with pytest.raises(ValueError, match=match):
+        generate(ToyDecoder(2, 4, eos_id=0), torch.arange(2)[:, None], max_new_tokens=3, method=method, beams=3,
+                 num_return_sequences=n)
+
+
 def test_beam_search_is_bounded_by_the_optimum_and_beam_one_is_greedy():
     """Beam search is not monotone in the beam size (a wider beam can prune the prefix a narrower one
     kept), so the properties are: beam 1 is greedy, no beam beats exhaustive search, and a wide beam finds
@@ -361,9 +415,14 @@ def _reads(model, method, steps, eos_id):
 
 @pytest.mark.parametrize("method", ["greedy", "sample", "beam"])
 @pytest.mark.parametrize("kind", sorted(tiny_models()))
-def test_at_most_one_host_read_per_generated_token(kind, method):
+def test_at_most_one_host_read_per_generated_token(kind, method, monkeypatch):
     """Value checks happen once per generate call: without EOS a step reads nothing on the host, and with
-    it one read a step (has every row ended?). On a GPU each read is a synchronization."""
+    it one read a step (has every row ended?). On a GPU each read is a synchronization. The chooser's
+    probes of a kept CPU choice (timed runs, which read values) are a CPU's alone: off here."""
+    from fastseq.ops import tuning
+
+    monkeypatch.setattr(tuning, "PROBE_MIN_S", float("inf"))
+    tuning.forget()
     model = tiny_models()[kind]
     _reads(model, method, 2, None)  # the first call of each op chooses its backend (timed runs read values)
     short, _ = _reads(model, method, 10, None)

@@ -41,6 +41,41 @@ def test_gpt2_generation_equals_transformers(checkpoint, beams):
     assert torch.equal(found.tokens, theirs)
 
 
+@pytest.fixture(scope="module")
+def peaked_gpt2():
+    """A random GPT-2 in float64 whose next tokens are clear (embeddings scaled up) and whose EOS comes often
+    (its embedding along the mean final state): beams finish at many lengths, so the stopping rules matter."""
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=50, n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=1,
+                                     eos_token_id=2)
+    hf = transformers.GPT2LMHeadModel(config).double().eval()
+    with torch.no_grad():
+        hf.transformer.wte.weight.mul_(8)
+        h = hf.transformer(torch.randint(3, 50, (64, 10))).last_hidden_state.reshape(-1, 32)
+        typical = (h @ hf.transformer.wte.weight.T).max(-1).values.median()
+        hf.transformer.wte.weight[2] = h.mean(0) / h.mean(0).norm() ** 2 * typical
+    return hf
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0, 2.0, -0.5])
+@pytest.mark.parametrize("early_stopping", ["never", False, True])
+def test_beam_search_stops_as_transformers_does(peaked_gpt2, early_stopping, alpha):
+    """Every early_stopping rule and length penalty (EOS on): the same n best hypotheses and scores as Hugging
+    Face's beam search, whose early_stopping and num_return_sequences names fastseq's options take."""
+    ours = CausalLM.from_hf(peaked_gpt2)
+    prompt = torch.randint(3, 50, (6, 5), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        theirs = peaked_gpt2.generate(prompt, max_new_tokens=12, do_sample=False, num_beams=3, length_penalty=alpha,
+                                      early_stopping=early_stopping, eos_token_id=2, pad_token_id=0,
+                                      num_return_sequences=3, return_dict_in_generate=True, output_scores=True)
+        found = generate(ours, prompt, max_new_tokens=12, method="beam", beams=3, length_penalty=alpha, eos_id=2,
+                         pad_id=0, early_stopping=early_stopping, num_return_sequences=3)
+    for row, (tokens, n) in enumerate(zip(theirs.sequences[:, 5:].tolist(), found.lengths.tolist())):
+        expected = tokens[:tokens.index(2) + 1] if 2 in tokens else tokens
+        assert found.tokens[row, :n].tolist() == expected, row
+    torch.testing.assert_close(found.scores.float(), theirs.sequences_scores.float(), atol=1e-5, rtol=1e-5)
+
+
 def test_other_checkpoints_are_refused_naming_why():
     bert = transformers.BertForMaskedLM(transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
                                                                  num_attention_heads=2, intermediate_size=32))

@@ -24,18 +24,25 @@ from .protocol import Decoder, DecodingState
 from .search import Generation, beam_search, sequential
 
 METHODS = ("greedy", "sample", "beam")
+EARLY_STOPPING = (True, False, "never")
 
 
 def generate(model: Decoder, inputs: Tensor, lengths=None, *, max_new_tokens: int, method: str = "greedy",
              beams: int = 4,
              length_penalty: float = 1.0, no_repeat_ngram_size: int = 0, temperature: float = 1.0, top_k: int = 0,
              top_p: float = 1.0, eos_id: Union[int, None, str] = "model", pad_id: Union[int, str] = "model",
-             seed: Optional[int] = None, use_cache: bool = True, cuda_graph: bool = False) -> Generation:
+             seed: Optional[int] = None, use_cache: bool = True, cuda_graph: bool = False,
+             early_stopping: Union[bool, str] = "never", num_return_sequences: int = 1) -> Generation:
     """Generate up to max_new_tokens tokens per row of inputs (B, S) (prompts or sources; lengths (B,) when
     they are right-padded).
 
     method: "greedy", "sample" (temperature, top_k (0: all), top_p (1: all), seed for a reproducible
-    draw) or "beam" (beams, length_penalty α: scores are log-probability / length^α). eos_id ("model":
+    draw) or "beam" (beams, length_penalty α: scores are log-probability / length^α; early_stopping as
+    Hugging Face's generate() takes it: "never", exact, the answer of a search that never stops early, so
+    with α > 0 a sentence runs until no live beam could beat its finished ones at max_new_tokens; False,
+    Hugging Face's default, bounds a live beam at its present length; True stops a sentence once it holds
+    `beams` finished hypotheses, as fairseq does). num_return_sequences n: beam search's n best hypotheses of
+    each input (n <= beams), or n samples of each; rows i·n … i·n+n-1 of the outputs are input i's. eos_id ("model":
     the model's config.eos_id): a row ends when it emits it; None: every row runs max_new_tokens.
     pad_id ("model": the model's config.pad_id, else 0) fills rows that ended. no_repeat_ngram_size n > 0: no n-gram
     occurs twice among a row's generated tokens. use_cache=False reruns the whole sequence each step
@@ -53,7 +60,8 @@ def generate(model: Decoder, inputs: Tensor, lengths=None, *, max_new_tokens: in
         pad_id = getattr(config, "pad_id", None)
         pad_id = 0 if pad_id is None else pad_id
     check_options(method=method, max_new_tokens=max_new_tokens, beams=beams, temperature=temperature, top_k=top_k,
-                  top_p=top_p, no_repeat_ngram_size=no_repeat_ngram_size, length_penalty=length_penalty)
+                  top_p=top_p, no_repeat_ngram_size=no_repeat_ngram_size, length_penalty=length_penalty,
+                  early_stopping=early_stopping)
     vocab = _vocab_size(model)
     for name, value in (("eos_id", eos_id), ("pad_id", pad_id)):
         if value is None and name == "eos_id":
@@ -66,15 +74,21 @@ def generate(model: Decoder, inputs: Tensor, lengths=None, *, max_new_tokens: in
                          f"{'inputs on ' + str(inputs.device) if isinstance(inputs, Tensor) else type(inputs).__name__}"
                          f"{'' if use_cache else ' and use_cache=False'}")
     _check_inputs(model, inputs, lengths)
+    _check_return_sequences(num_return_sequences, method, beams)
     if isinstance(inputs, Tensor) and inputs.dim() == 2 and inputs.shape[0] == 0:  # no rows: nothing to generate
-        return Generation(inputs.new_empty(0, 0), inputs.new_empty(0), torch.empty(0, device=inputs.device))
+        return Generation(inputs.new_empty(0, 0), inputs.new_empty(0), torch.empty(0, device=inputs.device),
+                          torch.empty(0, 0, device=inputs.device))
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             if method == "beam":
                 return beam_search(model, inputs, lengths, max_new_tokens, beams, length_penalty, eos_id, pad_id,
-                                   no_repeat_ngram_size, use_cache, cuda_graph)
+                                   no_repeat_ngram_size, use_cache, cuda_graph, early_stopping, num_return_sequences)
+            if num_return_sequences > 1:  # n draws of each input: its row repeated n times
+                inputs = inputs.repeat_interleave(num_return_sequences, dim=0)
+                if lengths is not None:
+                    lengths = torch.as_tensor(lengths).repeat_interleave(num_return_sequences)
             generator = None
             if method == "sample" and seed is not None:
                 generator = torch.Generator(device=inputs.device).manual_seed(seed)
@@ -83,6 +97,16 @@ def generate(model: Decoder, inputs: Tensor, lengths=None, *, max_new_tokens: in
                               top_p=top_p, generator=generator, cuda_graph=cuda_graph)
     finally:
         model.train(was_training)
+
+
+def _check_return_sequences(n, method: str, beams: int) -> None:
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"generate: num_return_sequences must be an int >= 1, got {n!r}")
+    if method == "greedy" and n > 1:
+        raise ValueError(f"generate: num_return_sequences={n} with method='greedy' would repeat one answer; use "
+                         "'beam' (the n best) or 'sample' (n draws)")
+    if method == "beam" and n > beams:
+        raise ValueError(f"generate: num_return_sequences must be <= beams ({beams}), got {n}")
 
 
 def _vocab_size(model) -> Optional[int]:
@@ -111,7 +135,7 @@ def _check_inputs(model, inputs, lengths) -> None:
 
 
 def check_options(*, method, max_new_tokens, beams, temperature, top_k, top_p, no_repeat_ngram_size,
-                  length_penalty) -> None:
+                  length_penalty, early_stopping="never") -> None:
     """generate()'s options are valid; else a ValueError naming the option (a run config checks its
     generate: section with it before training)."""
     if method not in METHODS:
@@ -127,6 +151,8 @@ def check_options(*, method, max_new_tokens, beams, temperature, top_k, top_p, n
     if isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float)) \
             or not math.isfinite(length_penalty):
         raise ValueError(f"generate: length_penalty must be a finite number, got {length_penalty!r}")
+    if early_stopping not in EARLY_STOPPING or not isinstance(early_stopping, (bool, str)):
+        raise ValueError(f"generate: early_stopping must be True, False or 'never', got {early_stopping!r}")
     if isinstance(temperature, float) and not math.isfinite(temperature):
         raise ValueError(f"generate: temperature must be finite, got {temperature!r}")
 

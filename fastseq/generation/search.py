@@ -10,7 +10,7 @@ attention call over its memory).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch import Tensor
@@ -27,11 +27,14 @@ FIRST_COLUMNS = 64  # tokens a row (greedy, sampled or a beam) holds at first; d
 class Generation:
     """tokens (B, L): each row's generated tokens, its EOS included, then pad_id; lengths (B,): how many
     tokens each row generated; scores (B,): greedy and sampling, the total log-probability of the tokens
-    under the distribution they were chosen from; beam search, that total / length ** length_penalty."""
+    under the distribution they were chosen from; beam search, that total / length ** length_penalty;
+    token_scores (B, L): each token's log-probability (natural log; 0 past a row's length). With n
+    sequences returned per input, rows i·n … i·n+n-1 are input i's, best first for beam search."""
 
     tokens: Tensor
     lengths: Tensor
     scores: Tensor
+    token_scores: Optional[Tensor] = None
 
 
 def sequential(model: Decoder, inputs: Tensor, lengths, max_new_tokens: int, eos_id: Optional[int], pad_id: int,
@@ -45,6 +48,7 @@ def sequential(model: Decoder, inputs: Tensor, lengths, max_new_tokens: int, eos
     B, device = logits.shape[0], logits.device
     step = decode_steps(model, state, cuda_graph, device, B)
     tokens = torch.full((B, min(max_new_tokens, FIRST_COLUMNS)), pad_id, dtype=torch.long, device=device)
+    token_scores = torch.zeros(tokens.shape, dtype=torch.float32, device=device)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     out_lengths = torch.zeros(B, dtype=torch.long, device=device)
     scores = torch.zeros(B, dtype=torch.float32, device=device)
@@ -57,14 +61,14 @@ def sequential(model: Decoder, inputs: Tensor, lengths, max_new_tokens: int, eos
             token = torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)[:, 0]
         else:
             token = logits.argmax(dim=-1)
-        logp = logits.log_softmax(dim=-1).gather(1, token[:, None])[:, 0]
+        logp = logits.log_softmax(dim=-1).gather(1, token[:, None])[:, 0].masked_fill(finished, 0.0)
         token = token.masked_fill(finished, pad_id)
-        scores += logp.masked_fill(finished, 0.0)
+        scores += logp
         out_lengths += (~finished).long()
         if t == tokens.shape[1]:  # grown as generation goes, never sized by max_new_tokens up front
-            room = min(tokens.shape[1], max_new_tokens - t)
-            tokens = torch.cat([tokens, torch.full_like(tokens, pad_id)[:, :room]], 1)
-        tokens[:, t] = token
+            width = t + min(tokens.shape[1], max_new_tokens - t)
+            tokens, token_scores = _widen(tokens, width, pad_id), _widen(token_scores, width, 0.0)
+        tokens[:, t], token_scores[:, t] = token, logp
         if eos_id is not None:
             finished |= token == eos_id
             if bool(finished.all()):
@@ -72,19 +76,25 @@ def sequential(model: Decoder, inputs: Tensor, lengths, max_new_tokens: int, eos
         if t + 1 < max_new_tokens:
             with trusted():
                 logits = step(token)
-    return Generation(tokens[:, :int(out_lengths.max())], out_lengths, scores)
+    n = int(out_lengths.max())
+    return Generation(tokens[:, :n], out_lengths, scores, token_scores[:, :n])
 
 
 def beam_search(model: Decoder, inputs: Tensor, lengths, max_new_tokens: int, beams: int, length_penalty: float,
                 eos_id: Optional[int], pad_id: int, no_repeat_ngram_size: int, use_cache: bool,
-                cuda_graph: bool = False) -> Generation:
+                cuda_graph: bool = False, early_stopping: Union[bool, str] = "never", n_best: int = 1) -> Generation:
     """The best of `beams` hypotheses per sentence by total log-probability / length ** length_penalty.
 
     Each step ranks the 2K best continuations of a sentence's K beams: those ending in EOS among the
-    first K join its finished hypotheses, the K best others continue. A sentence is done when it holds K
-    finished hypotheses and no live beam can still beat the worst of them (log-probabilities only fall,
-    so a beam's best reachable score is bounded). At max_new_tokens the live beams count as finished.
-    cuda_graph: decode through fastseq.generation.graphs, the reorder working in place between replays."""
+    first K join its finished hypotheses, the K best others continue; at max_new_tokens the first K all
+    finish. A sentence is done when it holds K finished hypotheses and (early_stopping, as Hugging Face's
+    generate() names it) "never": no live beam can still beat the worst of them. Log-probabilities only
+    fall, so a beam's best reachable score is its total over the longest length it may reach
+    (max_new_tokens when length_penalty > 0, else its length now): exact, the answer of a search that never
+    stops early. False: no live beam beats it at its length now (Hugging Face's default; it may stop before
+    a longer, better hypothesis when length_penalty > 0). True: at once (fairseq's). n_best: each
+    sentence's n best hypotheses, best first (n <= beams). cuda_graph: decode through
+    fastseq.generation.graphs, the reorder working in place between replays."""
     logits, state = model.begin_decoding(inputs, lengths, max_new_tokens=max_new_tokens, use_cache=use_cache)
     B, V = logits.shape
     K, T, device = beams, max_new_tokens, logits.device
@@ -96,6 +106,7 @@ def beam_search(model: Decoder, inputs: Tensor, lengths, max_new_tokens: int, be
     beam_scores[:, 0] = 0.0  # one live beam at first, so the K beams start different
     width = min(T, FIRST_COLUMNS)  # token columns held: grown as generation goes, never sized by T up front
     alive = torch.full((B, K, width), pad_id, dtype=torch.long, device=device)
+    alive_logp = torch.zeros(B, K, width, device=device)  # each token's log-probability
     finished = _Hypotheses(B, K, width, pad_id, device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
     penalty = lambda n: float(n) ** length_penalty  # noqa: E731
@@ -103,7 +114,7 @@ def beam_search(model: Decoder, inputs: Tensor, lengths, max_new_tokens: int, be
     for t in range(T):
         if t == width:
             width = min(2 * width, T)
-            alive = _widen(alive, width, pad_id)
+            alive, alive_logp = _widen(alive, width, pad_id), _widen(alive_logp, width, 0.0)
             finished.widen(width, pad_id)
         logp = logits.float().log_softmax(dim=-1)
         logp = end_blocked_rows(block_repeated_ngrams(logp, alive.view(B * K, width)[:, :t], no_repeat_ngram_size),
@@ -113,51 +124,64 @@ def beam_search(model: Decoder, inputs: Tensor, lengths, max_new_tokens: int, be
         parent, token = top // V, top % V
         sequences = alive.gather(1, parent[:, :, None].expand(B, n_candidates, width)).clone()
         sequences[:, :, t] = token
-        if eos_id is not None:
-            is_eos = token == eos_id
+        sequences_logp = alive_logp.gather(1, parent[:, :, None].expand(B, n_candidates, width)).clone()
+        sequences_logp[:, :, t] = logp.view(B, K * V).gather(1, top)
+        last = t + 1 == T
+        if eos_id is not None or last:  # the first K candidates that end (EOS, or the last step) are finished
+            is_eos = token == eos_id if eos_id is not None else torch.zeros_like(token, dtype=torch.bool)
             first_k = torch.arange(n_candidates, device=device)[None, :] < K
-            ended = is_eos & first_k & ~done[:, None] & torch.isfinite(top_scores)
-            finished.add(torch.where(ended, top_scores / penalty(t + 1), float("-inf")), sequences, t + 1)
+            ended = (is_eos | last) & first_k & ~done[:, None] & torch.isfinite(top_scores)
+            finished.add(torch.where(ended, top_scores / penalty(t + 1), float("-inf")), sequences, sequences_logp,
+                         t + 1)
             top_scores = top_scores.masked_fill(is_eos, float("-inf"))
         beam_scores, keep = top_scores.topk(K, dim=-1)
         parents = parent.gather(1, keep)
         alive = sequences.gather(1, keep[:, :, None].expand(B, K, width))
+        alive_logp = sequences_logp.gather(1, keep[:, :, None].expand(B, K, width))
         if eos_id is not None:
-            reachable = beam_scores[:, 0] / penalty(T if length_penalty > 0 else t + 1)
-            done |= finished.scores[:, -1] >= reachable
+            if early_stopping is True:
+                done |= finished.scores[:, -1] > float("-inf")
+            else:
+                longest = T if length_penalty > 0 and early_stopping == "never" else t + 1
+                done |= finished.scores[:, -1] >= beam_scores[:, 0] / penalty(longest)
             if bool(done.all()):
                 break
         if t + 1 < T:
             with trusted():
                 state.reorder((rows[:, None] * K + parents).view(-1))
                 logits = step(alive[:, :, t].reshape(-1))
-    steps = t + 1
-    finished.add(torch.where(done[:, None], float("-inf"), beam_scores / penalty(steps)), alive, steps)
-    best_lengths = finished.lengths[:, 0]
-    return Generation(finished.tokens[:, 0, :int(best_lengths.max())], best_lengths, finished.scores[:, 0])
+    lengths = finished.lengths[:, :n_best].reshape(-1)
+    L = int(lengths.max())
+    return Generation(finished.tokens[:, :n_best, :L].reshape(-1, L), lengths, finished.scores[:, :n_best].reshape(-1),
+                      finished.token_scores[:, :n_best, :L].reshape(-1, L))
 
 
 class _Hypotheses:
-    """Each sentence's K best finished hypotheses, best first: scores (B, K), tokens (B, K, T), lengths."""
+    """Each sentence's K best finished hypotheses, best first: scores (B, K), tokens (B, K, T), their tokens'
+    log-probabilities token_scores (B, K, T), lengths."""
 
     def __init__(self, B: int, K: int, T: int, pad_id: int, device) -> None:
         self.scores = torch.full((B, K), float("-inf"), device=device)
         self.tokens = torch.full((B, K, T), pad_id, dtype=torch.long, device=device)
+        self.token_scores = torch.zeros(B, K, T, device=device)
         self.lengths = torch.zeros(B, K, dtype=torch.long, device=device)
 
     def widen(self, width: int, pad_id: int) -> None:
-        self.tokens = _widen(self.tokens, width, pad_id)
+        self.tokens, self.token_scores = _widen(self.tokens, width, pad_id), _widen(self.token_scores, width, 0.0)
 
-    def add(self, scores: Tensor, tokens: Tensor, length: int) -> None:
-        """Merge candidates scores (B, M) (-inf: not a candidate), tokens (B, M, T), all of `length`."""
+    def add(self, scores: Tensor, tokens: Tensor, token_scores: Tensor, length: int) -> None:
+        """Merge candidates scores (B, M) (-inf: not a candidate), tokens and token_scores (B, M, T), all of
+        `length`."""
         K = self.scores.shape[1]
         all_scores = torch.cat([self.scores, scores], dim=1)
         self.scores, pick = all_scores.topk(K, dim=-1)
-        self.tokens = torch.cat([self.tokens, tokens], dim=1).gather(1, pick[:, :, None].expand_as(self.tokens))
+        rows = pick[:, :, None].expand_as(self.tokens)
+        self.tokens = torch.cat([self.tokens, tokens], dim=1).gather(1, rows)
+        self.token_scores = torch.cat([self.token_scores, token_scores], dim=1).gather(1, rows)
         new_lengths = torch.full_like(scores, length, dtype=torch.long)
         self.lengths = torch.cat([self.lengths, new_lengths], dim=1).gather(1, pick)
 
 
-def _widen(tokens: Tensor, width: int, pad_id: int) -> Tensor:
-    """tokens (..., T) padded with pad_id to (..., width)."""
-    return torch.nn.functional.pad(tokens, (0, width - tokens.shape[-1]), value=pad_id)
+def _widen(tokens: Tensor, width: int, fill) -> Tensor:
+    """tokens (..., T) padded with `fill` to (..., width)."""
+    return torch.nn.functional.pad(tokens, (0, width - tokens.shape[-1]), value=fill)

@@ -13,8 +13,8 @@ DATA_KEYS = {
     "eval_batches": int, "eval_sentences": int, "label_smoothing": float,
 }
 TOKENIZER_KEYS = {"char": (), "word": ("min_freq", "max_size", "lowercase"), "bpe": ("vocab_size", "min_frequency")}
-GENERATE_KEYS = ("method", "beams", "max_new_tokens", "length_penalty", "no_repeat_ngram_size", "temperature",
-                 "top_k", "top_p", "seed")
+GENERATE_KEYS = ("method", "beams", "max_new_tokens", "length_penalty", "early_stopping", "no_repeat_ngram_size",
+                 "temperature", "top_k", "top_p", "seed")
 # data keys that must be positive ints, and those that are probabilities
 POSITIVE = ("block", "batch", "max_tokens", "max_len", "eval_batches", "eval_sentences")
 
