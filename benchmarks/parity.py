@@ -1,8 +1,9 @@
 """Drop-in parity: fastseq.nn's LSTM, LSTMCell, MultiheadAttention and TransformerEncoderLayer against
-the torch.nn modules they replace, over the shapes of the never-slower-than-torch targets, as a user gets
-them (the default backends, chosen by measurement). Each fastseq time is taken just after torch's for the
-same case (on a CPU a measurement slows the one after it), median of several runs after warm-up; each row
-names the backends that served it (fastseq.ops.registry.served).
+the torch.nn modules they replace, and a user's model of torch.nn modules against the same model after
+fastseq.nn.convert, over the shapes of the never-slower-than-torch targets, as a user gets them (the
+default backends, chosen by measurement). Each fastseq time is taken just after torch's for the same case
+(on a CPU a measurement slows the one after it), median of several runs after warm-up; each row names the
+backends that served it (fastseq.ops.registry.served).
 
     python benchmarks/parity.py [--preset quick|cpu|gpu|headline] [--json PATH]
 
@@ -12,6 +13,7 @@ Writes one JSON file (device, versions, commit, every row; default benchmarks/re
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import itertools
 import json
@@ -30,23 +32,47 @@ import timing  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODES = ("inference", "training")
 # lstm: (layers, hidden, seq, batch) with input = hidden; cell: (hidden, batch), 16 steps; mha: (batch, seq,
-# embed, causal), a head per 64 channels; encoder: (batch, seq, embed), feed-forward 4x, a head per 64.
+# embed, causal), a head per 64 channels; encoder: (batch, seq, embed), feed-forward 4x, a head per 64;
+# converted: (batch, seq, hidden), UserModel at that width.
 GRIDS = {
     "quick": {"lstm": [(1, 32, 8, 2), (2, 32, 8, 2)], "cell": [(32, 2)], "mha": [(2, 16, 64, False), (2, 16, 64, True)],
-              "encoder": [(2, 16, 64)]},
+              "encoder": [(2, 16, 64)], "converted": [(2, 12, 32)]},
     "cpu": {"lstm": [(layers, h, t, b) for layers, h, b in itertools.product((1, 2), (256, 512, 1024), (1, 8, 32, 64))
                      for t in ((32, 256) if h == 256 else (64,))],
             "cell": list(itertools.product((256, 512, 1024), (1, 8, 32, 64))),
             "mha": [(4, t, e, causal) for t in (64, 256, 1024) for e in (256, 512, 1024) for causal in (False, True)],
-            "encoder": [(4, t, e) for t in (64, 256) for e in (256, 512)]},
+            "encoder": [(4, t, e) for t in (64, 256) for e in (256, 512)],
+            "converted": [(b, t, h) for b, t in ((1, 64), (8, 64), (32, 128)) for h in (128, 256)]},
     "headline": {"lstm": [(1, 512, 256, 1), (1, 512, 256, 64), (2, 512, 128, 64)], "cell": [(512, 64)],
                  "mha": [(8, 1024, 1024, False), (8, 1024, 1024, True)], "encoder": [(8, 1024, 1024)]},
     "gpu": {"lstm": [(layers, h, t, b) for layers, h, b in itertools.product((1, 2), (256, 512, 1024), (1, 8, 64, 256))
                      for t in (64, 256)],
             "cell": list(itertools.product((256, 512, 1024), (1, 64, 256))),
             "mha": [(8, t, e, causal) for t in (256, 1024, 4096) for e in (512, 1024) for causal in (False, True)],
-            "encoder": [(8, t, e) for t in (256, 1024) for e in (512, 1024)]},
+            "encoder": [(8, t, e) for t in (256, 1024) for e in (512, 1024)],
+            "converted": [(b, t, h) for b, t in ((1, 128), (32, 256)) for h in (256, 512)]},
 }
+
+
+class UserModel(torch.nn.Module):
+    """A model as users write it from torch.nn: a packed bidirectional LSTM, self-attention over its states,
+    a two-layer Transformer encoder, a classifier head."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.rnn = torch.nn.LSTM(hidden, hidden // 2, num_layers=2, batch_first=True, bidirectional=True)
+        self.attn = torch.nn.MultiheadAttention(hidden, max(1, hidden // 64), batch_first=True)
+        layer = torch.nn.TransformerEncoderLayer(hidden, max(1, hidden // 64), 4 * hidden, dropout=0.0,
+                                                 batch_first=True)
+        self.encoder = torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = torch.nn.Linear(hidden, 10)
+
+    def forward(self, x, lengths):
+        packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        y, _ = torch.nn.utils.rnn.pad_packed_sequence(self.rnn(packed)[0], batch_first=True, total_length=x.shape[1])
+        pad = torch.arange(x.shape[1], device=x.device)[None, :] >= lengths.to(x.device)[:, None]
+        a, _ = self.attn(y, y, y, key_padding_mask=pad, need_weights=False)
+        return self.head(self.encoder(a, src_key_padding_mask=pad).mean(1))
 
 
 def _pair(make, inputs, mode):
@@ -113,6 +139,14 @@ def _cases(grid, device, dtype):
         yield ("TransformerEncoderLayer", {"batch": b, "seq": t, "embed": e},
                lambda kwargs=kwargs: (torch.nn.TransformerEncoderLayer(**kwargs).to(device, dtype),
                                       fastseq.nn.TransformerEncoderLayer(**kwargs).to(device, dtype)), (x,))
+    for b, t, h in grid.get("converted", ()):
+        x = torch.randn(b, t, h, device=device, dtype=dtype, requires_grad=True)
+        lengths = torch.linspace(t, max(1, t // 2), b).long()  # ragged, on the host as packing takes them
+
+        def make(h=h):
+            base = UserModel(h).to(device, dtype)
+            return base, fastseq.nn.convert(copy.deepcopy(base))
+        yield "converted UserModel", {"batch": b, "seq": t, "hidden": h}, make, (x, lengths)
 
 
 def run(preset: str, device: torch.device, dtype: torch.dtype, save=lambda rows: None) -> list[dict]:

@@ -82,20 +82,21 @@ def test_models_sweep_quick_preset(tmp_path):
 
 
 def test_parity_quick_preset_times_every_module_beside_torch(tmp_path):
-    """benchmarks/parity.py: each drop-in module against its torch.nn twin, inference and training, each
-    row with both times and the backends that served it."""
+    """benchmarks/parity.py: each drop-in module against its torch.nn twin, and a user's model against itself
+    converted, inference and training, each row with both times and the backends that served it."""
     import parity
 
     path = tmp_path / "parity.json"
     assert parity.main(["--preset", "quick", "--json", str(path)]) == 0
     rows = json.loads(path.read_text())["rows"]
     assert {(r["module"], r["mode"]) for r in rows} == {(m, mode) for m in ("LSTM", "LSTMCell", "MultiheadAttention",
-                                                                         "TransformerEncoderLayer")
+                                                                         "TransformerEncoderLayer",
+                                                                         "converted UserModel")
                                                         for mode in ("inference", "training")}
     for r in rows:
         assert r["torch_ms"] > 0 and r["fastseq_ms"] > 0 and r["ratio"] == r["torch_ms"] / r["fastseq_ms"], r
-        functions = {"LSTM": ("lstm", "lstm_layer"), "LSTMCell": ("lstm_step", "lstm_cell")}.get(r["module"],
-                                                                                               ("attention",))
+        functions = {"LSTM": ("lstm", "lstm_layer"), "LSTMCell": ("lstm_step", "lstm_cell"),
+                     "converted UserModel": ("lstm", "lstm_layer", "attention")}.get(r["module"], ("attention",))
         assert any(s.split(":")[0] in functions for s in r["served"]), r
 
 
