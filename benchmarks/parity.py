@@ -5,7 +5,8 @@ default backends, chosen by measurement). Each fastseq time is taken just after 
 (on a CPU a measurement slows the one after it), median of several runs after warm-up; each row names the
 backends that served it (fastseq.ops.registry.served).
 
-    python benchmarks/parity.py [--preset quick|cpu|gpu|headline] [--json PATH]
+    python benchmarks/parity.py [--preset quick|cpu|gpu|headline] [--only lstm cell mha encoder converted]
+                                [--json PATH]
 
 Writes one JSON file (device, versions, commit, every row; default benchmarks/results/parity-<device>-
 <preset>-<date>-<commit>.json) and prints a Markdown table.
@@ -97,12 +98,12 @@ def _pair(make, inputs, mode):
 
 def _cases(grid, device, dtype):
     """(module name, sizes, factory of the two modules, inputs) per case."""
-    for layers, h, t, b in grid["lstm"]:
+    for layers, h, t, b in grid.get("lstm", ()):
         x = torch.randn(t, b, h, device=device, dtype=dtype)
         yield ("LSTM", {"layers": layers, "hidden": h, "seq": t, "batch": b},
                lambda layers=layers, h=h: (torch.nn.LSTM(h, h, layers).to(device, dtype),
                                            fastseq.nn.LSTM(h, h, layers).to(device, dtype)), (x,))
-    for h, b in grid["cell"]:
+    for h, b in grid.get("cell", ()):
         xs = torch.randn(16, b, h, device=device, dtype=dtype)
 
         class Loop(torch.nn.Module):  # a cell run over 16 steps, as a decoder runs it
@@ -119,7 +120,7 @@ def _cases(grid, device, dtype):
         yield ("LSTMCell", {"hidden": h, "batch": b, "steps": 16},
                lambda h=h: (Loop(torch.nn.LSTMCell(h, h)).to(device, dtype),
                             Loop(fastseq.nn.LSTMCell(h, h)).to(device, dtype)), (xs,))
-    for b, t, e, causal in grid["mha"]:
+    for b, t, e, causal in grid.get("mha", ()):
         x = torch.randn(b, t, e, device=device, dtype=dtype, requires_grad=True)
         mask = torch.nn.Transformer.generate_square_subsequent_mask(t, device=device, dtype=dtype) if causal else None
 
@@ -133,7 +134,7 @@ def _cases(grid, device, dtype):
         yield ("MultiheadAttention", {"batch": b, "seq": t, "embed": e, "heads": e // 64, "causal": causal},
                lambda e=e: (Self(torch.nn.MultiheadAttention(e, e // 64, batch_first=True)).to(device, dtype),
                             Self(fastseq.nn.MultiheadAttention(e, e // 64, batch_first=True)).to(device, dtype)), (x,))
-    for b, t, e in grid["encoder"]:
+    for b, t, e in grid.get("encoder", ()):
         x = torch.randn(b, t, e, device=device, dtype=dtype, requires_grad=True)
         kwargs = dict(d_model=e, nhead=e // 64, dim_feedforward=4 * e, dropout=0.0, batch_first=True)
         yield ("TransformerEncoderLayer", {"batch": b, "seq": t, "embed": e},
@@ -149,10 +150,12 @@ def _cases(grid, device, dtype):
         yield "converted UserModel", {"batch": b, "seq": t, "hidden": h}, make, (x, lengths)
 
 
-def run(preset: str, device: torch.device, dtype: torch.dtype, save=lambda rows: None) -> list[dict]:
-    """Every case of the preset, `save(rows)` after each (a timeout keeps what was measured)."""
+def run(preset: str, device: torch.device, dtype: torch.dtype, save=lambda rows: None, only=None) -> list[dict]:
+    """Every case of the preset (of its grids named in `only`), `save(rows)` after each (a timeout keeps what
+    was measured)."""
     rows = []
-    for module, sizes, make, inputs in _cases(GRIDS[preset], device, dtype):
+    grid = {name: cases for name, cases in GRIDS[preset].items() if not only or name in only}
+    for module, sizes, make, inputs in _cases(grid, device, dtype):
         for mode in MODES:
             torch.manual_seed(0)
             base, ours = _pair(make, inputs, mode)
@@ -192,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", choices=sorted(GRIDS), default=None, help="default: gpu on a GPU, else cpu")
     parser.add_argument("--dtype", choices=sorted(timing.DTYPES), default=None,
                         help="default: bf16 on a GPU, else fp32")
+    parser.add_argument("--only", nargs="+", choices=sorted(GRIDS["cpu"]), default=None,
+                        help="these grids of the preset (default: all)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -203,10 +208,12 @@ def main(argv: list[str] | None = None) -> int:
             else "cpu", "torch": torch.__version__, "fastseq": fastseq.__version__,
             "torch_threads": torch.get_num_threads(), "timing": "median of >= 5 runs and >= 0.2 s after 3 warm-up "
             "runs, the two taking turns; on a GPU the device's time and the per-call time (timing.py)"}
-    path = args.json or os.path.join(HERE, "results", f"parity-{device.type}-{preset}-{datetime.date.today()}-"
+    part = "-" + "+".join(args.only) if args.only else ""
+    meta["grids"] = args.only or sorted(GRIDS[preset])
+    path = args.json or os.path.join(HERE, "results", f"parity-{device.type}-{preset}{part}-{datetime.date.today()}-"
                                                       f"{commit[:7]}.json")
 
-    rows = run(preset, device, timing.DTYPES[dtype_name], lambda rows: timing.write_rows(path, meta, rows))
+    rows = run(preset, device, timing.DTYPES[dtype_name], lambda rows: timing.write_rows(path, meta, rows), args.only)
     print(table(rows))
     print(f"wrote {path}")
     return 0
