@@ -6,6 +6,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_sequenc
 
 import fastseq.nn
 from fastseq import backends
+from fastseq.ops import registry
 
 from _util import TOL, backend_params, cpu_backends, rel_err
 
@@ -243,6 +244,32 @@ def test_lengths_equal_a_packed_sequence(batch_first, lengths):
     ga = torch.autograd.grad((out * weights).sum() + h.sum() - c.square().sum(), [x, *hx, *ours.parameters()])
     gb = torch.autograd.grad((ref_out * weights).sum() + ref_h.sum() - ref_c.square().sum(),
                              [x, *hx, *ref.parameters()])
+    for a, b in zip(ga, gb):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("form", ["packed", "lengths"])
+def test_torch_serves_a_ragged_batch_in_one_call(form):
+    """Where torch's kernel serves the layers, a packed (or lengths) batch runs in torch's one call over every
+    layer and direction, as torch.nn.LSTM does, with torch.nn.LSTM's outputs and gradients."""
+    ref, ours = _pair(2, True, 0, True, True)
+    lengths = torch.tensor([2, 7, 4])
+    x = torch.randn(3, 7, 6, dtype=torch.float64, requires_grad=True)
+    packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    with backends.use("torch"), registry.served() as record:
+        out, (h, c) = ours(packed) if form == "packed" else ours(x, lengths=lengths)
+    assert [(f, b) for _, f, b in record] == [("lstm", "torch")]
+    ref_out, (ref_h, ref_c) = ref(packed)
+    if form == "lengths":
+        ref_out = torch.nn.utils.rnn.pad_packed_sequence(ref_out, batch_first=True, total_length=7)[0]
+    else:
+        assert torch.equal(out.batch_sizes, ref_out.batch_sizes) and torch.equal(out.unsorted_indices,
+                                                                                 ref_out.unsorted_indices)
+        out, ref_out = out.data, ref_out.data
+    for a, b in ((out, ref_out), (h, ref_h), (c, ref_c)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    ga = torch.autograd.grad(out.square().sum() + h.sum(), [x, *ours.parameters()], retain_graph=True)
+    gb = torch.autograd.grad(ref_out.square().sum() + ref_h.sum(), [x, *ref.parameters()])
     for a, b in zip(ga, gb):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 

@@ -170,9 +170,15 @@ class LSTM(nn.Module):
             return self._forward_lengths(input, hx, lengths)
         if packed:
             sorted_indices, unsorted_indices = input.sorted_indices, input.unsorted_indices
-            x, lengths = pad_packed_sequence(PackedSequence(input.data, input.batch_sizes, None, None))
             if hx is not None and sorted_indices is not None:
                 hx = (hx[0].index_select(1, sorted_indices), hx[1].index_select(1, sorted_indices))
+            whole = self._torch_packed(input.data, input.batch_sizes, hx)
+            if whole is not None:  # torch's one call over the packed data, as torch.nn.LSTM makes it
+                data, h_n, c_n = whole
+                if unsorted_indices is not None:
+                    h_n, c_n = h_n.index_select(1, unsorted_indices), c_n.index_select(1, unsorted_indices)
+                return PackedSequence(data, input.batch_sizes, sorted_indices, unsorted_indices), (h_n, c_n)
+            x, lengths = pad_packed_sequence(PackedSequence(input.data, input.batch_sizes, None, None))
         else:
             if not isinstance(input, Tensor):
                 raise TypeError(f"input must be a Tensor or a PackedSequence, got {type(input).__name__}")
@@ -212,10 +218,12 @@ class LSTM(nn.Module):
             c0 = x.new_zeros(d * self.num_layers, batch, self.hidden_size)
         else:
             h0, c0 = hx
-        if lengths is None and autocast_dtype(x.device) is None and self._torch_serves(x, h0, c0):
-            weights = [getattr(self, name) for name in self._flat_weights_names]
-            return FAMILY.function("torch", "lstm")(x, (h0, c0), weights, self.bias, self.num_layers,
-                                                    self.dropout, self.training, self.bidirectional)
+        if autocast_dtype(x.device) is None and self._torch_serves(x, h0, c0, lengths, x.requires_grad):
+            if lengths is None:
+                return self._torch_lstm(x, (h0, c0))
+            packed = pack_padded_sequence(x, lengths)
+            data, h_n, c_n = self._torch_lstm(packed.data, (h0, c0), packed.batch_sizes)
+            return pad_packed_sequence(PackedSequence(data, packed.batch_sizes), total_length=x.shape[0])[0], h_n, c_n
 
         h_n, c_n = [], []
         layer_input = x
@@ -233,15 +241,39 @@ class LSTM(nn.Module):
                 layer_input = F.dropout(layer_input, p=self.dropout, training=True)
         return layer_input, torch.stack(h_n), torch.stack(c_n)
 
-    def _torch_serves(self, x: Tensor, h0: Tensor, c0: Tensor) -> bool:
-        """Whether the chooser serves this input's first layer with torch's kernel: then torch's one call runs
-        every layer, on the parameters themselves."""
+    def _torch_serves(self, x: Tensor, h0: Tensor, c0: Tensor, lengths: Optional[Tensor], x_grad: bool) -> bool:
+        """Whether the chooser serves this input's first layer (x (L, N, H_in): its shape only; lengths sorted
+        non-increasing or None) with torch's kernel: then torch's one call runs every layer, on the parameters
+        themselves."""
         names = self._all_weights[0]
         w_ih, w_hh = getattr(self, names[0]), getattr(self, names[1])
         b_ih = getattr(self, names[2]) if self.bias else None
         w_hr = getattr(self, names[-1]) if self.proj_size > 0 else None
-        grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
-        return layer_backend(x, h0[0], c0[0], w_ih, w_hh, b_ih, w_hr, grad) == "torch"
+        grad = torch.is_grad_enabled() and (x_grad or any(p.requires_grad for p in self.parameters()))
+        return layer_backend(x, h0[0], c0[0], w_ih, w_hh, b_ih, w_hr, grad, lengths) == "torch"
+
+    def _torch_lstm(self, x: Tensor, hx: HiddenState, batch_sizes: Optional[Tensor] = None):
+        weights = [getattr(self, name) for name in self._flat_weights_names]
+        return FAMILY.function("torch", "lstm")(x, hx, weights, self.bias, self.num_layers, self.dropout,
+                                                self.training, self.bidirectional, batch_sizes)
+
+    def _torch_packed(self, data: Tensor, batch_sizes: Tensor, hx: Optional[HiddenState]):
+        """A packed sequence's (data (sum of lengths, H_in), batch_sizes) in torch's one call when the chooser
+        serves its shape with torch's kernel -> (data, h_n, c_n); else None."""
+        if data.dim() != 2 or batch_sizes.numel() == 0 or autocast_dtype(data.device) is not None:
+            return None
+        steps, batch = batch_sizes.numel(), int(batch_sizes[0])
+        self._check_input(data, hx, batch)
+        d = 2 if self.bidirectional else 1
+        real_hidden = self.proj_size if self.proj_size > 0 else self.hidden_size
+        h0, c0 = hx if hx is not None else (data.new_zeros(d * self.num_layers, batch, real_hidden),
+                                            data.new_zeros(d * self.num_layers, batch, self.hidden_size))
+        lengths = (batch_sizes[None, :] > torch.arange(batch)[:, None]).sum(1)  # sorted non-increasing
+        lengths = None if int(lengths[-1]) == steps else lengths
+        shape = data.new_zeros(()).expand(steps, batch, data.shape[1])  # the padded input's shape, no copy
+        if not self._torch_serves(shape, h0, c0, lengths, data.requires_grad):
+            return None
+        return self._torch_lstm(data, (h0, c0), batch_sizes)
 
     def _forward_lengths(self, input: Tensor, hx: Optional[HiddenState], lengths) -> tuple[Tensor, HiddenState]:
         """A padded batch with per-row lengths: sort the rows by length (as packing does), run, unsort."""

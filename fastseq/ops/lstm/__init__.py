@@ -277,10 +277,10 @@ def _refusal(backend: str, function: str, args: tuple) -> Optional[str]:
 
 
 def layer_backend(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, bias: Optional[Tensor],
-                  w_hr: Optional[Tensor], training: bool) -> str:
-    """The backend `lstm_layer` serves a full-length forward layer on (chosen as the op chooses, in the same
-    shape bucket): fastseq.nn.LSTM asks it for its first layer and, when it is `torch`, runs every layer
-    in torch's one call (`native.lstm`), with its parameters themselves, as torch.nn.LSTM does (oneDNN
-    keeps their prepared form between calls; a bias summed anew each call costs it 1.7 ms a training step
-    at H256, T32, B1, measured); "" while torch.compile traces."""
-    return _layer_choice((x, h0, c0, w_ih, w_hh, bias, w_hr), None, False, training)
+                  w_hr: Optional[Tensor], training: bool, lengths: Optional[Tensor] = None) -> str:
+    """The backend `lstm_layer` serves a forward layer on (chosen as the op chooses, in the same shape bucket;
+    lengths sorted non-increasing, or None: full length): fastseq.nn.LSTM asks it for its first layer and,
+    when it is `torch`, runs every layer in torch's one call (`native.lstm`, a packed sequence's too), with
+    its parameters themselves, as torch.nn.LSTM does (oneDNN keeps their prepared form between calls);
+    "" while torch.compile traces."""
+    return _layer_choice((x, h0, c0, w_ih, w_hh, bias, w_hr), lengths, False, training)
