@@ -132,6 +132,7 @@ def main(argv=None) -> int:
     meta["timing"] = f"median of blocks taken in turns for >= {args.seconds} s a side (wall clock), after the probes"
     stem = f"lstm-busy-cpu-{datetime.date.today().isoformat()}-{meta.get('commit', 'unknown')}"
     path = os.path.join(args.out, stem + ".json")
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     sweep._write_json(path, {"meta": meta, "results": rows})
     print(f"wrote {path}")
     return 0

@@ -207,14 +207,15 @@ def chosen(family: str, device_type: str, needs: tuple[str, ...] = (), autograd:
     able = declaration.able(tuple(needs), device_type if autograd else None)
     order = declaration.order.get(device_type)
     label = lambda: f"{family} ({', '.join(needs)})" if needs else family  # noqa: E731
+    asked = backends.requested(device_type)
     if declaration.refusal is not None and args is not None and needs:
         refused = {b: why for b in able if (why := declaration.refusal(b, needs[0], args))}
-        asked = backends.requested(device_type)
         if asked is not None and asked[0] in refused:
             raise BackendUnavailableError(f"backend {asked[0]!r} ({asked[1]}) cannot serve {label()} for these "
                                           f"inputs: {refused[asked[0]]}")
-        able = tuple(b for b in able if b not in refused)
-    if backends.requested(device_type) is not None:
+        if refused:
+            able = tuple(b for b in able if b not in refused)
+    if asked is not None:
         return backends.choose(label(), device_type, able, order).backend
     interpret = backends.triton_interpret()
     fast = () if call is None else _timed(family, able, device_type, order, interpret)

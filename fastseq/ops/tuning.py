@@ -44,7 +44,7 @@ REPEATS, MOST, TARGET, SLOW = 3, 25, 0.005, 0.05
 PROBE_GAP, PROBE_MIN_S, STRIKES, SLOWER, BEATEN = 100, 2.0, 3, 3.0, 0.9
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # made on every op call: slots, not frozen (whose __init__ costs microseconds)
 class Call:
     """What the chooser needs to time a call: its device, dtype, sizes and flags (the bucket), and `run`,
     which makes the same call on the backend it is given."""
