@@ -78,8 +78,8 @@ TINY = {  # --scale tiny: settings that make every row run in seconds on a CPU
 CPU_TRAIN = ["train.precision=fp32", "train.eval_every=0", "train.checkpoint_every=0"]
 CPU_ULMFIT = ["pretrain.precision=fp32", "finetune.precision=fp32", "pretrain.eval_every=0", "finetune.eval_every=0",
               "tokenizer.max_size=8000", "model.embed_dim=200", "model.hidden_size=400", "model.num_layers=2",
-              "model.embed_dropout=0.05", "model.hidden_dropout=0.1", "model.output_dropout=0.1",
-              "model.weight_drop=0.05", "pretrain.batch=32", "pretrain.lr=5.0e-3", "pretrain.warmup=50",
+              "model.embed_dropout=0.05", "model.input_dropout=0.1", "model.hidden_dropout=0.1",
+              "model.output_dropout=0.1", "model.weight_drop=0.05", "pretrain.batch=32", "pretrain.lr=5.0e-3", "pretrain.warmup=50",
               "pretrain.steps=800", "finetune.batch=32", "finetune.lr=3.0e-3", "finetune.steps=200",
               "classify.steps_per_stage=150", "classify.lr=5.0e-3"]
 CPU = {

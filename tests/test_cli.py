@@ -151,6 +151,33 @@ def test_ulmfit_runs_three_stages(config, tmp_path):
     assert 0 <= json.loads(out.stdout.strip().splitlines()[-1])["accuracy"] <= 1
 
 
+def test_ulmfit_pretrains_once_and_reuses_the_lm(tmp_path):
+    """stages: [pretrain] leaves the general LM (model.pt, tokenizer.json) in out/pretrain; a later run with
+    pretrained: that folder skips stage 1 and adds the task's new words to the LM's vocabulary."""
+    from fastseq import data
+
+    tiny = [f"--set={s}" for s in ("model.embed_dim=16", "model.hidden_size=32", "pretrain.steps=3", "finetune.steps=3",
+                                   "classify.steps_per_stage=2", "pretrain.precision=fp32", "finetune.precision=fp32",
+                                   "progress=false", "general=[{dataset: multi30k, split: val, side: 0}]")]
+    lm_dir = tmp_path / "lm"
+    out = fastseq("ulmfit", "--config", "configs/ulmfit_trec.yaml", "--out", str(lm_dir), "--device", "cpu", *tiny,
+                  "--set=stages=[pretrain]")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert {"model.pt", "tokenizer.json"} <= set(os.listdir(lm_dir / "pretrain")) and "classify" not in os.listdir(lm_dir)
+    general = data.load_tokenizer(lm_dir / "pretrain" / "tokenizer.json")
+    out = fastseq("ulmfit", "--config", "configs/ulmfit_trec.yaml", "--out", str(tmp_path / "trec"), "--device", "cpu",
+                  *tiny, f"--set=pretrained={lm_dir / 'pretrain'}", "--set=stages=[finetune, classify]")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "ulmfit pretrain" not in out.stdout and "classify stage" in out.stdout
+    task = data.load_tokenizer(tmp_path / "trec" / "tokenizer.json")
+    assert task.words[:len(general.words)] == general.words and task.vocab_size > general.vocab_size
+    out = fastseq("eval", str(tmp_path / "trec"), "--split", "test", "--limit", "50")
+    assert out.returncode == 0, out.stderr[-3000:]
+    out = fastseq("ulmfit", "--config", "configs/ulmfit_trec.yaml", "--out", str(tmp_path / "bad"), "--device", "cpu",
+                  *tiny, f"--set=pretrained={tmp_path / 'nowhere'}", "--set=stages=[finetune, classify]")
+    assert out.returncode == 2 and "has no model.pt" in out.stderr, out.stderr[-2000:]
+
+
 def test_baseline_and_bench_commands(tmp_path):
     out = fastseq("ngram", "--train", "trec:train", "--test", "trec:test", "--order", "2")
     assert out.returncode == 0, out.stderr[-2000:]

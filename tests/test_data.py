@@ -53,6 +53,21 @@ def test_unknown_symbols_and_min_frequency():
         data.WordTokenizer.fit(["a"], min_freq=0)
 
 
+def test_unk_written_in_a_text_is_one_unknown_word(tmp_path):
+    """WikiText writes its rare words as "<unk>": one <unk> id, never a word of the vocabulary; a word
+    tokenizer saved before this (no unk_token in its file) keeps reading it as three tokens."""
+    words = data.WordTokenizer.fit(["the <unk> sat on the <unk> mat"])
+    assert "<unk>" not in words.words and "unk" not in words.words
+    assert words.encode("the <unk> mat") == [words.index["the"], words.unk_id, words.index["mat"]]
+    words.save(tmp_path / "new.json")
+    assert data.load_tokenizer(tmp_path / "new.json").encode("a <unk>") == [words.unk_id, words.unk_id]
+    old = data.WordTokenizer(["<", "unk", ">", "the"], unk_token=False)
+    state = {k: v for k, v in old.state().items() if k != "unk_token"}  # as an earlier fastseq wrote it
+    (tmp_path / "old.json").write_text(__import__("json").dumps({**state, "sha256": data.tokenizers._checksum(state)}))
+    again = data.load_tokenizer(tmp_path / "old.json")
+    assert again.encode("the <unk>") == [8, 5, 6, 7]
+
+
 def test_bad_tokenizer_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="no tokenizer file"):
         data.load_tokenizer(tmp_path / "missing.json")

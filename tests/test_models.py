@@ -334,6 +334,82 @@ def test_save_load_gives_identical_outputs(kind, tmp_path):
         (Transformer if kind != "transformer" else CausalLM).load(path)
 
 
+def test_awd_lstm_dropouts():
+    """Embedding dropout drops whole words (a word zero everywhere it occurs in the batch, or scaled by
+    1/(1-p)); input, hidden and output dropouts keep one mask per sequence across time; the features a
+    classifier pools come before the output dropout; variational=False drops elements independently."""
+    torch.manual_seed(0)
+    tokens = torch.tensor([[5, 6, 5, 7, 5, 6] * 4] * 3)
+    lm = LSTMLM(LSTMLMConfig(V, 16, 24, 2, embed_dropout=0.5, input_dropout=0.0, hidden_dropout=0.0,
+                             output_dropout=0.0)).train()
+    emb = lm._embed(tokens)
+    ref = lm.embedding(tokens)
+    scale = emb / ref
+    for word in (5, 6, 7):  # one factor per word for the whole batch: 0 or 2
+        factors = scale[tokens == word]
+        assert torch.allclose(factors, factors[0:1].expand_as(factors))
+        assert factors[0, 0].item() in (0.0, pytest.approx(2.0))
+    x = torch.randn(4, 9, 6)
+    y = lm._dropout(x, 0.5)
+    mask = (y != 0).float()
+    assert torch.equal(mask, mask[:, :1].expand_as(mask))  # the same units dropped at every step of a row
+    assert not torch.equal(mask[0], mask[1]) or not torch.equal(mask[1], mask[2])  # rows draw their own
+    torch.testing.assert_close(y[mask.bool()], 2 * x[mask.bool()])
+    lm.config.variational = False
+    mask = (lm._dropout(x, 0.5) != 0).float()
+    assert not torch.equal(mask, mask[:, :1].expand_as(mask))
+    lm.config.variational = True
+    heavy = LSTMLM(LSTMLMConfig(V, 16, 24, 2, embed_dropout=0.0, input_dropout=0.0, hidden_dropout=0.0,
+                                output_dropout=0.9))
+    heavy.load_state_dict(lm.state_dict())
+    short = tokens[:, :5]
+    torch.testing.assert_close(heavy.train().features(short), heavy.eval().features(short))  # undropped
+    assert not torch.equal(heavy.train()(short)[0], heavy.eval()(short)[0])  # the output layer's input is dropped
+
+
+def test_classifier_batch_norm_head_and_one_row_batches():
+    """The head's norms are batch norms (ULMFiT's); a training batch of one row is normalized by the running
+    statistics, which it leaves as they are; norm='layer' gives layer norms; a classifier saved before the
+    norm setting (layer norms) loads as it was."""
+    body = lstm_lm()
+    clf = SequenceClassifier.from_language_model(body, 3, dropout=0.0).train()
+    norms = [m for m in clf.head if isinstance(m, torch.nn.BatchNorm1d)]
+    assert len(norms) == 2
+    tokens = torch.randint(5, V, (4, 6))
+    clf(tokens)  # a batch of four: batch statistics, running ones updated
+    before = [n.running_mean.clone() for n in norms]
+    one = clf(tokens[:1])
+    assert torch.isfinite(one).all()
+    assert all(torch.equal(n.running_mean, b) for n, b in zip(norms, before))
+    clf.eval()
+    torch.testing.assert_close(one, clf(tokens[:1]))  # as evaluation normalizes it (no dropout here)
+    layer = SequenceClassifier.from_language_model(body, 3, norm="layer")
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in layer.modules())
+    with pytest.raises(ValueError, match="norm must be one of"):
+        SequenceClassifier.from_language_model(body, 3, norm="group")
+
+
+def test_models_saved_before_a_setting_load_as_they_were(tmp_path):
+    """A classifier saved before `norm` had layer norms; an LSTMLM saved before `variational` dropped elements
+    independently: both load so."""
+    import dataclasses
+
+    from fastseq.models.base import FORMAT
+
+    body = lstm_lm()
+    old = SequenceClassifier.from_language_model(body, 3, norm="layer")
+    config = dataclasses.asdict(old.config)
+    del config["norm"]
+    for key in ("variational", "input_dropout"):
+        del config["body_config"][key]
+    torch.save({"format": FORMAT, "model": "SequenceClassifier", "config": config, "state_dict": old.state_dict()},
+               tmp_path / "old.pt")
+    loaded = models.Model.load(tmp_path / "old.pt")
+    assert loaded.config.norm == "layer" and loaded.body.config.variational is False
+    tokens = torch.randint(5, V, (2, 6))
+    torch.testing.assert_close(loaded.eval()(tokens), old.eval()(tokens))
+
+
 def test_load_rejects_other_files(tmp_path):
     path = tmp_path / "x.pt"
     torch.save({"weights": torch.zeros(2)}, path)

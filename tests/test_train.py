@@ -177,13 +177,62 @@ def test_ulmfit_discriminative_rates_and_groups():
     from fastseq.train.ulmfit import discriminative, layer_groups
 
     lm = LSTMLM(LSTMLMConfig(30, 8, 12, 3))
-    groups = layer_groups(lm)
-    assert len(groups) == 5 and groups[0] == [lm.embedding.weight] and groups[-1] == [lm.output.bias]
-    assert sum(p.numel() for g in groups for p in g) == sum(p.numel() for p in lm.parameters())
-    rates = [g["lr"] for g in discriminative(groups, 1.0)]
+    groups = layer_groups(lm)  # fastai's split: the LSTM layers, then the tied embedding and output on top
+    assert len(groups) == 4 and groups[-1] == [lm.embedding.weight, lm.output.bias]
+    assert groups[0] == list(lm.layers[0].parameters())
+    bottom = layer_groups(lm, "bottom")
+    assert len(bottom) == 5 and bottom[0] == [lm.embedding.weight] and bottom[-1] == [lm.output.bias]
+    for split in (groups, bottom):
+        assert sum(p.numel() for g in split for p in g) == sum(p.numel() for p in lm.parameters())
+    rates = [g["lr"] for g in discriminative(bottom, 1.0)]
     assert rates == pytest.approx([2.6 ** -4, 2.6 ** -3, 2.6 ** -2, 2.6 ** -1, 1.0])
     clf = SequenceClassifier.from_language_model(lm, 3)
-    assert layer_groups(clf)[-1] == list(clf.head.parameters())
+    assert layer_groups(clf)[0] == [clf.body.embedding.weight] and layer_groups(clf)[-1] == list(clf.head.parameters())
+    with pytest.raises(ValueError, match="embedding must be 'top' or 'bottom'"):
+        layer_groups(lm, "middle")
+
+
+def test_a_pretrained_lm_takes_new_words_with_the_mean_embedding():
+    from fastseq import data
+    from fastseq.models import LSTMLM, LSTMLMConfig
+    from fastseq.train.ulmfit import extend_vocabulary
+
+    old = data.WordTokenizer.fit(["the cat sat on the mat"])
+    new = data.WordTokenizer(old.words + ["dog", "ran"])
+    lm = LSTMLM(LSTMLMConfig(old.vocab_size, 8, 12, 2, pad_id=0)).eval()
+    torch.nn.init.normal_(lm.output.bias)
+    grown = extend_vocabulary(lm, old, new).eval()
+    n = old.vocab_size
+    assert grown.config.vocab_size == new.vocab_size and grown.output.weight is grown.embedding.weight
+    torch.testing.assert_close(grown.embedding.weight[:n], lm.embedding.weight)
+    torch.testing.assert_close(grown.embedding.weight[n:], lm.embedding.weight.mean(0).expand(2, -1))
+    torch.testing.assert_close(grown.output.bias[n:], lm.output.bias.mean().expand(2))
+    tokens = torch.tensor([old.encode("the cat sat")])
+    torch.testing.assert_close(grown(tokens)[0][..., :n], lm(tokens)[0])  # the known words' logits unchanged
+    with pytest.raises(ValueError, match="must extend the pretrained one"):
+        extend_vocabulary(lm, old, data.WordTokenizer(["dog"] + old.words))
+
+
+def test_weight_decay_falls_on_weight_matrices_only():
+    """decay='matrices' (the default): biases, norms and embeddings (a tied output layer too) in groups
+    without weight decay, each group's other settings kept; 'all' decays everything, as torch's AdamW."""
+    from fastseq.models import LSTMLM, LSTMLMConfig, SequenceClassifier
+    from fastseq.train.trainer import make_optimizer
+
+    clf = SequenceClassifier.from_language_model(LSTMLM(LSTMLMConfig(30, 8, 12, 2)), 3)
+    optimizer = make_optimizer(clf, TrainConfig(weight_decay=0.1))
+    free = {id(p) for g in optimizer.param_groups if g["weight_decay"] == 0.0 for p in g["params"]}
+    decayed = {id(p) for g in optimizer.param_groups if g["weight_decay"] == 0.1 for p in g["params"]}
+    for name, p in clf.named_parameters():
+        exempt = p.dim() < 2 or "embedding" in name
+        assert (id(p) in free) == exempt and (id(p) in decayed) == (not exempt), name
+    groups = [{"params": [clf.body.embedding.weight, *clf.head.parameters()], "lr": 0.5, "layer": 7}]
+    split = make_optimizer(clf, TrainConfig(weight_decay=0.1), groups).param_groups
+    assert all(g["lr"] == 0.5 and g["layer"] == 7 for g in split) and len(split) == 2
+    everything = make_optimizer(clf, TrainConfig(weight_decay=0.1, decay="all")).param_groups
+    assert len(everything) == 1 and everything[0]["weight_decay"] == 0.1
+    with pytest.raises(ValueError, match="decay must be one of"):
+        TrainConfig(decay="some")
 
 
 def test_validation_held_out_of_the_training_split():

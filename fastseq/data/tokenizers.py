@@ -17,6 +17,7 @@ from .. import atomic
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>", "<mask>")
 PAD, BOS, EOS, UNK, MASK = range(len(SPECIALS))
 _WORD = re.compile(r"\w+|[^\w\s]")
+_WORD_UNK = re.compile(r"<unk>|\w+|[^\w\s]")  # "<unk>" in a text (WikiText's) is one unknown word
 
 
 class Tokenizer:
@@ -97,31 +98,37 @@ class CharTokenizer(Tokenizer):
 
 class WordTokenizer(Tokenizer):
     """Words and punctuation marks (regex \\w+|[^\\w\\s]); those seen fewer than min_freq times in
-    training (or past max_size) become <unk>. Decoding joins tokens with spaces."""
+    training (or past max_size) become <unk>, and so does "<unk>" written in a text (WikiText marks its
+    rare words so; unk_token=False, as tokenizers saved before it: three tokens). Decoding joins tokens
+    with spaces."""
 
     kind = "word"
 
-    def __init__(self, words: Sequence[str], lowercase: bool = False) -> None:
-        self.words, self.lowercase = list(words), lowercase
+    def __init__(self, words: Sequence[str], lowercase: bool = False, unk_token: bool = True) -> None:
+        self.words, self.lowercase, self.unk_token = list(words), lowercase, unk_token
         self.index = {w: i + len(SPECIALS) for i, w in enumerate(self.words)}
+        self._pattern = _WORD_UNK if unk_token else _WORD
 
     @classmethod
-    def fit(cls, texts: Iterable[str], min_freq: int = 1, max_size: int | None = None,
-            lowercase: bool = False) -> "WordTokenizer":
+    def fit(cls, texts: Iterable[str], min_freq: int = 1, max_size: int | None = None, lowercase: bool = False,
+            unk_token: bool = True) -> "WordTokenizer":
         if not isinstance(min_freq, int) or min_freq < 1:
             raise ValueError(f"WordTokenizer.fit: min_freq must be an int >= 1, got {min_freq!r}")
+        pattern = _WORD_UNK if unk_token else _WORD
         counts = collections.Counter()
         for text in texts:
-            counts.update(_WORD.findall(text.lower() if lowercase else text))
+            counts.update(pattern.findall(text.lower() if lowercase else text))
+        if unk_token:
+            counts.pop(SPECIALS[UNK], None)
         words = [w for w, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if n >= min_freq]
-        return cls(words[:max_size] if max_size else words, lowercase)
+        return cls(words[:max_size] if max_size else words, lowercase, unk_token)
 
     @property
     def vocab_size(self) -> int:
         return len(SPECIALS) + len(self.words)
 
     def tokens(self, text: str) -> list[str]:
-        return _WORD.findall(text.lower() if self.lowercase else text)
+        return self._pattern.findall(text.lower() if self.lowercase else text)
 
     def _encode(self, text):
         return [self.index.get(w, UNK) for w in self.tokens(text)]
@@ -130,7 +137,7 @@ class WordTokenizer(Tokenizer):
         return " ".join(self.words[i - len(SPECIALS)] if i >= len(SPECIALS) else SPECIALS[i] for i in ids)
 
     def _state(self):
-        return {"words": self.words, "lowercase": self.lowercase}
+        return {"words": self.words, "lowercase": self.lowercase, "unk_token": self.unk_token}
 
 
 class BPETokenizer(Tokenizer):
@@ -205,7 +212,7 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
         if kind == "char":
             return CharTokenizer(state["chars"])
         if kind == "word":
-            return WordTokenizer(state["words"], state.get("lowercase", False))
+            return WordTokenizer(state["words"], state.get("lowercase", False), state.get("unk_token", False))
         from tokenizers import Tokenizer as HFTokenizer
 
         return BPETokenizer(HFTokenizer.from_str(state["hf"]))

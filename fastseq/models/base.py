@@ -95,6 +95,15 @@ class Model(nn.Module):
             raise TypeError(f"{type(self).__name__} takes a {self.config_class.__name__}, got {type(config).__name__}")
         self.config = config
 
+    # settings a model's config gained after models were saved without them: the value that reproduces those
+    # models (a default may differ: what new models get)
+    LEGACY: dict = {}
+
+    @classmethod
+    def saved_config(cls, saved: dict):
+        """The config of a saved model from its dict; a setting it predates takes its LEGACY value."""
+        return cls.config_class(**{**cls.LEGACY, **saved})
+
     def save(self, path: Union[str, os.PathLike]) -> None:
         """Write config and state_dict to `path` atomically (temporary file in the same folder, then rename)."""
         payload = {"format": FORMAT, "model": type(self).__name__, "config": dataclasses.asdict(self.config),
@@ -119,7 +128,7 @@ class Model(nn.Module):
         model_cls = _MODELS[name]
         if cls is not Model and not issubclass(model_cls, cls):
             raise ValueError(f"{path}: holds a {name}, not a {cls.__name__}")
-        model = model_cls(model_cls.config_class(**payload["config"]))
+        model = model_cls(model_cls.saved_config(payload["config"]))
         model.load_state_dict(payload["state_dict"])
         return model.to(map_location) if map_location is not None else model
 
@@ -166,7 +175,7 @@ class Model(nn.Module):
         model_cls = model_class(saved["model"])
         if cls is not Model and not issubclass(model_cls, cls):
             raise ValueError(f"{directory}: holds a {saved['model']}, not a {cls.__name__}")
-        model = model_cls(model_cls.config_class(**saved["config"]))
+        model = model_cls(model_cls.saved_config(saved["config"]))
         load_model(model, os.path.join(directory, "model.safetensors"),
                    device=str(map_location) if map_location is not None else "cpu")
         return model

@@ -1,6 +1,7 @@
 """An LSTM language model in the style of AWD-LSTM: embedding, stacked LSTM layers, an output layer tied to
-the embedding, dropout on the embedding, between layers and on the output, and optional weight drop
-(DropConnect) on the recurrent weights.
+the embedding, AWD-LSTM's dropouts (whole words dropped from the embedding; variational dropout, one mask
+per sequence across time, on the embedded input, between layers and before the output layer) and optional
+weight drop (DropConnect) on the recurrent weights.
 
 Merity, Keskar & Socher, "Regularizing and Optimizing LSTM Language Models", 2017; the tied output layer
 from Press & Wolf 2017 and Inan et al. 2017. The LM body of ULMFiT (Howard & Ruder 2018).
@@ -24,9 +25,12 @@ from .state import RecurrentState
 @dataclass
 class LSTMLMConfig:
     """vocab_size; embed_dim; hidden_size of every layer but the last, whose size is embed_dim when the
-    output is tied (else hidden_size); num_layers; tie_weights; embed_dropout (on the embeddings),
-    hidden_dropout (between layers), output_dropout (before the output layer), weight_drop (on the
-    recurrent weights, AWD-LSTM); pad_id (its embedding stays zero), eos_id (ends generation)."""
+    output is tied (else hidden_size); num_layers; tie_weights; AWD-LSTM's dropouts: embed_dropout (whole
+    words: a dropped word's embedding is zero wherever it occurs in the batch), input_dropout (on the
+    embedded input), hidden_dropout (between layers), output_dropout (before the output layer, not on the
+    features a classifier pools), each of the last three one mask per sequence across time (variational;
+    variational=False: a fresh mask per element, embed_dropout too); weight_drop (DropConnect on the
+    recurrent weights); pad_id (its embedding stays zero), eos_id (ends generation)."""
 
     vocab_size: int
     embed_dim: int = 400
@@ -34,15 +38,18 @@ class LSTMLMConfig:
     num_layers: int = 3
     tie_weights: bool = True
     embed_dropout: float = 0.1
+    input_dropout: float = 0.0
     hidden_dropout: float = 0.3
     output_dropout: float = 0.4
     weight_drop: float = 0.0
+    variational: bool = True
     pad_id: Optional[int] = None
     eos_id: Optional[int] = None
 
     def __post_init__(self):
         check_config("LSTMLMConfig", self, positive=("vocab_size", "embed_dim", "hidden_size", "num_layers"),
-                     probabilities=("embed_dropout", "hidden_dropout", "output_dropout", "weight_drop"),
+                     probabilities=("embed_dropout", "input_dropout", "hidden_dropout", "output_dropout",
+                                    "weight_drop"),
                      token_ids=(("pad_id", "vocab_size"), ("eos_id", "vocab_size")))
 
 
@@ -62,11 +69,12 @@ class LSTMLM(Model):
 
     forward(tokens (B, T), lengths=None, state=None) -> (logits (B, T, V), state): state is a list of
     (h, c) per layer, to carry across truncated-BPTT windows. features(tokens, lengths) gives the last
-    layer's outputs (B, T, feature_size), what a SequenceClassifier pools; loss() the mean next-token
-    cross-entropy over real positions.
+    layer's outputs (B, T, feature_size) before the output dropout, what a SequenceClassifier pools;
+    loss() the mean next-token cross-entropy over real positions.
     """
 
     config_class = LSTMLMConfig
+    LEGACY = {"variational": False}
 
     def __init__(self, config: LSTMLMConfig) -> None:
         super().__init__(config)
@@ -89,28 +97,50 @@ class LSTMLM(Model):
         nn.init.zeros_(self.output.bias)
 
     def run(self, tokens: Tensor, lengths=None, state: Optional[list] = None) -> tuple[Tensor, list]:
-        """(B, T) ids -> the last layer's outputs (B, T, feature_size), zero past each row's length, and the
-        final (h, c) of every layer (at each row's last real token)."""
+        """(B, T) ids -> the last layer's outputs (B, T, feature_size) before the output dropout, zero past
+        each row's length, and the final (h, c) of every layer (at each row's last real token)."""
         check_tokens("LSTMLM", "tokens", tokens, self.config.vocab_size)
         if lengths is not None:
             lengths = lengths_tensor("LSTMLM", lengths, tokens.shape[0], tokens.shape[1], torch.device("cpu"))
         if state is not None and len(state) != len(self.layers):
             raise ValueError(f"LSTMLM: state must hold one (h, c) per layer ({len(self.layers)}), got {len(state)}")
         c = self.config
-        x = F.dropout(self.embedding(tokens), c.embed_dropout, self.training)
+        x = self._embed(tokens)
+        x = self._dropout(x, c.input_dropout)
         new_state = []
         for i, layer in enumerate(self.layers):
             x, s = layer(x, None if state is None else state[i], lengths=lengths)
             new_state.append(s)
-            x = F.dropout(x, c.hidden_dropout if i < len(self.layers) - 1 else c.output_dropout, self.training)
+            if i < len(self.layers) - 1:
+                x = self._dropout(x, c.hidden_dropout)
         return x, new_state
+
+    def _embed(self, tokens: Tensor) -> Tensor:
+        """The embedded tokens; in training with embed_dropout, whole words dropped (AWD-LSTM: rows of the
+        embedding zeroed for this batch, the rest scaled by 1 / (1 - p))."""
+        c = self.config
+        if not self.training or c.embed_dropout == 0:
+            return self.embedding(tokens)
+        if not c.variational:
+            return F.dropout(self.embedding(tokens), c.embed_dropout, True)
+        weight = self.embedding.weight
+        keep = weight.new_empty(weight.shape[0], 1).bernoulli_(1 - c.embed_dropout) / (1 - c.embed_dropout)
+        return F.embedding(tokens, weight * keep, self.embedding.padding_idx)
+
+    def _dropout(self, x: Tensor, p: float) -> Tensor:
+        """Dropout of x (B, T, D): one mask per sequence across its time steps (variational), or per element."""
+        if not self.training or p == 0:
+            return x
+        if not self.config.variational:
+            return F.dropout(x, p, True)
+        return x * x.new_empty(x.shape[0], 1, x.shape[2]).bernoulli_(1 - p) / (1 - p)
 
     def features(self, tokens: Tensor, lengths=None) -> Tensor:
         return self.run(tokens, lengths)[0]
 
     def forward(self, tokens: Tensor, lengths=None, state: Optional[list] = None) -> tuple[Tensor, list]:
         x, state = self.run(tokens, lengths, state)
-        return self.output(x), state
+        return self.output(self._dropout(x, self.config.output_dropout)), state
 
     def loss(self, tokens: Tensor, lengths=None) -> Tensor:
         """Mean cross-entropy of predicting tokens[:, t+1] from tokens[:, :t+1], over real positions."""

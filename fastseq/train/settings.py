@@ -10,9 +10,10 @@ SECTIONS = ("task", "data", "model", "train", "generate", "out_dir")
 DATA_KEYS = {
     "dataset": str, "train": str, "valid": str, "test": str, "files": dict, "labelled": bool, "reverse": bool,
     "tokenizer": dict, "valid_fraction": float, "block": int, "batch": int, "max_tokens": int, "max_len": int,
-    "eval_batches": int, "eval_sentences": int, "label_smoothing": float,
+    "eval_batches": int, "eval_sentences": int, "label_smoothing": float, "bos": bool,
 }
-TOKENIZER_KEYS = {"char": (), "word": ("min_freq", "max_size", "lowercase"), "bpe": ("vocab_size", "min_frequency")}
+TOKENIZER_KEYS = {"char": (), "word": ("min_freq", "max_size", "lowercase", "unk_token"),
+                  "bpe": ("vocab_size", "min_frequency")}
 GENERATE_KEYS = ("method", "beams", "max_new_tokens", "length_penalty", "early_stopping", "no_repeat_ngram_size",
                  "temperature", "top_k", "top_p", "seed")
 # data keys that must be positive ints, and those that are probabilities

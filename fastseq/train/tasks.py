@@ -375,10 +375,10 @@ def _classify(task, config, data, model_cfg, train, device) -> Run:
                             {"vocab_size": tokenizer.vocab_size, "mask_id": tokenizer.mask_id,
                              "pad_id": tokenizer.pad_id, "max_len": int(data.get("max_len", 128))})
         model = M.SequenceClassifier.from_language_model(body_model, num_classes, **model_cfg)
-    max_len = int(data.get("max_len", 128))
+    max_len, bos = int(data.get("max_len", 128)), bool(data.get("bos", False))
 
-    train_ids = encode_labelled(tokenizer, train_records, max_len)
-    valid_ids = encode_labelled(tokenizer, valid_records, max_len)
+    train_ids = encode_labelled(tokenizer, train_records, max_len, bos)
+    valid_ids = encode_labelled(tokenizer, valid_records, max_len, bos)
     batches = epoch_batches([len(t) for _, t in train_ids], int(data.get("max_tokens", 2048)), train.seed,
                              lambda idx: D.collate_labelled([train_ids[i] for i in idx], tokenizer.pad_id))
 
@@ -390,9 +390,11 @@ def _classify(task, config, data, model_cfg, train, device) -> Run:
     return Run(task, model, tokenizer, train, batches, loss, evaluate, config)
 
 
-def encode_labelled(tokenizer: D.Tokenizer, records, max_len: int) -> list:
-    """(label, text) records -> (label, the text's first max_len token ids); an empty text is one <unk>."""
-    return [(label, (tokenizer.encode(text) or [tokenizer.unk_id])[:max_len]) for label, text in records]
+def encode_labelled(tokenizer: D.Tokenizer, records, max_len: int, bos: bool = False) -> list:
+    """(label, text) records -> (label, the text's first max_len token ids, after <bos> with bos); an empty
+    text is one <unk>."""
+    return [(label, ([tokenizer.bos_id] * bos + (tokenizer.encode(text) or [tokenizer.unk_id]))[:max_len])
+            for label, text in records]
 
 
 def classification_metrics(model, examples, pad_id: int, device, batch: int = 128) -> dict:
@@ -478,5 +480,5 @@ def evaluate_run(out_dir: str, split: str, device: torch.device, limit: Optional
         score, signature = bleu_signed(hyps, [t for _, t in pairs])
         return {"bleu": score, "signature": signature, "sentences": len(pairs), "generation": gen}
     max_len = int(data.get("max_len", 128))
-    examples = encode_labelled(tokenizer, records, max_len)
+    examples = encode_labelled(tokenizer, records, max_len, bool(data.get("bos", False)))
     return classification_metrics(model, examples, tokenizer.pad_id, device)

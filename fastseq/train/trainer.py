@@ -28,12 +28,15 @@ from .schedules import schedule
 from .settings import number
 
 FORMAT = "fastseq-checkpoint/1"
+DECAY = ("matrices", "all")
 _log = logging.getLogger("fastseq.train")
 
 
 @dataclass
 class TrainConfig:
-    """steps (optimizer steps); lr, optimizer ("adamw" | "sgd"), weight_decay, betas, momentum (SGD);
+    """steps (optimizer steps); lr, optimizer ("adamw" | "sgd"), weight_decay, decay ("matrices": weight
+    decay on weight matrices only, none on biases, norms and embeddings (tied output layers too); "all"),
+    betas, momentum (SGD);
     schedule ("constant", "inverse_sqrt", "cosine", "slanted_triangular"), warmup, min_lr_ratio (cosine);
     grad_clip (0: none), accumulate (micro-batches per step); precision ("fp32", "bf16", "fp16");
     eval_every, log_every, checkpoint_every (steps; 0: only at the end; a checkpoint is written before
@@ -46,6 +49,7 @@ class TrainConfig:
     lr: float = 3e-4
     optimizer: str = "adamw"
     weight_decay: float = 0.01
+    decay: str = "matrices"
     betas: list = field(default_factory=lambda: [0.9, 0.999])
     momentum: float = 0.9
     schedule: str = "constant"
@@ -84,6 +88,8 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig: {name} must be true or false, got {getattr(self, name)!r}")
         if self.out_dir is not None and not isinstance(self.out_dir, str):
             raise ValueError(f"TrainConfig: out_dir must be a path, got {self.out_dir!r}")
+        if self.decay not in DECAY:
+            raise ValueError(f"TrainConfig: decay must be one of {DECAY}, got {self.decay!r}")
         if self.optimizer not in ("adamw", "sgd"):
             raise ValueError(f"TrainConfig: optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
         if self.precision not in ("fp32", "bf16", "fp16"):
@@ -94,6 +100,36 @@ class TrainConfig:
             raise ValueError(f"TrainConfig: momentum must lie in [0, 1), got {self.momentum!r}")
         schedule(self.schedule, self.steps, self.warmup)  # raises on a bad name
         self.loggers = loggers.check_names("TrainConfig", self.loggers)
+
+
+def decay_groups(model: nn.Module, groups: list) -> list:
+    """Optimizer groups (parameters, or dicts of them with their settings) split so that weight decay falls on
+    weight matrices only: biases, norms (every 1-D parameter) and embeddings (a tied output layer too) go to
+    a group of their own with weight_decay 0, keeping the rest of its group's settings."""
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    if groups and not isinstance(groups[0], dict):
+        groups = [{"params": list(groups)}]
+    out = []
+    for group in groups:
+        params, settings = list(group["params"]), {k: v for k, v in group.items() if k != "params"}
+        exempt = [p for p in params if p.dim() < 2 or id(p) in embeddings]
+        decayed = [p for p in params if not (p.dim() < 2 or id(p) in embeddings)]
+        if decayed:
+            out.append({**settings, "params": decayed})
+        if exempt:
+            out.append({**settings, "params": exempt, "weight_decay": 0.0})
+    return out
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig, param_groups: Optional[list] = None):
+    """The config's optimizer over param_groups (default: every parameter that requires a gradient), split by
+    config.decay."""
+    groups = param_groups if param_groups is not None else [p for p in model.parameters() if p.requires_grad]
+    if config.decay == "matrices":
+        groups = decay_groups(model, groups)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay)
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
 
 class _Objective(nn.Module):
@@ -122,7 +158,9 @@ class Trainer:
 
     batches(i) -> the i-th micro-batch (dict); loss_fn(model, batch) -> scalar loss; evaluate(model) ->
     {metric: value} (run without gradients, in eval mode); param_groups: optimizer parameter groups
-    (default all parameters; ULMFiT passes one group per layer with its own lr); on_save(): called on
+    (default all parameters; ULMFiT passes one group per layer with its own lr), each split by
+    config.decay (`decay_groups`); optimizer: one to go on with (ULMFiT's unfreezing stages keep theirs):
+    its groups' lr are the schedule's base rates, its moments kept; on_save(): called on
     rank 0 after each checkpoint (a run writes its loadable model there); callbacks: objects with any of
     on_step(trainer, row) (every optimizer step: step, loss, lr), on_eval(trainer, metrics) and
     on_checkpoint(trainer, path) (rank 0). Rows go to config.loggers in out_dir and to the
@@ -131,7 +169,8 @@ class Trainer:
     def __init__(self, model: nn.Module, config: TrainConfig, batches: Callable[[int], dict],
                  loss_fn: Callable[[nn.Module, dict], Tensor], evaluate: Optional[Callable[[nn.Module], dict]] = None,
                  param_groups: Optional[list] = None, device: Optional[torch.device] = None,
-                 on_save: Optional[Callable[[], None]] = None, callbacks: Optional[list] = None) -> None:
+                 on_save: Optional[Callable[[], None]] = None, callbacks: Optional[list] = None,
+                 optimizer: Optional[torch.optim.Optimizer] = None) -> None:
         self.config, self.batches, self.evaluate, self.on_save = config, batches, evaluate, on_save
         self.callbacks = loggers.check_callbacks(callbacks)
         self.device = device or next(model.parameters()).device
@@ -147,12 +186,13 @@ class Trainer:
             unused = bool(getattr(model, "unused_parameters", False))
             objective = nn.parallel.DistributedDataParallel(objective, device_ids=ids, find_unused_parameters=unused)
         self.objective = objective
-        groups = param_groups if param_groups is not None else [p for p in model.parameters() if p.requires_grad]
         c = config
-        if c.optimizer == "adamw":
-            self.optimizer = torch.optim.AdamW(groups, lr=c.lr, betas=tuple(c.betas), weight_decay=c.weight_decay)
+        if optimizer is not None:
+            self.optimizer = optimizer
+            for group in optimizer.param_groups:  # this fit's schedule starts from the groups' rates now
+                group.pop("initial_lr", None)
         else:
-            self.optimizer = torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+            self.optimizer = make_optimizer(model, c, param_groups)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, schedule(c.schedule, c.steps, c.warmup, c.min_lr_ratio))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=c.precision == "fp16")
@@ -321,7 +361,8 @@ class Trainer:
         saved_groups = state["optimizer"].get("param_groups", [])
         if len(saved_groups) != len(configured):
             raise ValueError(f"{path}: its optimizer has {len(saved_groups)} parameter groups, this run "
-                             f"{len(configured)}")
+                             f"{len(configured)} (a run begun with weight decay on every parameter resumes with "
+                             f"train.decay: all)")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         for group, settings in zip(self.optimizer.param_groups, configured):

@@ -1,0 +1,128 @@
+"""ULMFiT's recipe, each change measured on its own: TREC-6 validation error (the 10% of its training split
+held out), over several seeds, for the whole recipe and for the recipe with one change undone.
+
+Changes that shape the general LM (AWD-LSTM's dropouts, weight decay off for biases, norms and embeddings,
+the <bos> token, "<unk>" kept whole) each pretrain an LM of their own; the others (the classifier's batch
+norms, the embedding on top in LM fine-tuning, the falling rate ladder, the kept optimizer) fine-tune the
+recipe's LM. Each LM's held-out loss (the general corpus' last 1%) is reported beside it.
+
+    python benchmarks/ulmfit_ablation.py [--pretrain-steps 800] [--seeds 0 1 2] [--variants recipe ...]
+
+Writes JSON (every run, as it finishes) and a Markdown table under benchmarks/results/; LMs in --work.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from fastseq import atomic  # noqa: E402
+from fastseq.train import ulmfit  # noqa: E402
+from fastseq.train.tasks import apply_overrides, load_config, train_valid  # noqa: E402
+
+import reproduce  # noqa: E402
+import timing  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+# the undone change -> the overrides that undo it; LM changes pretrain an LM of their own
+LM_VARIANTS = {
+    "recipe": [],
+    "element-wise dropout": ["model.variational=false"],
+    "weight decay on all": ["pretrain.decay=all", "finetune.decay=all", "classify.decay=all"],
+    "no <bos>": ["tokenizer.bos=false"],
+    "<unk> split": ["tokenizer.unk_token=false"],
+}
+CLASSIFIER_VARIANTS = {
+    "layer norms in the head": ["classify.norm=layer"],
+    "embedding at the bottom (LM fine-tuning)": ["finetune.embedding=bottom"],
+    "one rate for every stage": ["classify.ladder=[1]"],
+    "a fresh optimizer each stage": ["classify.keep_optimizer=false"],
+}
+
+
+def pretrain(config: dict, folder: str, device) -> dict:
+    """The general LM of `config` into folder/pretrain (kept: a second call reuses it) -> its record."""
+    record_path = os.path.join(folder, "record.json")
+    if os.path.exists(record_path):
+        with open(record_path) as f:
+            return json.load(f)
+    start = time.perf_counter()
+    metrics = ulmfit.run({**config, "stages": ["pretrain"], "out_dir": folder}, device)
+    record = {"held_out_loss": metrics.get("eval_loss"), "minutes": (time.perf_counter() - start) / 60,
+              "steps": config["pretrain"]["steps"]}
+    atomic.write(record_path, lambda f: json.dump(record, f), mode="w")
+    return record
+
+
+def classify(config: dict, lm_folder: str, seed: int, device) -> dict:
+    """LM fine-tuning and the classifier from the LM in lm_folder, this seed -> validation metrics."""
+    config = {**config, "pretrained": os.path.join(lm_folder, "pretrain")}
+    train, valid = train_valid(config["target"])
+    text = "\n".join(t for _, t in train)
+    torch.manual_seed(seed)
+    lm, tokenizer, bos = ulmfit._pretrained(config, text, device)
+    start = time.perf_counter()
+    ulmfit.finetune_lm(lm, tokenizer, text, None, {**config["finetune"], "seed": seed, "progress": False}, None,
+                       device, bos=bos)
+    _, metrics = ulmfit.train_classifier(lm, tokenizer, train, valid, {**config["classify"], "seed": seed}, None,
+                                         device, max(label for label, _ in train) + 1, progress=False, bos=bos)
+    return {"valid_error": metrics["eval_error"], "minutes": (time.perf_counter() - start) / 60}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=os.path.join(reproduce.CONFIGS, "ulmfit_trec.yaml"))
+    parser.add_argument("--pretrain-steps", type=int, default=800)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--variants", nargs="+", default=list(LM_VARIANTS) + list(CLASSIFIER_VARIANTS))
+    parser.add_argument("--set", action="append", default=[], help="more overrides for every variant")
+    parser.add_argument("--work", default=os.path.join(HERE, "results", "ulmfit-ablation-lms"))
+    parser.add_argument("--out", default=os.path.join(HERE, "results"))
+    args = parser.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    base = reproduce.CPU_ULMFIT + [f"pretrain.steps={args.pretrain_steps}", "progress=false"] + args.set
+    meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "commit": timing.commit(), "device": torch.cuda.get_device_name() if device.type == "cuda"
+            else f"CPU ({os.cpu_count()} cores)", "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "config": os.path.basename(args.config), "overrides": base, "seeds": args.seeds,
+            "metric": "TREC-6 validation error (10% of the training split held out)"}
+    path = os.path.join(args.out, f"ulmfit-ablation-{device.type}-{meta['date'][:10]}-{meta['commit'][:7]}.json")
+    rows = []
+    for variant in args.variants:
+        if variant not in LM_VARIANTS and variant not in CLASSIFIER_VARIANTS:
+            raise SystemExit(f"--variants: unknown {variant!r} (known: {list(LM_VARIANTS) + list(CLASSIFIER_VARIANTS)})")
+        sets = LM_VARIANTS.get(variant) or CLASSIFIER_VARIANTS.get(variant) or []
+        lm_variant = variant if variant in LM_VARIANTS else "recipe"
+        lm_sets = LM_VARIANTS[lm_variant]
+        config = apply_overrides(load_config(args.config), base + sets)
+        lm_config = apply_overrides(load_config(args.config), base + lm_sets)
+        folder = os.path.join(args.work, f"{lm_variant.replace(' ', '-').strip('<>')}-{args.pretrain_steps}")
+        lm = pretrain(lm_config, folder, device)
+        runs = []
+        for seed in args.seeds:
+            runs.append({"seed": seed, **classify(config, folder, seed, device)})
+            print(f"ulmfit-ablation {variant} seed {seed}: validation error {runs[-1]['valid_error']:.4f}", flush=True)
+        errors = [r["valid_error"] for r in runs]
+        rows.append({"variant": variant, "undone_by": sets, "lm": {"variant": lm_variant, **lm}, "runs": runs,
+                     "mean": statistics.mean(errors), "std": statistics.pstdev(errors)})
+        atomic.write(path, lambda f: json.dump({"meta": meta, "rows": rows}, f, indent=1), mode="w")
+    lines = ["| recipe, with this undone | validation error, mean (std) | seeds | its LM's held-out loss |",
+             "| --- | --- | --- | --- |"]
+    for r in rows:
+        lines.append(f"| {r['variant']} | {100 * r['mean']:.1f}% ({100 * r['std']:.1f}) | {len(r['runs'])} | "
+                     f"{r['lm']['held_out_loss']:.3f} ({r['lm']['variant']}) |")
+    atomic.write(path[:-5] + ".md", lambda f: f.write("\n".join(lines) + "\n"), mode="w")
+    print("\n".join(lines))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
