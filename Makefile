@@ -52,7 +52,7 @@ demo: install
 	$(VENV)/bin/fastseq demo
 
 bench: install
-	$(PY) benchmarks/sweep.py
+	$(PY) -m fastseq.bench.sweep --out benchmarks/results
 
 gpu-window:
 	$(PYTHON) benchmarks/gpu_window.py

@@ -19,9 +19,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 import fastseq  # noqa: E402
+from fastseq.bench import timing  # noqa: E402
 from fastseq.nn.linear import MIN_WEIGHT, batched_rows, linear  # noqa: E402
-
-import timing  # noqa: E402
 
 # (d_model, layers, vocab): the step's weights are, per layer, the attention's in and out projections and
 # the feed-forward network's two, then the output layer

@@ -22,10 +22,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fastseq  # noqa: E402
+from fastseq.bench import (
+    sweep,  # noqa: E402
+    timing,  # noqa: E402
+)
 from fastseq.ops import registry, tuning  # noqa: E402
-
-import sweep  # noqa: E402
-import timing  # noqa: E402
 
 SHAPES = [  # mode, batch, hidden, seq (one layer, input = hidden)
     ("inference", 1, 128, 64), ("inference", 8, 128, 64), ("inference", 8, 256, 64), ("inference", 64, 256, 64),

@@ -18,11 +18,12 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from fastseq.bench import (
+    sweep,  # noqa: E402
+    timing,  # noqa: E402
+)
 from fastseq.nn import KVCache  # noqa: E402
 from fastseq.ops import dot_product  # noqa: E402
-
-import sweep  # noqa: E402
-import timing  # noqa: E402
 
 CASES = {"cpu": [(1, 8, 2, 64, 64), (8, 8, 2, 256, 64)], "gpu": [(1, 32, 8, 16384, 128), (64, 32, 8, 2048, 128)]}
 

@@ -19,10 +19,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 import fastseq  # noqa: E402
+from fastseq.bench import timing  # noqa: E402
 from fastseq.generation import generate  # noqa: E402
 from fastseq.models import CausalLM, CausalLMConfig  # noqa: E402
-
-import timing  # noqa: E402
 
 # (vocab, d_model, heads, layers, positions): GPT-2 small, and a toy for the test suite
 SIZES = {"gpt2-small": (50257, 768, 12, 12, 1024), "tiny": (101, 32, 4, 2, 128)}

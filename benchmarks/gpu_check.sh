@@ -23,5 +23,5 @@ echo "== tests"
 $PY -m pytest -q -p no:cacheprovider -rfEs 2>&1 | tee "$DIR/tests.log" | tail -25 || status=1
 grep -qE "(failed|error)" <(tail -1 "$DIR/tests.log") && status=1
 echo "== benchmarks"
-$PY benchmarks/sweep.py --out "$DIR" 2>&1 | tee "$DIR/bench.log" | tail -40 || status=1
+$PY -m fastseq.bench.sweep --out "$DIR" 2>&1 | tee "$DIR/bench.log" | tail -40 || status=1
 exit $status

@@ -16,7 +16,7 @@ a time budget (one that fails, or leaves the device unusable, does not stop the 
                    (cuDNN, float32 with TF32 off, bfloat16) and SDPA (each backend); the verdicts go to
                    autograd.json, the evidence `--adopt` turns into Family.autograd entries for CUDA
     3 tests        the `cuda`-marked tests of the ops, modules and decoding
-    4 headline     benchmarks/sweep.py's headline preset (both times), parity.py, generate_hf.py
+    4 headline     fastseq.bench.sweep's headline preset (both times), parity.py, generate_hf.py
 Every row is written as it is measured, so a section cut short keeps what it finished. Files in --out
 (default $OUT, the device tool's folder; at most eight): log, window.json (meta, the sections and the rows
 of 0 and 1), autograd.json, tests.junit.xml, headline.json, parity.json, generate-hf.json.
@@ -95,7 +95,7 @@ def meta(dry_run: bool) -> dict:
 
 
 def _commit() -> str:
-    import timing
+    from fastseq.bench import timing
 
     return timing.commit()
 
@@ -130,8 +130,7 @@ def section_rates(record: Record, device, deadline: float) -> None:
     """The ceilings every later figure is a fraction of, measured on this device now."""
     import torch
 
-    import tanh_rate
-    import timing
+    from fastseq.bench import tanh_rate, timing
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     record.row("rates", {"name": f"matmul {dtype}", "flop_per_s": timing.matmul_ceiling(device, dtype)})
@@ -177,8 +176,7 @@ def new_attention_triton(record: Record, device, deadline: float) -> None:
     import torch.nn.functional as F
 
     from fastseq import backends, ops
-
-    import timing
+    from fastseq.bench import timing
 
     backend = "triton" if device.type == "cuda" else "reference"
     bound = {torch.bfloat16: 2e-2, torch.float16: 5e-3, torch.float32: 1e-4}
@@ -261,8 +259,7 @@ def new_persistent_lstm(record: Record, device, deadline: float) -> None:
 
     import fastseq.nn
     from fastseq import backends
-
-    import timing
+    from fastseq.bench import timing
 
     backend = "cuda" if device.type == "cuda" else "reference"
     bound = {torch.bfloat16: 3e-2, torch.float16: 1e-2, torch.float32: 1e-5}
@@ -317,8 +314,7 @@ def _lstm_speed(record, device, dtype, mode, layers, H, T, B):
 
     import fastseq.nn
     from fastseq import backends
-
-    import timing
+    from fastseq.bench import timing
 
     base = torch.nn.LSTM(H, H, layers).to(device, dtype)
     ours = fastseq.nn.LSTM(H, H, layers).to(device, dtype)
@@ -399,9 +395,8 @@ def new_additive_passes(record: Record, device, deadline: float) -> None:
     peak memory, and the floor of two tanh an element at the rate measured now."""
     import torch
 
+    from fastseq.bench import timing
     from fastseq.ops.additive.reference import naive
-
-    import timing
 
     gpu = device.type == "cuda"
     names = ("context", "dq", "dk", "dv", "dvalues")
@@ -492,10 +487,9 @@ def new_decode_balanced(record: Record, device, deadline: float) -> None:
     import torch.nn.functional as F
 
     from fastseq import backends
+    from fastseq.bench import timing
     from fastseq.ops.dot_product import attention_decode
     from fastseq.ops.dot_product.reference import attention_decode as reference_decode
-
-    import timing
 
     gpu = device.type == "cuda"
     backend = "triton" if gpu else "reference"
@@ -852,8 +846,8 @@ def headline(window: Window, gpu: bool) -> None:
     out = window.out
     preset = "headline" if gpu else "quick"
     commands = [
-        ["sweep", PY, "benchmarks/sweep.py", "--preset", preset, "--dtypes", "bf16" if gpu else "fp32", "--ops", "lstm",
-         "additive_attention", "attention", "--json", os.path.join(out, "headline.json")],
+        ["sweep", PY, "-m", "fastseq.bench.sweep", "--preset", preset, "--dtypes", "bf16" if gpu else "fp32",
+         "--ops", "lstm", "additive_attention", "attention", "--json", os.path.join(out, "headline.json")],
         ["parity", PY, "benchmarks/parity.py", "--preset", preset, "--json", os.path.join(out, "parity.json")],
         ["generate", PY, "benchmarks/generate_hf.py", "--batches", *(("1", "8", "64") if gpu else ("1",)),
          "--repeats", "1",

@@ -26,9 +26,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fastseq  # noqa: E402
+from fastseq.bench import timing  # noqa: E402
 from fastseq.ops.registry import served  # noqa: E402
-
-import timing  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODES = ("inference", "training")

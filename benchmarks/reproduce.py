@@ -27,13 +27,12 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from fastseq import atomic  # noqa: E402
 from fastseq import data as D
+from fastseq.bench import timing  # noqa: E402
+from fastseq.bench.torch_layers import torch_layers  # noqa: E402
 from fastseq.models import LSTMLM, LSTMLMConfig, NGramLM, Word2Vec, Word2VecConfig, Word2VecData  # noqa: E402
 from fastseq.train import Trainer, ulmfit  # noqa: E402
 from fastseq.train.tasks import apply_overrides, build_run, evaluate_run, load_config, open_run, save_run  # noqa: E402
 from fastseq.train.trainer import to_device  # noqa: E402
-
-import timing  # noqa: E402
-from torch_layers import torch_layers  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = os.path.join(os.path.dirname(HERE), "configs")
@@ -79,7 +78,8 @@ CPU_TRAIN = ["train.precision=fp32", "train.eval_every=0", "train.checkpoint_eve
 CPU_ULMFIT = ["pretrain.precision=fp32", "finetune.precision=fp32", "pretrain.eval_every=0", "finetune.eval_every=0",
               "tokenizer.max_size=8000", "model.embed_dim=200", "model.hidden_size=400", "model.num_layers=2",
               "model.embed_dropout=0.05", "model.input_dropout=0.1", "model.hidden_dropout=0.1",
-              "model.output_dropout=0.1", "model.weight_drop=0.05", "pretrain.batch=32", "pretrain.lr=5.0e-3", "pretrain.warmup=50",
+              "model.output_dropout=0.1", "model.weight_drop=0.05", "pretrain.batch=32", "pretrain.lr=5.0e-3",
+              "pretrain.warmup=50",
               "pretrain.steps=800", "finetune.batch=32", "finetune.lr=3.0e-3", "finetune.steps=200",
               "classify.steps_per_stage=150", "classify.lr=5.0e-3"]
 CPU = {

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks import timing  # noqa: E402
 from fastseq import atomic, backends  # noqa: E402
+from fastseq.bench import timing  # noqa: E402
 from fastseq.ops import attention, attention_decode  # noqa: E402
 from fastseq.ops.dot_product import decode_plan, triton_configs, triton_decode  # noqa: E402
 

@@ -24,11 +24,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from fastseq import atomic  # noqa: E402
+from fastseq.bench import timing  # noqa: E402
 from fastseq.train import ulmfit  # noqa: E402
 from fastseq.train.tasks import apply_overrides, load_config, train_valid  # noqa: E402
 
 import reproduce  # noqa: E402
-import timing  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # the undone change -> the overrides that undo it; LM changes pretrain an LM of their own
@@ -97,7 +97,8 @@ def main(argv=None) -> int:
     rows = []
     for variant in args.variants:
         if variant not in LM_VARIANTS and variant not in CLASSIFIER_VARIANTS:
-            raise SystemExit(f"--variants: unknown {variant!r} (known: {list(LM_VARIANTS) + list(CLASSIFIER_VARIANTS)})")
+            known = list(LM_VARIANTS) + list(CLASSIFIER_VARIANTS)
+            raise SystemExit(f"--variants: unknown {variant!r} (known: {known})")
         sets = LM_VARIANTS.get(variant) or CLASSIFIER_VARIANTS.get(variant) or []
         lm_variant = variant if variant in LM_VARIANTS else "recipe"
         lm_sets = LM_VARIANTS[lm_variant]

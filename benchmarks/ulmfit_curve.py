@@ -33,11 +33,10 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from fastseq import atomic  # noqa: E402
 from fastseq import data as D
+from fastseq.bench import timing  # noqa: E402
 from fastseq.models import LSTMLM, LSTMLMConfig, SequenceClassifier  # noqa: E402
 from fastseq.train import TrainConfig, Trainer, ulmfit  # noqa: E402
 from fastseq.train.tasks import classification_metrics, encode_labelled, epoch_batches, open_run  # noqa: E402
-
-import timing  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 METHODS = ("scratch", "ulmfit-supervised", "ulmfit-semi-supervised")

@@ -265,12 +265,9 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    import subprocess
+    from .bench import sweep
 
-    sweep = os.path.join(args.repo, "benchmarks", "sweep.py")
-    if not os.path.exists(sweep):
-        raise SystemExit(f"fastseq bench runs {sweep}, which is missing: run it from a fastseq checkout (--repo)")
-    return subprocess.call([sys.executable, sweep, *args.sweep_args])
+    return sweep.main(args.sweep_args)
 
 
 def _tune(args: argparse.Namespace) -> int:
@@ -416,9 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-k", type=_positive, default=8, help="neighbours per query word")
     p.add_argument("--save", default=None, help="write the model (and its tokenizer beside it)")
     p.set_defaults(func=_word2vec)
-    p = command("bench", help="the benchmark sweep (benchmarks/sweep.py of a checkout); other arguments go "
-                                     "to it, e.g. --ops models --preset quick")
-    p.add_argument("--repo", default=".", help="the fastseq checkout")
+    p = command("bench", help="the benchmark sweep (fastseq.bench.sweep), results in the current folder; its "
+                              "arguments follow, e.g. --ops models --preset quick (fastseq bench -- --help)")
     p.set_defaults(func=_bench)
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "bench":

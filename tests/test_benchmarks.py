@@ -1,10 +1,13 @@
-"""The one benchmark harness (benchmarks/sweep.py over bench_<op>.py, cases declared with each op) runs end
-to end on its quick preset here: every op case declared for it on every fused backend this machine has,
-against its baseline; every model trains on fastseq and on torch.nn layers and every decoder generates;
-the sweep writes JSON rows with the ratios to the baselines; benchmarks/parity.py times every drop-in
-module beside its torch.nn twin."""
+"""The one benchmark harness (fastseq.bench.sweep over the op modules beside it, cases declared with each op)
+runs end to end on its quick preset here: every op case declared for it on every fused backend this machine
+has, against its baseline; every model trains on fastseq and on torch.nn layers and every decoder generates;
+the sweep writes JSON rows with the ratios to the baselines; the same cases run as pytest-benchmark
+benchmarks (benchmarks/test_bench.py); benchmarks/parity.py times every drop-in module beside its torch.nn
+twin."""
 import json
+import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -13,9 +16,39 @@ import torch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from fastseq.bench import sweep  # noqa: E402
 from fastseq.ops.registry import declared  # noqa: E402
 
-import sweep  # noqa: E402
+
+def test_pytest_benchmark_runs_the_declared_cases_with_their_ratios(tmp_path):
+    """pytest benchmarks/ --benchmark-only --preset quick: one benchmark per (case, implementation), grouped by
+    case; the JSON's machine_info holds fastseq's device, versions, commit and measured ceilings; fastseq's
+    benchmarks their speed-up over the group's baseline and the fraction of the ceiling; --benchmark-compare
+    reads a saved run."""
+    storage = ROOT / ".benchmarks" / tmp_path.name  # pytest-benchmark compares only runs stored under its rootdir
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:xdist", str(ROOT / "benchmarks"),
+               "--benchmark-only", "--preset", "quick", "--ops", "lstm", "--benchmark-storage", str(storage),
+               "--seconds", "0.02", "-q"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}  # not an xdist worker there
+    first = subprocess.run(command + ["--benchmark-json", str(tmp_path / "run.json"), "--benchmark-save", "one"],
+                           capture_output=True, text=True, cwd=ROOT, timeout=600, env=env)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    data = json.loads((tmp_path / "run.json").read_text())
+    meta = data["machine_info"]["fastseq"]
+    assert meta["commit"] and meta["ceilings"]["matmul_flops"]["fp32"] > 0
+    cases = {b["group"] for b in data["benchmarks"]}
+    assert len(cases) == sum(len(batches) for *_, batches, _ in declared()["lstm"].cases["quick"])
+    for b in data["benchmarks"]:
+        info = b["extra_info"]
+        assert info["impl"] == "torch.nn.LSTM" or info["speedup_vs_torch.nn.LSTM"] > 0, info
+        assert 0 < info["fraction_of_ceiling"] and (info["fraction_of_ceiling"] <= 1 or "fraction_of_ceiling_note"
+                                                     in info)
+    try:
+        again = subprocess.run(command + ["--benchmark-compare", "0001"], capture_output=True, text=True, cwd=ROOT,
+                               timeout=600, env=env)
+    finally:
+        shutil.rmtree(storage, ignore_errors=True)
+    assert again.returncode == 0 and "0001_one" in again.stdout, again.stdout[-3000:] + again.stderr[-3000:]
 
 
 def test_lstm_sweep_runs_every_declared_quick_case(tmp_path):
@@ -134,7 +167,7 @@ def test_linear_rows_times_both_forms_beside_the_copy_bandwidth(tmp_path):
 
 def test_measure_together_takes_turns():
     """timing.measure_together: each function's warm-up, then one run of each per round, every round."""
-    import timing
+    from fastseq.bench import timing
 
     calls = []
     fns = {name: (lambda name=name: calls.append(name)) for name in ("a", "b", "c")}
@@ -180,7 +213,7 @@ class _SimulatedGPU:
 def test_gpu_timer_separates_device_time_from_host_time(host_ms, device_ms):
     """timing.Timer on a simulated GPU: gpu_ms is the device's time per call whatever the host costs (the
     block is queued behind a spin), call_ms what a Python loop sees (the larger of the two)."""
-    import timing
+    from fastseq.bench import timing
 
     gpu = _SimulatedGPU(host_ms, device_ms)
     timer = timing.Timer(gpu.call, torch.device("cuda"), clock=gpu)
@@ -194,7 +227,7 @@ def test_gpu_timer_separates_device_time_from_host_time(host_ms, device_ms):
 
 def test_gpu_timer_names_a_call_that_synchronizes():
     """A call that waits for the device cannot be queued ahead: its gpu_ms is reported as an upper bound."""
-    import timing
+    from fastseq.bench import timing
 
     gpu = _SimulatedGPU(0.1, 0.3, syncs=True)
     timer = timing.Timer(gpu.call, torch.device("cuda"), clock=gpu)
@@ -203,7 +236,7 @@ def test_gpu_timer_names_a_call_that_synchronizes():
 
 
 def test_speedups_give_both_ratios_against_each_baseline():
-    import timing
+    from fastseq.bench import timing
 
     ours = {"median_ms": 1.0, "call_median_ms": 2.0}
     out = timing.speedups(ours, {"a": {"median_ms": 3.0, "call_median_ms": 3.0}, "b": {"oom": True},

@@ -163,7 +163,8 @@ def test_ulmfit_pretrains_once_and_reuses_the_lm(tmp_path):
     out = fastseq("ulmfit", "--config", "configs/ulmfit_trec.yaml", "--out", str(lm_dir), "--device", "cpu", *tiny,
                   "--set=stages=[pretrain]")
     assert out.returncode == 0, out.stderr[-3000:]
-    assert {"model.pt", "tokenizer.json"} <= set(os.listdir(lm_dir / "pretrain")) and "classify" not in os.listdir(lm_dir)
+    assert {"model.pt", "tokenizer.json"} <= set(os.listdir(lm_dir / "pretrain"))
+    assert "classify" not in os.listdir(lm_dir)
     general = data.load_tokenizer(lm_dir / "pretrain" / "tokenizer.json")
     out = fastseq("ulmfit", "--config", "configs/ulmfit_trec.yaml", "--out", str(tmp_path / "trec"), "--device", "cpu",
                   *tiny, f"--set=pretrained={lm_dir / 'pretrain'}", "--set=stages=[finetune, classify]")
@@ -188,9 +189,15 @@ def test_baseline_and_bench_commands(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "what: " in out.stdout and "zzzz: not in the vocabulary" in out.stdout
     assert (tmp_path / "w2v.pt").exists() and (tmp_path / "w2v.tokenizer.json").exists()
-    out = fastseq("bench", "--repo", ROOT, "--ops", "models", "--preset", "quick", "--out", str(tmp_path / "bench"))
+    # the sweep runs from the package, wherever the command is: its files land in the current folder, named
+    # with the date, the commit of the package's checkout and the preset
+    (tmp_path / "bench").mkdir()
+    out = subprocess.run([sys.executable, "-m", "fastseq", "bench", "--ops", "models", "--preset", "quick"],
+                         capture_output=True, text=True, cwd=tmp_path / "bench", timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert any(f.endswith(".json") for f in os.listdir(tmp_path / "bench"))
+    (name,) = [f for f in os.listdir(tmp_path / "bench") if f.endswith(".json")]
+    meta = json.loads((tmp_path / "bench" / name).read_text())["meta"]
+    assert name.startswith("models-cpu-quick-") and meta["commit"] in name and meta["commit"] != "unknown"
 
 
 def test_train_under_torchrun_two_processes(tmp_path):

@@ -22,7 +22,7 @@ from ..registry import Family, chosen, declare, differentiated
 from . import native
 from .reference import attention_weights, keep_mask
 
-# (B, Tq, Tk, H, Dv): benchmarks/bench_additive_attention.py against the naive PyTorch form
+# (B, Tq, Tk, H, Dv): fastseq/bench/additive_attention.py against the naive PyTorch form
 CASES = {
     "quick": [(2, 16, 16, 32, 32)],
     "cpu": [(4, 64, 64, 128, 128), (2, 32, 512, 128, 128)],

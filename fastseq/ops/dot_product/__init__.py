@@ -25,7 +25,7 @@ from .. import evidence, tuning
 from ..registry import EXTENSION, Family, chosen, declare, differentiated
 from .reference import attention_weights as reference_weights
 
-# The attention benchmark's cases (benchmarks/bench_attention.py) against torch's SDPA backends:
+# The attention benchmark's cases (fastseq/bench/attention.py) against torch's SDPA backends:
 # "train" (B, H, T, D) self-attention, causal and not; "seq2seq" (B, E, heads, max_len) padded batches
 # through MultiheadAttention.
 CASES = {

@@ -22,7 +22,7 @@ from .. import evidence, tuning
 from ..registry import EXTENSION, Family, chosen, declare, differentiated
 from . import persistent
 
-# (mode, layers, hidden, seq, batch sizes, input size): benchmarks/bench_lstm.py against torch.nn.LSTM
+# (mode, layers, hidden, seq, batch sizes, input size): fastseq/bench/lstm.py against torch.nn.LSTM
 CASES = {
     "quick": [("inference", 1, 128, 32, (1, 8), 128), ("training", 2, 128, 16, (8,), 128)],
     "cpu": [("inference", 1, 256, 64, (1, 8, 32, 64), 256), ("training", 2, 256, 32, (1, 16, 64), 256)],

@@ -1,4 +1,4 @@
-"""Multi-head attention benchmark (run by sweep.py): fastseq's attention op on each backend present against
+"""Multi-head attention benchmark (run by fastseq.bench.sweep): fastseq's attention op on each backend present against
 every torch scaled_dot_product_attention backend that runs the case (flash, memory-efficient, cuDNN,
 math), forward and forward+backward, causal and not, in TFLOP/s and as a fraction of the measured matmul
 ceiling; the same with a (T, T) float bias and a (B, 1, T, T) bool block mask, SDPA given the same mask;
@@ -19,8 +19,8 @@ from fastseq import backends, ops
 from fastseq import nn as fnn
 from fastseq.ops.registry import declared
 
-import timing
-from timing import DTYPES
+from . import timing
+from .timing import DTYPES
 
 # "sdpa": torch's own pick among its backends (what a user calling it gets); the rest forced one by one
 SDPA = {"sdpa": None, "sdpa-flash": SDPBackend.FLASH_ATTENTION, "sdpa-efficient": SDPBackend.EFFICIENT_ATTENTION,
@@ -205,9 +205,32 @@ def _row(case, mode, dtype_name, impl, sizes, measured, fused, work, ceiling, un
     scale = 1e12 if unit == "TFLOP/s" else 1e9
     if "median_ms" in t:
         row["rate"] = work / (t["median_ms"] * 1e-3) / scale
-        row["fraction_of_ceiling"] = work / (t["median_ms"] * 1e-3) / ceiling
+        row.update(timing.fraction_of(work / (t["median_ms"] * 1e-3), ceiling))
         row.update(timing.speedups(t, row["baselines"]))
     return row
+
+
+def cases(device, preset, dtype_names, fused_backends):
+    """The preset's training cases as pytest-benchmark runs them (fastseq.bench.cases.Case): fastseq's attention
+    op on each backend that serves the case, against each SDPA backend that runs here."""
+    from .cases import Case
+
+    sdpa = [impl for impl in SDPA if device.type == "cuda" or impl in ON_CPU]
+    for B, H, T, D in PRESETS[preset]["train"]:
+        for dtype_name in dtype_names:
+            for causal in (False, True):
+                for mode in MODES:
+                    needs = ("attention",) if mode == "forward" else ("attention", "attention_backward")
+                    able = [b for b in fused_backends if declared()["attention"].provides(b, needs, device.type)]
+
+                    def make(B=B, H=H, T=T, D=D, dtype_name=dtype_name, causal=causal, mode=mode, able=tuple(able)):
+                        q, k, v = (torch.randn(B, H, T, D, device=device, dtype=DTYPES[dtype_name],
+                                               requires_grad=True) for _ in range(3))
+                        return {impl: _train_callable(impl, mode, q, k, v, causal) for impl in (*able, *sdpa)}
+                    flops = 4 * B * H * T * T * D * (0.5 if causal else 1.0) * (1.0 if mode == "forward" else 3.5)
+                    yield Case("attention", f"{mode} {dtype_name} B{B} H{H} T{T} D{D}{' causal' if causal else ''}",
+                               {"mode": mode, "B": B, "H": H, "T": T, "D": D, "causal": causal},
+                               (*able, *sdpa), tuple(sdpa), make, dtype_name, flops, "matmul_flops")
 
 
 def run(device, preset, dtype_names, fused_backends, ceilings):

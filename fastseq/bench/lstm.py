@@ -1,4 +1,4 @@
-"""LSTM layer benchmark (run by sweep.py): fastseq.nn.LSTM on each fused backend present, and as a user gets
+"""LSTM layer benchmark (run by fastseq.bench.sweep): fastseq.nn.LSTM on each fused backend present, and as a user gets
 it without choosing (the default backend, named in the row), against
 torch.nn.LSTM (cuDNN on a GPU, ATen's CPU kernels on a CPU) with the same weights, inference forward and
 training forward+backward; each figure also as a fraction of the measured matmul rate and bandwidth."""
@@ -13,8 +13,8 @@ from fastseq import backends
 from fastseq.ops import registry
 from fastseq.ops.registry import declared
 
-import timing
-from timing import DTYPES
+from . import timing
+from .timing import DTYPES
 
 # (mode, num_layers, hidden, seq, batch sizes, input size) per preset, declared with the op
 PRESETS = declared()["lstm"].cases
@@ -93,17 +93,59 @@ def bench_case(device, dtype_name, mode, layers, hidden, seq, batch, input_size,
             "call_speedup": baseline["call_median_ms"] / t["call_median_ms"],
             "baseline_call_median_ms": baseline["call_median_ms"],
             "flops": flops, "flop_rate": flops / seconds,
-            "fraction_of_matmul_ceiling": flops / seconds / ceilings["matmul_flops"][dtype_name],
-            "bytes_floor": nbytes, "fraction_of_bandwidth": nbytes / seconds / ceilings["copy_bandwidth"],
+            **timing.fraction_of(flops / seconds, ceilings["matmul_flops"][dtype_name], "fraction_of_matmul_ceiling"),
+            "bytes_floor": nbytes,
+            **timing.fraction_of(nbytes / seconds, ceilings["copy_bandwidth"], "fraction_of_bandwidth"),
         })
     return rows
+
+
+def cases(device, preset, dtype_names, fused_backends):
+    """The preset's cases as pytest-benchmark runs them (fastseq.bench.cases.Case): torch.nn.LSTM, then
+    fastseq.nn.LSTM on each backend that serves the case and as a user gets it ("default")."""
+    from .cases import Case
+
+    for mode, layers, hidden, seq, batches, input_size in PRESETS[preset]:
+        needs = ("lstm_layer",) if mode == "inference" else ("lstm_layer", "lstm_layer_backward")
+        able = [b for b in fused_backends if registry.declared()["lstm"].provides(b, needs, device.type)]
+        for dtype_name in dtype_names:
+            for batch in batches:
+                def make(mode=mode, layers=layers, hidden=hidden, seq=seq, batch=batch, input_size=input_size,
+                         dtype_name=dtype_name, able=tuple(able)):
+                    dtype = DTYPES[dtype_name]
+                    torch.manual_seed(0)
+                    base = torch.nn.LSTM(input_size, hidden, layers).to(device, dtype)
+                    ours = fastseq.nn.LSTM(input_size, hidden, layers).to(device, dtype)
+                    ours.load_state_dict(base.state_dict())
+                    x = torch.randn(seq, batch, input_size, device=device, dtype=dtype)
+                    xg = x.clone().requires_grad_()
+
+                    def call(module, context=contextlib.nullcontext):
+                        def fn():
+                            with context():
+                                if mode == "inference":
+                                    with torch.inference_mode():
+                                        module(x)
+                                else:
+                                    y, (h, c) = module(xg)
+                                    (y.float().sum() + h.float().sum() + c.float().sum()).backward()
+                        return fn
+                    impls = {"torch.nn.LSTM": call(base), "default": call(ours)}
+                    impls.update({b: call(ours, lambda b=b: backends.use(b)) for b in able})
+                    return impls
+                yield Case("lstm", f"{mode} {dtype_name} L{layers} H{hidden} T{seq} B{batch} I{input_size}",
+                           {"mode": mode, "layers": layers, "hidden": hidden, "seq": seq, "batch": batch,
+                            "input": input_size}, ("default", *able, "torch.nn.LSTM"), ("torch.nn.LSTM",), make,
+                           dtype_name, lstm_flops(mode, layers, hidden, seq, batch, input_size), "matmul_flops")
 
 
 def plot(rows, path):
     series = {}
     for r in rows:
         if r["mode"] == "inference" and "speedup" in r:
-            series.setdefault(f"fastseq[{r['backend']}] {r['dtype']}", {})[r["sizes"]["batch"]] = r["speedup"]
+            low, high = timing.quartile_values(lambda t, r=r: r["baseline_median_ms"] / t["median_ms"], r)
+            series.setdefault(f"fastseq[{r['backend']}] {r['dtype']}", {})[r["sizes"]["batch"]] = (r["speedup"], low,
+                                                                                                   high)
     return timing.line_plot(series, path, "batch size", "speed-up over torch.nn.LSTM",
                             "LSTM inference forward, 1 layer",
                             hline=1.0)

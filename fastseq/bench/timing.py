@@ -218,6 +218,16 @@ def speedups(t: dict, baselines: dict[str, dict]) -> dict:
     return out
 
 
+def fraction_of(rate: float, ceiling: float, key: str = "fraction_of_ceiling") -> dict:
+    """{key: rate / ceiling}; above 1, the ceiling (measured in the same run by a benchmark of its own) fell
+    short of what this case reached, and the row says so rather than claim more than the device's rate."""
+    fraction = rate / ceiling
+    if fraction <= 1.0:
+        return {key: fraction}
+    return {key: fraction, f"{key}_note": f"above the measured ceiling ({ceiling:.4g}/s): that measurement reached "
+                                          f"less than this case's {rate:.4g}/s, so it understates the device"}
+
+
 def matmul_ceiling(device: torch.device, dtype: torch.dtype) -> float:
     """Measured FLOP/s of a large square matrix product in `dtype` on `device`."""
     n = 8192 if device.type == "cuda" else 1024
@@ -256,15 +266,22 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> int:
 
 def series(rows, keep, tag, x, y) -> dict:
     """Plot lines from benchmark rows: for each row `keep(row)` accepts, a point (x(row), y(row, timing))
-    for fastseq's backend and for every baseline measured, on the line "<implementation> <tag(row)>"."""
+    for fastseq's backend and for every baseline measured, on the line "<implementation> <tag(row)>", with
+    its quartile bar (y at the time's first and third quartiles)."""
     lines: dict = {}
     for r in rows:
         if not keep(r):
             continue
         for name, t in [(f"fastseq[{r['backend']}]", r), *r["baselines"].items()]:
             if "median_ms" in t:
-                lines.setdefault(f"{name} {tag(r)}", {})[x(r)] = y(r, t)
+                lines.setdefault(f"{name} {tag(r)}", {})[x(r)] = (y(r, t), *quartile_values(lambda t: y(r, t), t))
     return lines
+
+
+def quartile_values(y, t: dict) -> tuple[float, float]:
+    """(low, high) of y(timing) at the timing's first and third quartile times (its median's where absent)."""
+    ends = [y({**t, "median_ms": t.get(q, t["median_ms"])}) for q in ("p25_ms", "p75_ms")]
+    return min(ends), max(ends)
 
 
 def figure():
@@ -279,11 +296,15 @@ def figure():
 
 def line_plot(series: dict, path: str, xlabel: str, ylabel: str, title: str, logy: bool = False,
               hline: float | None = None) -> str:
-    """One line per label of `series` ({label: {x: y}}), x on a log2 axis, written to `path`."""
+    """One line per label of `series` ({label: {x: y or (y, low, high)}}: a quartile bar from low to high), x on
+    a log2 axis, written to `path`."""
     fig, ax = figure()
     for label, pts in sorted(series.items()):
         xs = sorted(pts)
-        ax.plot(xs, [pts[x] for x in xs], marker="o", label=label)
+        ys = [pts[x] if isinstance(pts[x], tuple) else (pts[x], pts[x], pts[x]) for x in xs]
+        mid = [y[0] for y in ys]
+        ax.errorbar(xs, mid, yerr=[[m - y[1] for m, y in zip(mid, ys)], [y[2] - m for m, y in zip(mid, ys)]],
+                    marker="o", capsize=3, label=label)
     if hline is not None:
         ax.axhline(hline, color="grey", linestyle="--", linewidth=1)
     ax.set_xscale("log", base=2)
@@ -299,13 +320,19 @@ def line_plot(series: dict, path: str, xlabel: str, ylabel: str, title: str, log
 
 
 def commit() -> str:
-    """The short commit of the tree, "-dirty" if changed; FASTSEQ_COMMIT where there is no .git (the device
-    machine's copy)."""
+    """The short commit of the fastseq checkout this package runs from (wherever the command runs), "-dirty"
+    if changed; FASTSEQ_COMMIT where there is no .git (the device machine's copy); an installed package's
+    version ("v0.1.0") outside a checkout."""
     if os.environ.get("FASTSEQ_COMMIT"):
         return os.environ["FASTSEQ_COMMIT"][:7]
+    from .. import __version__
+
+    here = os.path.dirname(os.path.abspath(__file__))
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+        rev = subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             check=True)
+        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True)
         return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        return f"v{__version__}"

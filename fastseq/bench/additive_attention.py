@@ -1,4 +1,4 @@
-"""Additive attention benchmark (run by sweep.py): fastseq's fused op on each backend present against the
+"""Additive attention benchmark (run by fastseq.bench.sweep): fastseq's fused op on each backend present against the
 naive PyTorch form (fastseq.ops.additive.reference.naive, which builds (B, Tq, Tk, H)), eager and
 torch.compile'd; forward and forward+backward; time and peak extra memory. The implementations of a case
 are timed side by side, taking turns (timing.measure_together). Each time is also given against its floor:
@@ -14,8 +14,8 @@ from fastseq.ops import additive
 from fastseq.ops.additive.reference import naive
 from fastseq.ops.registry import declared
 
-import timing
-from timing import DTYPES
+from . import timing
+from .timing import DTYPES
 
 # (B, Tq, Tk, H, Dv)
 PRESETS = declared()["additive_attention"].cases  # (B, Tq, Tk, H, Dv) per preset, declared with the op
@@ -91,7 +91,7 @@ def bench_case(device, dtype_name, mode, B, Tq, Tk, H, Dv, fused_backends, ceili
                **t, "baselines": {k: v for k, v in measured.items() if k not in fused_backends},
                "tanh_count": tanh_count, "floor_ms": tanh_count / rate * 1e3}
         if "median_ms" in t:
-            row["fraction_of_tanh_floor"] = row["floor_ms"] / t["median_ms"]
+            row.update(timing.fraction_of(tanh_count / (t["median_ms"] * 1e-3), rate, "fraction_of_tanh_floor"))
             row.update(timing.speedups(t, row["baselines"]))
             for base, bt in row["baselines"].items():
                 if "median_ms" in bt:
@@ -135,6 +135,31 @@ def run(device, preset, dtype_names, fused_backends, ceilings):
                     print(f"additive_attention {mode:<16} {dtype_name} B{B} Tq{Tq} Tk{Tk} H{H} Dv{Dv}  "
                           f"{r['backend']} {_fmt(r)}{floor}  |  {base}", flush=True)
     return rows
+
+
+def cases(device, preset, dtype_names, fused_backends):
+    """The preset's cases as pytest-benchmark runs them (fastseq.bench.cases.Case): fastseq's op on each backend
+    that serves the case against the naive form (and, on a GPU, the naive form compiled); the work is the
+    tanh count, against the measured tanh rate."""
+    from .cases import Case
+
+    for B, Tq, Tk, H, Dv in PRESETS[preset]:
+        for dtype_name in dtype_names:
+            for mode in MODES.get(preset, ("forward", "forward+backward")):
+                able = _able(fused_backends, device, mode, B, Tq, Tk, H)
+                if not able:
+                    continue
+                baselines = tuple(b for b in BASELINES.get(preset, ("naive", "naive-compiled"))
+                                  if b != "naive-compiled" or device.type == "cuda")
+
+                def make(B=B, Tq=Tq, Tk=Tk, H=H, Dv=Dv, dtype_name=dtype_name, mode=mode, impls=(*able, *baselines)):
+                    args = _inputs(device, DTYPES[dtype_name], B, Tq, Tk, H, Dv, grad=mode != "forward")
+                    return {impl: _callable(impl, mode, args) for impl in impls}
+                exact = DTYPES[dtype_name] == torch.float32
+                yield Case("additive_attention", f"{mode} {dtype_name} B{B} Tq{Tq} Tk{Tk} H{H} Dv{Dv}",
+                           {"mode": mode, "B": B, "Tq": Tq, "Tk": Tk, "H": H, "Dv": Dv}, (*able, *baselines),
+                           baselines, make, dtype_name, B * Tq * Tk * H * (1 if mode == "forward" else 3),
+                           "tanh_rate_exact" if exact else "tanh_rate_approx")
 
 
 def plot(rows, path):

@@ -1,14 +1,15 @@
 """Benchmark sweep: fastseq against the baseline a user would otherwise pick, side by side in one run.
 
-    python benchmarks/sweep.py [--ops lstm additive_attention attention models] [--preset cpu|gpu|quick|headline]
-                               [--dtypes ...] [--out DIR | --json FILE]
+    fastseq bench [--ops lstm additive_attention attention models] [--preset cpu|gpu|quick|headline]
+                  [--dtypes ...] [--out DIR | --json FILE]          (or python -m fastseq.bench.sweep)
 
 One JSON per op (device, versions, dtypes, sizes, commit, the measured ceilings; median and quartiles;
-ratios to the baselines; fractions of the ceilings) and one plot per op, in the output folder; or, with
---json, every op's rows in one file and no plots (what `make gpu-window` keeps). The `headline` preset is
+ratios to the baselines; fractions of the ceilings) and one plot per op (median and quartile bars), named
+<op>-<device>-<preset>-<date>-<commit>, in the output folder (default: the current one); or, with --json,
+every op's rows in one file and no plots (what `make gpu-window` keeps). The `headline` preset is
 the GPU check's: the cases the project reports, each measured for about 0.1 s, no torch.compile baseline.
-The ops' cases and baselines: bench_lstm.py, bench_additive_attention.py, bench_attention.py; whole models
-(training and generation against the same models on torch.nn layers): bench_models.py.
+The ops' cases and baselines: lstm.py, additive_attention.py, attention.py beside this file; whole models
+(training and generation against the same models on torch.nn layers): models.py.
 """
 from __future__ import annotations
 
@@ -21,20 +22,17 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import fastseq  # noqa: E402
-from fastseq import backends  # noqa: E402
-from fastseq.ops.registry import declared  # noqa: E402
+import fastseq
+from fastseq import backends
+from fastseq.ops.registry import declared
 
-import bench_additive_attention  # noqa: E402
-import bench_attention  # noqa: E402
-import bench_lstm  # noqa: E402
-import bench_models  # noqa: E402
-import tanh_rate  # noqa: E402
-import timing  # noqa: E402
-from timing import DTYPES  # noqa: E402
+from . import additive_attention as bench_additive_attention
+from . import attention as bench_attention
+from . import lstm as bench_lstm
+from . import models as bench_models
+from . import tanh_rate, timing
+from .timing import DTYPES
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 OPS = {"lstm": bench_lstm, "additive_attention": bench_additive_attention, "attention": bench_attention,
        "models": bench_models}
 
@@ -91,7 +89,7 @@ def main(argv=None) -> int:
                         help="sizes to run (default: gpu on a GPU, cpu otherwise)")
     parser.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), default=None,
                         help="default: fp32 bf16 on a GPU, fp32 on a CPU")
-    parser.add_argument("--out", default=os.path.join(HERE, "results"), help="folder for the JSON and the plots")
+    parser.add_argument("--out", default=".", help="folder for the JSON and the plots (default: the current one)")
     parser.add_argument("--json", default=None, help="write every op's rows to this one file, no plots")
     args = parser.parse_args(argv)
 
@@ -114,7 +112,7 @@ def main(argv=None) -> int:
             combined[op] = rows
             _write_json(args.json, {"meta": meta, "results": combined})  # after each op: a timeout keeps the rest
             continue
-        stem = f"{op.replace('_', '-')}-{device.type}-{preset}-{datetime.date.today().isoformat()}"
+        stem = f"{op.replace('_', '-')}-{device.type}-{preset}-{datetime.date.today().isoformat()}-{meta['commit']}"
         path = os.path.join(args.out, stem + ".json")
         _write_json(path, {"meta": meta, "results": rows})
         try:

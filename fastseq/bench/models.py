@@ -1,4 +1,4 @@
-"""Whole-model benchmark (run by sweep.py): training throughput (tokens per second: forward, backward and an
+"""Whole-model benchmark (run by fastseq.bench.sweep): training throughput (tokens per second: forward, backward and an
 AdamW step) of every fastseq model against the same model on torch.nn layers (torch_layers.py), and
 generation speed (new tokens per second, greedy and beam 5); for the CausalLM and the Transformer also
 greedy decoding without a KV cache, and for the CausalLM with torch's scaled_dot_product_attention on the
@@ -24,9 +24,9 @@ from fastseq.models import (
     TransformerConfig,
 )
 
-import timing
-from timing import DTYPES
-from torch_layers import torch_layers
+from . import timing
+from .timing import DTYPES
+from .torch_layers import torch_layers
 
 FAMILIES = ("lstm", "additive_attention", "attention")  # the ops the models run on (for sweep.py)
 
