@@ -23,7 +23,7 @@ from fastseq.bench import (
     timing,  # noqa: E402
 )
 from fastseq.nn import KVCache  # noqa: E402
-from fastseq.ops import dot_product  # noqa: E402
+from fastseq.ops.attention import DECODE_FAMILY, attention_decode  # noqa: E402
 
 CASES = {"cpu": [(1, 8, 2, 64, 64), (8, 8, 2, 256, 64)], "gpu": [(1, 32, 8, 16384, 128), (64, 32, 8, 2048, 128)]}
 
@@ -61,16 +61,16 @@ def rows(device: torch.device, dtype: torch.dtype, cases) -> list[dict]:
             q = torch.randn(B, Hq, D, dtype=dtype, device=device)
             lengths = None if cache.uniform else cache.lengths
             fns = {"attend": lambda: cache.attend(q),
-                   "attention_decode": lambda: dot_product.attention_decode(q, cache.keys(), cache.values(),
+                   "attention_decode": lambda: attention_decode(q, cache.keys(), cache.values(),
                                                                              lengths=lengths)}
             with torch.no_grad():
                 calls = timing.measure_together(fns, device)
-                function = dot_product.DECODE_FAMILY.function
-                object.__setattr__(dot_product.DECODE_FAMILY, "function", lambda backend, name: lambda *a: a[0])
+                function = DECODE_FAMILY.function
+                object.__setattr__(DECODE_FAMILY, "function", lambda backend, name: lambda *a: a[0])
                 try:
                     wrapper = {name: _per_call_us(fn) for name, fn in fns.items()}
                 finally:
-                    object.__setattr__(dot_product.DECODE_FAMILY, "function", function)
+                    object.__setattr__(DECODE_FAMILY, "function", function)
             for name in fns:
                 out.append({"case": f"B{B} Hq{Hq} Hkv{Hkv} T{T} D{D}", "cache": "static" if static else "growing",
                             "path": name, "wrapper_us": round(wrapper[name], 2),

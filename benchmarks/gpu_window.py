@@ -352,8 +352,8 @@ def _additive_variant(backend: str, share: float, tile):
     """A context in which `backend`'s additive attention takes FMA share `share` (16-bit inputs) and `tile`."""
     import contextlib
 
-    from fastseq.ops.additive import cuda as cuda_module
-    from fastseq.ops.additive import triton as triton_module
+    from fastseq.ops.additive_attention import cuda as cuda_module
+    from fastseq.ops.additive_attention import triton as triton_module
 
     @contextlib.contextmanager
     def run():
@@ -396,7 +396,7 @@ def new_additive_passes(record: Record, device, deadline: float) -> None:
     import torch
 
     from fastseq.bench import timing
-    from fastseq.ops.additive.reference import naive
+    from fastseq.ops.additive_attention.reference import naive
 
     gpu = device.type == "cuda"
     names = ("context", "dq", "dk", "dv", "dvalues")
@@ -488,8 +488,8 @@ def new_decode_balanced(record: Record, device, deadline: float) -> None:
 
     from fastseq import backends
     from fastseq.bench import timing
-    from fastseq.ops.dot_product import attention_decode
-    from fastseq.ops.dot_product.reference import attention_decode as reference_decode
+    from fastseq.ops.attention import attention_decode
+    from fastseq.ops.attention.reference import attention_decode as reference_decode
 
     gpu = device.type == "cuda"
     backend = "triton" if gpu else "reference"

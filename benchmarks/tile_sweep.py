@@ -5,7 +5,7 @@ what was measured).
     python benchmarks/tile_sweep.py --json tiles.json [--seconds 280]
 
 The candidates of each kernel (forward, the backward's dK/dV and dQ kernels, decoding) are set one at a
-time in fastseq.ops.dot_product.triton_configs.CONFIGS (or triton_decode.DECODE) and run through the
+time in fastseq.ops.attention.triton_configs.CONFIGS (or triton_decode.DECODE) and run through the
 public op, so what is timed is what a user's call runs. The tiles found fastest go into those tables by
 hand, after tests/test_compile_checks.py shows they compile without spilling under both Triton versions.
 Shapes: bf16, head dim 128; B4 H16 T4096 for training (full, then the leaders causal), B64 Hq32 Hkv8
@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from fastseq import atomic, backends  # noqa: E402
 from fastseq.bench import timing  # noqa: E402
 from fastseq.ops import attention, attention_decode  # noqa: E402
-from fastseq.ops.dot_product import decode_plan, triton_configs, triton_decode  # noqa: E402
+from fastseq.ops.attention import decode_plan, triton_configs, triton_decode  # noqa: E402
 
 GRIDS = {
     "fwd": list(itertools.product((64, 128), (64, 128), (4, 8), (2, 3, 4))),

@@ -1,6 +1,6 @@
 // fastseq_ext::additive_scores, additive_gradient_pass and additive_attention_decode on CUDA tensors: outputs,
 // partial-sum buffers, the key splits, and the launches of kernels/additive_passes.cu and additive_decode.cu.
-// fastseq/ops/additive/cuda.py composes them with torch's softmax and GEMMs (passes.py). The Python side has
+// fastseq/ops/additive_attention/cuda.py composes them with torch's softmax and GEMMs (passes.py). The Python side has
 // checked shapes, dtypes and devices; this checks what only these kernels limit.
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>

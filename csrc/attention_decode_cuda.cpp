@@ -1,5 +1,5 @@
 // fastseq_ext::attention_decode on CUDA tensors: the workspace and the launch of
-// kernels/attention_decode.cu. Semantics: fastseq/ops/dot_product/reference.py (attention_decode).
+// kernels/attention_decode.cu. Semantics: fastseq/ops/attention/reference.py (attention_decode).
 // The Python op has checked shapes, dtypes and devices; this checks what only these kernels limit.
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>

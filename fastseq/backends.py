@@ -1,12 +1,7 @@
 """Which backend serves an op call: what this machine has, the default per device, the user's choice.
 
-Backends, by the code that runs:
-    "cuda"       CUDA C++ kernels in the compiled extension fastseq._C (CUDA tensors)
-    "cpu"        C++ CPU kernels in the compiled extension fastseq._C (CPU tensors)
-    "triton"     Triton kernels (CUDA tensors; CPU tensors too under TRITON_INTERPRET=1)
-    "torch"      torch's own fused kernels where torch has one, for calls that need no gradient: the LSTM
-                 layer (cuDNN, oneDNN) and attention (scaled_dot_product_attention)
-    "reference"  the pure-PyTorch reference (any device)
+Backends, by the code that runs: the table KINDS below (what `fastseq info`, the tests, the benchmarks and
+docs/backends.md read).
 
 The user chooses, most specific first:
     1. `with fastseq.backends.use("triton"):` or `use(cuda="triton", cpu="reference")`;
@@ -28,14 +23,49 @@ import os
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
-BACKENDS = ("cuda", "cpu", "triton", "torch", "reference")
+
+@dataclass(frozen=True)
+class Kind:
+    """A kind of backend: its name, the code that runs, the tensors it serves and the device types it runs
+    on (Triton runs CPU tensors on its interpreter only), and whether it is a fused kernel (benchmarked
+    against the baselines) rather than the reference."""
+
+    name: str
+    code: str
+    serves: str
+    devices: tuple[str, ...]
+    fused: bool = True
+
+
+# In the order the tests and benchmarks list them.
+KINDS = (
+    Kind("cuda", "CUDA C++ kernels in fastseq._C (csrc/ launchers, kernels/ device code)",
+         "CUDA tensors, when fastseq._C was built with CUDA", ("cuda",)),
+    Kind("cpu", "C++ CPU kernels in fastseq._C (csrc/)", "CPU tensors", ("cpu",)),
+    Kind("triton", "Triton kernels (fastseq/ops/<op>/triton*.py)",
+         "CUDA tensors; CPU tensors under TRITON_INTERPRET=1 (a tool for testing kernels)", ("cuda", "cpu")),
+    Kind("torch", "torch's own kernels (fastseq/ops/<op>/torch_backend.py): the fused LSTM layer (oneDNN/ATen, "
+                  "cuDNN), scaled_dot_product_attention; trained through torch's autograd where the family lists it",
+         "CPU and CUDA tensors", ("cpu", "cuda")),
+    Kind("reference", "pure PyTorch (fastseq/ops/<op>/reference.py), the test oracle", "any tensor", ("cpu", "cuda"),
+         fused=False),
+)
+BACKENDS = tuple(k.name for k in KINDS)
 DEVICE_TYPES = ("cpu", "cuda")
-# On CPU tensors Triton runs only on its interpreter, a tool for testing kernels: never the default there.
-# torch: torch's own kernels, first where they serve the call (without a gradient): oneDNN's fused LSTM
-# beats the C++ backend on a CPU; on an H200 (benchmarks/results/h200/gpu-quick-2026-11-30-*.json) cuDNN's
-# LSTM runs at twice the CUDA backend's speed at batch 1-256, and SDPA's attention forward at 1.6x the
-# Triton kernel's (B4 H16 T4096 D128), its decoding at 1.7-3.5x.
+# On CPU tensors Triton runs only on its interpreter: never the default there. torch's own kernels come
+# first where they serve the call: the measurements behind this order are in docs/benchmarks.md.
 DEFAULT_ORDER = {"cuda": ("torch", "cuda", "triton", "reference"), "cpu": ("torch", "cpu", "reference")}
+
+
+def kind(name: str) -> Kind:
+    return next(k for k in KINDS if k.name == name)
+
+
+def listed(device_type: str, fused_only: bool = False) -> tuple[str, ...]:
+    """The backends that can run on `device_type`, in KINDS' order (fused_only: not the reference)."""
+    return tuple(k.name for k in KINDS if device_type in k.devices and (k.fused or not fused_only))
+
+
 ENV_VAR = "FASTSEQ_BACKEND"
 
 _override: contextvars.ContextVar[Optional[dict[str, str]]] = contextvars.ContextVar(

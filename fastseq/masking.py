@@ -1,6 +1,7 @@
-"""BERT's masked-token corruption and the label every loss ignores: shared by the data pipeline
-(`data.collate_masked`) and the masked language model (`MaskedLM.mask_tokens`), neither of which imports
-the other."""
+"""Masks more than one layer uses: which keys a padded batch attends to (every attention op's references and
+backends), and BERT's masked-token corruption with the label every loss ignores (the data pipeline's
+`data.collate_masked` and the masked language model's `MaskedLM.mask_tokens`, neither of which imports the
+other)."""
 from __future__ import annotations
 
 from typing import Optional
@@ -25,3 +26,16 @@ def mask_tokens(tokens: Tensor, real: Tensor, mask_id: int, vocab_size: int, pro
     random_tokens = torch.randint(vocab_size, tokens.shape, generator=generator, device=tokens.device)
     inputs = torch.where(masked, mask_id, torch.where(randomized, random_tokens, tokens))
     return inputs, tokens.masked_fill(~chosen, IGNORE)
+
+
+def keep_mask(batch: int, num_keys: int, lengths: Optional[Tensor], key_padding_mask: Optional[Tensor],
+              device: torch.device) -> Optional[Tensor]:
+    """(B, Tk) bool, True for the keys attended to (j < lengths[b] and not key_padding_mask[b, j]); None when
+    every key is."""
+    keep = None
+    if lengths is not None:
+        keep = torch.arange(num_keys, device=device)[None, :] < lengths.to(device)[:, None]
+    if key_padding_mask is not None:
+        unpadded = ~key_padding_mask.to(device=device, dtype=torch.bool)
+        keep = unpadded if keep is None else keep & unpadded
+    return keep

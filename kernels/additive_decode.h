@@ -1,5 +1,5 @@
 // The additive attention decoder step (one query per row, no workspace): host-callable launcher.
-// Torch-free. Math and padding rule: fastseq/ops/additive/reference.py. Row-major, contiguous:
+// Torch-free. Math and padding rule: fastseq/ops/additive_attention/reference.py. Row-major, contiguous:
 //   q (B, H), k (B, Tk, H), v (H), values (B, Tk, Dv), context (B, Dv);
 //   lengths (B) int32 or null; mask (B, Tk) uint8, nonzero = padded, or null.
 // Instantiated for T = float, __half, __nv_bfloat16 with A = float.

@@ -1,4 +1,4 @@
-// The two tanh passes of additive attention (fastseq/ops/additive/passes.py, its PyTorch model).
+// The two tanh passes of additive attention (fastseq/ops/additive_attention/passes.py, its PyTorch model).
 //
 // Scores pass: a block scores a (BQ queries x BK keys) tile, a thread an 8 x 8 sub-tile held in registers
 // (queries ty*4.. and BQ/2 + ty*4.., keys likewise: two 16-byte shared loads each, conflict-free). The

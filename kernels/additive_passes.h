@@ -1,4 +1,4 @@
-// The two tanh passes of additive attention (fastseq/ops/additive/passes.py): host-callable launchers.
+// The two tanh passes of additive attention (fastseq/ops/additive_attention/passes.py): host-callable launchers.
 // Torch-free. The softmax and the GEMMs between the passes are the caller's (cuBLAS through ATen).
 //
 // Scores:   s (B, Tq, Tk) in A = Σ_h v_h tanh(q_ih + k_jh), -inf at keys not kept, from q (B, Tq, H) and

@@ -1,7 +1,7 @@
 // Decoding attention: one new query per (batch row, head) against a KV cache, split over the cache's
 // length and then combined (flash-decoding). Host-callable launchers. Torch-free.
 //
-// Math and masking rule: fastseq/ops/dot_product/reference.py (attention_decode). Layouts, row-major:
+// Math and masking rule: fastseq/ops/attention/reference.py (attention_decode). Layouts, row-major:
 //   q (B, Hq, D); k (B, Hkv, ·, D) and v (B, Hkv, ·, Dv), each (row, head) block's positions contiguous,
 //   the blocks placed by CacheStrides (a view of a cache's first Tk positions, a batch expanded from
 //   one row, a single head's stride: any); out (B, Hq, Dv);

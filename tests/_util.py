@@ -46,10 +46,10 @@ def backend_params(family: str = "lstm", needs=None, autograd: bool = True):
     needs = tuple(declaration.functions) if needs is None else needs
     serves = {device: [b for b in declaration.backends if declaration.provides(b, needs, device if autograd else None)]
               for device in ("cpu", "cuda")}
-    params = [pytest.param("cpu", b, id=f"cpu-{b}") for b in backends.BACKENDS
+    params = [pytest.param("cpu", b, id=f"cpu-{b}") for b in backends.listed("cpu")
               if b in serves["cpu"] and backends.availability(b, "cpu")[0]]
     params += [pytest.param("cuda", b, id=f"cuda-{b}", marks=pytest.mark.cuda)
-               for b in ("cuda", "triton", "torch", "reference") if b in serves["cuda"]]
+               for b in backends.listed("cuda") if b in serves["cuda"]]
     return params
 
 

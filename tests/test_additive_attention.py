@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from fastseq import backends, ops
-from fastseq.ops import additive, registry
-from fastseq.ops.additive.reference import naive
+from fastseq.ops import registry
+from fastseq.ops.additive_attention import torch_backend, zero_padded_keys
+from fastseq.ops.additive_attention.reference import naive
 
 from _util import DTYPES, TOL, backend_params, rel_err
 
@@ -135,7 +136,7 @@ def test_lengths_equal_the_mask_they_stand_for():
 
 def test_cpu_builds_the_tensor_only_within_its_bound(monkeypatch):
     """On a CPU the default is the torch form (autograd keeps the tanh tensor) while (B, Tq, Tk, H) fits in
-    native.MATERIALIZED elements, the blocked reference past it; both give the float64 reference's answer."""
+    torch_backend.MATERIALIZED elements, the blocked reference past it; both give the float64 reference's answer."""
     B, Tq, Tk, H, Dv = 3, 4, 9, 5, 6
     inputs = _inputs(B, Tq, Tk, H, Dv, "cpu")
     mask, _ = _padding("empty", B, Tk)
@@ -143,7 +144,7 @@ def test_cpu_builds_the_tensor_only_within_its_bound(monkeypatch):
     with backends.use("reference"):
         expected = _run(inputs, torch.float64, mask, None, grad_out)
     for bound, served in ((B * Tq * Tk * H, "torch"), (B * Tq * Tk * H - 1, "reference")):
-        monkeypatch.setattr(additive.native, "MATERIALIZED", bound)
+        monkeypatch.setattr(torch_backend, "MATERIALIZED", bound)
         with registry.served() as record:
             actual = _run(inputs, torch.float64, mask, None, grad_out)
         assert ("additive_attention", "additive_attention", served) in record, record
@@ -166,7 +167,7 @@ def test_padding_zeroed_once_gives_the_same_answer_without_nan():
         args = [t.clone().requires_grad_() for t in inputs]
         k, vals = args[1], args[3]
         if zero_once:
-            k, vals = additive.zero_padded_keys(k, vals, lengths=lengths)
+            k, vals = zero_padded_keys(k, vals, lengths=lengths)
         context = ops.additive_attention(args[0], k, args[2], vals, lengths=lengths, padding_zeroed=zero_once)
         return [context, *torch.autograd.grad((context * grad_out).sum(), args)]
 
@@ -175,7 +176,7 @@ def test_padding_zeroed_once_gives_the_same_answer_without_nan():
         assert torch.isfinite(a).all()
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match=r"zero_padded_keys: lengths must have shape"):
-        additive.zero_padded_keys(inputs[1], inputs[3], lengths=torch.tensor([1, 2]))
+        zero_padded_keys(inputs[1], inputs[3], lengths=torch.tensor([1, 2]))
 
 
 def test_weights_match_the_naive_form():
@@ -207,9 +208,9 @@ def test_opcheck(device, backend):
     with backends.use(backend):
         for pad in ((None, None), (lengths, mask)):
             args = [t.clone().requires_grad_() for t in inputs]
-            torch.library.opcheck(torch.ops.fastseq.additive_attention.default, (*args, *pad, True))
+            torch.library.opcheck(torch.ops.fastseq.additive_attention.default, (*args, *pad, True, False))
             torch.library.opcheck(torch.ops.fastseq.additive_attention_decode.default,
-                                  (inputs[0][:, 0].contiguous(), *inputs[1:], *pad))
+                                  (inputs[0][:, 0].contiguous(), *inputs[1:], *pad, False))
 
 
 def test_torch_compile_smoke():

@@ -1,11 +1,11 @@
-"""Additive attention as the fused backends run it (fastseq.ops.additive.passes): the scores pass, softmax and
+"""Additive attention as the fused backends run it (fastseq.ops.additive_attention.passes): the scores pass, softmax and
 GEMMs, and the one-tanh gradient pass with its identities, against the float64 reference and autograd
 through the naive form; the FMA-unit tanh emulated as the kernels compute it, against float64 over the whole
 input range, with the large-|x| fallback."""
 import pytest
 import torch
 
-from fastseq.ops.additive import passes, reference
+from fastseq.ops.additive_attention import passes, reference
 
 from _util import rel_err
 
@@ -108,9 +108,9 @@ def _pass_module(device, backend):
     if not ok:
         pytest.skip(f"{backend} on {device}: {why}")
     if backend == "triton":
-        from fastseq.ops.additive import triton as module
+        from fastseq.ops.additive_attention import triton as module
         return module, None
-    from fastseq.ops.additive import cuda as module
+    from fastseq.ops.additive_attention import cuda as module
     return module, module.FMA_COLUMNS
 
 

@@ -417,7 +417,7 @@ def test_autotune_pruning_keeps_the_tiles_meant_for_the_inputs(monkeypatch, arch
     """Triton's own pruning call keeps exactly `configs_for`'s tiles, and recognizes configurations Triton
     rebuilt from their values (its autotune cache does), whatever attributes it keeps on a Config."""
     triton = pytest.importorskip("triton")
-    from fastseq.ops.dot_product import triton_backward, triton_configs, triton_forward
+    from fastseq.ops.attention import triton_backward, triton_configs, triton_forward
 
     fns = {"fwd": triton_forward.fwd_kernel, "dkdv": triton_backward.dkdv_kernel, "dq": triton_backward.dq_kernel}
     monkeypatch.setattr(triton_configs, "arch", lambda device: arch)

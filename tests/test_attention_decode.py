@@ -1,12 +1,12 @@
-"""The balanced split-KV decode: its plan (fastseq/ops/dot_product/decode_plan.py) and the Triton kernels that
+"""The balanced split-KV decode: its plan (fastseq/ops/attention/decode_plan.py) and the Triton kernels that
 derive it on the device, against the float64 reference at sizes where units cross rows."""
 import itertools
 
 import pytest
 import torch
 
-from fastseq.ops.dot_product import decode_plan
-from fastseq.ops.dot_product.reference import attention_decode as reference_decode
+from fastseq.ops.attention import decode_plan
+from fastseq.ops.attention.reference import attention_decode as reference_decode
 
 LENGTHS = {
     "zeros": lambda B, T: torch.zeros(B, dtype=torch.int32),
@@ -79,7 +79,7 @@ triton = pytest.importorskip("triton")
 @pytest.fixture
 def interpreted(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    from fastseq.ops.dot_product import triton_decode
+    from fastseq.ops.attention import triton_decode
     from fastseq.triton.common import Target
     monkeypatch.setattr(triton_decode, "target", lambda device: Target(90, 132))  # units cross rows
     return triton_decode

@@ -131,8 +131,8 @@ def test_the_extension_registers_a_kernel_for_every_op_it_serves(device_type):
 def test_a_backward_runs_on_its_forward_backend(monkeypatch, case):
     """The backend a forward ran on runs its backward, whatever backend context the backward sees (the
     block left, or autograd's worker thread on CUDA): recorded by wrapping the reference's backward."""
-    from fastseq.ops.additive import reference as additive
-    from fastseq.ops.dot_product import reference as dot_product
+    from fastseq.ops.additive_attention import reference as additive
+    from fastseq.ops.attention import reference as dot_product
     from fastseq.ops.lstm import reference as lstm
 
     module, name = {"lstm_layer": (lstm, "lstm_layer_backward"), "lstm_cell": (lstm, "lstm_cell_backward"),
@@ -156,3 +156,28 @@ def test_a_backward_runs_on_its_forward_backend(monkeypatch, case):
     with backends.use(cpu="triton"):  # the backward's context names another backend
         out.sum().backward()
     assert calls == [name]
+
+
+def test_every_backend_function_takes_its_declared_arguments():
+    """Each Python backend's function of a family's declared function (custom op or direct) takes exactly the
+    schema's arguments, by name and in order; a backend module defines no function the family does not
+    declare under a declared name's prefix."""
+    import inspect
+
+    from fastseq.ops.registry import EXTENSION, declared
+
+    checked = 0
+    for family in declared().values():
+        signatures = family.signatures()
+        for backend, paths in family.backends.items():
+            if paths == EXTENSION:
+                continue
+            for module in family._modules(backend):
+                for name, expected in signatures.items():
+                    fn = getattr(module, name, None)
+                    if fn is None:
+                        continue
+                    params = list(inspect.signature(fn).parameters)
+                    assert params == expected, f"{family.name}: {backend}'s {name} takes {params}, declared {expected}"
+                    checked += 1
+    assert checked >= 25

@@ -116,7 +116,7 @@ def test_variants_compile_without_spills(reports):
 def _measured_spilling(r) -> bool:
     """Whether the variant's tile is one that spills yet measured fastest on a GPU (triton_configs'
     MEASURED_SPILLING); its list must then hold a spill-free tile for the autotuner to fall back on."""
-    from fastseq.ops.dot_product import triton_configs
+    from fastseq.ops.attention import triton_configs
 
     if r["kernel"] not in ("fwd_kernel", "dkdv_kernel", "dq_kernel"):
         return False
@@ -132,7 +132,7 @@ def _measured_spilling(r) -> bool:
 
 def test_measured_spilling_tiles_are_tuned_tiles():
     """Every tile allowed to spill is one the autotuner tries (a stale entry would hide nothing)."""
-    from fastseq.ops.dot_product import triton_configs
+    from fastseq.ops.attention import triton_configs
 
     for (kernel, arch, size, dim), tiles in triton_configs.MEASURED_SPILLING.items():
         assert tiles <= set(triton_configs.configs_for(kernel, arch, size, dim)), (kernel, arch, size, dim)

@@ -12,8 +12,8 @@ import torch
 
 triton = pytest.importorskip("triton")
 
-from fastseq.ops.additive import triton as additive  # noqa: E402
-from fastseq.ops.dot_product import triton_backward, triton_configs, triton_decode, triton_forward  # noqa: E402
+from fastseq.ops.additive_attention import triton as additive  # noqa: E402
+from fastseq.ops.attention import triton_backward, triton_configs, triton_decode, triton_forward  # noqa: E402
 from fastseq.triton.common import MAX_GRID  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

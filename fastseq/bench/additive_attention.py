@@ -1,5 +1,5 @@
 """Additive attention benchmark (run by fastseq.bench.sweep): fastseq's fused op on each backend present against the
-naive PyTorch form (fastseq.ops.additive.reference.naive, which builds (B, Tq, Tk, H)), eager and
+naive PyTorch form (fastseq.ops.additive_attention.reference.naive, which builds (B, Tq, Tk, H)), eager and
 torch.compile'd; forward and forward+backward; time and peak extra memory. The implementations of a case
 are timed side by side, taking turns (timing.measure_together). Each time is also given against its floor:
 the tanh count (one per (b, i, j, h) in the forward, three with the backward, which recomputes it twice)
@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 
 from fastseq import backends, ops
-from fastseq.ops import additive
-from fastseq.ops.additive.reference import naive
+from fastseq.ops.additive_attention import needs
+from fastseq.ops.additive_attention.reference import naive
 from fastseq.ops.registry import declared
 
 from . import timing
@@ -115,7 +115,7 @@ def _fmt(t):
 def _able(fused_backends, device, mode, B, Tq, Tk, H) -> list[str]:
     """The backends that serve the case as the op would choose them: torch's form only within its size bound,
     and with a backward only where torch's autograd trains it (a CPU)."""
-    asked = additive.needs(B, Tq, Tk, H, grad=mode != "forward")
+    asked = needs(B, Tq, Tk, H, grad=mode != "forward")
     return [b for b in fused_backends if declared()["additive_attention"].provides(b, asked, device.type)]
 
 

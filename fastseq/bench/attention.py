@@ -235,8 +235,9 @@ def cases(device, preset, dtype_names, fused_backends):
 
 def run(device, preset, dtype_names, fused_backends, ceilings):
     cases = PRESETS[preset]
-    decode_fused = [b for b in ("cuda", "triton", "cpu", "torch") if b in declared()["attention_decode"].backends
-                    and backends.availability(b, device.type)[0] and not (b == "triton" and device.type == "cpu")]
+    decode_fused = [b for b in backends.listed(device.type, fused_only=True)
+                    if b in declared()["attention_decode"].backends and backends.availability(b, device.type)[0]
+                    and not (b == "triton" and device.type == "cpu")]
     rows = []
     for dtype_name in dtype_names:
         for part in (_train(device, cases, dtype_name, fused_backends, ceilings),

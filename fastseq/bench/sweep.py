@@ -43,7 +43,7 @@ def fused_backends(op: str, device: torch.device) -> list[str]:
     it cannot serve (torch's kernels train through autograd on a CPU only)."""
     families = getattr(OPS[op], "FAMILIES", (op,))
     implemented = {b for f in families for b in declared()[f].backends}
-    return [b for b in ("cuda", "cpu", "triton", "torch")
+    return [b for b in backends.listed(device.type, fused_only=True)
             if b in implemented and backends.availability(b, device.type)[0]
             and not (b == "triton" and device.type == "cpu")]
 

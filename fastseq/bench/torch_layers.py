@@ -15,7 +15,7 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from fastseq import nn as fnn
-from fastseq.ops.additive.reference import naive
+from fastseq.ops.additive_attention.reference import naive
 
 
 class TorchLSTM(nn.LSTM):

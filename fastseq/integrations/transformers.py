@@ -25,7 +25,7 @@ except ImportError as e:  # pragma: no cover - the optional extra
     raise ImportError("fastseq.integrations.transformers needs Hugging Face transformers: pip install "
                       "'fastseq[hf]' (or transformers>=4.48)") from e
 
-from ..ops.dot_product.sdpa import scaled_dot_product_attention
+from ..ops.attention.sdpa import scaled_dot_product_attention
 
 NAME = "fastseq"
 

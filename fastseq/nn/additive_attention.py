@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
-from ..ops.additive import zero_padded_keys
+from ..ops.additive_attention import zero_padded_keys
 from ..ops.checks import check_index
 from .linear import Linear
 
@@ -24,7 +24,7 @@ from .linear import Linear
 @dataclass(frozen=True)
 class PrecomputedKeys:
     """Keys projected once for many queries: key_proj (B, Tk, H), values (B, Tk, Dv) and the padding;
-    padding_zeroed: the padded keys' rows of key_proj and values are zero (ops.additive.zero_padded_keys),
+    padding_zeroed: the padded keys' rows of key_proj and values are zero (ops.additive_attention.zero_padded_keys),
     so no step has to zero them again."""
 
     key_proj: Tensor

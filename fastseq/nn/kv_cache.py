@@ -7,8 +7,8 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from ..ops.attention import attention_decode_cached
 from ..ops.checks import check_index, integers, trusted
-from ..ops.dot_product import attention_decode_cached
 
 
 class KVCache:

@@ -20,7 +20,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from .. import ops
 from ..numerics import autocast_dtype
 from ..ops.checks import integers
-from ..ops.lstm import FAMILY, checked_step, layer_backend
+from ..ops.lstm import checked_step, stacked
 
 HiddenState = tuple[Tensor, Tensor]
 
@@ -172,7 +172,7 @@ class LSTM(nn.Module):
             sorted_indices, unsorted_indices = input.sorted_indices, input.unsorted_indices
             if hx is not None and sorted_indices is not None:
                 hx = (hx[0].index_select(1, sorted_indices), hx[1].index_select(1, sorted_indices))
-            whole = self._torch_packed(input.data, input.batch_sizes, hx)
+            whole = self._packed(input.data, input.batch_sizes, hx)
             if whole is not None:  # torch's one call over the packed data, as torch.nn.LSTM makes it
                 data, h_n, c_n = whole
                 if unsorted_indices is not None:
@@ -218,12 +218,17 @@ class LSTM(nn.Module):
             c0 = x.new_zeros(d * self.num_layers, batch, self.hidden_size)
         else:
             h0, c0 = hx
-        if autocast_dtype(x.device) is None and self._torch_serves(x, h0, c0, lengths, x.requires_grad):
+        if autocast_dtype(x.device) is None:
             if lengths is None:
-                return self._torch_lstm(x, (h0, c0))
-            packed = pack_padded_sequence(x, lengths)
-            data, h_n, c_n = self._torch_lstm(packed.data, (h0, c0), packed.batch_sizes)
-            return pad_packed_sequence(PackedSequence(data, packed.batch_sizes), total_length=x.shape[0])[0], h_n, c_n
+                whole = self._stacked(x, (h0, c0), x.requires_grad)
+            else:
+                packed = pack_padded_sequence(x, lengths)
+                whole = self._stacked(packed.data, (h0, c0), x.requires_grad, lengths, packed.batch_sizes, x)
+                if whole is not None:
+                    y = pad_packed_sequence(PackedSequence(whole[0], packed.batch_sizes), total_length=x.shape[0])[0]
+                    whole = (y, *whole[1:])
+            if whole is not None:
+                return whole
 
         h_n, c_n = [], []
         layer_input = x
@@ -241,25 +246,22 @@ class LSTM(nn.Module):
                 layer_input = F.dropout(layer_input, p=self.dropout, training=True)
         return layer_input, torch.stack(h_n), torch.stack(c_n)
 
-    def _torch_serves(self, x: Tensor, h0: Tensor, c0: Tensor, lengths: Optional[Tensor], x_grad: bool) -> bool:
-        """Whether the chooser serves this input's first layer (x (L, N, H_in): its shape only; lengths sorted
-        non-increasing or None) with torch's kernel: then torch's one call runs every layer, on the parameters
-        themselves."""
+    def _stacked(self, x: Tensor, hx: HiddenState, x_grad: bool, lengths: Optional[Tensor] = None,
+                 batch_sizes: Optional[Tensor] = None, shape: Optional[Tensor] = None):
+        """Every layer in one call where the backend chosen for the first layer offers it (ops.lstm.stacked),
+        on the parameters themselves -> (y, h_n, c_n), or None. x: time major, or a packed sequence's data
+        with its batch_sizes (shape: a tensor of the padded input's shape; lengths sorted non-increasing)."""
         names = self._all_weights[0]
-        w_ih, w_hh = getattr(self, names[0]), getattr(self, names[1])
-        b_ih = getattr(self, names[2]) if self.bias else None
-        w_hr = getattr(self, names[-1]) if self.proj_size > 0 else None
+        first = (getattr(self, names[0]), getattr(self, names[1]), getattr(self, names[2]) if self.bias else None,
+                 getattr(self, names[-1]) if self.proj_size > 0 else None)
         grad = torch.is_grad_enabled() and (x_grad or any(p.requires_grad for p in self.parameters()))
-        return layer_backend(x, h0[0], c0[0], w_ih, w_hh, b_ih, w_hr, grad, lengths) == "torch"
-
-    def _torch_lstm(self, x: Tensor, hx: HiddenState, batch_sizes: Optional[Tensor] = None):
         weights = [getattr(self, name) for name in self._flat_weights_names]
-        return FAMILY.function("torch", "lstm")(x, hx, weights, self.bias, self.num_layers, self.dropout,
-                                                self.training, self.bidirectional, batch_sizes)
+        return stacked(x, hx, weights, first, self.bias, self.num_layers, self.dropout, self.training,
+                       self.bidirectional, grad, lengths, batch_sizes, shape)
 
-    def _torch_packed(self, data: Tensor, batch_sizes: Tensor, hx: Optional[HiddenState]):
-        """A packed sequence's (data (sum of lengths, H_in), batch_sizes) in torch's one call when the chooser
-        serves its shape with torch's kernel -> (data, h_n, c_n); else None."""
+    def _packed(self, data: Tensor, batch_sizes: Tensor, hx: Optional[HiddenState]):
+        """A packed sequence's (data (sum of lengths, H_in), batch_sizes) in one call when the backend chosen
+        for its first layer offers it -> (data, h_n, c_n); else None."""
         if data.dim() != 2 or batch_sizes.numel() == 0 or autocast_dtype(data.device) is not None:
             return None
         steps, batch = batch_sizes.numel(), int(batch_sizes[0])
@@ -271,9 +273,7 @@ class LSTM(nn.Module):
         lengths = (batch_sizes[None, :] > torch.arange(batch)[:, None]).sum(1)  # sorted non-increasing
         lengths = None if int(lengths[-1]) == steps else lengths
         shape = data.new_zeros(()).expand(steps, batch, data.shape[1])  # the padded input's shape, no copy
-        if not self._torch_serves(shape, h0, c0, lengths, data.requires_grad):
-            return None
-        return self._torch_lstm(data, (h0, c0), batch_sizes)
+        return self._stacked(data, (h0, c0), data.requires_grad, lengths, batch_sizes, shape)
 
     def _forward_lengths(self, input: Tensor, hx: Optional[HiddenState], lengths) -> tuple[Tensor, HiddenState]:
         """A padded batch with per-row lengths: sort the rows by length (as packing does), run, unsort."""

@@ -2,11 +2,13 @@
 
 A `Family` declares everything the rest of the tree needs to know about an op family:
   - its functions, each with the one schema every backend implements (positional arguments, in order);
+  - the functions only some backends offer (`direct`: torch's whole multi-layer LSTM and whole step), each
+    with its schema: called directly, never through a custom op;
   - the backends implementing it: the module (or modules) holding `reference`'s and `triton`'s functions,
     `EXTENSION` for the compiled `cpu` and `cuda` backends;
   - its Triton kernel modules, whose `aot_specs()` list the variants `python -m fastseq.ops.aot`
     compiles ahead of time;
-  - its benchmark cases per preset, which benchmarks/bench_<op>.py runs;
+  - its benchmark cases per preset, which fastseq/bench/<op>.py runs;
   - where measurements on a device rank its backends otherwise than fastseq.backends.DEFAULT_ORDER, its
     own order for that device;
   - the backends whose forward torch's autograd differentiates (torch's own kernels), by the device
@@ -24,8 +26,8 @@ pins: a forward passes its choice, and its autograd formula passes it on to the 
 runs where its forward ran, whatever context autograd's thread sees), and defines the schema
 `fastseq_ext::<function>` that the compiled kernels implement (their C++ files register implementations
 only, checked against this schema when fastseq._C loads). The family's own module adds each op's fake
-implementation and autograd formula; `fastseq.ops.aot`, the benchmarks and the tests read the
-declarations from here.
+implementation and autograd formula. `Family.call` is the one route from a public op to a backend; `fastseq.ops.aot`,
+the benchmarks and the tests read the declarations from here.
 """
 from __future__ import annotations
 
@@ -47,11 +49,12 @@ EXTENSION = "fastseq._C"  # the backend module of `cpu` and `cuda`: the kernels 
 @dataclasses.dataclass(frozen=True)
 class Family:
     """One op family: its functions with their schemas, its backends, Triton kernel modules and benchmark
-    cases (preset -> the cases benchmarks/bench_<name>.py documents)."""
+    cases (preset -> the cases fastseq/bench/<name>.py documents)."""
 
     name: str
     functions: dict[str, str]
     backends: dict[str, str | tuple[str, ...]]
+    direct: dict[str, str] = dataclasses.field(default_factory=dict)
     kernels: tuple[str, ...] = ()
     cases: dict[str, Any] = dataclasses.field(default_factory=dict)
     order: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
@@ -62,6 +65,37 @@ class Family:
     # kernels of fastseq._C a Python backend module composes (name -> schema, defined as fastseq_ext::name),
     # by the device types whose compiled backend registers them
     extension_functions: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
+
+    def call(self, function: str, backend: str, *args, eager: bool = False, autograd: bool = False,
+             contiguous: tuple[int, ...] = ()):
+        """`function` of `backend` on args (the schema's, in order), by the one route every public op takes:
+        - backend "" (torch.compile traces): the custom op, which chooses when the graph runs;
+        - a `direct` function, or a backend whose forward torch's autograd differentiates on the args' device
+          (Family.autograd; autograd=True: this call's, e.g. the reference for a float mask's gradient), or
+          eager=True (a call without a gradient, whose custom-op dispatch would cost as much as its work):
+          the backend's function itself;
+        - otherwise the custom op fastseq::<function> pinned to `backend`, the args at `contiguous` made so
+          (the layouts its kernels read), whose autograd formula runs the backward on the same backend."""
+        if function in self.direct:
+            return self.function(backend, function)(*args)
+        op = _OPS[self.name][function]
+        if not backend:
+            return op(*args)
+        device = next(a for a in args if isinstance(a, torch.Tensor)).device.type
+        if eager or autograd or backend in self.autograd.get(device, ()):
+            return self.function(backend, function)(*args)
+        return op(*(a.contiguous() if i in contiguous and a is not None else a for i, a in enumerate(args)), backend)
+
+    def offers(self, backend: str, function: str) -> bool:
+        """Whether `backend` (chosen; "" while torch.compile traces: none) offers the direct function `function`."""
+        if not backend or function not in self.direct or self.backends[backend] == EXTENSION:
+            return False
+        return any(hasattr(m, function) for m in self._modules(backend))
+
+    def signatures(self) -> dict[str, list[str]]:
+        """Every declared function's argument names, in order (the custom ops' and the direct ones')."""
+        return {name: [a.name for a in torch._C.parse_schema(name + schema).arguments]
+                for name, schema in {**self.functions, **self.direct}.items()}
 
     def function(self, backend: str, name: str) -> Callable:
         """`backend`'s function `name` for this family."""
@@ -111,6 +145,7 @@ class Family:
 
 
 _FAMILIES: dict[str, Family] = {}
+_OPS: dict[str, dict[str, Any]] = {}  # family -> its custom ops by function
 _MODULES: dict[tuple[str, str], list] = {}
 _ABLE: dict[tuple, tuple[str, ...]] = {}
 _TIMED: dict[tuple, tuple[str, ...]] = {}
@@ -172,6 +207,7 @@ def declare(family: Family) -> dict[str, Any]:
             _EXTENSION_LIBRARY.define(function + schema)
         ops[function] = torch.library.custom_op(f"fastseq::{function}", _dispatcher(family.name, function, schema),
                                                 mutates_args=(), schema=_pinnable(schema))
+    _OPS[family.name] = ops
     return ops
 
 

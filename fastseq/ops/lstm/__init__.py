@@ -2,7 +2,7 @@
 torch.nn.LSTMCell computes) and `lstm_layer` (one layer, one direction, a whole sequence). `lstm_cell`
 and `lstm_layer` are torch custom ops with a fake implementation and an autograd formula, served by the
 backend `fastseq.backends` chooses: "cpu"/"cuda" (fastseq._C), "triton", "reference", or "torch" (torch's
-own fused LSTM and cell, native.py: without a gradient, or on a device where torch's autograd
+own fused LSTM and cell, torch_backend.py: without a gradient, or on a device where torch's autograd
 differentiates it, `Family.autograd`). `lstm_step` runs the projections and then `lstm_cell`, or torch's
 whole cell on the torch backend.
 
@@ -19,7 +19,7 @@ from torch import Tensor
 from ...numerics import acc_dtype, autocast
 from .. import checks as C
 from .. import evidence, tuning
-from ..registry import EXTENSION, Family, chosen, declare, differentiated
+from ..registry import EXTENSION, Family, chosen, declare
 from . import persistent
 
 # (mode, layers, hidden, seq, batch sizes, input size): fastseq/bench/lstm.py against torch.nn.LSTM
@@ -44,7 +44,13 @@ FAMILY = Family(
                                "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
     },
     backends={"reference": "fastseq.ops.lstm.reference", "triton": "fastseq.ops.lstm.triton",
-              "cpu": EXTENSION, "cuda": EXTENSION, "torch": "fastseq.ops.lstm.native"},
+              "cpu": EXTENSION, "cuda": EXTENSION, "torch": "fastseq.ops.lstm.torch_backend"},
+    direct={  # torch's: a whole step (torch.nn.LSTMCell's), every layer and direction (torch.nn.LSTM's call)
+        "lstm_step": "(Tensor x, Tensor h, Tensor c, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh) -> "
+                     "(Tensor, Tensor)",
+        "lstm": "(Tensor x, Tensor[] hx, Tensor[] weights, bool has_biases, int num_layers, float dropout, "
+                "bool training, bool bidirectional, Tensor? batch_sizes=None) -> (Tensor, Tensor, Tensor)",
+    },
     kernels=("fastseq.ops.lstm.triton_cell", "fastseq.ops.lstm.triton_step"),
     cases=CASES,
     autograd=evidence.autograd("lstm"),  # torch's fused LSTM under its autograd: a CPU, and where a window passed
@@ -104,9 +110,7 @@ def _cell_needs(grad: bool) -> tuple[str, ...]:
 
 
 def _cell(gates: Tensor, c_prev: Tensor, backend: str) -> tuple[Tensor, Tensor]:
-    if differentiated("lstm", backend, gates.device.type):  # torch's ops, under torch's autograd
-        return FAMILY.function(backend, "lstm_cell")(gates, c_prev)
-    return _OPS["lstm_cell"](gates.contiguous(), c_prev.contiguous(), backend)
+    return FAMILY.call("lstm_cell", backend, gates, c_prev, contiguous=(0, 1))
 
 
 def lstm_step(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
@@ -147,8 +151,8 @@ def checked_step(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor, b_
     call = functools.partial(tuning.Call.rerun, lstm_step, args, grad, (x.shape[0], x.shape[1], h.shape[1]),
                              ("step",))
     backend = chosen("lstm", x.device.type, _cell_needs(grad), autograd=True, call=call)
-    if backend == "torch":
-        return FAMILY.function(backend, "lstm_step")(*args)
+    if FAMILY.offers(backend, "lstm_step"):  # the whole step in one call (torch's cell)
+        return FAMILY.call("lstm_step", backend, *args)
     gates = torch.nn.functional.linear(x, w_ih, b_ih) + torch.nn.functional.linear(h, w_hh, b_hh)
     return _cell(gates, c, backend)
 
@@ -244,14 +248,9 @@ def lstm_layer(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, bi
     params = (x, h0, c0, w_ih, w_hh, bias, w_hr)
     training = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in params)
 
-    def c(t):
-        return None if t is None else t.contiguous()
-
     backend = _layer_choice(params, lengths, reverse, training)
-    if differentiated("lstm", backend, x.device.type):  # torch's kernel, under torch's autograd
-        y, h_n, c_n, _, _ = FAMILY.function(backend, "lstm_layer")(*params, lengths, bool(reverse), training)
-        return y, h_n, c_n
-    y, h_n, c_n, _, _ = _OPS["lstm_layer"](*(c(t) for t in params), lengths, bool(reverse), training, backend)
+    y, h_n, c_n, _, _ = FAMILY.call("lstm_layer", backend, *params, lengths, bool(reverse), training,
+                                    contiguous=tuple(range(len(params))))
     return y, h_n, c_n
 
 
@@ -276,11 +275,28 @@ def _refusal(backend: str, function: str, args: tuple) -> Optional[str]:
     return persistent.refusal(x, w_hh, w_hr, training)
 
 
+def stacked(x: Tensor, hx: tuple[Tensor, Tensor], weights: list[Tensor], first: tuple, has_biases: bool,
+            num_layers: int, dropout: float, training: bool, bidirectional: bool, grad: bool,
+            lengths: Optional[Tensor] = None, batch_sizes: Optional[Tensor] = None, shape: Optional[Tensor] = None):
+    """Every layer and direction of an LSTM in one call, where the backend chosen for its first layer offers
+    it (`lstm`: torch's kernel, as torch.nn.LSTM calls it) -> (y, h_n, c_n); else None, and the caller runs
+    the layers one by one. x: time major, or a PackedSequence's data with its batch_sizes (then `shape`, a
+    view of the padded input's shape, and lengths, sorted non-increasing, describe it to the chooser);
+    weights: per layer and direction w_ih, w_hh[, b_ih, b_hh][, w_hr]; first: the first layer's (w_ih,
+    w_hh, b_ih or None, w_hr or None)."""
+    h0, c0 = hx
+    backend = layer_backend(x if shape is None else shape, h0[0], c0[0], *first, grad, lengths)
+    if not FAMILY.offers(backend, "lstm"):
+        return None
+    return FAMILY.call("lstm", backend, x, [h0, c0], weights, has_biases, num_layers, dropout, training,
+                       bidirectional, batch_sizes)
+
+
 def layer_backend(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, bias: Optional[Tensor],
                   w_hr: Optional[Tensor], training: bool, lengths: Optional[Tensor] = None) -> str:
     """The backend `lstm_layer` serves a forward layer on (chosen as the op chooses, in the same shape bucket;
     lengths sorted non-increasing, or None: full length): fastseq.nn.LSTM asks it for its first layer and,
-    when it is `torch`, runs every layer in torch's one call (`native.lstm`, a packed sequence's too), with
+    when it is `torch`, runs every layer in torch's one call (`torch_backend.lstm`, a packed sequence's too), with
     its parameters themselves, as torch.nn.LSTM does (oneDNN keeps their prepared form between calls);
     "" while torch.compile traces."""
     return _layer_choice((x, h0, c0, w_ih, w_hh, bias, w_hr), lengths, False, training)

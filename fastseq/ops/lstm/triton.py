@@ -72,7 +72,7 @@ def lstm_layer(x, h0, c0, w_ih, w_hh, bias, w_hr, lengths, reverse, training):
 
 
 def lstm_layer_backward(grad_y, grad_h_n, grad_c_n, x, h0, c0, w_ih, w_hh, bias, w_hr, lengths, reverse, y,
-                        gates, c_ws):
+                        gates_ws, c_ws):
     T, B, I = x.shape
     H, P = w_hh.shape[0] // 4, h0.shape[1]
     rows = _active_rows(lengths, T, B)
@@ -100,7 +100,7 @@ def lstm_layer_backward(grad_y, grad_h_n, grad_c_n, x, h0, c0, w_ih, w_hh, bias,
             dr[t, :n].copy_(dh_t)
             dh_raw = dh_t @ w_hr
         c_prev = (c0_acc if first else c_ws[p])[:n]
-        step.backward_out(dh_raw, dc[:n], gates[t, :n], c_prev, w_hh, dz[t, :n], dc_next[:n], dh_next[:n])
+        step.backward_out(dh_raw, dc[:n], gates_ws[t, :n], c_prev, w_hh, dz[t, :n], dc_next[:n], dh_next[:n])
         dh_t.copy_(dh_next[:n])
         dc[:n].copy_(dc_next[:n])
     dz2 = dz.view(T * B, 4 * H)
@@ -110,7 +110,7 @@ def lstm_layer_backward(grad_y, grad_h_n, grad_c_n, x, h0, c0, w_ih, w_hh, bias,
     grad_bias = dz2.sum(0, dtype=acc).to(bias.dtype) if bias is not None else x.new_empty(0)
     grad_w_hr = x.new_empty(0)
     if w_hr is not None:
-        o = torch.sigmoid(gates[..., 3 * H:].to(acc))
+        o = torch.sigmoid(gates_ws[..., 3 * H:].to(acc))
         h_raw = (o * torch.tanh(c_ws)).to(x.dtype)
         grad_w_hr = dr.view(T * B, P).T @ h_raw.view(T * B, H)
     return grad_x, dh, dc.to(c0.dtype), grad_w_ih, grad_w_hh, grad_bias, grad_w_hr

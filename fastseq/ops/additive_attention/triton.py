@@ -1,4 +1,4 @@
-"""Additive (Bahdanau) attention in Triton, as fastseq/ops/additive/passes.py lays it out: the two passes
+"""Additive (Bahdanau) attention in Triton, as fastseq/ops/additive_attention/passes.py lays it out: the two passes
 over (query, key, h) are kernels here, the softmax and the GEMMs between them torch's.
 
 Scores pass (`_scores_kernel`): one program per (row, block of queries, block of keys) holds its
@@ -295,7 +295,7 @@ def gradient_pass(ds, query_proj, key_proj, v, h_fma=None):
 additive_attention, additive_attention_backward = passes.entry_points(scores, gradient_pass)
 
 
-def additive_attention_decode(query_proj, key_proj, v, values, lengths, key_padding_mask):
+def additive_attention_decode(query_proj, key_proj, v, values, lengths, key_padding_mask, padding_zeroed=False):
     B, H = query_proj.shape
     Tk, Dv = values.shape[1], values.shape[2]
     context = query_proj.new_empty(B, Dv)

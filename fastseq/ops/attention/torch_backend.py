@@ -3,7 +3,7 @@ memory-efficient or math kernel, which torch picks). It returns no log-sum-exp, 
 `attention_backward`: without a gradient the custom op runs it, and where the family lists it under
 `autograd` (a CPU) the public op calls it directly and torch's autograd differentiates it.
 
-The contract is fastseq/ops/dot_product/reference.py's, which SDPA differs from in three places, handled
+The contract is fastseq/ops/attention/reference.py's, which SDPA differs from in three places, handled
 here: causal queries are aligned to the end of the keys (SDPA's is_causal aligns them to the start, so a
 mask is passed when Tq != Tk); a query that sees no key gets zeros (SDPA gives NaN); padded keys' k and v
 are zeroed first where they may hold NaN or Inf (0 · NaN in P V would reach the output); and a bool
@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ...masking import keep_mask
 from ...numerics import acc_dtype
-from ..additive.reference import keep_mask
 from ..checks import trusting
 from . import reference
 

@@ -8,7 +8,7 @@ chooses: "triton", "torch" (SDPA; with a gradient where torch's autograd differe
 family's `features`).
 
 The math, the masking rules and the workspace (the log-sum-exp) are in reference.py beside this file;
-the Triton kernels in triton_forward.py, triton_backward.py and triton_decode.py; torch's SDPA in native.py.
+the Triton kernels in triton_forward.py, triton_backward.py and triton_decode.py; torch's SDPA in torch_backend.py.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from torch import Tensor
 from ...numerics import acc_dtype, autocast
 from .. import checks as C
 from .. import evidence, tuning
-from ..registry import EXTENSION, Family, chosen, declare, differentiated
+from ..registry import EXTENSION, Family, chosen, declare
 from .reference import attention_weights as reference_weights
 
 # The attention benchmark's cases (fastseq/bench/attention.py) against torch's SDPA backends:
@@ -43,14 +43,14 @@ DECODE_CASES = {"quick": [(2, 4, 2, 64, 32)], "cpu": [(8, 8, 2, 512, 64)],
 _ARGS = "Tensor q, Tensor k, Tensor v, Tensor? lengths, Tensor? key_padding_mask"
 _MASK = "Tensor? attn_mask"
 _FLAGS = "bool causal, float scale, float dropout_p, int seed"
-_TRITON = "fastseq.ops.dot_product.triton_"
+_TRITON = "fastseq.ops.attention.triton_"
 FAMILY = Family(
     name="attention",
     functions={"attention": f"({_ARGS}, {_MASK}, {_FLAGS}) -> (Tensor, Tensor)",
                "attention_backward": f"(Tensor grad_out, {_ARGS}, {_MASK}, {_FLAGS}, Tensor out, Tensor lse) "
                                      "-> (Tensor, Tensor, Tensor)"},
-    backends={"reference": "fastseq.ops.dot_product.reference",
-              "triton": (_TRITON + "forward", _TRITON + "backward"), "torch": "fastseq.ops.dot_product.native"},
+    backends={"reference": "fastseq.ops.attention.reference",
+              "triton": (_TRITON + "forward", _TRITON + "backward"), "torch": "fastseq.ops.attention.torch_backend"},
     kernels=(_TRITON + "forward", _TRITON + "backward"),
     cases=CASES,
     autograd=evidence.autograd("attention"),  # SDPA under torch's autograd: a CPU, and where a GPU window passed
@@ -61,8 +61,8 @@ FAMILY = Family(
 DECODE_FAMILY = Family(
     name="attention_decode",
     functions={"attention_decode": f"({_ARGS}, float scale) -> Tensor"},
-    backends={"reference": "fastseq.ops.dot_product.reference", "triton": _TRITON + "decode", "cuda": EXTENSION,
-              "torch": "fastseq.ops.dot_product.native"},
+    backends={"reference": "fastseq.ops.attention.reference", "triton": _TRITON + "decode", "cuda": EXTENSION,
+              "torch": "fastseq.ops.attention.torch_backend"},
     kernels=(_TRITON + "decode",),
     cases=DECODE_CASES,
     # On an H200 (benchmarks/results/h200/gpu-quick-2026-11-30-44e62b1.json, bf16, ragged lengths) the
@@ -204,10 +204,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, key_padding
                              (bool(causal), lengths is not None or mask is not None, dropout_p > 0, kind))
     backend = chosen("attention", q.device.type, needs, autograd=True, call=call)
     args = (lengths, mask, attn_mask, bool(causal), float(D**-0.5 if scale is None else scale), float(dropout_p), seed)
-    if differentiated("attention", backend, q.device.type) or (mask_grad and backend == "reference"):
-        return FAMILY.function(backend, "attention")(q, k, v, *args)[0]  # under torch's autograd
-    out, _ = _OPS["attention"](q.contiguous(), k.contiguous(), v.contiguous(), *args, backend)
-    return out
+    # a float mask's gradient: its backends (torch, reference) run under torch's autograd
+    return FAMILY.call("attention", backend, q, k, v, *args, autograd=mask_grad, contiguous=(0, 1, 2))[0]
 
 
 def attention_decode(q: Tensor, k: Tensor, v: Tensor, lengths: Union[Tensor, Sequence[int], None] = None,
@@ -241,9 +239,8 @@ def _decode(q: Tensor, k: Tensor, v: Tensor, lengths: Optional[Tensor], mask: Op
                              (B, Hq, k.shape[1], k.shape[2], D, v.shape[3]), (lengths is not None or mask is not None,))
     backend = chosen("attention_decode", q.device.type, ("attention_decode",), call=call)
     args = (q, k, v, lengths, mask, float(D ** -0.5 if scale is None else scale))
-    if backend:  # eager, no gradient: the backend itself (the custom op would add 0.1 ms a token on a CPU)
-        return DECODE_FAMILY.function(backend, "attention_decode")(*args)
-    return _OPS["attention_decode"](*args, backend)  # traced by torch.compile: the op, which chooses when run
+    # eager, no gradient: the backend itself (the custom op would add 0.1 ms a token on a CPU)
+    return DECODE_FAMILY.call("attention_decode", backend, *args, eager=True)
 
 
 def attention_decode_cached(q: Tensor, k: Tensor, v: Tensor, lengths: Optional[Tensor], scale: Optional[float] = None

@@ -2,7 +2,7 @@
 and `additive_attention_step` (one query per row against cached keys, as a recurrent decoder calls it
 once per output token). Torch custom ops with fake implementations and an autograd formula, served by
 the backend `fastseq.backends` chooses: "cuda" (fastseq._C's kernels), "triton" or "reference"; on a CPU,
-calls small enough to build (B, Tq, Tk, H) at once go to "torch" (native.py), which torch's autograd
+calls small enough to build (B, Tq, Tk, H) at once go to "torch" (torch_backend.py), which torch's autograd
 differentiates.
 
 The math and the padding rule are in reference.py beside this file; the fused backends' two tanh passes
@@ -16,11 +16,12 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from ...masking import keep_mask
 from ...numerics import acc_dtype, autocast
 from .. import checks as C
-from ..registry import Family, chosen, declare, differentiated
-from . import native
-from .reference import attention_weights, keep_mask
+from ..registry import Family, chosen, declare
+from . import torch_backend
+from .reference import attention_weights
 
 # (B, Tq, Tk, H, Dv): fastseq/bench/additive_attention.py against the naive PyTorch form
 CASES = {
@@ -32,27 +33,30 @@ CASES = {
 }
 
 _ARGS = "Tensor query_proj, Tensor key_proj, Tensor v, Tensor values, Tensor? lengths, Tensor? key_padding_mask"
+_PACKAGE = "fastseq.ops.additive_attention."
 FAMILY = Family(
     name="additive_attention",
     functions={
-        "additive_attention": f"({_ARGS}, bool save_scores) -> (Tensor, Tensor, Tensor)",
+        # padding_zeroed: the caller zeroed the padded keys' rows (zero_padded_keys, once per sentence); a fused
+        # backend skips padded keys at no cost and needs no telling
+        "additive_attention": f"({_ARGS}, bool save_scores, bool padding_zeroed) -> (Tensor, Tensor, Tensor)",
         "additive_attention_backward": f"(Tensor grad_context, {_ARGS}, Tensor context, Tensor lse, "
                                        "Tensor scores) -> (Tensor, Tensor, Tensor, Tensor)",
-        "additive_attention_decode": f"({_ARGS}) -> Tensor",
+        "additive_attention_decode": f"({_ARGS}, bool padding_zeroed) -> Tensor",
     },
-    backends={"reference": "fastseq.ops.additive.reference", "torch": "fastseq.ops.additive.native",
-              "triton": "fastseq.ops.additive.triton", "cuda": "fastseq.ops.additive.cuda"},
-    extension_functions={"cuda": {  # the kernels fastseq.ops.additive.cuda composes (kernels/additive_passes.cu)
+    backends={"reference": _PACKAGE + "reference", "torch": _PACKAGE + "torch_backend", "triton": _PACKAGE + "triton",
+              "cuda": _PACKAGE + "cuda"},
+    extension_functions={"cuda": {  # the kernels the cuda backend composes (kernels/additive_passes.cu)
         "additive_scores": "(Tensor query_proj, Tensor key_proj, Tensor v, Tensor a, Tensor b, Tensor rows, "
                            "Tensor? lengths, Tensor? key_padding_mask, int h_fma, int tile) -> Tensor",
         "additive_gradient_pass": "(Tensor ds, Tensor query_proj, Tensor key_proj, Tensor v, Tensor a, Tensor b, "
                                   "Tensor rows, int h_fma) -> (Tensor, Tensor, Tensor)",
         "additive_attention_decode": f"({_ARGS}) -> Tensor",
     }},
-    kernels=("fastseq.ops.additive.triton",),
+    kernels=("fastseq.ops.additive_attention.triton",),
     cases=CASES,
-    autograd={"cpu": ("torch",)},  # the built tensor, kept by autograd, trains 2-3x faster on a CPU (native.py)
-    # "blocked": never (B, Tq, Tk, H) at once, which calls past native.MATERIALIZED elements need
+    autograd={"cpu": ("torch",)},  # the built tensor, kept by autograd, trains 2-3x faster on a CPU (torch_backend.py)
+    # "blocked": never (B, Tq, Tk, H) at once, which calls past torch_backend.MATERIALIZED elements need
     features={"blocked": ("reference", "triton", "cuda")},
     order={"cuda": ("cuda", "triton", "reference")},  # the torch form on a GPU awaits a measurement there
 )
@@ -60,7 +64,7 @@ _OPS = declare(FAMILY)
 
 
 @_OPS["additive_attention"].register_fake
-def _(query_proj, key_proj, v, values, lengths, key_padding_mask, save_scores, backend=""):
+def _(query_proj, key_proj, v, values, lengths, key_padding_mask, save_scores, padding_zeroed, backend=""):
     B, Tq, _ = query_proj.shape
     acc = acc_dtype(query_proj.dtype)
     return (query_proj.new_empty(B, Tq, values.shape[2]), query_proj.new_empty(B, Tq, dtype=acc),
@@ -73,20 +77,20 @@ def _(grad_context, query_proj, key_proj, v, values, *_):
 
 
 def _setup(ctx, inputs, output):
-    *tensors, _save_scores, ctx.backend = inputs  # the forward's backend runs the backward
+    *tensors, _save_scores, _padding_zeroed, ctx.backend = inputs  # the forward's backend runs the backward
     ctx.save_for_backward(*tensors, *output)
 
 
 def _backward(ctx, grad_context, _grad_lse, _grad_scores):
     grads = _OPS["additive_attention_backward"](grad_context.contiguous(), *ctx.saved_tensors, ctx.backend)
-    return (*grads, None, None, None, None)
+    return (*grads, None, None, None, None, None)
 
 
 _OPS["additive_attention"].register_autograd(_backward, setup_context=_setup)
 
 
 @_OPS["additive_attention_decode"].register_fake
-def _(query_proj, key_proj, v, values, lengths, key_padding_mask, backend=""):
+def _(query_proj, key_proj, v, values, lengths, key_padding_mask, padding_zeroed, backend=""):
     return query_proj.new_empty(query_proj.shape[0], values.shape[2])
 
 
@@ -117,9 +121,9 @@ def _prepare(op: str, query_proj: Tensor, key_proj: Tensor, v: Tensor, values: T
 
 def needs(B: int, Tq: int, Tk: int, H: int, grad: bool) -> tuple[str, ...]:
     """What a call of these sizes asks of its backend: the forward, the backward when `grad`, and "blocked"
-    when (B, Tq, Tk, H) is past native.MATERIALIZED elements."""
+    when (B, Tq, Tk, H) is past torch_backend.MATERIALIZED elements."""
     asked = ("additive_attention", "additive_attention_backward") if grad else ("additive_attention",)
-    return asked + (("blocked",) if B * Tq * Tk * H > native.MATERIALIZED else ())
+    return asked + (("blocked",) if B * Tq * Tk * H > torch_backend.MATERIALIZED else ())
 
 
 def _context(args: tuple[Tensor, ...], lengths: Optional[Tensor], mask: Optional[Tensor],
@@ -129,10 +133,7 @@ def _context(args: tuple[Tensor, ...], lengths: Optional[Tensor], mask: Optional
     (B, Tq, _), (_, Tk, H) = args[0].shape, args[1].shape
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in args)
     backend = chosen("additive_attention", args[0].device.type, needs(B, Tq, Tk, H, grad), autograd=True)
-    if differentiated("additive_attention", backend, args[0].device.type):  # torch's ops, under torch's autograd
-        return FAMILY.function(backend, "additive_attention")(*args, lengths, mask, padding_zeroed=padding_zeroed,
-                                                              with_lse=False)[0]
-    return _OPS["additive_attention"](*args, lengths, mask, grad, backend)[0]  # fused: zeroes padding at no cost
+    return FAMILY.call("additive_attention", backend, *args, lengths, mask, grad, padding_zeroed)[0]
 
 
 def zero_padded_keys(key_proj: Tensor, values: Tensor, key_padding_mask: Optional[Tensor] = None,
@@ -148,7 +149,7 @@ def zero_padded_keys(key_proj: Tensor, values: Tensor, key_padding_mask: Optiona
     lengths = C.check_key_padding(op, key_padding_mask, lengths, B, Tk, key_proj.device)
     if key_padding_mask is None and lengths is None:
         return key_proj, values
-    return native.zero_padding(key_proj, values, keep_mask(B, Tk, lengths, key_padding_mask, key_proj.device))
+    return torch_backend.zero_padding(key_proj, values, keep_mask(B, Tk, lengths, key_padding_mask, key_proj.device))
 
 
 # ------------------------------------------------------------------------------------------ public
@@ -190,11 +191,6 @@ def additive_attention_step(query_proj: Tensor, key_proj: Tensor, v: Tensor, val
     args, lengths, mask = _prepare(op, query_proj, key_proj, v, values, key_padding_mask, lengths, "(B, H)")
     if torch.is_grad_enabled() and any(t.requires_grad for t in args):
         return _context((args[0][:, None], *args[1:]), lengths, mask, padding_zeroed)[:, 0]
-    device_type = args[0].device.type
-    backend = chosen("additive_attention", device_type, ("additive_attention_decode",))
-    if not backend:  # traced by torch.compile: the op, which chooses when the graph runs
-        return _OPS["additive_attention_decode"](*args, lengths, mask)
-    decode = FAMILY.function(backend, "additive_attention_decode")  # eager: the backend itself, not the custom
-    if differentiated("additive_attention", backend, device_type):  # op's dispatch (its cost is a step's here)
-        return decode(*args, lengths, mask, padding_zeroed)  # torch's ops: told what the caller has zeroed
-    return decode(*args, lengths, mask)  # a fused kernel: zeroes padding at no cost
+    backend = chosen("additive_attention", args[0].device.type, ("additive_attention_decode",))
+    # eager: the backend itself, not the custom op, whose dispatch costs as much as a decoder's step here
+    return FAMILY.call("additive_attention_decode", backend, *args, lengths, mask, padding_zeroed, eager=True)

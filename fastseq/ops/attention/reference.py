@@ -33,8 +33,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ...masking import keep_mask
 from ...numerics import acc_dtype
-from ..additive.reference import keep_mask
 
 
 def visible(Tq: int, Tk: int, causal: bool, lengths: Optional[Tensor], key_padding_mask: Optional[Tensor],

@@ -29,8 +29,8 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
+from ...masking import keep_mask
 from ...numerics import acc_dtype
-from .reference import keep_mask
 
 RANGE = 15.0  # |q|, |k| up to which e^{2q} e^{2k} stays within float32 (e^60 < 3.4e38, e^-60 > 1.2e-38)
 MAGIC = 0x7EF311C3  # a first guess of 1/d from d's bits: within 12% for every d >= 1
@@ -153,16 +153,17 @@ def backward(grad_context: Tensor, q: Tensor, k: Tensor, v: Tensor, values: Tens
     return gradients(grad_context, values0, context_, s, lse, keep, lambda ds: gradient_pass(ds, q, k0, v))
 
 
-def entry_points(scores: Callable, gradient_pass: Callable) -> tuple[Callable, Callable]:
+def entry_points(scores_pass: Callable, gradient_pass: Callable) -> tuple[Callable, Callable]:
     """A fused backend's additive_attention and additive_attention_backward, as the schema calls them, from its
     two passes."""
-    def additive_attention(query_proj, key_proj, v, values, lengths, key_padding_mask, save_scores):
-        return forward(query_proj, key_proj, v, values, lengths, key_padding_mask, save_scores, scores)
+    def additive_attention(query_proj, key_proj, v, values, lengths, key_padding_mask, save_scores,
+                           padding_zeroed=False):  # padded keys are skipped, whatever they hold
+        return forward(query_proj, key_proj, v, values, lengths, key_padding_mask, save_scores, scores_pass)
 
     def additive_attention_backward(grad_context, query_proj, key_proj, v, values, lengths, key_padding_mask,
-                                    context, lse, saved):
-        return backward(grad_context, query_proj, key_proj, v, values, lengths, key_padding_mask, context, lse, saved,
-                        scores, gradient_pass)
+                                    context, lse, scores):
+        return backward(grad_context, query_proj, key_proj, v, values, lengths, key_padding_mask, context, lse,
+                        scores, scores_pass, gradient_pass)
     return additive_attention, additive_attention_backward
 
 

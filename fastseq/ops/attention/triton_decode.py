@@ -4,7 +4,7 @@ against a KV cache. The real keys of the whole batch, in chunks, are cut into eq
 that group, so each key is read once, and writes one partial softmax per row its unit crosses; a second
 kernel merges each row's partials. The plan is derived from the lengths on the device (no host read, no
 allocation that depends on them): a step can be captured in a CUDA graph. k and v are read in place with
-any batch and head strides (`ops.dot_product.cache_layout`)."""
+any batch and head strides (`ops.attention.cache_layout`)."""
 from __future__ import annotations
 
 import torch

@@ -33,22 +33,11 @@ from typing import Iterator, Optional
 import torch
 from torch import Tensor
 
+from ...masking import keep_mask
 from ...numerics import acc_dtype
 
 # Elements of the (B, block, Tk, H) tanh tensor materialised at once.
 _BLOCK_ELEMENTS = 1 << 22
-
-
-def keep_mask(batch: int, num_keys: int, lengths: Optional[Tensor], key_padding_mask: Optional[Tensor],
-              device: torch.device) -> Optional[Tensor]:
-    """(B, Tk) bool, True for the keys attended to; None when every key is."""
-    keep = None
-    if lengths is not None:
-        keep = torch.arange(num_keys, device=device)[None, :] < lengths.to(device)[:, None]
-    if key_padding_mask is not None:
-        unpadded = ~key_padding_mask.to(device=device, dtype=torch.bool)
-        keep = unpadded if keep is None else keep & unpadded
-    return keep
 
 
 def _query_blocks(query_proj: Tensor, key_proj: Tensor) -> Iterator[slice]:
@@ -76,9 +65,11 @@ def _unpadded(t: Tensor, keep: Optional[Tensor]) -> Tensor:
 def additive_attention(
     query_proj: Tensor, key_proj: Tensor, v: Tensor, values: Tensor,
     lengths: Optional[Tensor], key_padding_mask: Optional[Tensor], save_scores: bool = False,
+    padding_zeroed: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """-> (context (B, Tq, Dv) in the input dtype, lse (B, Tq) in the accumulation dtype, the scores
-    (B, Tq, Tk) in the accumulation dtype, -inf at keys not kept, when save_scores, else empty)."""
+    (B, Tq, Tk) in the accumulation dtype, -inf at keys not kept, when save_scores, else empty). The padded
+    keys are masked whatever they hold, so padding_zeroed changes nothing here."""
     acc = acc_dtype(query_proj.dtype)
     B, Tq, _ = query_proj.shape
     q, k, w, vals = (t.to(acc) for t in (query_proj, key_proj, v, values))
@@ -128,7 +119,7 @@ def additive_attention_backward(
 
 def additive_attention_decode(
     query_proj: Tensor, key_proj: Tensor, v: Tensor, values: Tensor,
-    lengths: Optional[Tensor], key_padding_mask: Optional[Tensor],
+    lengths: Optional[Tensor], key_padding_mask: Optional[Tensor], padding_zeroed: bool = False,
 ) -> Tensor:
     """One query per row, query_proj (B, H) -> context (B, Dv): a decoder's step, no gradient."""
     context, _, _ = additive_attention(query_proj[:, None], key_proj, v, values, lengths, key_padding_mask)

@@ -19,8 +19,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ...masking import keep_mask
 from ...numerics import acc_dtype
-from .reference import keep_mask
 
 # Elements of (B, Tq, Tk, H) up to which this backend may serve a call (64 MiB in float32)
 MATERIALIZED = 1 << 24
@@ -29,13 +29,12 @@ MATERIALIZED = 1 << 24
 def additive_attention(
     query_proj: Tensor, key_proj: Tensor, v: Tensor, values: Tensor,
     lengths: Optional[Tensor], key_padding_mask: Optional[Tensor], save_scores: bool = False,
-    padding_zeroed: bool = False, with_lse: bool = True,
+    padding_zeroed: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """-> (context (B, Tq, Dv) in the input dtype, lse (B, Tq) in the accumulation dtype, not differentiated,
     the scores (B, Tq, Tk) when save_scores, else empty).
     padding_zeroed: the caller has zeroed the padded keys' rows of key_proj and values (a decoder's
-    PrecomputedKeys, once per sequence), so this call need not. with_lse=False: an empty lse, for a caller
-    whose gradient autograd derives (the log-sum-exp serves only a fused backward)."""
+    PrecomputedKeys, once per sequence), so this call need not."""
     acc = acc_dtype(query_proj.dtype)
     B, Tq, _ = query_proj.shape
     q, k, w, vals = (t.to(acc) for t in (query_proj, key_proj, v, values))
@@ -53,8 +52,6 @@ def additive_attention(
     kept = scores.new_empty(0)
     if save_scores:
         kept = scores.detach() if keep is None else scores.detach().masked_fill(~keep[:, None, :], float("-inf"))
-    if not with_lse:
-        return context, scores.new_empty(0), kept
     lse = torch.logsumexp(scores.detach(), dim=-1)
     return context, lse if keep is None else lse.masked_fill(empty[..., 0], float("inf")), kept
 
@@ -72,4 +69,4 @@ def additive_attention_decode(
 ) -> Tensor:
     """One query per row, query_proj (B, H) -> context (B, Dv); padding_zeroed as in additive_attention."""
     return additive_attention(query_proj[:, None], key_proj, v, values, lengths, key_padding_mask,
-                              padding_zeroed=padding_zeroed, with_lse=False)[0][:, 0]
+                              padding_zeroed=padding_zeroed)[0][:, 0]

@@ -69,5 +69,5 @@ def gradient_pass(ds, query_proj, key_proj, v, h_fma_=None):
 additive_attention, additive_attention_backward = passes.entry_points(scores, gradient_pass)
 
 
-def additive_attention_decode(query_proj, key_proj, v, values, lengths, key_padding_mask):
+def additive_attention_decode(query_proj, key_proj, v, values, lengths, key_padding_mask, padding_zeroed=False):
     return _ext().additive_attention_decode(query_proj, key_proj, v, values, lengths, key_padding_mask)
