@@ -58,7 +58,7 @@ gpu-window:
 	$(PYTHON) benchmarks/gpu_window.py
 
 gpu-table:
-	$(PYTHON) benchmarks/gpu_table.py
+	$(PYTHON) experiments/gpu_table.py
 
 gpu-data:
 	mkdir -p build/data && cp -r $(FASTSEQ_DATA)/. build/data/

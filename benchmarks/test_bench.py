@@ -5,9 +5,10 @@ device's own time per call (timing.measure: calls queued back to back between tw
 extra_info as gpu_median_ms."""
 import pytest
 import torch
-from conftest import device
 
 from fastseq.bench import timing
+
+from conftest import device
 
 _made: dict = {}
 

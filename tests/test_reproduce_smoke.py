@@ -1,4 +1,4 @@
-"""The reproduction runner (benchmarks/reproduce.py) end to end at tiny scale on the CPU: a training row on
+"""The reproduction runner (experiments/reproduce.py) end to end at tiny scale on the CPU: a training row on
 fastseq's layers and on torch.nn's (and the two timed side by side), a baseline row; JSON and the Markdown
 table are written, and a later run of one row keeps the others."""
 import dataclasses
@@ -9,7 +9,7 @@ import sys
 import pytest
 
 pytest.importorskip("yaml")  # configs: installed by make test, not on every GPU image
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments"))
 import reproduce  # noqa: E402
 
 

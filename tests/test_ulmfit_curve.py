@@ -1,4 +1,4 @@
-"""The ULMFiT curve (benchmarks/ulmfit_curve.py) end to end at tiny scale: a tiny ulmfit run on TREC, then
+"""The ULMFiT curve (experiments/ulmfit_curve.py) end to end at tiny scale: a tiny ulmfit run on TREC, then
 the curve from it, two sizes and two seeds; every method and size has its points, JSON, table and PNG."""
 import json
 import os
@@ -7,7 +7,7 @@ import sys
 import pytest
 
 pytest.importorskip("matplotlib")
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments"))
 from fastseq.train import ulmfit  # noqa: E402
 
 import ulmfit_curve  # noqa: E402

@@ -6,7 +6,7 @@ the <bos> token, "<unk>" kept whole) each pretrain an LM of their own; the other
 norms, the embedding on top in LM fine-tuning, the falling rate ladder, the kept optimizer) fine-tune the
 recipe's LM. Each LM's held-out loss (the general corpus' last 1%) is reported beside it.
 
-    python benchmarks/ulmfit_ablation.py [--pretrain-steps 800] [--seeds 0 1 2] [--variants recipe ...]
+    python experiments/ulmfit_ablation.py [--pretrain-steps 800] [--seeds 0 1 2] [--variants recipe ...]
 
 Writes JSON (every run, as it finishes) and a Markdown table under benchmarks/results/; LMs in --work.
 """
@@ -31,6 +31,7 @@ from fastseq.train.tasks import apply_overrides, load_config, train_valid  # noq
 import reproduce  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(os.path.dirname(HERE), "benchmarks", "results")  # every results file, for docs/generate.py
 # the undone change -> the overrides that undo it; LM changes pretrain an LM of their own
 LM_VARIANTS = {
     "recipe": [],
@@ -83,8 +84,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", default=list(LM_VARIANTS) + list(CLASSIFIER_VARIANTS))
     parser.add_argument("--set", action="append", default=[], help="more overrides for every variant")
-    parser.add_argument("--work", default=os.path.join(HERE, "results", "ulmfit-ablation-lms"))
-    parser.add_argument("--out", default=os.path.join(HERE, "results"))
+    parser.add_argument("--work", default=os.path.join(HERE, "runs", "ulmfit-ablation-lms"))
+    parser.add_argument("--out", default=RESULTS)
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     base = reproduce.CPU_ULMFIT + [f"pretrain.steps={args.pretrain_steps}", "progress=false"] + args.set

@@ -1,12 +1,12 @@
 """The reproduction table: each row of the field's results on real data trained from its config in configs/,
 quality on the test split, minutes, and the time per training step on fastseq's layers beside the same
-model on torch.nn's (benchmarks/torch_layers.py); JSON and a Markdown table under benchmarks/results/.
+model on torch.nn's (fastseq/bench/torch_layers.py); JSON and a Markdown table under benchmarks/results/.
 
-    python benchmarks/reproduce.py --scale cpu           # every row sized to <= 20 minutes on a 2-core CPU
-    python benchmarks/reproduce.py --scale gpu           # every row <= 2 minutes on one H200 (make gpu-table)
-    python benchmarks/reproduce.py                       # full scale, both layer kinds trained (a GPU: an hour)
-    python benchmarks/reproduce.py --rows char_gpt mt_transformer --scale cpu
-    python benchmarks/reproduce.py --scale tiny          # a few steps of shrunken models: checks the runner
+    python experiments/reproduce.py --scale cpu           # every row sized to <= 20 minutes on a 2-core CPU
+    python experiments/reproduce.py --scale gpu           # every row <= 2 minutes on one H200 (make gpu-table)
+    python experiments/reproduce.py                       # full scale, both layer kinds trained (a GPU: an hour)
+    python experiments/reproduce.py --rows char_gpt mt_transformer --scale cpu
+    python experiments/reproduce.py --scale tiny          # a few steps of shrunken models: checks the runner
 
 A scale is a list of --set overrides per row (CPU, GPU below); rows are written as they finish and merged
 into the scale's table, so one row can be rerun alone.
@@ -35,6 +35,7 @@ from fastseq.train.tasks import apply_overrides, build_run, evaluate_run, load_c
 from fastseq.train.trainer import to_device  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(os.path.dirname(HERE), "benchmarks", "results")  # every results file, for docs/generate.py
 CONFIGS = os.path.join(os.path.dirname(HERE), "configs")
 
 # name: (kind, config, test split, metric, target (comparison, value), published anchor)
@@ -347,7 +348,7 @@ def main(argv=None) -> int:
     parser.add_argument("--twin-only", action="store_true",
                         help="only time the training rows' steps on both layer kinds (no training, no evaluation), "
                              "into reproduction-<device>-<scale>-steps.json")
-    parser.add_argument("--out", default=os.path.join(HERE, "results"))
+    parser.add_argument("--out", default=RESULTS)
     parser.add_argument("--runs", default=None, help="where the rows' run folders go (default: "
                         "OUT/reproduce-runs-SCALE)")
     args = parser.parse_args(argv)

@@ -13,8 +13,8 @@ seed), mean and spread. Every classifier trains for the same number of steps. Th
 from a finished `ulmfit` run folder (its pretrain/ checkpoint, tokenizer and config), e.g. the
 reproduction table's row:
 
-    python benchmarks/reproduce.py --scale cpu --rows trec_ulmfit
-    python benchmarks/ulmfit_curve.py --from benchmarks/results/reproduce-runs-cpu/trec_ulmfit-fastseq
+    python experiments/reproduce.py --scale cpu --rows trec_ulmfit
+    python experiments/ulmfit_curve.py --from benchmarks/results/reproduce-runs-cpu/trec_ulmfit-fastseq
 
 JSON, a PNG and a Markdown table under benchmarks/results/.
 """
@@ -39,6 +39,7 @@ from fastseq.train import TrainConfig, Trainer, ulmfit  # noqa: E402
 from fastseq.train.tasks import classification_metrics, encode_labelled, epoch_batches, open_run  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(os.path.dirname(HERE), "benchmarks", "results")  # every results file, for docs/generate.py
 METHODS = ("scratch", "ulmfit-supervised", "ulmfit-semi-supervised")
 
 
@@ -87,7 +88,7 @@ def main(argv=None) -> int:
     parser.add_argument("--lm-steps", type=int, default=30, help="LM fine-tuning steps on the labeled text")
     parser.add_argument("--semi-steps", type=int, default=150, help="LM fine-tuning steps on all training text")
     parser.add_argument("--scratch-lr", type=float, default=2e-3)
-    parser.add_argument("--out", default=os.path.join(HERE, "results"))
+    parser.add_argument("--out", default=RESULTS)
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     started = time.perf_counter()

@@ -1,7 +1,7 @@
 """The reproduction table at GPU-window scale on a lent GPU machine: every row of benchmarks/reproduce.py
 sized to <= 2 minutes on one H200, the whole table one command of <= 9 minutes.
 
-    FASTSEQ_COMMIT=<sha> python benchmarks/gpu_table.py [--out DIR] [--rows ...]      (or: make gpu-table)
+    FASTSEQ_COMMIT=<sha> python experiments/gpu_table.py [--out DIR] [--rows ...]      (or: make gpu-table)
 
 The data sets do not live on that machine: `make gpu-data` copies ../shared/data into build/data, which
 the device tool carries with build/prebuilt (the extension, as for gpu_window). It writes four files to
@@ -36,7 +36,7 @@ def main(argv=None) -> int:
         return 1
     env = {"FASTSEQ_DATA": os.environ.get("FASTSEQ_DATA") or DATA, "PYTHONUNBUFFERED": "1"}
     build(window, gpu=True)
-    command = [PY, "benchmarks/reproduce.py", "--scale", "gpu", "--out", args.out,
+    command = [PY, "experiments/reproduce.py", "--scale", "gpu", "--out", args.out,
                "--runs", tempfile.mkdtemp(prefix="fastseq-runs-"), "--rows", *args.rows]
     ok = window.step("table", command, env=env, budget=TIMEOUT)
     window.log.close()
