@@ -1,11 +1,10 @@
 """torch.nn.Linear, with a second way to compute a few rows on a CPU, which decoding chooses by timing.
 
 Decoding a few rows makes every linear layer a skinny product that streams its whole weight from memory for
-a handful of output rows. On the CPU measured (2-core AMD EPYC, torch 2.13's MKL, fp32), F.linear does this
-well below the speed of memory: GPT-2 small's step linears (48 block weights and the output, 498 MB) take
-35 ms for one row and 69 ms for two. The same product split into blocks of the weight's rows and run as one
-batched matrix product (`torch.bmm` over (blocks, rows/blocks, in) against the input broadcast to every
-block, no copy of the weight) takes 23 and 20 ms (benchmarks/bench_linear_rows.py).
+a handful of output rows, which F.linear can do well below the speed of memory on a CPU. The same product
+split into blocks of the weight's rows and run as one batched matrix product (`torch.bmm` over (blocks,
+rows/blocks, in) against the input broadcast to every block, no copy of the weight) was faster on the CPU
+measured (benchmarks/bench_linear_rows.py; benchmarks/results/linear-rows-cpu-*.json).
 
 Other CPUs and BLAS builds may differ, so nothing takes this form unasked. Within `batched_rows()` (which
 fastseq.generation opens for the decode steps it has timed faster that way), a call is computed in blocks
@@ -26,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-MAX_ROWS = 64  # measured faster in blocks up to 64 rows (GPT-2 small's step linears: 124 against 137 ms)
-MIN_WEIGHT = 1 << 18  # smaller weights stay in cache, where F.linear was the faster (a check at 256 x 256)
+MAX_ROWS = 64  # up to this many rows the blocks were the faster (the same results file)
+MIN_WEIGHT = 1 << 18  # smaller weights stay in cache, where F.linear was the faster
 _BATCHED: ContextVar[bool] = ContextVar("fastseq_linear_batched_rows", default=False)
 
 

@@ -30,12 +30,10 @@ from .. import atomic, backends
 
 ENV_VAR = "FASTSEQ_AUTOTUNE"
 CACHE_ENV_VAR = "FASTSEQ_CACHE"
-# Timed runs per backend after one warm-up run, which never counts (a first call pays one-time costs: a
-# process's first torch LSTM on a CPU took 1.06 s against 4 ms after; on a GPU, compiling and autotuning
-# kernels): enough to fill TARGET seconds, at least REPEATS and at most MOST, or one when the warm-up took
-# over SLOW seconds. The backends take turns, so a machine's drift (on a shared CPU, one measurement slows
-# the next) falls on all of them alike; a call of 0.1 ms thus gets 25 runs a backend, not 3, which noise
-# on a 2-core machine (±15%) would decide between.
+# Timed runs per backend after one warm-up run, which never counts (a first call pays one-time costs:
+# library initialization, compiling and autotuning kernels): enough to fill TARGET seconds, at least
+# REPEATS and at most MOST, or one when the warm-up took over SLOW seconds. The backends take turns, so a
+# machine's drift falls on all of them alike, and short calls get enough runs that noise does not decide.
 REPEATS, MOST, TARGET, SLOW = 3, 25, 0.005, 0.05
 # A kept choice on the CPU is checked now and then, as the machine's load changes: one timed run of each
 # candidate in turns, at most once per PROBE_GAP times the candidates' recorded time (and PROBE_MIN_S), so

@@ -55,7 +55,7 @@ FAMILY = Family(
     }},
     kernels=("fastseq.ops.additive_attention.triton",),
     cases=CASES,
-    autograd={"cpu": ("torch",)},  # the built tensor, kept by autograd, trains 2-3x faster on a CPU (torch_backend.py)
+    autograd={"cpu": ("torch",)},  # the built tensor, kept by autograd, trains faster on a CPU than recomputing
     # "blocked": never (B, Tq, Tk, H) at once, which calls past torch_backend.MATERIALIZED elements need
     features={"blocked": ("reference", "triton", "cuda")},
     order={"cuda": ("cuda", "triton", "reference")},  # the torch form on a GPU awaits a measurement there

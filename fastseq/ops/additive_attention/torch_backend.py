@@ -1,10 +1,8 @@
 """The `torch` backend of additive attention: the whole (B, Tq, Tk, H) tanh tensor built at once with torch's
 ops, differentiated by torch's autograd (the form users write, `reference.naive`, with the op's padding rule
 and workspace). Autograd keeps that tensor for the backward, where the reference recomputes it block by
-block; on a CPU that makes a decoder's training steps about 2x faster (B 32-215, Tk 19-50, H 256-512: the
-reference, zeroing the padding at every step, ran at 0.42-0.52x the naive form on 2 cores, 1 thread; a
-Seq2Seq with attention now trains at 0.99x the naive form's speed), so the family lists it under
-`autograd` there.
+block; on a CPU that makes a decoder's training steps faster (docs/benchmarks.md), so the family lists it
+under `autograd` there.
 Its memory is the tensor's, so the public op chooses it only for calls whose tensor stays within
 `MATERIALIZED` elements; larger ones go to the blocked backends.
 

