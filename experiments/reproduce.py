@@ -82,7 +82,7 @@ CPU_ULMFIT = ["pretrain.precision=fp32", "finetune.precision=fp32", "pretrain.ev
               "model.output_dropout=0.1", "model.weight_drop=0.05", "pretrain.batch=32", "pretrain.lr=5.0e-3",
               "pretrain.warmup=50",
               "pretrain.steps=800", "finetune.batch=32", "finetune.lr=3.0e-3", "finetune.steps=200",
-              "classify.steps_per_stage=150", "classify.lr=5.0e-3"]
+              "classify.steps_per_stage=150", "classify.lr=2.0e-2"]
 CPU = {
     "char_gpt": ["model.d_model=192", "model.num_heads=6", "model.num_layers=4", "model.dropout=0.1", "data.block=128",
                  "data.batch=32", "train.steps=1500", "train.lr=2.0e-3", "train.warmup=50"],
