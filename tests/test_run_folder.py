@@ -250,7 +250,8 @@ def test_an_allowed_lr_change_is_applied_on_resume(tmp_path):
     lrs = {r["step"]: r["lr"] for r in rows if "lr" in r}
     assert lrs[4] == pytest.approx(0.0123) and lrs[5] == pytest.approx(0.0123) and lrs[3] != pytest.approx(0.0123)
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
-    assert all(g["weight_decay"] == 0.2 for g in state["optimizer"]["param_groups"])
+    decays = [g["weight_decay"] for g in state["optimizer"]["param_groups"]]  # biases, norms, embeddings: none
+    assert 0.2 in decays and set(decays) <= {0.2, 0.0}, decays
 
 
 def test_configs_are_compared_as_values(tmp_path):
