@@ -115,6 +115,16 @@ def test_every_config_trains_evaluates_and_generates(config, tmp_path):
         assert out.returncode == 2 and "num_return_sequences must be <= beams (2)" in out.stderr, out.stderr[-3000:]
 
 
+def test_an_override_that_changes_nothing_says_why(tmp_path):
+    sets = [f"--set={s}" for s in SHRINK["LSTMLM"] + ["train.steps=1", "train.eval_every=0", "train.precision=fp32",
+                                                      "train.progress=false", "model.num_layers=1",
+                                                      "model.tie_weights=true", "model.hidden_size=77"]]
+    with pytest.warns(UserWarning, match="hidden_size=77 changes nothing"):
+        out = fastseq("train", "--config", "configs/char_lstm_shakespeare.yaml", "--out", str(tmp_path), "--device",
+                      "cpu", *sets)
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
 def test_bad_configs_fail_clearly(tmp_path):
     cases = {"task: translate\n": "task must be one of",
              "task: causal_lm\ndata: {dataset: tinyshakespeare, train: train, valid: val}\nmodel: {class: Seq2Seq}\n":

@@ -410,6 +410,17 @@ def test_models_saved_before_a_setting_load_as_they_were(tmp_path):
     torch.testing.assert_close(loaded.eval()(tokens), old.eval()(tokens))
 
 
+def test_a_setting_that_changes_nothing_says_so():
+    with pytest.warns(UserWarning, match="hidden_size=99 changes nothing: with num_layers=1 and tie_weights"):
+        LSTMLMConfig(V, 16, 99, 1)
+    with pytest.warns(UserWarning, match="attention_dim=32 changes nothing without attention"):
+        Seq2SeqConfig(V, V, attention_dim=32)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        LSTMLMConfig(V, 16, 99, 2), LSTMLMConfig(V, 16, 99, 1, tie_weights=False), Seq2SeqConfig(V, V)
+
+
 def test_load_rejects_other_files(tmp_path):
     path = tmp_path / "x.pt"
     torch.save({"weights": torch.zeros(2)}, path)

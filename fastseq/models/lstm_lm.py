@@ -8,6 +8,7 @@ from Press & Wolf 2017 and Inan et al. 2017. The LM body of ULMFiT (Howard & Rud
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -47,6 +48,9 @@ class LSTMLMConfig:
     eos_id: Optional[int] = None
 
     def __post_init__(self):
+        if self.num_layers == 1 and self.tie_weights and self.hidden_size != LSTMLMConfig.hidden_size:
+            warnings.warn(f"LSTMLMConfig: hidden_size={self.hidden_size} changes nothing: with num_layers=1 and "
+                          f"tie_weights the one layer's size is embed_dim ({self.embed_dim})", stacklevel=3)
         check_config("LSTMLMConfig", self, positive=("vocab_size", "embed_dim", "hidden_size", "num_layers"),
                      probabilities=("embed_dropout", "input_dropout", "hidden_dropout", "output_dropout",
                                     "weight_drop"),

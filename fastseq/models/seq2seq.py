@@ -12,6 +12,7 @@ decoder runs one fused LSTM cell and one fused attention step per token.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -48,6 +49,9 @@ class Seq2SeqConfig:
     eos_id: int = 2
 
     def __post_init__(self):
+        if self.attention is None and self.attention_dim is not None:
+            warnings.warn(f"Seq2SeqConfig: attention_dim={self.attention_dim} changes nothing without attention "
+                          "(attention: additive uses it)", stacklevel=3)
         if self.attention not in (None, "additive"):
             raise ValueError(f"Seq2SeqConfig: attention must be None or 'additive', got {self.attention!r}")
         if self.attention_dim is None:
