@@ -77,6 +77,45 @@ def _scratch(tokenizer, model_cfg, records, num_classes, settings, steps, lr, de
     return model
 
 
+def _report(points, sizes, args, device, config, model_cfg, finetune, settings, stages, started) -> None:
+    """The points' mean and spread per method and size: JSON, a Markdown table and a plot under args.out."""
+    summary = {}
+    for method in METHODS:
+        for n in sizes:
+            errors = [p["error"] for p in points if p["method"] == method and p["examples"] == n]
+            summary.setdefault(method, {})[n] = {"mean": statistics.mean(errors), "min": min(errors),
+                                                  "max": max(errors), "std": statistics.pstdev(errors)}
+    meta = {"date": datetime.date.today().isoformat(), "commit": timing.commit(), "device": torch.cuda.get_device_name()
+            if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)",
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "from": args.run,
+            "model": model_cfg, "pretrain": config["pretrain"], "finetune": finetune, "classify": settings,
+            "lm_steps": args.lm_steps, "semi_steps": args.semi_steps, "scratch_steps": stages * args.steps_per_stage,
+            "scratch_lr": args.scratch_lr, "seeds": args.seeds, "minutes": (time.perf_counter() - started) / 60}
+    stem = os.path.join(args.out, f"ulmfit-curve-{device.type}-{meta['date']}-{meta['commit']}")
+    atomic.write(stem + ".json", lambda f: json.dump({"meta": meta, "summary": summary, "points": points}, f,
+                                                     indent=1), mode="w")
+    lines = ["| labeled examples | " + " | ".join(METHODS) + " |", "| --- " * (len(METHODS) + 1) + "|"]
+    for n in sizes:
+        lines.append(f"| {n} | " + " | ".join(f"{100 * summary[m][n]['mean']:.1f}% "
+                                              f"({100 * summary[m][n]['min']:.1f}–{100 * summary[m][n]['max']:.1f})"
+                                              for m in METHODS) + " |")
+    atomic.write(stem + ".md", lambda f: f.write("\n".join(lines) + "\n"), mode="w")
+    fig, ax = timing.figure()
+    for method in METHODS:
+        means = [100 * summary[method][n]["mean"] for n in sizes]
+        spread = [[m - 100 * summary[method][n]["min"] for m, n in zip(means, sizes)],
+                  [100 * summary[method][n]["max"] - m for m, n in zip(means, sizes)]]
+        ax.errorbar(sizes, means, yerr=spread, marker="o", capsize=3, label=method)
+    ax.set_xscale("log")
+    ax.set_xlabel("labeled training examples (TREC-6)")
+    ax.set_ylabel("test error (%), mean and min-max over seeds")
+    ax.set_title(f"ULMFiT against training from scratch ({meta['device']}, {len(args.seeds)} seeds)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(stem + ".png", dpi=120)
+    print("\n".join(lines))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--from", dest="run", required=True, help="a finished ulmfit run folder on TREC")
@@ -147,41 +186,7 @@ def main(argv=None) -> int:
                                "seconds": time.perf_counter() - t0})
                 print(f"ulmfit-curve {method} n={n} seed={seed}: test error {points[-1]['error']:.4f} "
                       f"({points[-1]['seconds']:.0f} s)", flush=True)
-    summary = {}
-    for method in METHODS:
-        for n in sizes:
-            errors = [p["error"] for p in points if p["method"] == method and p["examples"] == n]
-            summary.setdefault(method, {})[n] = {"mean": statistics.mean(errors), "min": min(errors),
-                                                  "max": max(errors), "std": statistics.pstdev(errors)}
-    meta = {"date": datetime.date.today().isoformat(), "commit": timing.commit(), "device": torch.cuda.get_device_name()
-            if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)",
-            "torch": torch.__version__, "threads": torch.get_num_threads(), "from": args.run,
-            "model": model_cfg, "pretrain": config["pretrain"], "finetune": finetune, "classify": settings,
-            "lm_steps": args.lm_steps, "semi_steps": args.semi_steps, "scratch_steps": stages * args.steps_per_stage,
-            "scratch_lr": args.scratch_lr, "seeds": args.seeds, "minutes": (time.perf_counter() - started) / 60}
-    stem = os.path.join(args.out, f"ulmfit-curve-{device.type}-{meta['date']}-{meta['commit']}")
-    atomic.write(stem + ".json", lambda f: json.dump({"meta": meta, "summary": summary, "points": points}, f,
-                                                     indent=1), mode="w")
-    lines = ["| labeled examples | " + " | ".join(METHODS) + " |", "| --- " * (len(METHODS) + 1) + "|"]
-    for n in sizes:
-        lines.append(f"| {n} | " + " | ".join(f"{100 * summary[m][n]['mean']:.1f}% "
-                                              f"({100 * summary[m][n]['min']:.1f}–{100 * summary[m][n]['max']:.1f})"
-                                              for m in METHODS) + " |")
-    atomic.write(stem + ".md", lambda f: f.write("\n".join(lines) + "\n"), mode="w")
-    fig, ax = timing.figure()
-    for method in METHODS:
-        means = [100 * summary[method][n]["mean"] for n in sizes]
-        spread = [[m - 100 * summary[method][n]["min"] for m, n in zip(means, sizes)],
-                  [100 * summary[method][n]["max"] - m for m, n in zip(means, sizes)]]
-        ax.errorbar(sizes, means, yerr=spread, marker="o", capsize=3, label=method)
-    ax.set_xscale("log")
-    ax.set_xlabel("labeled training examples (TREC-6)")
-    ax.set_ylabel("test error (%), mean and min-max over seeds")
-    ax.set_title(f"ULMFiT against training from scratch ({meta['device']}, {len(args.seeds)} seeds)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(stem + ".png", dpi=120)
-    print("\n".join(lines))
+    _report(points, sizes, args, device, config, model_cfg, finetune, settings, stages, started)
     return 0
 
 

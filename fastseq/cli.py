@@ -302,7 +302,8 @@ def _tune(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
+    """The `fastseq` command's parser: a subcommand each, --debug on every one."""
     from . import __version__
 
     parser = argparse.ArgumentParser(prog="fastseq", description="Fast sequence-model kernels and models.")
@@ -314,6 +315,13 @@ def main(argv: list[str] | None = None) -> int:
     def command(name: str, **kwargs) -> argparse.ArgumentParser:  # --debug on every command
         return sub.add_parser(name, parents=[common], **kwargs)
 
+    for add in (_setup_commands, _run_commands, _inference_commands, _baseline_commands):
+        add(command)
+    return parser
+
+
+def _setup_commands(command) -> None:
+    """info, tune and demo."""
     p = command("info", help="versions, device, what was built, and the backend of each op")
     p.add_argument("--json", action="store_true", help="print as JSON")
     p.set_defaults(func=_info)
@@ -329,12 +337,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
     p.add_argument("--out", default="runs/demo", help="folder for the log, the curve, the model and tokenizer")
     p.set_defaults(func=_demo)
+
+
+def _run_commands(command) -> None:
+    """train and ulmfit: a run folder from a config."""
     p = command("train", help="train a model from a YAML config (see configs/); resumes a stopped run")
     p.add_argument("--config", required=True, help="YAML: task, data, model, train, generate, out_dir")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. train.steps=100")
     p.add_argument("--out", default=None, help="the run folder (default: out_dir, else runs/<config name>)")
     p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when present)")
-    p.add_argument("--fresh", action="store_true", help="start the run folder's run afresh (its files are removed)")
+    p.add_argument("--fresh", action="store_true",
+                   help="start the run folder's run afresh (its earlier files move into previous-<date>/)")
     p.add_argument("--allow-change", action="append", metavar="KEY", help="resume although KEY (e.g. train.steps) "
                                                                            "differs from the folder's config")
     p.set_defaults(func=_train)
@@ -346,6 +359,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="the run folder (default: the config's out_dir)")
     p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when present)")
     p.set_defaults(func=_ulmfit)
+
+
+def _inference_commands(command) -> None:
+    """eval, generate and translate: a finished run folder."""
     p = command("eval", help="metrics of a finished run on a split (perplexity, BLEU, accuracy)")
     p.add_argument("run", help="the run folder")
     p.add_argument("--split", default="test", help="the data split to evaluate on")
@@ -389,6 +406,10 @@ def main(argv: list[str] | None = None) -> int:
                        help="fairseq-style lines: S-i (the input), then for each output H-i (its score and text) "
                             "and P-i (each token's log-probability); natural logs, where fairseq prints base 2")
         p.set_defaults(func=_generate)
+
+
+def _baseline_commands(command) -> None:
+    """ngram and word2vec, the baselines, and bench."""
     p = command("ngram", help="an interpolated Kneser-Ney n-gram LM: perplexity on held-out text")
     p.add_argument("--train", default="wikitext-2:valid", help="dataset:split to count")
     p.add_argument("--test", default="wikitext-2:test", help="dataset:split to score")
@@ -416,6 +437,10 @@ def main(argv: list[str] | None = None) -> int:
     p = command("bench", help="the benchmark sweep (fastseq.bench.sweep), results in the current folder; its "
                               "arguments follow, e.g. --ops models --preset quick (fastseq bench -- --help)")
     p.set_defaults(func=_bench)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "bench":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
