@@ -86,6 +86,8 @@ def main(argv=None) -> int:
     parser.add_argument("--set", action="append", default=[], help="more overrides for every variant")
     parser.add_argument("--work", default=os.path.join(HERE, "runs", "ulmfit-ablation-lms"))
     parser.add_argument("--out", default=RESULTS)
+    parser.add_argument("--json", default=None, help="write here instead of OUT/ulmfit-ablation-<device>-<date>-"
+                                                     "<commit>.json (runs split over processes, merged after)")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     base = reproduce.CPU_ULMFIT + [f"pretrain.steps={args.pretrain_steps}", "progress=false"] + args.set
@@ -94,7 +96,8 @@ def main(argv=None) -> int:
             else f"CPU ({os.cpu_count()} cores)", "torch": torch.__version__, "threads": torch.get_num_threads(),
             "config": os.path.basename(args.config), "overrides": base, "seeds": args.seeds,
             "metric": "TREC-6 validation error (10% of the training split held out)"}
-    path = os.path.join(args.out, f"ulmfit-ablation-{device.type}-{meta['date'][:10]}-{meta['commit'][:7]}.json")
+    path = args.json or os.path.join(args.out, f"ulmfit-ablation-{device.type}-{meta['date'][:10]}-"
+                                               f"{meta['commit'][:7]}.json")
     rows = []
     for variant in args.variants:
         if variant not in LM_VARIANTS and variant not in CLASSIFIER_VARIANTS:
