@@ -71,3 +71,16 @@ def test_scale_overrides_are_valid_settings(scale):
             LSTMLMConfig(100, **updated["model"])
             for stage in ("pretrain", "finetune"):
                 TrainConfig(**{k: v for k, v in updated[stage].items() if k not in ("block", "batch")})
+
+
+def test_ulmfit_rows_fine_tune_the_general_lm_row(tmp_path):
+    """general_lm pretrains the LM alone and reports its held-out loss; trec_ulmfit fine-tunes that LM (and
+    says which row to run when it is missing)."""
+    assert reproduce.main(["--rows", "general_lm", "trec_ulmfit", "--scale", "tiny", "--limit", "20",
+                           "--out", str(tmp_path)]) == 0
+    rows = {r["row"]: r for r in json.loads((tmp_path / "reproduction-cpu-tiny.json").read_text())["rows"]}
+    assert rows["general_lm"]["results"]["fastseq"]["held_out_loss"] > 0
+    assert "pretrained=" + str(tmp_path / "reproduce-runs-tiny" / "general_lm-fastseq" / "pretrain") in \
+        rows["trec_ulmfit"]["results"]["fastseq"]["overrides"]
+    with pytest.raises(FileNotFoundError, match="run --rows general_lm sst2_ulmfit"):
+        reproduce.main(["--rows", "sst2_ulmfit", "--scale", "tiny", "--out", str(tmp_path / "other")])
