@@ -2,19 +2,20 @@
 matches the performance of training from scratch on 100x more data"), on TREC-6: test error against the
 number of labeled training examples, for
 
-- scratch: the same classifier (ULMFiT's LSTM body and head) from random weights, every layer trained;
-- ulmfit-supervised: the general-domain LM fine-tuned on the labeled examples' text only, then the
-  classifier with gradual unfreezing;
-- ulmfit-semi-supervised: the LM fine-tuned on all of TREC's training text (labels unused), then the
-  classifier, the same way;
+- scratch: the same classifier (ULMFiT's LSTM body and head) from random weights, every layer trained, for
+  as many steps as TREC-6's validation questions say (the checkpoint with the lowest validation error of
+  every --scratch-eval-every steps up to --scratch-steps);
+- ulmfit-supervised: the general LM fine-tuned on the labeled examples' text only, then the classifier with
+  gradual unfreezing (the recipe of the config);
+- ulmfit-semi-supervised: the general LM fine-tuned on all of TREC-6's training text (labels unused), then
+  the classifier, the same way;
 
-over several seeds (the labeled subset, the classifier's initialisation and batches change with the
-seed), mean and spread. Every classifier trains for the same number of steps. The general-domain LM comes
-from a finished `ulmfit` run folder (its pretrain/ checkpoint, tokenizer and config), e.g. the
-reproduction table's row:
+over several seeds (the labeled subset, the classifier's initialisation and batches change with the seed),
+mean and spread. The labeled subsets come from the training questions outside the validation split. The
+general LM is pretrained once, e.g. by the reproduction table's general_lm row:
 
-    python experiments/reproduce.py --scale cpu --rows trec_ulmfit
-    python experiments/ulmfit_curve.py --from benchmarks/results/reproduce-runs-cpu/trec_ulmfit-fastseq
+    python experiments/reproduce.py --scale cpu --rows general_lm
+    python experiments/ulmfit_curve.py --from benchmarks/results/reproduce-runs-cpu/general_lm-fastseq/pretrain
 
 JSON, a PNG and a Markdown table under benchmarks/results/.
 """
@@ -34,50 +35,115 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from fastseq import atomic  # noqa: E402
 from fastseq import data as D
 from fastseq.bench import timing  # noqa: E402
-from fastseq.models import LSTMLM, LSTMLMConfig, SequenceClassifier  # noqa: E402
+from fastseq.models import LSTMLM, SequenceClassifier  # noqa: E402
 from fastseq.train import TrainConfig, Trainer, ulmfit  # noqa: E402
-from fastseq.train.tasks import classification_metrics, encode_labelled, epoch_batches, open_run  # noqa: E402
+from fastseq.train.tasks import (  # noqa: E402
+    apply_overrides,
+    classification_metrics,
+    encode_labelled,
+    epoch_batches,
+    load_config,
+    train_valid,
+)
+
+import reproduce  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(os.path.dirname(HERE), "benchmarks", "results")  # every results file, for docs/generate.py
 METHODS = ("scratch", "ulmfit-supervised", "ulmfit-semi-supervised")
 
 
-def pretrained_lm(run_dir: str) -> tuple[dict, D.Tokenizer, dict]:
-    """(the general-domain LM's state_dict, the tokenizer, the ulmfit config) of an ulmfit run folder."""
-    _, tokenizer, config = open_run(run_dir)
-    if "ulmfit" not in config:
-        raise ValueError(f"--from {run_dir}: not an ulmfit run folder (its config.json has no 'ulmfit' section)")
-    checkpoint = os.path.join(run_dir, "pretrain", "checkpoint.pt")
-    if not os.path.exists(checkpoint):
-        raise FileNotFoundError(f"--from {run_dir}: no pretrain/checkpoint.pt (the general-domain LM)")
-    return torch.load(checkpoint, map_location="cpu", weights_only=True)["model"], tokenizer, config["ulmfit"]
+class Curve:
+    """The pieces every point shares: the config, the LM extended to TREC-6's words, its tokenizer, the
+    splits (encoded), and the semi-supervised LM (fine-tuned once)."""
+
+    def __init__(self, config: dict, lm_folder: str, device: torch.device, semi_steps: int):
+        self.config, self.device = {**config, "pretrained": lm_folder}, device
+        self.train, valid = train_valid(config["target"])
+        self.text = "\n".join(t for _, t in self.train)
+        self.general, self.tokenizer, self.bos = ulmfit._pretrained(self.config, self.text, device)
+        self.num_classes = max(label for label, _ in self.train) + 1
+        self.max_len = int(config["classify"].get("max_len", 128))
+        self.valid = self.encode(valid)
+        self.test = self.encode(D.load(config["target"]["dataset"], "test"))
+        self.semi = self.finetuned(self.text, semi_steps, 0)
+
+    def encode(self, records):
+        return encode_labelled(self.tokenizer, records, self.max_len, self.bos)
+
+    def lm(self, state=None) -> LSTMLM:
+        lm = LSTMLM(self.general.config).to(self.device)
+        lm.load_state_dict(state or self.general.state_dict())
+        return lm
+
+    def finetuned(self, text: str, steps: int, seed: int) -> dict:
+        torch.manual_seed(seed)
+        lm = self.lm()
+        ulmfit.finetune_lm(lm, self.tokenizer, text, None, {**self.config["finetune"], "steps": steps, "seed": seed,
+                                                            "eval_every": 0, "progress": False}, None, self.device,
+                           bos=self.bos)
+        return {k: v.detach().clone() for k, v in lm.state_dict().items()}
+
+    def error(self, model, examples) -> float:
+        model.eval()
+        with torch.no_grad():
+            return classification_metrics(model, examples, self.tokenizer.pad_id, self.device)["error"]
+
+    def ulmfit(self, lm_state: dict, labeled, seed: int) -> float:
+        torch.manual_seed(seed)
+        model, _ = ulmfit.train_classifier(self.lm(lm_state), self.tokenizer, labeled, None,
+                                           {**self.config["classify"], "seed": seed}, None, self.device,
+                                           self.num_classes, progress=False, bos=self.bos)
+        return self.error(model, self.test)
+
+    def scratch(self, labeled, seed: int, steps: int, every: int, lr: float) -> tuple[float, int]:
+        """-> (test error at the checkpoint of lowest validation error, its step)."""
+        torch.manual_seed(seed)
+        body = LSTMLM(self.general.config)
+        c = self.config["classify"]
+        model = SequenceClassifier.from_language_model(body, self.num_classes, hidden_dim=int(c.get("hidden_dim", 50)),
+                                                       dropout=float(c.get("dropout", 0.1)),
+                                                       norm=c.get("norm", "batch")).to(self.device)
+        ids = self.encode(labeled)
+        batches = epoch_batches([len(t) for _, t in ids], int(c.get("max_tokens", 2048)), seed,
+                                lambda idx: D.collate_labelled([ids[i] for i in idx], self.tokenizer.pad_id))
+        seen = []  # (validation error, step, test error) at every evaluation
+
+        def evaluate(m):
+            seen.append((self.error(m, self.valid), len(seen) * every + every, self.error(m, self.test)))
+            return {"valid_error": seen[-1][0]}
+        config = TrainConfig(steps=steps, lr=lr, schedule="cosine", warmup=steps // 10, progress=False, out_dir=None,
+                             seed=seed, eval_every=every, log_every=every)
+        Trainer(model, config, batches, lambda m, b: m.loss(b["tokens"], b["labels"], b["lengths"]), evaluate,
+                device=self.device).fit()
+        best = min(seen)
+        return best[2], best[1]
 
 
-def _lm(state: dict, tokenizer, model_cfg: dict, device) -> LSTMLM:
-    lm = LSTMLM(LSTMLMConfig(tokenizer.vocab_size, **model_cfg, pad_id=tokenizer.pad_id, eos_id=tokenizer.eos_id))
-    lm.load_state_dict(state)
-    return lm.to(device)
+def _points(curve: Curve, args, sizes: list[int]) -> list[dict]:
+    points = []
+    for seed in args.seeds:
+        order = torch.randperm(len(curve.train), generator=torch.Generator().manual_seed(seed)).tolist()
+        for n in sizes:
+            labeled = [curve.train[i] for i in order[:n]]
+            for method in METHODS:
+                t0, extra = time.perf_counter(), {}
+                if method == "scratch":
+                    error, extra["steps"] = curve.scratch(labeled, seed, args.scratch_steps, args.scratch_eval_every,
+                                                          args.scratch_lr)
+                elif method == "ulmfit-semi-supervised" or n == len(curve.train):  # all text: the two are one
+                    error = curve.ulmfit(curve.semi, labeled, seed)
+                else:
+                    error = curve.ulmfit(curve.finetuned("\n".join(t for _, t in labeled), args.lm_steps, seed),
+                                         labeled, seed)
+                points.append({"method": method, "examples": n, "seed": seed, "error": error,
+                               "seconds": time.perf_counter() - t0, **extra})
+                print(f"ulmfit-curve {method} n={n} seed={seed}: test error {error:.4f} "
+                      f"({points[-1]['seconds']:.0f} s)", flush=True)
+    return points
 
 
-def _scratch(tokenizer, model_cfg, records, num_classes, settings, steps, lr, device, seed) -> SequenceClassifier:
-    """The classifier from random weights, every layer trained for `steps` (cosine schedule, 10% warm-up)."""
-    torch.manual_seed(seed)
-    body = LSTMLM(LSTMLMConfig(tokenizer.vocab_size, **model_cfg, pad_id=tokenizer.pad_id))
-    model = SequenceClassifier.from_language_model(body, num_classes, hidden_dim=int(settings.get("hidden_dim", 50)),
-                                               dropout=float(settings.get("dropout", 0.1))).to(device)
-    max_len = int(settings.get("max_len", 128))
-    ids = encode_labelled(tokenizer, records, max_len)
-    batches = epoch_batches([len(t) for _, t in ids], int(settings.get("max_tokens", 2048)), seed,
-                            lambda idx: D.collate_labelled([ids[i] for i in idx], tokenizer.pad_id))
-    config = TrainConfig(steps=steps, lr=lr, schedule="cosine", warmup=steps // 10, progress=False, out_dir=None,
-                         seed=seed, log_every=max(1, steps // 4))
-    Trainer(model, config, batches, lambda m, b: m.loss(b["tokens"], b["labels"], b["lengths"]), None,
-            device=device).fit()
-    return model
-
-
-def _report(points, sizes, args, device, config, model_cfg, finetune, settings, stages, started) -> None:
+def _report(points, sizes, args, device, config, started) -> None:
     """The points' mean and spread per method and size: JSON, a Markdown table and a plot under args.out."""
     summary = {}
     for method in METHODS:
@@ -87,10 +153,11 @@ def _report(points, sizes, args, device, config, model_cfg, finetune, settings, 
                                                   "max": max(errors), "std": statistics.pstdev(errors)}
     meta = {"date": datetime.date.today().isoformat(), "commit": timing.commit(), "device": torch.cuda.get_device_name()
             if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)",
-            "torch": torch.__version__, "threads": torch.get_num_threads(), "from": args.run,
-            "model": model_cfg, "pretrain": config["pretrain"], "finetune": finetune, "classify": settings,
-            "lm_steps": args.lm_steps, "semi_steps": args.semi_steps, "scratch_steps": stages * args.steps_per_stage,
-            "scratch_lr": args.scratch_lr, "seeds": args.seeds, "minutes": (time.perf_counter() - started) / 60}
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "from": args.lm,
+            "finetune": config["finetune"], "classify": config["classify"], "lm_steps": args.lm_steps,
+            "semi_steps": args.semi_steps, "scratch_steps": args.scratch_steps,
+            "scratch_eval_every": args.scratch_eval_every, "scratch_lr": args.scratch_lr, "seeds": args.seeds,
+            "minutes": (time.perf_counter() - started) / 60}
     stem = os.path.join(args.out, f"ulmfit-curve-{device.type}-{meta['date']}-{meta['commit']}")
     atomic.write(stem + ".json", lambda f: json.dump({"meta": meta, "summary": summary, "points": points}, f,
                                                      indent=1), mode="w")
@@ -118,75 +185,29 @@ def _report(points, sizes, args, device, config, model_cfg, finetune, settings, 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--from", dest="run", required=True, help="a finished ulmfit run folder on TREC")
+    parser.add_argument("--from", dest="lm", required=True, help="the general LM's folder (model.pt, tokenizer.json)")
+    parser.add_argument("--config", default=os.path.join(reproduce.CONFIGS, "ulmfit_trec.yaml"))
+    parser.add_argument("--set", action="append", default=None,
+                        help="overrides of the config (default: the reproduction table's CPU scale)")
     parser.add_argument("--sizes", nargs="+", default=["100", "300", "1000", "all"],
                         help="labeled training examples (numbers, or 'all')")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--steps-per-stage", type=int, default=40,
-                        help="classifier steps per unfreezing stage; scratch trains stages x this many steps")
     parser.add_argument("--lm-steps", type=int, default=30, help="LM fine-tuning steps on the labeled text")
-    parser.add_argument("--semi-steps", type=int, default=150, help="LM fine-tuning steps on all training text")
+    parser.add_argument("--semi-steps", type=int, default=200, help="LM fine-tuning steps on all training text")
+    parser.add_argument("--scratch-steps", type=int, default=1200, help="scratch's most steps")
+    parser.add_argument("--scratch-eval-every", type=int, default=100, help="scratch's validation interval")
     parser.add_argument("--scratch-lr", type=float, default=2e-3)
     parser.add_argument("--out", default=RESULTS)
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     started = time.perf_counter()
-    state, tokenizer, config = pretrained_lm(args.run)
-    target, model_cfg = config["target"], config["model"]
-    train = D.load(target["dataset"], target.get("train", "train"))
-    test = D.load(target["dataset"], "test")
-    num_classes = max(label for label, _ in train) + 1
-    sizes = [len(train) if s == "all" else int(s) for s in args.sizes]
-    if any(not 0 < n <= len(train) for n in sizes):
-        raise ValueError(f"--sizes: each must lie in 1..{len(train)} or be 'all', got {args.sizes}")
-    finetune = {**config["finetune"], "eval_every": 0, "progress": False}
-    settings = {**config["classify"], "steps_per_stage": args.steps_per_stage}
-    stages = 2 + LSTMLMConfig(1, **model_cfg).num_layers  # embedding, each LSTM layer, head
-    max_len = int(settings.get("max_len", 128))
-    test_ids = encode_labelled(tokenizer, test, max_len)
-
-    def error(model) -> float:
-        model.eval()
-        with torch.no_grad():
-            return classification_metrics(model, test_ids, tokenizer.pad_id, device)["error"]
-
-    # the semi-supervised LM: once, on all of TREC's training text (no labels)
-    semi = _lm(state, tokenizer, model_cfg, device)
-    torch.manual_seed(0)
-    ulmfit.finetune_lm(semi, tokenizer, "\n".join(t for _, t in train), None, {**finetune, "steps": args.semi_steps},
-                       None, device, name="semi")
-    semi_state = {k: v.detach().clone() for k, v in semi.state_dict().items()}
-    points = []
-    for seed in args.seeds:
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed)).tolist()
-        for n in sizes:
-            labeled = [train[i] for i in order[:n]]
-            lms = {"ulmfit-semi-supervised": lambda: _lm(semi_state, tokenizer, model_cfg, device)}
-            if n == len(train):  # every example labeled: the two ULMFiT variants see the same text
-                lms["ulmfit-supervised"] = lms["ulmfit-semi-supervised"]
-            else:
-                def supervised():
-                    lm = _lm(state, tokenizer, model_cfg, device)
-                    torch.manual_seed(seed)
-                    ulmfit.finetune_lm(lm, tokenizer, "\n".join(t for _, t in labeled), None,
-                                       {**finetune, "steps": args.lm_steps, "seed": seed}, None, device, name="sup")
-                    return lm
-                lms["ulmfit-supervised"] = supervised
-            for method in METHODS:
-                t0 = time.perf_counter()
-                if method == "scratch":
-                    model = _scratch(tokenizer, model_cfg, labeled, num_classes, settings,
-                                     stages * args.steps_per_stage, args.scratch_lr, device, seed)
-                else:
-                    torch.manual_seed(seed)
-                    model, _ = ulmfit.train_classifier(lms[method](), tokenizer, labeled, None,
-                                                       {**settings, "seed": seed}, None, device, num_classes,
-                                                       progress=False)
-                points.append({"method": method, "examples": n, "seed": seed, "error": error(model),
-                               "seconds": time.perf_counter() - t0})
-                print(f"ulmfit-curve {method} n={n} seed={seed}: test error {points[-1]['error']:.4f} "
-                      f"({points[-1]['seconds']:.0f} s)", flush=True)
-    _report(points, sizes, args, device, config, model_cfg, finetune, settings, stages, started)
+    config = apply_overrides(load_config(args.config), reproduce.CPU_ULMFIT if args.set is None else args.set)
+    curve = Curve(config, args.lm, device, args.semi_steps)
+    sizes = [len(curve.train) if s == "all" else int(s) for s in args.sizes]
+    if any(not 0 < n <= len(curve.train) for n in sizes):
+        raise ValueError(f"--sizes: each must lie in 1..{len(curve.train)} or be 'all', got {args.sizes}")
+    points = _points(curve, args, sizes)
+    _report(points, sizes, args, device, config, started)
     return 0
 
 
