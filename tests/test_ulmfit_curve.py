@@ -35,6 +35,7 @@ def test_ulmfit_curve_tiny(tmp_path):
         for n in ("50", everything):
             s = result["summary"][method][n]
             assert 0 <= s["min"] <= s["mean"] <= s["max"] <= 1
-    assert report.with_suffix(".png").stat().st_size > 0 and f"| {everything} |" in report.with_suffix(".md").read_text()
+    assert report.with_suffix(".png").stat().st_size > 0
+    assert f"| {everything} |" in report.with_suffix(".md").read_text()
     with pytest.raises(ValueError, match="--sizes"):
         ulmfit_curve.main(["--from", str(run / "pretrain"), "--sizes", "0", "--out", str(tmp_path), *tiny])
