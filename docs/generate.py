@@ -46,7 +46,7 @@ def latest(family: str) -> tuple[str, dict]:
             stamp = STAMP.search(os.path.basename(path))
             found.append((str(meta.get("date") or (stamp.group(1) if stamp else "")), path, data))
     if not found:
-        raise FileNotFoundError(f"no results file of the family {family!r} in {RESULTS}")
+        raise FileNotFoundError(f"no results file of the family {family!r} in benchmarks/results")
     _, path, data = max(found)
     return path, data
 

@@ -20,6 +20,8 @@ CASES = [
     (3, 6, 1, 17, 9, 8, 12, False, "mask"),           # multi-query, Dv != D
     (2, 2, 2, 33, 40, 64, 64, True, "both"),
     (2, 4, 2, 17, 1000, 32, 32, True, "lengths"),    # a long cross-attention, causal with Tq != Tk
+    (2, 3, 3, 5, 9, 8, 8, True, "nothing"),           # a mask and lengths that pad no key
+    (3, 2, 1, 7, 7, 16, 16, False, "nothing"),
 ]
 
 
@@ -36,6 +38,8 @@ def _padding(kind, B, Tk):
     if kind in ("lengths", "both"):
         lengths = torch.randint(1, Tk + 1, (B,))
         lengths[0] = Tk
+    if kind == "nothing":
+        mask, lengths = torch.zeros(B, Tk, dtype=torch.bool), torch.full((B,), Tk)
     return mask, lengths
 
 

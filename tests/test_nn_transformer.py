@@ -204,3 +204,51 @@ def test_errors_name_the_argument():
         ours(tgt[:2], static, memory_lengths=[5, 5])
     with pytest.raises(ValueError, match="activation must be 'relu', 'gelu', 'gelu_tanh' or a callable"):
         fnn.TransformerEncoderLayer(D, HEADS, activation="tanh")
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_encoder_layer_inference_takes_torchs_fused_layer_where_torch_does(monkeypatch, activation, norm_first):
+    """In inference with nothing padded, the layer is torch's fused C++ layer (torch's answer, one call); with
+    a padded key, gradients, training, hooks or an activation torch's cannot fuse, fastseq's composition."""
+    calls = []
+    fused = torch._transformer_encoder_layer_fwd
+    monkeypatch.setattr(torch, "_transformer_encoder_layer_fwd", lambda *a: calls.append(1) or fused(*a))
+    torch.manual_seed(1)
+    ref, ours = (cls(D, HEADS, FF, dropout=0.1, activation=activation, batch_first=True, norm_first=norm_first)
+                 for cls in (torch.nn.TransformerEncoderLayer, fnn.TransformerEncoderLayer))
+    ours.load_state_dict(ref.state_dict())
+    ref.eval(), ours.eval()
+    x = torch.randn(3, 7, D)
+    nothing = torch.zeros(3, 7, dtype=torch.bool)
+    padded = nothing.clone()
+    padded[1, 5:] = True
+
+    def compare(mask, expect_fused, lengths=None):
+        calls.clear()
+        with torch.no_grad():
+            b = ours(x, src_key_padding_mask=None if lengths else mask, lengths=lengths)
+            used = len(calls)
+            a = ref(x, src_key_padding_mask=mask)
+        real = slice(None) if mask is None else ~mask
+        torch.testing.assert_close(b[real], a[real], rtol=1e-5, atol=1e-5)
+        assert used == int(expect_fused), (mask, lengths)
+
+    compare(None, True)
+    compare(nothing, True)
+    compare(padded, False)
+    compare(padded, False, lengths=[7, 5, 7])
+    handle = ours.linear1.register_forward_hook(lambda *a: None)
+    compare(None, False)
+    handle.remove()
+    calls.clear()
+    ours(x.requires_grad_()).sum().backward()  # gradients: the composition, which autograd differentiates
+    assert not calls
+    ours.train()
+    with torch.no_grad():
+        ours(x)
+    assert not calls
+    tanh = fnn.TransformerEncoderLayer(D, HEADS, FF, activation="gelu_tanh", batch_first=True).eval()
+    with torch.no_grad():
+        tanh(x)
+    assert not calls

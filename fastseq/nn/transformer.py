@@ -89,6 +89,9 @@ class TransformerEncoderLayer(_Layer):
 
     def forward(self, src: Tensor, src_mask: Optional[Tensor] = None, src_key_padding_mask: Optional[Tensor] = None,
                 is_causal: bool = False, lengths: Lengths = None, kv_cache: Optional[KVCache] = None) -> Tensor:
+        if src_mask is None and not is_causal and lengths is None and kv_cache is None and self._fused(src):
+            if src_key_padding_mask is None or _pads_nothing(src_key_padding_mask):
+                return self._fused_forward(src)
         x = src
         attend = (src_mask, src_key_padding_mask, is_causal, lengths, kv_cache)
         if self.norm_first:
@@ -96,6 +99,44 @@ class TransformerEncoderLayer(_Layer):
             return x + self._ff_block(self.norm2(x), self.dropout2)
         x = self.norm1(x + self._sa_block(x, *attend))
         return self.norm2(x + self._ff_block(x, self.dropout2))
+
+
+    def _fused(self, src: Tensor) -> bool:
+        """Whether torch's fused inference layer (torch.nn.TransformerEncoderLayer's fast path) serves this call
+        under torch's own conditions: one C++ call, where this layer's Python composition costs more per call."""
+        attn = self.self_attn
+        if (self.training or src.dim() != 3 or src.is_nested or not attn.batch_first or attn.in_proj_bias is None
+                or not attn._qkv_same_embed_dim or attn.bias_k is not None or attn.add_zero_attn
+                or self.activation not in (F.relu, F.gelu) or self.norm1.eps != self.norm2.eps
+                or attn.num_heads % 2 or not torch.backends.mha.get_fastpath_enabled()
+                or torch.is_autocast_enabled() or torch.compiler.is_compiling()):
+            return False
+        if any(m._forward_hooks or m._forward_pre_hooks for m in self.modules()):
+            return False
+        tensors = (src, *self._fused_weights())
+        if any(t is None for t in tensors) or torch.overrides.has_torch_function(tensors):
+            return False
+        if any(t.device.type not in ("cpu", "cuda") for t in tensors):
+            return False
+        return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+
+    def _fused_weights(self) -> tuple:
+        attn = self.self_attn
+        return (attn.in_proj_weight, attn.in_proj_bias, attn.out_proj.weight, attn.out_proj.bias, self.norm1.weight,
+                self.norm1.bias, self.norm2.weight, self.norm2.bias, self.linear1.weight, self.linear1.bias,
+                self.linear2.weight, self.linear2.bias)
+
+    def _fused_forward(self, src: Tensor) -> Tensor:
+        (wi, bi, wo, bo, n1w, n1b, n2w, n2b, w1, b1, w2, b2) = self._fused_weights()
+        return torch._transformer_encoder_layer_fwd(
+            src, self.self_attn.embed_dim, self.self_attn.num_heads, wi, bi, wo, bo, self.activation is F.gelu,
+            self.norm_first, self.norm1.eps, n1w, n1b, n2w, n2b, w1, b1, w2, b2, None, None)
+
+
+def _pads_nothing(key_padding_mask: Tensor) -> bool:
+    """A bool key padding mask with no True, read where reading it costs no sync (a CPU tensor)."""
+    return (key_padding_mask.dtype == torch.bool and key_padding_mask.device.type == "cpu"
+            and not bool(key_padding_mask.any()))
 
 
 class TransformerDecoderLayer(_Layer):
