@@ -7,6 +7,7 @@ norms, the embedding on top in LM fine-tuning, the falling rate ladder, the kept
 recipe's LM. Each LM's held-out loss (the general corpus' last 1%) is reported beside it.
 
     python experiments/ulmfit_ablation.py [--pretrain-steps 800] [--seeds 0 1 2] [--variants recipe ...]
+    python experiments/ulmfit_ablation.py --merge a.json b.json   # variants run in separate processes (--json)
 
 Writes JSON (every run, as it finishes) and a Markdown table under benchmarks/results/; LMs in --work.
 """
@@ -88,7 +89,11 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=RESULTS)
     parser.add_argument("--json", default=None, help="write here instead of OUT/ulmfit-ablation-<device>-<date>-"
                                                      "<commit>.json (runs split over processes, merged after)")
+    parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                        help="only merge these --json files (each variant once) into OUT's file")
     args = parser.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.out)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     base = reproduce.CPU_ULMFIT + [f"pretrain.steps={args.pretrain_steps}", "progress=false"] + args.set
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -118,6 +123,12 @@ def main(argv=None) -> int:
         rows.append({"variant": variant, "undone_by": sets, "lm": {"variant": lm_variant, **lm}, "runs": runs,
                      "mean": statistics.mean(errors), "std": statistics.pstdev(errors)})
         atomic.write(path, lambda f: json.dump({"meta": meta, "rows": rows}, f, indent=1), mode="w")
+    return write(path, meta, rows)
+
+
+def write(path: str, meta: dict, rows: list[dict]) -> int:
+    """The results file and its Markdown table beside it."""
+    atomic.write(path, lambda f: json.dump({"meta": meta, "rows": rows}, f, indent=1), mode="w")
     lines = ["| recipe, with this undone | validation error, mean (std) | seeds | its LM's held-out loss |",
              "| --- | --- | --- | --- |"]
     for r in rows:
@@ -127,6 +138,32 @@ def main(argv=None) -> int:
     print("\n".join(lines))
     print(f"wrote {path}")
     return 0
+
+
+def merge(parts: list[str], out: str) -> int:
+    """Files of runs split over processes -> one results file (the variants in this script's order; each part's
+    date and commit in its rows and in meta.parts). The parts must share the config, overrides and seeds."""
+    loaded = []
+    for part in parts:
+        with open(part) as f:
+            loaded.append(json.load(f))
+    same = ("config", "overrides", "seeds", "device", "torch")
+    for part, data in zip(parts[1:], loaded[1:]):
+        differ = [k for k in same if data["meta"].get(k) != loaded[0]["meta"].get(k)]
+        if differ:
+            raise SystemExit(f"--merge: {part} differs from {parts[0]} in {', '.join(differ)}")
+    rows, order = {}, list(LM_VARIANTS) + list(CLASSIFIER_VARIANTS)
+    for part, data in zip(parts, loaded):
+        for row in data["rows"]:
+            if row["variant"] in rows:
+                raise SystemExit(f"--merge: {row['variant']!r} is in more than one file ({part})")
+            rows[row["variant"]] = {**row, "date": data["meta"]["date"], "commit": data["meta"]["commit"]}
+    latest = max(loaded, key=lambda d: d["meta"]["date"])["meta"]
+    meta = {**latest, "parts": [{"file": os.path.basename(p), "date": d["meta"]["date"],
+                                 "commit": d["meta"]["commit"]} for p, d in zip(parts, loaded)]}
+    device = "cuda" if "CPU" not in meta["device"] else "cpu"
+    path = os.path.join(out, f"ulmfit-ablation-{device}-{meta['date'][:10]}-{meta['commit'][:7]}.json")
+    return write(path, meta, sorted(rows.values(), key=lambda r: order.index(r["variant"])))
 
 
 if __name__ == "__main__":
