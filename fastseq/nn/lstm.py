@@ -270,8 +270,9 @@ class LSTM(nn.Module):
         real_hidden = self.proj_size if self.proj_size > 0 else self.hidden_size
         h0, c0 = hx if hx is not None else (data.new_zeros(d * self.num_layers, batch, real_hidden),
                                             data.new_zeros(d * self.num_layers, batch, self.hidden_size))
-        lengths = (batch_sizes[None, :] > torch.arange(batch)[:, None]).sum(1)  # sorted non-increasing
-        lengths = None if int(lengths[-1]) == steps else lengths
+        lengths = None  # every row runs the whole sequence: its last step holds them all
+        if int(batch_sizes[-1]) != batch:
+            lengths = (batch_sizes[None, :] > torch.arange(batch)[:, None]).sum(1)  # sorted non-increasing
         shape = data.new_zeros(()).expand(steps, batch, data.shape[1])  # the padded input's shape, no copy
         return self._stacked(data, (h0, c0), data.requires_grad, lengths, batch_sizes, shape)
 
