@@ -39,3 +39,9 @@ def keep_mask(batch: int, num_keys: int, lengths: Optional[Tensor], key_padding_
         unpadded = ~key_padding_mask.to(device=device, dtype=torch.bool)
         keep = unpadded if keep is None else keep & unpadded
     return keep
+
+
+def keeps_all(keep: Tensor) -> bool:
+    """Whether a bool keep mask (True = attended) keeps every key, read only where that costs no sync: a CPU
+    tensor outside torch.compile (elsewhere False, and the caller takes its masked path)."""
+    return keep.device.type == "cpu" and not torch.compiler.is_compiling() and bool(keep.all())

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..masking import keeps_all
 from .kv_cache import KVCache
 from .linear import Linear
 from .multihead_attention import MultiheadAttention, PrecomputedKV
@@ -134,9 +135,8 @@ class TransformerEncoderLayer(_Layer):
 
 
 def _pads_nothing(key_padding_mask: Tensor) -> bool:
-    """A bool key padding mask with no True, read where reading it costs no sync (a CPU tensor)."""
-    return (key_padding_mask.dtype == torch.bool and key_padding_mask.device.type == "cpu"
-            and not bool(key_padding_mask.any()))
+    """A bool key padding mask with no True, read where reading it costs no sync (masking.keeps_all)."""
+    return key_padding_mask.dtype == torch.bool and keeps_all(~key_padding_mask)
 
 
 class TransformerDecoderLayer(_Layer):

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ...masking import keep_mask
+from ...masking import keep_mask, keeps_all
 from ...numerics import acc_dtype
 from ..checks import trusting
 from . import reference
@@ -50,8 +50,8 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, lengths: Optional[Tensor], key_paddin
     B, Hq, Tq, _ = q.shape
     Hkv, Tk = k.shape[1], k.shape[2]
     keep = keep_mask(B, Tk, lengths, key_padding_mask, q.device)
-    if keep is not None and q.device.type == "cpu" and not torch.compiler.is_compiling() and bool(keep.all()):
-        keep = None  # a padding that pads nothing (a CPU reads it without a sync): SDPA without a mask
+    if keep is not None and keeps_all(keep):
+        keep = None  # a padding that pads nothing: SDPA without a mask
     if keep is not None and not _finite_padding(k, v, lengths, key_padding_mask):
         padded = ~keep[:, None, :, None]
         k, v = k.masked_fill(padded, 0), v.masked_fill(padded, 0)
