@@ -252,12 +252,18 @@ class LSTM(nn.Module):
         on the parameters themselves -> (y, h_n, c_n), or None. x: time major, or a packed sequence's data
         with its batch_sizes (shape: a tensor of the padded input's shape; lengths sorted non-increasing)."""
         names = self._all_weights[0]
-        first = (getattr(self, names[0]), getattr(self, names[1]), getattr(self, names[2]) if self.bias else None,
-                 getattr(self, names[-1]) if self.proj_size > 0 else None)
-        grad = torch.is_grad_enabled() and (x_grad or any(p.requires_grad for p in self.parameters()))
-        weights = [getattr(self, name) for name in self._flat_weights_names]
+        weights = self._weights(self._flat_weights_names)
+        first = (weights[0], weights[1], weights[2] if self.bias else None,
+                 weights[len(names) - 1] if self.proj_size > 0 else None)
+        grad = torch.is_grad_enabled() and (x_grad or any(p.requires_grad for p in weights))
         return stacked(x, hx, weights, first, self.bias, self.num_layers, self.dropout, self.training,
                        self.bidirectional, grad, lengths, batch_sizes, shape)
+
+    def _weights(self, names: list[str]) -> list[Tensor]:
+        """The named weights: from the parameter dict itself (getattr costs a microsecond each), through getattr
+        where a parametrization (weight drop) computes one."""
+        params = self._parameters
+        return [params[name] if name in params else getattr(self, name) for name in names]
 
     def _packed(self, data: Tensor, batch_sizes: Tensor, hx: Optional[HiddenState]):
         """A packed sequence's (data (sum of lengths, H_in), batch_sizes) in one call when the backend chosen
