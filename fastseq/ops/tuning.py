@@ -93,7 +93,7 @@ _strikes: dict[str, int] = {}  # bucket -> probes in a row that found its choice
 
 def enabled() -> bool:
     """Whether calls are timed to choose a backend (FASTSEQ_AUTOTUNE, default on)."""
-    return _enabled(os.environ.get(ENV_VAR, "1"))
+    return _enabled(backends.getenv(ENV_VAR, "1"))
 
 
 @functools.lru_cache(maxsize=16)
