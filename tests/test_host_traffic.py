@@ -22,7 +22,8 @@ def _backends(*family):
 # Functions whose host reads run on CPU tensors only (another device takes a path without them)
 CPU_ONLY = {"_finite_padding": "reads k and v's sum only when they are CPU tensors (returns False elsewhere)",
             "check_host_lengths": "called for lengths on the CPU only (on a GPU an asynchronous device assert)",
-            "keeps_all": "reads a keep mask only when it is a CPU tensor (returns False elsewhere)"}
+            "keeps_all": "reads a keep mask only when it is a CPU tensor (returns False elsewhere)",
+            "each_row_keeps_one": "reads a keep mask only when it is a CPU tensor (returns False elsewhere)"}
 
 
 def _crossings(run, resident, warm: bool = True) -> list[str]:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ...masking import keep_mask, keeps_all
+from ...masking import each_row_keeps_one, keep_mask, keeps_all
 from ...numerics import acc_dtype
 from ..checks import trusting
 from . import reference
@@ -62,6 +62,8 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, lengths: Optional[Tensor], key_paddin
         seen = reference.visible(Tq, Tk, causal, lengths, key_padding_mask, B, q.device)
     else:  # reference.visible's mask, from the keep mask already made
         seen = None if keep is None else keep[:, None, None, :].expand(B, 1, Tq, Tk)
+        if attn_mask is None and seen is not None and not rows_see_a_key:
+            rows_see_a_key = each_row_keeps_one(keep)
     if attn_mask is None or attn_mask.dtype == torch.bool:  # SDPA's bool mask: True = may attend
         if attn_mask is not None:
             seen = ~attn_mask if seen is None else seen & ~attn_mask
