@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from fastseq import nn as fnn
+from fastseq.ops import tuning
 
 D, HEADS, FF = 16, 4, 24
 
@@ -210,7 +211,8 @@ def test_errors_name_the_argument():
 @pytest.mark.parametrize("norm_first", [False, True])
 def test_encoder_layer_inference_takes_torchs_fused_layer_where_torch_does(monkeypatch, activation, norm_first):
     """In inference with nothing padded, the layer is torch's fused C++ layer (torch's answer, one call); with
-    a padded key, gradients, training, hooks or an activation torch's cannot fuse, fastseq's composition."""
+    a padded key, the chooser's pick of the two; with gradients, training, hooks or an activation torch's
+    cannot fuse, fastseq's composition."""
     calls = []
     fused = torch._transformer_encoder_layer_fwd
     monkeypatch.setattr(torch, "_transformer_encoder_layer_fwd", lambda *a: calls.append(1) or fused(*a))
@@ -236,7 +238,10 @@ def test_encoder_layer_inference_takes_torchs_fused_layer_where_torch_does(monke
 
     compare(None, True)
     compare(nothing, True)
-    compare(padded, False)
+    for choice in ("fused", "composed"):  # under real padding the chooser picks (its measurement aside here)
+        with monkeypatch.context() as m:
+            m.setattr(tuning, "pick", lambda family, candidates, call: choice)
+            compare(padded, choice == "fused")
     compare(padded, False, lengths=[7, 5, 7])
     handle = ours.linear1.register_forward_hook(lambda *a: None)
     compare(None, False)
@@ -252,3 +257,27 @@ def test_encoder_layer_inference_takes_torchs_fused_layer_where_torch_does(monke
     with torch.no_grad():
         tanh(x)
     assert not calls
+
+
+def test_encoder_layer_under_padding_measures_fused_against_composed(monkeypatch, tmp_path):
+    """The chooser times both ways for the padded shape's bucket (once) and keeps the faster: either way the
+    real positions are torch's."""
+    monkeypatch.setenv("FASTSEQ_CACHE", str(tmp_path / "choices.json"))
+    monkeypatch.setattr(tuning, "_file", None)
+    seen = []
+    pick = tuning.pick
+    monkeypatch.setattr(tuning, "pick", lambda family, candidates, call: seen.append(family) or pick(family,
+                                                                                                    candidates, call))
+    torch.manual_seed(2)
+    ref = torch.nn.TransformerEncoderLayer(D, HEADS, FF, batch_first=True).eval()
+    ours = fnn.TransformerEncoderLayer(D, HEADS, FF, batch_first=True).eval()
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(4, 11, D)
+    pad = torch.arange(11)[None, :] >= torch.tensor([11, 7, 3, 9])[:, None]
+    with torch.no_grad():
+        for _ in range(2):
+            torch.testing.assert_close(ours(x, src_key_padding_mask=pad)[~pad], ref(x, src_key_padding_mask=pad)[~pad],
+                                       rtol=1e-5, atol=1e-5)
+    assert "encoder_layer" in seen
+    assert any(b.startswith("encoder_layer|") and m.backend in ("fused", "composed")
+               for b, m in tuning.choices().items())

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..masking import keeps_all
+from ..ops import tuning
 from .kv_cache import KVCache
 from .linear import Linear
 from .multihead_attention import MultiheadAttention, PrecomputedKV
@@ -91,10 +92,15 @@ class TransformerEncoderLayer(_Layer):
     def forward(self, src: Tensor, src_mask: Optional[Tensor] = None, src_key_padding_mask: Optional[Tensor] = None,
                 is_causal: bool = False, lengths: Lengths = None, kv_cache: Optional[KVCache] = None) -> Tensor:
         if src_mask is None and not is_causal and lengths is None and kv_cache is None and self._fused(src):
-            if src_key_padding_mask is None or _pads_nothing(src_key_padding_mask):
-                return self._fused_forward(src)
+            pad = src_key_padding_mask
+            if pad is None or _pads_nothing(pad):
+                return self._fused_forward(src, None)
+            if pad.dtype == torch.bool and tuple(pad.shape) == tuple(src.shape[:2]) and self._fused_wins(src, pad):
+                return self._fused_forward(src, pad)
+        return self._composed(src, src_mask, src_key_padding_mask, is_causal, lengths, kv_cache)
+
+    def _composed(self, src: Tensor, *attend) -> Tensor:
         x = src
-        attend = (src_mask, src_key_padding_mask, is_causal, lengths, kv_cache)
         if self.norm_first:
             x = x + self._sa_block(self.norm1(x), *attend)
             return x + self._ff_block(self.norm2(x), self.dropout2)
@@ -127,11 +133,27 @@ class TransformerEncoderLayer(_Layer):
                 self.norm1.bias, self.norm2.weight, self.norm2.bias, self.linear1.weight, self.linear1.bias,
                 self.linear2.weight, self.linear2.bias)
 
-    def _fused_forward(self, src: Tensor) -> Tensor:
+    def _fused_forward(self, src: Tensor, key_padding_mask: Optional[Tensor]) -> Tensor:
         (wi, bi, wo, bo, n1w, n1b, n2w, n2b, w1, b1, w2, b2) = self._fused_weights()
         return torch._transformer_encoder_layer_fwd(
             src, self.self_attn.embed_dim, self.self_attn.num_heads, wi, bi, wo, bo, self.activation is F.gelu,
-            self.norm_first, self.norm1.eps, n1w, n1b, n2w, n2b, w1, b1, w2, b2, None, None)
+            self.norm_first, self.norm1.eps, n1w, n1b, n2w, n2b, w1, b1, w2, b2, key_padding_mask,
+            None if key_padding_mask is None else 1)
+
+    def _fused_wins(self, src: Tensor, key_padding_mask: Tensor) -> bool:
+        """Under key padding, whether torch's fused layer (its masked softmax over every key) is the faster here
+        than this layer's composition (attention that skips the padded keys), as the chooser measures the
+        shape's bucket (fastseq.ops.tuning; the composition where nothing is measured)."""
+        B, T, E = src.shape
+
+        def run(how: str) -> None:
+            if how == "fused":
+                self._fused_forward(src, key_padding_mask)
+            else:
+                self._composed(src, None, key_padding_mask, False, None, None)
+        call = tuning.Call(src.device, src.dtype, False, (B, T, E, self.linear1.out_features),
+                           (self.norm_first, self.self_attn.num_heads), run)
+        return tuning.pick("encoder_layer", ("fused", "composed"), call) == "fused"
 
 
 def _pads_nothing(key_padding_mask: Tensor) -> bool:
