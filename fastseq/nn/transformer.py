@@ -107,7 +107,6 @@ class TransformerEncoderLayer(_Layer):
         x = self.norm1(x + self._sa_block(x, *attend))
         return self.norm2(x + self._ff_block(x, self.dropout2))
 
-
     def _fused(self, src: Tensor) -> bool:
         """Whether torch's fused inference layer (torch.nn.TransformerEncoderLayer's fast path) serves this call
         under torch's own conditions: one C++ call, where this layer's Python composition costs more per call."""

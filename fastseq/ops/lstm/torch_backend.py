@@ -40,16 +40,11 @@ def lstm(x: Tensor, hx: tuple[Tensor, Tensor], weights: list[Tensor], has_biases
     """Every layer and direction of a time-major x in torch's one call, as torch.nn.LSTM makes it: weights
     per layer and direction w_ih, w_hh[, b_ih, b_hh][, w_hr] (its parameters themselves) -> (y, h_n, c_n).
     With batch_sizes, x is a PackedSequence's data and y is too."""
-    if x.device.type != "cuda":  # nothing to switch (and no context manager's cost per call)
-        if batch_sizes is not None:
-            return torch._VF.lstm(x, batch_sizes, hx, weights, has_biases, num_layers, dropout, training,
-                                  bidirectional)
-        return torch._VF.lstm(x, hx, weights, has_biases, num_layers, dropout, training, bidirectional, False)
+    args = (hx, weights, has_biases, num_layers, dropout, training, bidirectional)
+    if x.device.type != "cuda":  # no precision to switch (and no context manager's cost per call)
+        return torch._VF.lstm(x, batch_sizes, *args) if batch_sizes is not None else torch._VF.lstm(x, *args, False)
     with _ieee_float32(x):
-        if batch_sizes is not None:
-            return torch._VF.lstm(x, batch_sizes, hx, weights, has_biases, num_layers, dropout, training,
-                                  bidirectional)
-        return torch._VF.lstm(x, hx, weights, has_biases, num_layers, dropout, training, bidirectional, False)
+        return torch._VF.lstm(x, batch_sizes, *args) if batch_sizes is not None else torch._VF.lstm(x, *args, False)
 
 
 def lstm_step(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
