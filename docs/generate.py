@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import html
 import json
 import os
 import re
@@ -175,27 +176,33 @@ def ulmfit_curve() -> str:
 
 def ulmfit_ablation() -> str:
     path, data = latest("ulmfit-ablation-cpu")
-    out = [[r["variant"], f"{100 * r['mean']:.1f}% ({100 * r['std']:.1f})", len(r["runs"]),
+    out = [[html.escape(r["variant"]), f"{100 * r['mean']:.1f}% ({100 * r['std']:.1f})", len(r["runs"]),
             f"{r['lm']['held_out_loss']:.3f}"] for r in data["rows"]]
     return source(path, data) + "\n\n" + table(["the recipe, with this undone", "TREC-6 validation error, mean (std)",
                                                  "seeds", "its LM's held-out loss"], out)
 
 
 def ulmfit_ablation_summary() -> str:
-    """A line per change of the recipe: what undoing it did to TREC-6 validation error, against the recipe's
-    own in the same file (positive: the change helps)."""
+    """A line per change of the recipe: what undoing it did to TREC-6 validation error against the recipe's own
+    in the same file, with two standard errors of the difference (the seeds' sample spread)."""
     path, data = latest("ulmfit-ablation-cpu")
     rows = {r["variant"]: r for r in data["rows"]}
     recipe = rows["recipe"]
+
+    def spread(r):  # the sample variance of the mean (the files hold the population std)
+        n = len(r["runs"])
+        return r["std"] ** 2 / (n - 1) if n > 1 else float("nan")
     out = []
     for variant, r in rows.items():
-        if variant != "recipe":
-            effect = 100 * (r["mean"] - recipe["mean"])
-            out.append(f"- undone, *{variant}*: {100 * r['mean']:.1f}% (std {100 * r['std']:.1f}): the change is "
-                       f"worth {effect:+.1f} points")
-    return (f"TREC-6 validation error of ULMFiT's recipe at CPU scale: {100 * recipe['mean']:.1f}% (std "
-            f"{100 * recipe['std']:.1f}), mean of {len(recipe['runs'])} seeds; with one change undone:\n\n" +
-            "\n".join(out) + "\n\n" + source(path, data))
+        if variant == "recipe":
+            continue
+        effect, two_se = 100 * (r["mean"] - recipe["mean"]), 200 * (spread(r) + spread(recipe)) ** 0.5
+        verdict = "helps" if effect > two_se else "hurts" if effect < -two_se else "within the noise"
+        out.append([r.get("change", variant), f"{100 * r['mean']:.1f}%", f"{effect:+.1f} ± {two_se:.1f}", verdict])
+    return (f"TREC-6 validation error of the whole recipe at CPU scale: {100 * recipe['mean']:.1f}% (mean of "
+            f"{len(recipe['runs'])} seeds). Each change undone on its own:\n\n"
+            + table(["change", "error without it", "what it is worth (points, ± 2 s.e.)", "verdict"], out)
+            + "\n\n" + source(path, data))
 
 
 def backends_table() -> str:

@@ -48,6 +48,18 @@ CLASSIFIER_VARIANTS = {
     "a fresh optimizer each stage": ["classify.keep_optimizer=false"],
 }
 
+# the change each variant undoes, as the docs name it
+CHANGES = {
+    "element-wise dropout": "AWD-LSTM's dropouts (whole words from the embedding, one mask across time)",
+    "weight decay on all": "no weight decay on biases, norms and embeddings",
+    "no <bos>": "a `<bos>` token before every text",
+    "<unk> split": "WikiText's `<unk>` kept one token",
+    "layer norms in the head": "batch norms in the classifier head",
+    "embedding at the bottom (LM fine-tuning)": "the tied embedding/decoder in LM fine-tuning's top rate group",
+    "one rate for every stage": "the falling rate ladder across the unfreezing stages",
+    "a fresh optimizer each stage": "one optimizer kept across the unfreezing stages",
+}
+
 
 def pretrain(config: dict, folder: str, device) -> dict:
     """The general LM of `config` into folder/pretrain (kept: a second call reuses it) -> its record."""
@@ -128,6 +140,7 @@ def main(argv=None) -> int:
 
 def write(path: str, meta: dict, rows: list[dict]) -> int:
     """The results file and its Markdown table beside it."""
+    rows = [{**r, "change": CHANGES[r["variant"]]} if r["variant"] in CHANGES else r for r in rows]
     atomic.write(path, lambda f: json.dump({"meta": meta, "rows": rows}, f, indent=1), mode="w")
     lines = ["| recipe, with this undone | validation error, mean (std) | seeds | its LM's held-out loss |",
              "| --- | --- | --- | --- |"]

@@ -201,7 +201,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     started = time.perf_counter()
-    config = apply_overrides(load_config(args.config), reproduce.CPU_ULMFIT if args.set is None else args.set)
+    config = apply_overrides(load_config(args.config), reproduce.CPU["trec_ulmfit"] if args.set is None else args.set)
     curve = Curve(config, args.lm, device, args.semi_steps)
     sizes = [len(curve.train) if s == "all" else int(s) for s in args.sizes]
     if any(not 0 < n <= len(curve.train) for n in sizes):
