@@ -121,6 +121,30 @@ def parity(family: str) -> Callable[[], str]:
     return render
 
 
+def parity_side_by_side() -> str:
+    """The parity runs of one session side by side (benchmarks/results/side-by-side/, oldest first): per module
+    and mode, the median of the rows' ratios to torch.nn in each run, and each run's commit."""
+    runs = []
+    for path in glob.glob(os.path.join(RESULTS, "side-by-side", "parity-*.json")):
+        with open(path) as f:
+            runs.append((json.load(f), path))
+    if not runs:
+        raise FileNotFoundError("no parity runs in benchmarks/results/side-by-side")
+    runs.sort(key=lambda run: run[0]["meta"]["date"])
+    keys = list(dict.fromkeys((r["module"], r["mode"]) for data, _ in runs for r in data["rows"]))
+    out = []
+    for module, mode in keys:
+        cells = []
+        for data, _ in runs:
+            ratios = sorted(r["ratio"] for r in data["rows"] if (r["module"], r["mode"]) == (module, mode))
+            cells.append(_x(ratios[len(ratios) // 2]) + f" ({len(ratios)})" if ratios else "—")
+        out.append([module, mode, *cells])
+    header = ["module", "mode", *(f"{d['meta']['commit'][:7]} ({d['meta']['date'][11:16]} UTC)" for d, _ in runs)]
+    files = ", ".join(f"`{os.path.relpath(p, ROOT)}`" for _, p in runs)
+    return (f"{runs[0][0]['meta']['date'][:10]}, {runs[0][0]['meta']['device']}, torch {runs[0][0]['meta']['torch']}; "
+            f"median ratio to torch.nn (rows): {files}.\n\n" + table(header, out))
+
+
 def busy() -> str:
     path, data = latest("lstm-busy-cpu")
     out = [[r["mode"], _sizes(r["sizes"]), r["cache"], r["serving_busy"], f"{r['call_median_ms']:.3g} ms",
@@ -289,6 +313,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "headline-gpu": headline_gpu,
     "parity-cpu": parity("parity-cpu-cpu"),
     "parity-converted-cpu": parity("parity-cpu-cpu-converted"),
+    "parity-side-by-side-cpu": parity_side_by_side,
     "lstm-cpu": sweep("lstm-cpu-cpu-cpu-loop-after", "lstm"),
     "attention-cpu": sweep("attention-cpu-cpu", "attention"),
     "additive-attention-cpu": sweep("additive-attention-cpu-cpu", "additive_attention"),

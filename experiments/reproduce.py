@@ -91,7 +91,7 @@ CPU = {
                   "model.embed_dropout=0.05", "model.hidden_dropout=0.1", "model.output_dropout=0.1",
                   "model.weight_drop=0.0", "data.block=128", "data.batch=32", "train.steps=1650", "train.lr=3.0e-3",
                   "train.warmup=50"],
-    "mt_transformer": ["data.tokenizer.vocab_size=5000", "data.max_tokens=2048", "train.steps=1100",
+    "mt_transformer": ["data.tokenizer.vocab_size=5000", "data.max_tokens=2048", "train.steps=950",
                        "train.lr=1.5e-3", "train.schedule=cosine", "train.warmup=80", "train.min_lr_ratio=0.0"],
     "mt_attention": ["data.tokenizer.vocab_size=5000", "model.hidden_size=256", "train.steps=800", "train.lr=2.0e-3",
                      "train.warmup=50"],
