@@ -304,3 +304,26 @@ def test_the_torch_backend_runs_every_layer_in_torch_s_one_call(config, train):
         want = torch.autograd.grad((expected * w).sum() + eh.sum() + ec.sum(), [x, *ref.parameters()])
         for g, e in zip(got, want):
             torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("module", ["LSTM", "LSTMCell"])
+def test_a_parametrized_weight_is_the_one_used(module):
+    """A parametrization (weight drop, weight norm) computes the weight on each access: the modules, which read
+    plain parameters from the parameter dict, use the computed one, as torch's do."""
+    from torch.nn.utils import parametrize
+
+    class Halve(torch.nn.Module):
+        def forward(self, w):
+            return w / 2
+
+    torch.manual_seed(3)
+    ref = getattr(torch.nn, module)(5, 7).double()
+    ours = getattr(fastseq.nn, module)(5, 7).double()
+    ours.load_state_dict(ref.state_dict())
+    name = "weight_hh" if module == "LSTMCell" else "weight_hh_l0"
+    for m in (ref, ours):
+        parametrize.register_parametrization(m, name, Halve())
+    x = torch.randn(3, 5, dtype=torch.float64)
+    a, b = ref(x), ours(x)
+    for u, v in zip(a if module == "LSTMCell" else (a[0], *a[1]), b if module == "LSTMCell" else (b[0], *b[1])):
+        torch.testing.assert_close(v, u, rtol=1e-10, atol=1e-10)

@@ -307,6 +307,9 @@ class LSTM(nn.Module):
         return (output.transpose(0, 1) if self.batch_first else output), (h_n, c_n)
 
 
+_CELL_WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+
+
 class LSTMCell(nn.LSTMCell):
     """One LSTM step; see torch.nn.LSTMCell. Runs `fastseq.ops.lstm_step`: the projections, then the gate
     nonlinearities and the cell update as one fused op, or torch's own cell where it is the faster.
@@ -347,12 +350,14 @@ class LSTMCell(nn.LSTMCell):
             raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
         if input.size(-1) != self.input_size:
             raise RuntimeError(f"input has inconsistent input_size: got {input.size(-1)} expected {self.input_size}")
-        autocast = autocast_dtype(input.device) is not None  # the op casts inputs and weights to its dtype
-        if input.dtype != self.weight_ih.dtype and not autocast:
-            raise TypeError(f"input must have the dtype of the parameters ({self.weight_ih.dtype}), got {input.dtype}")
-        if input.device != self.weight_ih.device:
-            raise RuntimeError(f"input must be on the device of the parameters ({self.weight_ih.device}), "
-                               f"got {input.device}")
+        params = self._parameters  # the dict itself (getattr costs a microsecond each), getattr for a parametrization
+        w_ih, w_hh, b_ih, b_hh = (params[n] if n in params else getattr(self, n) for n in _CELL_WEIGHTS)
+        device = input.device
+        autocast = autocast_dtype(device) is not None  # the op casts inputs and weights to its dtype
+        if input.dtype != w_ih.dtype and not autocast:
+            raise TypeError(f"input must have the dtype of the parameters ({w_ih.dtype}), got {input.dtype}")
+        if device != w_ih.device:
+            raise RuntimeError(f"input must be on the device of the parameters ({w_ih.device}), got {device}")
         unbatched = input.dim() == 1
         x = input.unsqueeze(0) if unbatched else input
         if hx is None:
@@ -370,8 +375,8 @@ class LSTMCell(nn.LSTMCell):
                                        f"{tuple(t.shape)}" + (" (unbatched input)" if unbatched else ""))
                 if t.dtype != x.dtype and not autocast:
                     raise TypeError(f"{name} must have the dtype of input ({x.dtype}), got {t.dtype}")
-                if t.device != x.device:
-                    raise RuntimeError(f"{name} must be on the device of input ({x.device}), got {t.device}")
+                if t.device != device:
+                    raise RuntimeError(f"{name} must be on the device of input ({device}), got {t.device}")
         step = ops.lstm_step if autocast else checked_step  # checked above, as torch.nn.LSTMCell checks
-        h, c = step(x, h, c, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        h, c = step(x, h, c, w_ih, w_hh, b_ih, b_hh)
         return (h.squeeze(0), c.squeeze(0)) if unbatched else (h, c)
