@@ -50,7 +50,8 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, lengths: Optional[Tensor], key_paddin
     B, Hq, Tq, _ = q.shape
     Hkv, Tk = k.shape[1], k.shape[2]
     keep = keep_mask(B, Tk, lengths, key_padding_mask, q.device)
-    if keep is not None and keeps_all(keep):
+    decoding = trusting()  # a decoding step reads nothing on the host
+    if keep is not None and not decoding and keeps_all(keep):
         keep = None  # a padding that pads nothing: SDPA without a mask
     if keep is not None and not _finite_padding(k, v, lengths, key_padding_mask):
         padded = ~keep[:, None, :, None]
@@ -62,7 +63,7 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, lengths: Optional[Tensor], key_paddin
         seen = reference.visible(Tq, Tk, causal, lengths, key_padding_mask, B, q.device)
     else:  # reference.visible's mask, from the keep mask already made
         seen = None if keep is None else keep[:, None, None, :].expand(B, 1, Tq, Tk)
-        if attn_mask is None and seen is not None and not rows_see_a_key:
+        if attn_mask is None and seen is not None and not rows_see_a_key and not decoding:
             rows_see_a_key = each_row_keeps_one(keep)
     if attn_mask is None or attn_mask.dtype == torch.bool:  # SDPA's bool mask: True = may attend
         if attn_mask is not None:
