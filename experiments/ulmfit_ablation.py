@@ -134,14 +134,20 @@ def main(argv=None) -> int:
         errors = [r["valid_error"] for r in runs]
         rows.append({"variant": variant, "undone_by": sets, "lm": {"variant": lm_variant, **lm}, "runs": runs,
                      "mean": statistics.mean(errors), "std": statistics.pstdev(errors)})
-        atomic.write(path, lambda f: json.dump({"meta": meta, "rows": rows}, f, indent=1), mode="w")
+        save(path, meta, rows)  # after every variant, so that a stopped run keeps the variants it finished
     return write(path, meta, rows)
+
+
+def save(path: str, meta: dict, rows: list[dict]) -> list[dict]:
+    """The results file, each row with the change it undoes -> the rows written."""
+    rows = [{**r, "change": CHANGES[r["variant"]]} if r["variant"] in CHANGES else r for r in rows]
+    atomic.write(path, lambda f: json.dump({"meta": meta, "rows": rows}, f, indent=1), mode="w")
+    return rows
 
 
 def write(path: str, meta: dict, rows: list[dict]) -> int:
     """The results file and its Markdown table beside it."""
-    rows = [{**r, "change": CHANGES[r["variant"]]} if r["variant"] in CHANGES else r for r in rows]
-    atomic.write(path, lambda f: json.dump({"meta": meta, "rows": rows}, f, indent=1), mode="w")
+    rows = save(path, meta, rows)
     lines = ["| recipe, with this undone | validation error, mean (std) | seeds | its LM's held-out loss |",
              "| --- | --- | --- | --- |"]
     for r in rows:

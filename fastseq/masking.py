@@ -41,13 +41,18 @@ def keep_mask(batch: int, num_keys: int, lengths: Optional[Tensor], key_padding_
     return keep
 
 
+def _readable(mask: Tensor) -> bool:
+    """Whether reading the mask's values costs no sync: a CPU tensor outside torch.compile."""
+    return mask.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
 def keeps_all(keep: Tensor) -> bool:
-    """Whether a bool keep mask (True = attended) keeps every key, read only where that costs no sync: a CPU
-    tensor outside torch.compile (elsewhere False, and the caller takes its masked path)."""
-    return keep.device.type == "cpu" and not torch.compiler.is_compiling() and bool(keep.all())
+    """Whether a bool keep mask (True = attended) keeps every key, read only where that costs no sync
+    (elsewhere False, and the caller takes its masked path)."""
+    return _readable(keep) and bool(keep.all())
 
 
 def each_row_keeps_one(keep: Tensor) -> bool:
     """Whether every row of a (B, Tk) keep mask keeps at least one key, read only where that costs no sync (as
     keeps_all): then no query of a padding-only mask sees nothing, and no output row needs zeroing."""
-    return keep.device.type == "cpu" and not torch.compiler.is_compiling() and bool(keep.any(1).all())
+    return _readable(keep) and bool(keep.any(1).all())

@@ -252,18 +252,12 @@ class LSTM(nn.Module):
         on the parameters themselves -> (y, h_n, c_n), or None. x: time major, or a packed sequence's data
         with its batch_sizes (shape: a tensor of the padded input's shape; lengths sorted non-increasing)."""
         names = self._all_weights[0]
-        weights = self._weights(self._flat_weights_names)
+        weights = _weights(self, self._flat_weights_names)
         first = (weights[0], weights[1], weights[2] if self.bias else None,
                  weights[len(names) - 1] if self.proj_size > 0 else None)
         grad = torch.is_grad_enabled() and (x_grad or any(p.requires_grad for p in weights))
         return stacked(x, hx, weights, first, self.bias, self.num_layers, self.dropout, self.training,
                        self.bidirectional, grad, lengths, batch_sizes, shape)
-
-    def _weights(self, names: list[str]) -> list[Tensor]:
-        """The named weights: from the parameter dict itself (getattr costs a microsecond each), through getattr
-        where a parametrization (weight drop) computes one."""
-        params = self._parameters
-        return [params[name] if name in params else getattr(self, name) for name in names]
 
     def _packed(self, data: Tensor, batch_sizes: Tensor, hx: Optional[HiddenState]):
         """A packed sequence's (data (sum of lengths, H_in), batch_sizes) in one call when the backend chosen
@@ -310,6 +304,13 @@ class LSTM(nn.Module):
 _CELL_WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
 
+def _weights(module: nn.Module, names: Sequence[str]) -> list[Optional[Tensor]]:
+    """The module's named weights: from its parameter dict itself (getattr costs a microsecond each), through
+    getattr where a parametrization (weight drop) computes one."""
+    params = module._parameters
+    return [params[name] if name in params else getattr(module, name) for name in names]
+
+
 class LSTMCell(nn.LSTMCell):
     """One LSTM step; see torch.nn.LSTMCell. Runs `fastseq.ops.lstm_step`: the projections, then the gate
     nonlinearities and the cell update as one fused op, or torch's own cell where it is the faster.
@@ -350,8 +351,7 @@ class LSTMCell(nn.LSTMCell):
             raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
         if input.size(-1) != self.input_size:
             raise RuntimeError(f"input has inconsistent input_size: got {input.size(-1)} expected {self.input_size}")
-        params = self._parameters  # the dict itself (getattr costs a microsecond each), getattr for a parametrization
-        w_ih, w_hh, b_ih, b_hh = (params[n] if n in params else getattr(self, n) for n in _CELL_WEIGHTS)
+        w_ih, w_hh, b_ih, b_hh = _weights(self, _CELL_WEIGHTS)
         device = input.device
         autocast = autocast_dtype(device) is not None  # the op casts inputs and weights to its dtype
         if input.dtype != w_ih.dtype and not autocast:

@@ -91,12 +91,16 @@ class TransformerEncoderLayer(_Layer):
 
     def forward(self, src: Tensor, src_mask: Optional[Tensor] = None, src_key_padding_mask: Optional[Tensor] = None,
                 is_causal: bool = False, lengths: Lengths = None, kv_cache: Optional[KVCache] = None) -> Tensor:
-        if src_mask is None and not is_causal and lengths is None and kv_cache is None and self._fused(src):
+        weights = None
+        if src_mask is None and not is_causal and lengths is None and kv_cache is None:
+            weights = self._fused(src)
+        if weights is not None:
             pad = src_key_padding_mask
             if pad is None or _pads_nothing(pad):
-                return self._fused_forward(src, None)
-            if pad.dtype == torch.bool and tuple(pad.shape) == tuple(src.shape[:2]) and self._fused_wins(src, pad):
-                return self._fused_forward(src, pad)
+                return self._fused_forward(src, weights, None)
+            if (pad.dtype == torch.bool and tuple(pad.shape) == tuple(src.shape[:2])
+                    and self._fused_wins(src, weights, pad)):
+                return self._fused_forward(src, weights, pad)
         return self._composed(src, src_mask, src_key_padding_mask, is_causal, lengths, kv_cache)
 
     def _composed(self, src: Tensor, *attend) -> Tensor:
@@ -107,39 +111,37 @@ class TransformerEncoderLayer(_Layer):
         x = self.norm1(x + self._sa_block(x, *attend))
         return self.norm2(x + self._ff_block(x, self.dropout2))
 
-    def _fused(self, src: Tensor) -> bool:
-        """Whether torch's fused inference layer (torch.nn.TransformerEncoderLayer's fast path) serves this call
-        under torch's own conditions: one C++ call, where this layer's Python composition costs more per call."""
+    def _fused(self, src: Tensor) -> Optional[tuple]:
+        """The weights of torch's fused inference layer (torch.nn.TransformerEncoderLayer's fast path) where it
+        serves this call under torch's own conditions (one C++ call, where this layer's Python composition costs
+        more per call); else None."""
         attn = self.self_attn
         if (self.training or src.dim() != 3 or src.is_nested or not attn.batch_first or attn.in_proj_bias is None
                 or not attn._qkv_same_embed_dim or attn.bias_k is not None or attn.add_zero_attn
                 or self.activation not in (F.relu, F.gelu) or self.norm1.eps != self.norm2.eps
                 or attn.num_heads % 2 or not torch.backends.mha.get_fastpath_enabled()
                 or torch.is_autocast_enabled() or torch.compiler.is_compiling()):
-            return False
+            return None
         if any(m._forward_hooks or m._forward_pre_hooks for m in self.modules()):
-            return False
-        tensors = (src, *self._fused_weights())
+            return None
+        weights = (attn.in_proj_weight, attn.in_proj_bias, attn.out_proj.weight, attn.out_proj.bias,
+                   self.norm1.weight, self.norm1.bias, self.norm2.weight, self.norm2.bias, self.linear1.weight,
+                   self.linear1.bias, self.linear2.weight, self.linear2.bias)
+        tensors = (src, *weights)
         if any(t is None for t in tensors) or torch.overrides.has_torch_function(tensors):
-            return False
+            return None
         if any(t.device.type not in ("cpu", "cuda") for t in tensors):
-            return False
-        return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+            return None
+        return None if torch.is_grad_enabled() and any(t.requires_grad for t in tensors) else weights
 
-    def _fused_weights(self) -> tuple:
-        attn = self.self_attn
-        return (attn.in_proj_weight, attn.in_proj_bias, attn.out_proj.weight, attn.out_proj.bias, self.norm1.weight,
-                self.norm1.bias, self.norm2.weight, self.norm2.bias, self.linear1.weight, self.linear1.bias,
-                self.linear2.weight, self.linear2.bias)
-
-    def _fused_forward(self, src: Tensor, key_padding_mask: Optional[Tensor]) -> Tensor:
-        (wi, bi, wo, bo, n1w, n1b, n2w, n2b, w1, b1, w2, b2) = self._fused_weights()
+    def _fused_forward(self, src: Tensor, weights: tuple, key_padding_mask: Optional[Tensor]) -> Tensor:
+        (wi, bi, wo, bo, n1w, n1b, n2w, n2b, w1, b1, w2, b2) = weights
         return torch._transformer_encoder_layer_fwd(
             src, self.self_attn.embed_dim, self.self_attn.num_heads, wi, bi, wo, bo, self.activation is F.gelu,
             self.norm_first, self.norm1.eps, n1w, n1b, n2w, n2b, w1, b1, w2, b2, key_padding_mask,
             None if key_padding_mask is None else 1)
 
-    def _fused_wins(self, src: Tensor, key_padding_mask: Tensor) -> bool:
+    def _fused_wins(self, src: Tensor, weights: tuple, key_padding_mask: Tensor) -> bool:
         """Under key padding, whether torch's fused layer (its masked softmax over every key) is the faster here
         than this layer's composition (attention that skips the padded keys), as the chooser measures the
         shape's bucket (fastseq.ops.tuning; the composition where nothing is measured)."""
@@ -147,7 +149,7 @@ class TransformerEncoderLayer(_Layer):
 
         def run(how: str) -> None:
             if how == "fused":
-                self._fused_forward(src, key_padding_mask)
+                self._fused_forward(src, weights, key_padding_mask)
             else:
                 self._composed(src, None, key_padding_mask, False, None, None)
         call = tuning.Call(src.device, src.dtype, False, (B, T, E, self.linear1.out_features),
