@@ -4,9 +4,11 @@ number of labeled training examples, for
 
 - scratch: the same classifier (ULMFiT's LSTM body and head) from random weights, every layer trained, for
   as many steps as TREC-6's validation questions say (the checkpoint with the lowest validation error of
-  every --scratch-eval-every steps up to --scratch-steps);
+  every --scratch-eval-every steps up to --scratch-steps, stopping after --scratch-patience validations
+  without a lower one);
 - ulmfit-supervised: the general LM fine-tuned on the labeled examples' text only, then the classifier with
-  gradual unfreezing (the recipe of the config);
+  gradual unfreezing (the recipe of the config), ending with the weights of its lowest validation error
+  (every --ulmfit-eval-every steps and each stage's end), as scratch;
 - ulmfit-semi-supervised: the general LM fine-tuned on all of TREC-6's training text (labels unused), then
   the classifier, the same way;
 
@@ -59,12 +61,12 @@ class Curve:
 
     def __init__(self, config: dict, lm_folder: str, device: torch.device, semi_steps: int):
         self.config, self.device = {**config, "pretrained": lm_folder}, device
-        self.train, valid = train_valid(config["target"])
+        self.train, self.valid_records = train_valid(config["target"])
         self.text = "\n".join(t for _, t in self.train)
         self.general, self.tokenizer, self.bos = ulmfit._pretrained(self.config, self.text, device)
         self.num_classes = max(label for label, _ in self.train) + 1
         self.max_len = int(config["classify"].get("max_len", 128))
-        self.valid = self.encode(valid)
+        self.valid = self.encode(self.valid_records)
         self.test = self.encode(D.load(config["target"]["dataset"], "test"))
         self.semi = self.finetuned(self.text, semi_steps, 0)
 
@@ -89,15 +91,18 @@ class Curve:
         with torch.no_grad():
             return classification_metrics(model, examples, self.tokenizer.pad_id, self.device)["error"]
 
-    def ulmfit(self, lm_state: dict, labeled, seed: int) -> float:
+    def ulmfit(self, lm_state: dict, labeled, seed: int, every: int) -> float:
+        """-> test error at the weights of lowest validation error (every `every` steps and each stage's end)."""
         torch.manual_seed(seed)
-        model, _ = ulmfit.train_classifier(self.lm(lm_state), self.tokenizer, labeled, None,
-                                           {**self.config["classify"], "seed": seed}, None, self.device,
-                                           self.num_classes, progress=False, bos=self.bos)
+        model, _ = ulmfit.train_classifier(self.lm(lm_state), self.tokenizer, labeled, self.valid_records,
+                                           {**self.config["classify"], "seed": seed, "eval_every": every,
+                                            "keep_best": True}, None, self.device, self.num_classes,
+                                           progress=False, bos=self.bos)
         return self.error(model, self.test)
 
-    def scratch(self, labeled, seed: int, steps: int, every: int, lr: float) -> tuple[float, int]:
-        """-> (test error at the checkpoint of lowest validation error, its step)."""
+    def scratch(self, labeled, seed: int, steps: int, every: int, lr: float, patience: int) -> tuple[float, int]:
+        """-> (test error at the checkpoint of lowest validation error, its step); training stops once
+        `patience` evaluations in a row found no lower validation error."""
         torch.manual_seed(seed)
         body = LSTMLM(self.general.config)
         c = self.config["classify"]
@@ -114,8 +119,13 @@ class Curve:
             return {"valid_error": seen[-1][0]}
         config = TrainConfig(steps=steps, lr=lr, schedule="cosine", warmup=steps // 10, progress=False, out_dir=None,
                              seed=seed, eval_every=every, log_every=every)
+
+        class Patience:
+            def on_eval(self, trainer, metrics):
+                trainer.stop = len(seen) - 1 - seen.index(min(seen)) >= patience
+
         Trainer(model, config, batches, lambda m, b: m.loss(b["tokens"], b["labels"], b["lengths"]), evaluate,
-                device=self.device).fit()
+                device=self.device, callbacks=[Patience()]).fit()
         best = min(seen)
         return best[2], best[1]
 
@@ -130,12 +140,12 @@ def _points(curve: Curve, args, sizes: list[int]) -> list[dict]:
                 t0, extra = time.perf_counter(), {}
                 if method == "scratch":
                     error, extra["steps"] = curve.scratch(labeled, seed, args.scratch_steps, args.scratch_eval_every,
-                                                          args.scratch_lr)
+                                                          args.scratch_lr, args.scratch_patience)
                 elif method == "ulmfit-semi-supervised" or n == len(curve.train):  # all text: the two are one
-                    error = curve.ulmfit(curve.semi, labeled, seed)
+                    error = curve.ulmfit(curve.semi, labeled, seed, args.ulmfit_eval_every)
                 else:
                     error = curve.ulmfit(curve.finetuned("\n".join(t for _, t in labeled), args.lm_steps, seed),
-                                         labeled, seed)
+                                         labeled, seed, args.ulmfit_eval_every)
                 points.append({"method": method, "examples": n, "seed": seed, "error": error,
                                "seconds": time.perf_counter() - t0, **extra})
                 print(f"ulmfit-curve {method} n={n} seed={seed}: test error {error:.4f} "
@@ -156,7 +166,9 @@ def _report(points, sizes, args, device, config, started) -> None:
             "torch": torch.__version__, "threads": torch.get_num_threads(), "from": args.lm,
             "finetune": config["finetune"], "classify": config["classify"], "lm_steps": args.lm_steps,
             "semi_steps": args.semi_steps, "scratch_steps": args.scratch_steps,
-            "scratch_eval_every": args.scratch_eval_every, "scratch_lr": args.scratch_lr, "seeds": args.seeds,
+            "scratch_eval_every": args.scratch_eval_every, "scratch_lr": args.scratch_lr,
+            "scratch_patience": args.scratch_patience,
+            "ulmfit_eval_every": args.ulmfit_eval_every, "seeds": args.seeds,
             "minutes": (time.perf_counter() - started) / 60}
     stem = os.path.join(args.out, f"ulmfit-curve-{device.type}-{meta['date']}-{meta['commit']}")
     atomic.write(stem + ".json", lambda f: json.dump({"meta": meta, "summary": summary, "points": points}, f,
@@ -197,6 +209,10 @@ def main(argv=None) -> int:
     parser.add_argument("--scratch-steps", type=int, default=1200, help="scratch's most steps")
     parser.add_argument("--scratch-eval-every", type=int, default=100, help="scratch's validation interval")
     parser.add_argument("--scratch-lr", type=float, default=2e-3)
+    parser.add_argument("--scratch-patience", type=int, default=4,
+                        help="scratch stops after this many validations in a row without a lower error")
+    parser.add_argument("--ulmfit-eval-every", type=int, default=50,
+                        help="ULMFiT's validation interval within each unfreezing stage (and each stage's end)")
     parser.add_argument("--out", default=RESULTS)
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

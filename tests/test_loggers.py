@@ -107,6 +107,20 @@ def test_callbacks_see_every_step_evaluation_and_checkpoint(tmp_path, caplog):
     assert any(line.startswith("step=2  loss=") for line in lines) and any("eval_loss=" in line for line in lines)
 
 
+def test_a_callback_stops_the_fit_early(tmp_path):
+    """trainer.stop set by a callback (early stopping) ends the fit after that step: no later step runs or
+    is logged."""
+    class StopAtFirstEval:
+        def on_eval(self, trainer, metrics):
+            trainer.stop = True
+
+    recorder = Recorder()
+    trainer = Trainer(_model(), _config(tmp_path), _batches, _loss, _evaluate, callbacks=[StopAtFirstEval(), recorder])
+    history = trainer.fit()
+    assert trainer.step == 3 and [s[1] for s in recorder.seen if s[0] == "step"] == [1, 2, 3]
+    assert max(r["step"] for r in history) == 3
+
+
 def test_bad_loggers_and_callbacks_are_refused_by_name(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="unknown logger 'wandb'"):
         _config(tmp_path, loggers=["jsonl", "wandb"])

@@ -213,6 +213,55 @@ def test_a_pretrained_lm_takes_new_words_with_the_mean_embedding():
         extend_vocabulary(lm, old, data.WordTokenizer(["dog"] + old.words))
 
 
+def test_ulmfit_classifier_keeps_its_best_validation_weights(tmp_path):
+    """keep_best: the classifier ends with the weights of the lowest validation error among every
+    evaluation the stages logged (each stage's end and every eval_every steps), recomputed here."""
+    import json
+    import random
+
+    from fastseq import data
+    from fastseq.models import LSTMLM, LSTMLMConfig
+    from fastseq.train.tasks import classification_metrics, encode_labelled
+    from fastseq.train.ulmfit import train_classifier
+
+    rng = random.Random(3)
+    words = ["red", "green", "blue", "cat", "dog", "sun", "moon", "tree"]
+
+    def records(n):  # the label: whether "cat" comes before "dog", with noise words around them
+        out = []
+        for _ in range(n):
+            text = [rng.choice(words[5:]) for _ in range(rng.randint(2, 5))]
+            pair = ["cat", "dog"] if rng.random() < 0.5 else ["dog", "cat"]
+            text[rng.randint(0, len(text)):rng.randint(0, len(text))] = []
+            text.insert(rng.randint(0, len(text)), pair[0])
+            text.insert(rng.randint(0, len(text)), pair[1])
+            out.append((int(text.index("cat") < text.index("dog")), " ".join(text)))
+        return out
+
+    train, valid = records(60), records(37)
+    tok = data.WordTokenizer.fit([" ".join(t for _, t in train + valid)], min_freq=1)
+    torch.manual_seed(0)
+    lm = LSTMLM(LSTMLMConfig(tok.vocab_size, 8, 12, 2, pad_id=tok.pad_id))
+    # the last stage's rate far too high: its weights get worse than an earlier stage's
+    settings = {"steps_per_stage": 6, "lr": 3e-2, "ladder": [1, 1, 1, 100], "eval_every": 2, "keep_best": True,
+                "max_tokens": 64, "hidden_dim": 8}
+    model, metrics = train_classifier(lm, tok, train, valid, settings, str(tmp_path), "cpu", 2, progress=False)
+    seen = []
+    for stage in sorted(os.listdir(tmp_path / "classify")):
+        with open(tmp_path / "classify" / stage / "log.jsonl") as f:
+            seen += [r["eval_error"] for r in map(json.loads, f) if "eval_error" in r]
+    assert len(seen) == 4 * 3  # 4 stages (head, 2 layers, embedding), evaluated at steps 2, 4, 6 of each
+    assert metrics["eval_error"] == min(seen) < seen[-1]
+    model.eval()
+    with torch.no_grad():
+        again = classification_metrics(model, encode_labelled(tok, valid, 128, False), tok.pad_id, "cpu")
+    assert again["error"] == pytest.approx(min(seen))
+    with pytest.raises(ValueError, match="keep_best chooses weights on validation"):
+        train_classifier(lm, tok, train, None, settings, None, "cpu", 2, progress=False)
+    with pytest.raises(ValueError, match="eval_every must be >= 0"):
+        train_classifier(lm, tok, train, valid, {**settings, "eval_every": -1}, None, "cpu", 2, progress=False)
+
+
 def test_weight_decay_falls_on_weight_matrices_only():
     """decay='matrices' (the default): biases, norms and embeddings (a tied output layer too) in groups
     without weight decay, each group's other settings kept; 'all' decays everything, as torch's AdamW."""

@@ -163,7 +163,8 @@ class Trainer:
     its groups' lr are the schedule's base rates, its moments kept; on_save(): called on
     rank 0 after each checkpoint (a run writes its loadable model there); callbacks: objects with any of
     on_step(trainer, row) (every optimizer step: step, loss, lr), on_eval(trainer, metrics) and
-    on_checkpoint(trainer, path) (rank 0). Rows go to config.loggers in out_dir and to the
+    on_checkpoint(trainer, path) (rank 0); one that sets `trainer.stop = True` ends the fit after that step
+    (early stopping; under torchrun, set it on every rank alike). Rows go to config.loggers in out_dir and to the
     `fastseq.train` logger (logging, INFO). `fit()` returns the logged history (a list of dicts)."""
 
     def __init__(self, model: nn.Module, config: TrainConfig, batches: Callable[[int], dict],
@@ -173,7 +174,7 @@ class Trainer:
                  optimizer: Optional[torch.optim.Optimizer] = None) -> None:
         self.config, self.batches, self.evaluate, self.on_save = config, batches, evaluate, on_save
         self.callbacks = loggers.check_callbacks(callbacks)
-        self.device = device or next(model.parameters()).device
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model = model.to(self.device)
         self.distributed = dist.is_available() and dist.is_initialized()
         self.rank = dist.get_rank() if self.distributed else 0
@@ -196,7 +197,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, schedule(c.schedule, c.steps, c.warmup, c.min_lr_ratio))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=c.precision == "fp16")
-        self.step = 0
+        self.step, self.stop = 0, False
         self.history: list[dict] = []
         self.checkpoint_path = os.path.join(c.out_dir, "checkpoint.pt") if c.out_dir else None
         self.loggers = loggers.make(c.loggers, c.out_dir) if c.out_dir and self.rank == 0 else []
@@ -227,7 +228,7 @@ class Trainer:
         c = self.config
         bar = self._progress()
         tokens, losses, started = 0, [], time.perf_counter()
-        while self.step < c.steps:
+        while self.step < c.steps and not self.stop:
             self.objective.train()
             loss_sum = 0.0
             for micro in range(c.accumulate):

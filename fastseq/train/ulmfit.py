@@ -25,7 +25,8 @@ The config:
     model:    LSTMLMConfig settings
     pretrain: {steps, lr, block, batch, ...}   finetune: {steps, lr, block, batch, embedding: top, ...}
     classify: {steps_per_stage (one number, or one per stage), lr, ladder, keep_optimizer, decay, hidden_dim,
-               dropout, norm, max_tokens, max_len}
+               dropout, norm, max_tokens, max_len, eval_every (steps; 0: each stage's end), keep_best (the
+               weights of the lowest validation error seen, rather than the last)}
     out_dir:  runs/ulmfit_trec  (stages in pretrain/, finetune/, classify/; the classifier's run folder is out_dir)
 """
 from __future__ import annotations
@@ -138,8 +139,10 @@ def train_classifier(lm, tokenizer, train_records, valid_records, settings: dict
     layer group from the top per stage. Stage s trains at a top rate of lr * ladder[s] (the ladder's last
     rung repeats) spread down the groups by 2.6, on a slanted triangular schedule of its own, with one
     optimizer kept across the stages (keep_optimizer: false, a fresh one each stage). valid_records (None:
-    none) are scored after each stage; each stage's log goes to out_dir/classify/stage<i> (out_dir None:
-    nothing written). Returns (classifier, last metrics)."""
+    none) are scored after each stage and every eval_every steps within one; keep_best: the classifier
+    ends with the weights of the lowest validation error seen (needs valid_records). Each stage's log goes
+    to out_dir/classify/stage<i> (out_dir None: nothing written). Returns (classifier, the metrics of the
+    weights it ends with)."""
     c = dict(settings)
     steps, lr = c.pop("steps_per_stage", 200), float(c.pop("lr", 1e-2))
     ladder = [float(x) for x in c.pop("ladder", LADDER)]
@@ -147,6 +150,12 @@ def train_classifier(lm, tokenizer, train_records, valid_records, settings: dict
     decay = str(c.pop("decay", "matrices"))
     max_tokens, max_len = int(c.pop("max_tokens", 2048)), int(c.pop("max_len", 128))
     seed = int(c.pop("seed", 0))
+    every, keep_best = int(c.pop("eval_every", 0)), bool(c.pop("keep_best", False))
+    if every < 0:
+        raise ValueError(f"ulmfit: classify.eval_every must be >= 0 (0: each stage's end), got {every}")
+    if keep_best and not valid_records:
+        raise ValueError("ulmfit: classify.keep_best chooses weights on validation examples, and there are none "
+                         "(target: give valid or valid_fraction)")
     model = (wrap or (lambda m: m))(SequenceClassifier.from_language_model(lm, num_classes, **c)).to(device)
 
     train_ids = encode_labelled(tokenizer, train_records, max_len, bos)
@@ -159,7 +168,16 @@ def train_classifier(lm, tokenizer, train_records, valid_records, settings: dict
     if len(per_stage) != n or not ladder:
         raise ValueError(f"ulmfit: classify.steps_per_stage must be one number or {n} (one per stage), and "
                          f"classify.ladder not empty; got {steps!r}, {ladder!r}")
-    metrics, optimizer, done = {}, None, 0
+    metrics, optimizer, done, best = {}, None, 0, None
+
+    def scored(m):  # validation metrics; with keep_best, the weights of the lowest error so far kept aside
+        nonlocal best
+        result = classification_metrics(m, valid_ids, tokenizer.pad_id, device)
+        if keep_best and (best is None or result["error"] < best[0]["eval_error"]):
+            best = ({f"eval_{k}": v for k, v in result.items()},
+                    {k: v.detach().clone() for k, v in m.state_dict().items()})
+        return result
+
     for stage in range(1, n + 1):
         for i, params in enumerate(groups):
             for p in params:
@@ -168,7 +186,8 @@ def train_classifier(lm, tokenizer, train_records, valid_records, settings: dict
         config = TrainConfig(steps=per_stage[stage - 1], lr=top, schedule="slanted_triangular", progress=progress,
                              decay=decay,
                              out_dir=os.path.join(out_dir, "classify", f"stage{stage}") if out_dir else None,
-                             eval_every=per_stage[stage - 1] if valid_ids else 0,
+                             eval_every=(min(every, per_stage[stage - 1]) if every else per_stage[stage - 1])
+                             if valid_ids else 0,
                              log_every=max(1, per_stage[stage - 1] // 10), seed=seed + stage)
         rates = discriminative(groups, top)
         if keep and optimizer is None:  # every group, frozen ones too: they take no step until they thaw
@@ -181,10 +200,13 @@ def train_classifier(lm, tokenizer, train_records, valid_records, settings: dict
         first = done
         history = Trainer(model, config, lambda i: batches(i + first),
                           lambda m, b: m.loss(b["tokens"], b["labels"], b["lengths"]),
-                          (lambda m: classification_metrics(m, valid_ids, tokenizer.pad_id, device)) if valid_ids
-                          else None, None if keep else rates[n - stage:], device, optimizer=optimizer).fit()
+                          scored if valid_ids else None, None if keep else rates[n - stage:], device,
+                          optimizer=optimizer).fit()
         done += per_stage[stage - 1]
         metrics = {k: v for k, v in history[-1].items() if k.startswith("eval_")}
+    if best is not None:
+        model.load_state_dict(best[1])
+        metrics = best[0]
     for p in model.parameters():
         p.requires_grad_(True)
     return model, metrics
