@@ -16,10 +16,12 @@ a time budget (one that fails, or leaves the device unusable, does not stop the 
                    (cuDNN, float32 with TF32 off, bfloat16) and SDPA (each backend); the verdicts go to
                    autograd.json, the evidence `--adopt` turns into Family.autograd entries for CUDA
     3 tests        the `cuda`-marked tests of the ops, modules and decoding
-    4 headline     fastseq.bench.sweep's headline preset (both times), parity.py, generate_hf.py
+    4 headline     fastseq.bench.sweep's headline preset (both times), parity.py, generate_hf.py,
+                   hf_attention.py (a GPT-2 on fastseq's attention against sdpa)
 Every row is written as it is measured, so a section cut short keeps what it finished. Files in --out
 (default $OUT, the device tool's folder; at most eight): log, window.json (meta, the sections and the rows
-of 0 and 1), autograd.json, tests.junit.xml, headline.json, parity.json, generate-hf.json.
+of 0 and 1), autograd.json, tests.junit.xml, headline.json, parity.json, generate-hf.json,
+hf-attention.json.
 
 With --dry-run (or no GPU) every section runs on this machine's CPU at toy sizes: the plumbing checked,
 nothing measured that counts (the rows say so). After a window, `--adopt DIR` copies its autograd.json into
@@ -852,9 +854,11 @@ def headline(window: Window, gpu: bool) -> None:
         ["generate", PY, "benchmarks/generate_hf.py", "--batches", *(("1", "8", "64") if gpu else ("1",)),
          "--repeats", "1",
          "--json", os.path.join(out, "generate-hf.json")] + ([] if gpu else ["--size", "tiny", "--new", "4"]),
+        ["hf-attention", PY, "benchmarks/hf_attention.py", "--repeats", "3",
+         "--json", os.path.join(out, "hf-attention.json")] + ([] if gpu else ["--size", "tiny", "--new", "4"]),
     ]
     start, budget = time.monotonic(), min(BUDGETS["4"], _left(window.deadline))
-    for share, (name, *command) in zip((0.45, 0.3, 0.25), commands):
+    for share, (name, *command) in zip((0.4, 0.25, 0.2, 0.15), commands):
         left = budget - (time.monotonic() - start)
         window.step(f"4:{name}", command, budget=min(left, max(share * budget, MINIMUM["4"])))
 

@@ -150,6 +150,25 @@ def test_generate_hf_times_fastseq_beside_hugging_face(tmp_path):
     assert data["meta"]["transformers"] and data["meta"]["size"] == "tiny"
 
 
+def test_hf_attention_times_fastseq_beside_sdpa_on_one_model(tmp_path):
+    """benchmarks/hf_attention.py: a GPT-2 on transformers' SDPA and the same weights on fastseq's attention,
+    forward and generate(); every row with both times, their ratio, and the two models agreeing."""
+    pytest.importorskip("transformers")
+    import hf_attention
+
+    path = tmp_path / "hf-attention.json"
+    assert hf_attention.main(["--size", "tiny", "--batches", "1", "2", "--prompt", "5", "--new", "4",
+                              "--repeats", "1", "--json", str(path)]) == 0
+    data = json.loads(path.read_text())
+    kinds = [(r["kind"], r["batch"]) for r in data["rows"]]
+    assert kinds == [("forward", 1), ("forward", 3), ("generate", 1), ("generate", 2)]
+    for r in data["rows"]:
+        t = r["timed"]
+        assert t["sdpa"]["median_ms"] > 0 and r["ratio"] == t["sdpa"]["median_ms"] / t["fastseq"]["median_ms"]
+        assert r["same_tokens"] if r["kind"] == "generate" else r["max_abs_difference"] < 1e-4
+    assert data["meta"]["transformers"] and data["meta"]["dtype"] == "fp32"
+
+
 def test_linear_rows_times_both_forms_beside_the_copy_bandwidth(tmp_path):
     """benchmarks/bench_linear_rows.py: a decode step's linears as F.linear and batched, each row count with
     both times, their ratio and the fraction of the measured copy bandwidth."""
