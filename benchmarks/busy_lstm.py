@@ -4,7 +4,8 @@ For each shape: the choice cache made on the quiet machine first (what a cache w
 then the spinner started and both modules timed side by side (timing.measure_together) after fastseq's
 chooser has had its probes (it notices a kept choice the load has made slow and measures again). A
 second pass starts from an empty cache under load. Rows: both medians and quartiles, the ratio, the
-backend serving at the end, under each cache.
+ratio within each round (median and quartiles: the two saw the same moment of the load), the backend
+serving at the end, under each cache.
 
     python benchmarks/busy_lstm.py [--out benchmarks/results] [--quick]
 """
@@ -88,7 +89,9 @@ def measure(shape, cache_from_quiet: bool, spinner_start, spinner_stop, seconds:
     try:
         ours()  # an empty cache chooses now, under load
         _probe_until_settled(ours, 2.0)
-        timed = timing.measure_together({"torch": base, "fastseq": ours}, torch.device("cpu"), min_seconds=seconds)
+        rounds: dict = {}
+        timed = timing.measure_together({"torch": base, "fastseq": ours}, torch.device("cpu"), min_seconds=seconds,
+                                        rounds_out=rounds)
         serving = _served(ours)
     finally:
         spinner_stop()
@@ -97,7 +100,8 @@ def measure(shape, cache_from_quiet: bool, spinner_start, spinner_stop, seconds:
             "cache": "made quiet" if cache_from_quiet else "empty", "quiet_choice": quiet_choice,
             "serving_busy": serving, **t, "baseline": "torch.nn.LSTM", "baseline_median_ms": b["median_ms"],
             "baseline_p25_ms": b["p25_ms"], "baseline_p75_ms": b["p75_ms"],
-            "speedup": b["median_ms"] / t["median_ms"]}
+            "speedup": b["median_ms"] / t["median_ms"],
+            "paired_speedup": timing.paired_ratio(rounds, "torch", "fastseq")}
 
 
 def main(argv=None) -> int:
@@ -126,11 +130,13 @@ def main(argv=None) -> int:
             rows.append(r)
             print(f"{r['mode']:<9} B{r['sizes']['batch']:<3} H{r['sizes']['hidden']:<4} T{r['sizes']['seq']:<3} "
                   f"cache {r['cache']:<10} (quiet: {r['quiet_choice'] or '-':<5}) serving {r['serving_busy']:<5} "
-                  f"fastseq {r['median_ms']:8.2f} ms  torch {r['baseline_median_ms']:8.2f} ms  x{r['speedup']:.2f}",
+                  f"fastseq {r['median_ms']:8.2f} ms  torch {r['baseline_median_ms']:8.2f} ms  x{r['speedup']:.2f} "
+                  f"(within rounds x{r['paired_speedup']['median']:.2f})",
                   flush=True)
     meta = sweep.metadata(torch.device("cpu"), "busy", {})
     meta["load"] = "one process spinning on one of the machine's cores"
-    meta["timing"] = f"median of blocks taken in turns for >= {args.seconds} s a side (wall clock), after the probes"
+    meta["timing"] = (f"median of blocks taken in turns for >= {args.seconds} s a side (wall clock), after the probes; "
+                      "paired_speedup: torch's time over fastseq's within each round, median and quartiles")
     stem = f"lstm-busy-cpu-{datetime.date.today().isoformat()}-{meta.get('commit', 'unknown')}"
     path = os.path.join(args.out, stem + ".json")
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)

@@ -8,6 +8,7 @@ import json
 import os
 import pathlib
 import shutil
+import statistics
 import subprocess
 import sys
 
@@ -194,6 +195,34 @@ def test_measure_together_takes_turns():
     assert calls[:6] == ["a", "a", "b", "b", "c", "c"]
     assert calls[6:] == ["a", "b", "c"] * 4
     assert all(t["reps"] == 4 and t["p25_ms"] <= t["median_ms"] <= t["p75_ms"] for t in out.values())
+
+
+def test_paired_ratio_takes_the_ratio_within_each_round():
+    """timing.paired_ratio: the median (and quartiles) of the baseline's time over the other's within each
+    round; a steady 2x stays 2x while the machine slows to half speed every few rounds."""
+    import time as clock
+
+    from fastseq.bench import timing
+
+    state = {"round": 0}
+
+    def slow_phase():
+        return 2.0 if (state["round"] // 3) % 2 else 1.0
+
+    def base():
+        clock.sleep(0.004 * slow_phase())
+
+    def ours():
+        clock.sleep(0.002 * slow_phase())
+        state["round"] += 1
+    rounds: dict = {}
+    timing.measure_together({"base": base, "ours": ours}, torch.device("cpu"), warmup=0, min_reps=12,
+                            min_seconds=0.0, rounds_out=rounds)
+    assert len(rounds["base"]) == len(rounds["ours"]) == 12
+    paired = timing.paired_ratio(rounds, "base", "ours")
+    assert paired["rounds"] == 12 and paired["p25"] <= paired["median"] <= paired["p75"]
+    assert paired["median"] == pytest.approx(2.0, rel=0.25)
+    assert paired["median"] == pytest.approx(statistics.median(b / o for b, o in zip(rounds["base"], rounds["ours"])))
 
 
 class _SimulatedGPU:

@@ -179,10 +179,11 @@ def measure(fn: Callable[[], object], device: torch.device, warmup: int = 3, min
 
 
 def measure_together(fns: dict[str, Callable[[], object]], device: torch.device, warmup: int = 3, min_reps: int = 10,
-                     min_seconds: float | None = None) -> dict[str, dict]:
+                     min_seconds: float | None = None, rounds_out: dict | None = None) -> dict[str, dict]:
     """measure() of several functions side by side: after `warmup` calls each, they take turns, one block
     each per round, for at least `min_reps` rounds and `min_seconds` in all, so that the machine's drift
-    (on a shared CPU one phase runs slower than the next) falls on all of them alike."""
+    (on a shared CPU one phase runs slower than the next) falls on all of them alike. rounds_out: filled
+    with each function's time (median_ms's kind) round by round, for ratios taken within a round."""
     min_seconds = MIN_SECONDS if min_seconds is None else min_seconds
     for fn in fns.values():
         for _ in range(warmup):
@@ -198,7 +199,17 @@ def measure_together(fns: dict[str, Callable[[], object]], device: torch.device,
         rounds += 1
         if rounds >= 1000:
             break
+    if rounds_out is not None:
+        rounds_out.update({name: [b.get("gpu_ms", b["call_ms"]) for b in bs] for name, bs in blocks.items()})
     return {name: _summary(bs, timers[name]) for name, bs in blocks.items()}
+
+
+def paired_ratio(rounds: dict[str, list[float]], baseline: str, name: str) -> dict:
+    """The baseline's time over `name`'s within each round of measure_together (both saw the same moment of
+    the machine), as median and quartiles: steadier than the ratio of two medians where the load drifts."""
+    ratios = [b / t for b, t in zip(rounds[baseline], rounds[name])]
+    q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    return {"median": statistics.median(ratios), "p25": q[0], "p75": q[2], "rounds": len(ratios)}
 
 
 def speedups(t: dict, baselines: dict[str, dict]) -> dict:
