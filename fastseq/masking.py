@@ -56,3 +56,8 @@ def each_row_keeps_one(keep: Tensor) -> bool:
     """Whether every row of a (B, Tk) keep mask keeps at least one key, read only where that costs no sync (as
     keeps_all): then no query of a padding-only mask sees nothing, and no output row needs zeroing."""
     return _readable(keep) and bool(keep.any(1).all())
+
+
+def pads_nothing(key_padding_mask: Tensor) -> bool:
+    """Whether a bool key padding mask (True = ignored) ignores no key, read only where that costs no sync."""
+    return key_padding_mask.dtype == torch.bool and keeps_all(~key_padding_mask)

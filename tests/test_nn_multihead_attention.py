@@ -248,6 +248,69 @@ def test_decoding_with_ragged_cache_equals_padded_attention():
         assert torch.all(weights[b, 0, n + 1:] == 0) and abs(weights[b, 0].sum().item() - 1) < 1e-12
 
 
+def test_inference_takes_torchs_fused_attention_where_torch_does(monkeypatch):
+    """Batch-first self-attention in inference without weights: torch's fused C++ attention with nothing
+    padded (torch's answer, one call), the chooser's pick of the two under padding, and fastseq's composition
+    where a row pads every key (torch's fused path gives NaN there, fastseq zeros), with weights, gradients,
+    training, cross-attention, an odd head count, a hook on out_proj, or sequence-first inputs."""
+    from fastseq.ops import tuning
+
+    calls = []
+    native = torch._native_multi_head_attention
+    monkeypatch.setattr(torch, "_native_multi_head_attention", lambda *a: calls.append(1) or native(*a))
+    torch.manual_seed(3)
+    ref = torch.nn.MultiheadAttention(E, 2, batch_first=True).eval()
+    ours = fnn.MultiheadAttention(E, 2, batch_first=True).eval()
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(3, 7, E)
+    nothing = torch.zeros(3, 7, dtype=torch.bool)
+    padded = nothing.clone()
+    padded[1, 4:] = True
+
+    def run(module, mask, **kw):
+        with torch.no_grad():
+            return module(x, x, x, key_padding_mask=mask, need_weights=False, **kw)[0]
+
+    def compare(mask, expect_native, module=ours):
+        calls.clear()
+        b = run(module, mask)
+        used = len(calls)
+        torch.testing.assert_close(b, run(ref, mask), rtol=1e-5, atol=1e-5)
+        assert used == int(expect_native), mask
+
+    compare(None, True)
+    compare(nothing, True)
+    for choice in ("fused", "composed"):  # under real padding the chooser picks (its measurement aside here)
+        with monkeypatch.context() as m:
+            m.setattr(tuning, "pick", lambda family, candidates, call: choice)
+            compare(padded, choice == "fused")
+            everything = padded.clone()
+            everything[2] = True
+            calls.clear()
+            out = run(ours, everything)
+            assert not calls and torch.isfinite(out).all()
+            torch.testing.assert_close(out[2], ours.out_proj.bias.expand(7, E))  # zeros attended, projected
+    calls.clear()
+    with torch.no_grad():
+        ours(x, x, x, need_weights=True)
+        ours(x, x, x.clone(), need_weights=False)
+        ours(x, x, x, need_weights=False, lengths=[7, 5, 7])
+    ours(x.requires_grad_(), x, x, need_weights=False)[0].sum().backward()
+    x.requires_grad_(False)
+    ours.train()
+    run(ours, None)
+    ours.eval()
+    handle = ours.out_proj.register_forward_hook(lambda *a: None)
+    run(ours, None)
+    handle.remove()
+    odd = fnn.MultiheadAttention(E, 1, batch_first=True).eval()
+    run(odd, None)
+    first = fnn.MultiheadAttention(E, 2).eval()
+    with torch.no_grad():
+        first(x, x, x, need_weights=False)
+    assert not calls
+
+
 def test_dropout_applies_in_training_only():
     _, ours = _pair(dropout=0.5, batch_first=True)
     x = _seq(2, 8, E, True, requires_grad=False)

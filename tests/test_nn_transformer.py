@@ -242,6 +242,12 @@ def test_encoder_layer_inference_takes_torchs_fused_layer_where_torch_does(monke
         with monkeypatch.context() as m:
             m.setattr(tuning, "pick", lambda family, candidates, call: choice)
             compare(padded, choice == "fused")
+            everything = padded.clone()  # a row that pads every key: fastseq's composition (torch's fused: NaN)
+            everything[2] = True
+            calls.clear()
+            with torch.no_grad():
+                out = ours(x, src_key_padding_mask=everything)
+            assert not calls and torch.isfinite(out).all()
     compare(padded, False, lengths=[7, 5, 7])
     handle = ours.linear1.register_forward_hook(lambda *a: None)
     compare(None, False)

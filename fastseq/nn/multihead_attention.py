@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import ops
+from ..masking import each_row_keeps_one, pads_nothing
+from ..ops import tuning
 from ..ops.checks import check_key_padding
 from .kv_cache import KVCache
 from .linear import Linear, linear
@@ -147,6 +149,23 @@ class MultiheadAttention(nn.MultiheadAttention):
         if isinstance(key, PrecomputedKV):
             return self._forward_static(query, key, value, key_padding_mask, need_weights, attn_mask,
                                         average_attn_weights, is_causal, lengths, kv_cache)
+        if (not need_weights and attn_mask is None and not is_causal and lengths is None and kv_cache is None
+                and query is key and key is value):
+            weights = self._native(query)
+            if weights is not None:
+                pad = key_padding_mask
+                if pad is None or pads_nothing(pad):
+                    return self._native_forward(query, weights, None), None
+                # torch's gives NaN where a row pads every key, fastseq's zeros: only rows that keep one
+                if (pad.dtype == torch.bool and tuple(pad.shape) == tuple(query.shape[:2])
+                        and each_row_keeps_one(~pad) and self._native_wins(query, weights, pad)):
+                    return self._native_forward(query, weights, pad), None
+        return self._forward(query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights,
+                             is_causal, lengths, kv_cache)
+
+    def _forward(self, query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights, is_causal,
+                 lengths, kv_cache) -> tuple[Tensor, Optional[Tensor]]:
+        """fastseq's composition: the projections, fastseq's attention op, the output projection."""
         batched = query.dim() == 3
         if query.dim() not in (2, 3) or key.dim() != query.dim() or value.dim() != query.dim():
             raise ValueError(f"MultiheadAttention: query, key and value must all be 3-D (batched) or 2-D "
@@ -171,6 +190,46 @@ class MultiheadAttention(nn.MultiheadAttention):
         if not batched:
             return out.squeeze(0), None if weights is None else weights.squeeze(0)
         return (out if self.batch_first else out.transpose(0, 1)), weights
+
+    def _native(self, x: Tensor) -> Optional[tuple]:
+        """The weights of torch's fused inference attention (torch.nn.MultiheadAttention's fast path) where it
+        serves this self-attention under torch's own conditions (one C++ call, where this module's Python
+        composition costs more per call); else None."""
+        if (self.training or x.dim() != 3 or x.is_nested or not self.batch_first or self.in_proj_bias is None
+                or not self._qkv_same_embed_dim or self.bias_k is not None or self.add_zero_attn
+                or self.num_heads % 2 or x.shape[-1] != self.embed_dim or not torch.backends.mha.get_fastpath_enabled()
+                or torch.is_autocast_enabled() or torch.compiler.is_compiling()
+                or self.out_proj._forward_hooks or self.out_proj._forward_pre_hooks):
+            return None
+        weights = (self.in_proj_weight, self.in_proj_bias, self.out_proj.weight, self.out_proj.bias)
+        tensors = (x, *weights)
+        if any(t is None for t in tensors) or torch.overrides.has_torch_function(tensors):
+            return None
+        if any(t.device.type not in ("cpu", "cuda") or t.dtype != x.dtype for t in tensors):
+            return None
+        return None if torch.is_grad_enabled() and any(t.requires_grad for t in tensors) else weights
+
+    def _native_forward(self, x: Tensor, weights: tuple, key_padding_mask: Optional[Tensor]) -> Tensor:
+        if key_padding_mask is not None:  # as torch's forward hands it over: additive, of the query's dtype
+            key_padding_mask = F._canonical_mask(mask=key_padding_mask, mask_name="key_padding_mask",
+                                                 other_type=None, other_name="attn_mask", target_type=x.dtype)
+        mask, mask_type = self.merge_masks(None, key_padding_mask, x)
+        return torch._native_multi_head_attention(x, x, x, self.embed_dim, self.num_heads, *weights, mask, False,
+                                                  True, mask_type)[0]
+
+    def _native_wins(self, x: Tensor, weights: tuple, key_padding_mask: Tensor) -> bool:
+        """Under key padding, whether torch's fused attention (its masked softmax over every key) is the faster
+        here than this module's composition (attention that skips the padded keys), as the chooser measures
+        the shape's bucket (fastseq.ops.tuning; the composition where nothing is measured)."""
+        B, T, E = x.shape
+
+        def run(how: str) -> None:
+            if how == "fused":
+                self._native_forward(x, weights, key_padding_mask)
+            else:
+                self._forward(x, x, x, key_padding_mask, False, None, True, False, None, None)
+        call = tuning.Call(x.device, x.dtype, False, (B, T, E), (self.num_heads,), run)
+        return tuning.pick("multihead_attention", ("fused", "composed"), call) == "fused"
 
     def _forward_static(self, query, memory: PrecomputedKV, value, key_padding_mask, need_weights, attn_mask,
                         average_attn_weights, is_causal, lengths, kv_cache):

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..masking import keeps_all
+from ..masking import each_row_keeps_one, pads_nothing
 from ..ops import tuning
 from .kv_cache import KVCache
 from .linear import Linear
@@ -96,9 +96,10 @@ class TransformerEncoderLayer(_Layer):
             weights = self._fused(src)
         if weights is not None:
             pad = src_key_padding_mask
-            if pad is None or _pads_nothing(pad):
+            if pad is None or pads_nothing(pad):
                 return self._fused_forward(src, weights, None)
-            if (pad.dtype == torch.bool and tuple(pad.shape) == tuple(src.shape[:2])
+            # torch's layer gives NaN where a row pads every key, fastseq's zeros: only rows that keep one
+            if (pad.dtype == torch.bool and tuple(pad.shape) == tuple(src.shape[:2]) and each_row_keeps_one(~pad)
                     and self._fused_wins(src, weights, pad)):
                 return self._fused_forward(src, weights, pad)
         return self._composed(src, src_mask, src_key_padding_mask, is_causal, lengths, kv_cache)
@@ -155,11 +156,6 @@ class TransformerEncoderLayer(_Layer):
         call = tuning.Call(src.device, src.dtype, False, (B, T, E, self.linear1.out_features),
                            (self.norm_first, self.self_attn.num_heads), run)
         return tuning.pick("encoder_layer", ("fused", "composed"), call) == "fused"
-
-
-def _pads_nothing(key_padding_mask: Tensor) -> bool:
-    """A bool key padding mask with no True, read where reading it costs no sync (masking.keeps_all)."""
-    return key_padding_mask.dtype == torch.bool and keeps_all(~key_padding_mask)
 
 
 class TransformerDecoderLayer(_Layer):
