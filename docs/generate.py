@@ -165,6 +165,20 @@ def generate_hf() -> str:
     return "\n\n".join(parts)
 
 
+def hf_attention() -> str:
+    path, data = latest("hf-attention-cpu")
+    out = []
+    for r in data["rows"]:
+        shape = (f"B{r['batch']} T{r['tokens']}" if r["kind"] == "forward"
+                 else f"B{r['batch']}, prompt {r['prompt']}, {r['new']} new")
+        agree = (f"max diff {r['max_abs_difference']:.1g}" if r["kind"] == "forward"
+                 else "same tokens" if r["same_tokens"] else "tokens differ")
+        out.append([r["kind"], shape, f"{r['timed']['sdpa']['median_ms']:.3g} ms",
+                    f"{r['timed']['fastseq']['median_ms']:.3g} ms", _x(r["ratio"]), agree])
+    return (source(path, data) + f" {data['meta']['size']}, random weights.\n\n" +
+            table(["call", "shape", "attn_implementation='sdpa'", "'fastseq'", "ratio", "agreement"], out))
+
+
 def gpu_quick() -> str:
     path, data = latest("h200/gpu-quick")
     out = []
@@ -320,6 +334,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "models-cpu": sweep("models-cpu-cpu", "models"),
     "busy-lstm-cpu": busy,
     "generate-hf-cpu": generate_hf,
+    "hf-attention-cpu": hf_attention,
     "gpu-quick-h200": gpu_quick,
     "reproduction-cpu": reproduction,
     "ulmfit-curve-cpu": ulmfit_curve,
