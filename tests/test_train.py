@@ -262,6 +262,26 @@ def test_ulmfit_classifier_keeps_its_best_validation_weights(tmp_path):
         train_classifier(lm, tok, train, valid, {**settings, "eval_every": -1}, None, "cpu", 2, progress=False)
 
 
+def test_the_classifier_takes_its_own_lm_dropouts():
+    """classify.body: the LM's dropouts replaced for the classifier, weight_drop turned on and off, the weights
+    (and so the outputs in eval mode) unchanged; unknown names refused."""
+    from fastseq.models import LSTMLM, LSTMLMConfig
+    from fastseq.train.ulmfit import with_dropouts
+
+    torch.manual_seed(0)
+    lm = LSTMLM(LSTMLMConfig(30, 8, 12, 2, hidden_dropout=0.1)).eval()
+    tokens = torch.randint(0, 30, (2, 5))
+    for dropouts in ({"hidden_dropout": 0.4, "weight_drop": 0.3}, {"weight_drop": 0.0, "output_dropout": 0.2}):
+        other = with_dropouts(lm, dropouts).eval()
+        assert all(getattr(other.config, k) == v for k, v in dropouts.items())
+        torch.testing.assert_close(other(tokens)[0], lm(tokens)[0])
+        lm = other
+    with pytest.raises(ValueError, match="classify.body takes a mapping of embed_dropout"):
+        with_dropouts(lm, {"dropout": 0.1})
+    with pytest.raises(ValueError, match="hidden_dropout"):
+        with_dropouts(lm, {"hidden_dropout": 1.5})
+
+
 def test_weight_decay_falls_on_weight_matrices_only():
     """decay='matrices' (the default): biases, norms and embeddings (a tied output layer too) in groups
     without weight decay, each group's other settings kept; 'all' decays everything, as torch's AdamW."""

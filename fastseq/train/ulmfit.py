@@ -26,7 +26,8 @@ The config:
     pretrain: {steps, lr, block, batch, ...}   finetune: {steps, lr, block, batch, embedding: top, ...}
     classify: {steps_per_stage (one number, or one per stage), lr, ladder, keep_optimizer, decay, hidden_dim,
                dropout, norm, max_tokens, max_len, eval_every (steps; 0: each stage's end), keep_best (the
-               weights of the lowest validation error seen, rather than the last)}
+               weights of the lowest validation error seen, rather than the last), body (the classifier's
+               own LM dropouts: {hidden_dropout: 0.3, ...})}
     out_dir:  runs/ulmfit_trec  (stages in pretrain/, finetune/, classify/; the classifier's run folder is out_dir)
 """
 from __future__ import annotations
@@ -151,6 +152,9 @@ def train_classifier(lm, tokenizer, train_records, valid_records, settings: dict
     max_tokens, max_len = int(c.pop("max_tokens", 2048)), int(c.pop("max_len", 128))
     seed = int(c.pop("seed", 0))
     every, keep_best = int(c.pop("eval_every", 0)), bool(c.pop("keep_best", False))
+    body = c.pop("body", None)
+    if body:
+        lm = with_dropouts(lm, body)
     if every < 0:
         raise ValueError(f"ulmfit: classify.eval_every must be >= 0 (0: each stage's end), got {every}")
     if keep_best and not valid_records:
@@ -210,6 +214,22 @@ def train_classifier(lm, tokenizer, train_records, valid_records, settings: dict
     for p in model.parameters():
         p.requires_grad_(True)
     return model, metrics
+
+
+DROPOUTS = ("embed_dropout", "input_dropout", "hidden_dropout", "output_dropout", "weight_drop")
+_WEIGHT_DROPPED = "parametrizations.weight_hh_l0.original"  # weight_drop's parametrization keeps the weight here
+
+
+def with_dropouts(lm: LSTMLM, dropouts: dict) -> LSTMLM:
+    """The LM with other dropout probabilities (fastai sets the classifier's apart from the LM's), its
+    weights unchanged; weight_drop may turn on or off."""
+    if not isinstance(dropouts, dict) or set(dropouts) - set(DROPOUTS):
+        raise ValueError(f"ulmfit: classify.body takes a mapping of {', '.join(DROPOUTS)}, got {dropouts!r}")
+    config = dataclasses.replace(lm.config, **{k: float(v) for k, v in dropouts.items()})
+    new = LSTMLM(config).to(lm.embedding.weight.device)
+    plain = {k.replace(_WEIGHT_DROPPED, "weight_hh_l0"): v for k, v in lm.state_dict().items()}
+    new.load_state_dict({k: plain[k.replace(_WEIGHT_DROPPED, "weight_hh_l0")] for k in new.state_dict()})
+    return new.train(lm.training)
 
 
 def extend_vocabulary(lm: LSTMLM, old: D.WordTokenizer, new: D.WordTokenizer) -> LSTMLM:
