@@ -301,11 +301,12 @@ def test_gpu_window_dry_run_runs_every_section_and_keeps_its_files(tmp_path):
                           capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     files = sorted(p.name for p in out.iterdir())
-    assert files == ["autograd.json", "generate-hf.json", "headline.json", "log", "parity.json", "tests.junit.xml",
-                     "window.json"], files
+    assert files == ["autograd.json", "generate-hf.json", "headline.json", "hf-attention.json", "log", "parity.json",
+                     "tests.junit.xml", "window.json"], files
     window = json.loads((out / "window.json").read_text())
     assert window["meta"]["dry_run"] and window["meta"]["commit"]
-    assert [s["step"] for s in window["steps"]] == ["build", "0", "1", "2", "3", "4:sweep", "4:parity", "4:generate"]
+    assert [s["step"] for s in window["steps"]] == ["build", "0", "1", "2", "3", "4:sweep", "4:parity", "4:generate",
+                                                    "4:hf-attention"]
     assert all(s["status"] in ("ok", "skipped") for s in window["steps"]), window["steps"]
     assert {r["name"] for r in window["rates"]} >= {"copy", "probes"}
     assert window["new_kernels"] and all(r.get("ok") for r in window["new_kernels"])
