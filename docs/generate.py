@@ -148,8 +148,10 @@ def parity_side_by_side() -> str:
 def busy() -> str:
     path, data = latest("lstm-busy-cpu")
     out = [[r["mode"], _sizes(r["sizes"]), r["cache"], r["serving_busy"], f"{r['call_median_ms']:.3g} ms",
-            f"{r['baseline_median_ms']:.3g} ms", _x(r["speedup"])] for r in data["results"]]
-    header = ["mode", "sizes", "choice cache", "served by", "fastseq.nn.LSTM", "torch.nn.LSTM", "ratio"]
+            f"{r['baseline_median_ms']:.3g} ms", _x(r["speedup"]),
+            _x(r["paired_speedup"]["median"]) if "paired_speedup" in r else "—"] for r in data["results"]]
+    header = ["mode", "sizes", "choice cache", "served by", "fastseq.nn.LSTM", "torch.nn.LSTM", "ratio",
+              "ratio within rounds"]
     return (source(path, data) + f" Load: {data['meta'].get('load', '')}.\n\n" + table(header, out))
 
 
