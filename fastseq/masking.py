@@ -61,3 +61,11 @@ def each_row_keeps_one(keep: Tensor) -> bool:
 def pads_nothing(key_padding_mask: Tensor) -> bool:
     """Whether a bool key padding mask (True = ignored) ignores no key, read only where that costs no sync."""
     return key_padding_mask.dtype == torch.bool and keeps_all(~key_padding_mask)
+
+
+def fused_takes_padding(key_padding_mask: Tensor, x: Tensor) -> bool:
+    """Whether torch's fused inference functions may take this key padding mask for batch-first x (N, S, E):
+    bool (N, S) with a key kept in every row (torch's give NaN for a row that keeps none, fastseq's contract
+    zeros), read only where that costs no sync."""
+    return (key_padding_mask.dtype == torch.bool and tuple(key_padding_mask.shape) == tuple(x.shape[:2])
+            and each_row_keeps_one(~key_padding_mask))

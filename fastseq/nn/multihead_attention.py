@@ -23,11 +23,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import ops
-from ..masking import each_row_keeps_one, pads_nothing
+from ..masking import fused_takes_padding, pads_nothing
 from ..ops import tuning
 from ..ops.checks import check_key_padding
 from .kv_cache import KVCache
 from .linear import Linear, linear
+
+
+def fast_path_tensors(tensors: tuple) -> bool:
+    """Whether torch's fused inference functions take these tensors as torch's own modules check them: none
+    missing or overriding torch functions, each on a CPU or CUDA device, no gradient to record."""
+    if any(t is None for t in tensors) or torch.overrides.has_torch_function(tensors):
+        return False
+    if any(t.device.type not in ("cpu", "cuda") for t in tensors):
+        return False
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
 
 
 @dataclass(frozen=True)
@@ -156,9 +166,7 @@ class MultiheadAttention(nn.MultiheadAttention):
                 pad = key_padding_mask
                 if pad is None or pads_nothing(pad):
                     return self._native_forward(query, weights, None), None
-                # torch's gives NaN where a row pads every key, fastseq's zeros: only rows that keep one
-                if (pad.dtype == torch.bool and tuple(pad.shape) == tuple(query.shape[:2])
-                        and each_row_keeps_one(~pad) and self._native_wins(query, weights, pad)):
+                if fused_takes_padding(pad, query) and self._native_wins(query, weights, pad):
                     return self._native_forward(query, weights, pad), None
         return self._forward(query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights,
                              is_causal, lengths, kv_cache)
@@ -202,12 +210,9 @@ class MultiheadAttention(nn.MultiheadAttention):
                 or self.out_proj._forward_hooks or self.out_proj._forward_pre_hooks):
             return None
         weights = (self.in_proj_weight, self.in_proj_bias, self.out_proj.weight, self.out_proj.bias)
-        tensors = (x, *weights)
-        if any(t is None for t in tensors) or torch.overrides.has_torch_function(tensors):
+        if not fast_path_tensors((x, *weights)) or any(w.dtype != x.dtype for w in weights):
             return None
-        if any(t.device.type not in ("cpu", "cuda") or t.dtype != x.dtype for t in tensors):
-            return None
-        return None if torch.is_grad_enabled() and any(t.requires_grad for t in tensors) else weights
+        return weights
 
     def _native_forward(self, x: Tensor, weights: tuple, key_padding_mask: Optional[Tensor]) -> Tensor:
         if key_padding_mask is not None:  # as torch's forward hands it over: additive, of the query's dtype

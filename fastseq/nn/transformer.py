@@ -16,11 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..masking import each_row_keeps_one, pads_nothing
+from ..masking import fused_takes_padding, pads_nothing
 from ..ops import tuning
 from .kv_cache import KVCache
 from .linear import Linear
-from .multihead_attention import MultiheadAttention, PrecomputedKV
+from .multihead_attention import MultiheadAttention, PrecomputedKV, fast_path_tensors
 
 Lengths = Union[Tensor, Sequence[int], None]
 
@@ -98,9 +98,7 @@ class TransformerEncoderLayer(_Layer):
             pad = src_key_padding_mask
             if pad is None or pads_nothing(pad):
                 return self._fused_forward(src, weights, None)
-            # torch's layer gives NaN where a row pads every key, fastseq's zeros: only rows that keep one
-            if (pad.dtype == torch.bool and tuple(pad.shape) == tuple(src.shape[:2]) and each_row_keeps_one(~pad)
-                    and self._fused_wins(src, weights, pad)):
+            if fused_takes_padding(pad, src) and self._fused_wins(src, weights, pad):
                 return self._fused_forward(src, weights, pad)
         return self._composed(src, src_mask, src_key_padding_mask, is_causal, lengths, kv_cache)
 
@@ -128,12 +126,7 @@ class TransformerEncoderLayer(_Layer):
         weights = (attn.in_proj_weight, attn.in_proj_bias, attn.out_proj.weight, attn.out_proj.bias,
                    self.norm1.weight, self.norm1.bias, self.norm2.weight, self.norm2.bias, self.linear1.weight,
                    self.linear1.bias, self.linear2.weight, self.linear2.bias)
-        tensors = (src, *weights)
-        if any(t is None for t in tensors) or torch.overrides.has_torch_function(tensors):
-            return None
-        if any(t.device.type not in ("cpu", "cuda") for t in tensors):
-            return None
-        return None if torch.is_grad_enabled() and any(t.requires_grad for t in tensors) else weights
+        return weights if fast_path_tensors((src, *weights)) else None
 
     def _fused_forward(self, src: Tensor, weights: tuple, key_padding_mask: Optional[Tensor]) -> Tensor:
         (wi, bi, wo, bo, n1w, n1b, n2w, n2b, w1, b1, w2, b2) = weights
