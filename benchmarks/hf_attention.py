@@ -18,11 +18,12 @@ import sys
 
 import torch
 
-import fastseq
-from fastseq.bench import timing
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import fastseq  # noqa: E402
+from fastseq.bench import timing  # noqa: E402
 
-# (vocab, d_model, heads, layers, positions): GPT-2 small, and a toy for the test suite
-SIZES = {"gpt2-small": (50257, 768, 12, 12, 1024), "tiny": (101, 32, 4, 2, 128)}
+from generate_hf import SIZES  # noqa: E402  (GPT-2 small and a toy, as generate_hf.py sizes them)
+
 # (batch, tokens) of the forward rows
 FORWARDS = {"gpu": [(1, 1024), (8, 512), (32, 128)], "cpu": [(1, 128), (8, 128)], "tiny": [(1, 16), (3, 9)]}
 
