@@ -112,11 +112,13 @@ def parity(family: str) -> Callable[[], str]:
     def render() -> str:
         path, data = latest(family)
         out = [[r["module"], r["mode"], _sizes(r["sizes"]), f"{r['torch_ms']:.3g} ms", f"{r['fastseq_ms']:.3g} ms",
-                _x(r["ratio"]), _x(r.get("call_ratio")), ", ".join(r["served"]) or "torch ops"] for r in data["rows"]]
+                _x(r["ratio"]), _x(r["paired_ratio"]["median"]) if "paired_ratio" in r else "—",
+                _x(r.get("call_ratio")), ", ".join(r["served"]) or "torch ops"] for r in data["rows"]]
         ratios = sorted(r["ratio"] for r in data["rows"])
         summary = (f"{len(ratios)} rows: median {_x(ratios[len(ratios) // 2])}, lowest {_x(ratios[0])}, "
                    f"{sum(x >= 0.95 for x in ratios)} at ≥ 0.95×.")
-        header = ["module", "mode", "sizes", "torch.nn", "fastseq", "ratio", "per-call ratio", "served by"]
+        header = ["module", "mode", "sizes", "torch.nn", "fastseq", "ratio", "ratio within rounds", "per-call ratio",
+                  "served by"]
         return source(path, data) + " " + summary + "\n\n" + table(header, out)
     return render
 
