@@ -173,7 +173,8 @@ def run(preset: str, device: torch.device, dtype: torch.dtype, save=lambda rows:
             rows.append(row)
             save(rows)
             print(f"{module:<24} {mode:<9} {json.dumps(sizes):<70} torch {row['torch_ms']:9.3f} ms  fastseq "
-                  f"{row['fastseq_ms']:9.3f} ms  x{row['ratio']:.2f} (within rounds x{row['paired_ratio']['median']:.2f}, per call x{row['call_ratio']:.2f})  "
+                  f"{row['fastseq_ms']:9.3f} ms  x{row['ratio']:.2f} "
+                  f"(within rounds x{row['paired_ratio']['median']:.2f}, per call x{row['call_ratio']:.2f})  "
                   f"{', '.join(backends) or 'torch ops only'}",
                   flush=True)
     return rows

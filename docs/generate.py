@@ -224,6 +224,16 @@ def ulmfit_ablation() -> str:
                                                  "seeds", "its LM's held-out loss"], out)
 
 
+def ulmfit_recipe_sst2() -> str:
+    path, data = latest("ulmfit-recipe-sst2_ulmfit-cpu")
+    out = [[html.escape(r["variant"]), html.escape("; ".join(r["overrides"])) or "—",
+            f"{100 * r['mean']:.1f}% ({100 * r['std']:.1f})", " / ".join(f"{100 * run['valid_error']:.1f}%"
+                                                                        for run in r["runs"])]
+           for r in data["rows"]]
+    return source(path, data) + "\n\n" + table(["variant", "its overrides (on the row's settings before the choice)",
+                                                 "SST-2 dev error, mean (std)", "per seed"], out)
+
+
 def ulmfit_ablation_summary() -> str:
     """A line per change of the recipe: what undoing it did to TREC-6 validation error against the recipe's own
     in the same file, with two standard errors of the difference (the seeds' sample spread)."""
@@ -344,6 +354,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "ulmfit-curve-cpu": ulmfit_curve,
     "ulmfit-ablation-cpu": ulmfit_ablation,
     "ulmfit-ablation-summary": ulmfit_ablation_summary,
+    "ulmfit-recipe-sst2-cpu": ulmfit_recipe_sst2,
     "backends": backends_table,
     "families": families_table,
 }

@@ -7,7 +7,7 @@ scored by the classifier's validation error at the weights it keeps. The test sp
 
 A variant is NAME=OVERRIDES (';' between overrides, added to the row's CPU settings). Variants that share the
 LM fine-tuning settings share its fine-tuned LM (per seed). Writes JSON (after every run) and a Markdown table
-under benchmarks/results/. Seeds may run in separate processes (--json each), merged after (--merge).
+under benchmarks/results/. Seeds or variants may run in separate processes (--json each), merged after (--merge).
 """
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default=None, help="write here instead of OUT/ulmfit-recipe-<row>-<device>-<date>-"
                                                      "<commit>.json")
     parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
-                        help="only merge these --json files (the same variants, other seeds) into OUT's file")
+                        help="only merge these --json files (other seeds or other variants) into OUT's file")
     args = parser.parse_args(argv)
     if args.merge:
         return merge(args.merge, args.out)
@@ -108,23 +108,32 @@ def write(path: str, rows: list[dict]) -> int:
 
 
 def merge(parts: list[str], out: str) -> int:
-    """Files of the same variants over other seeds -> one results file (meta.parts: each file's seeds)."""
+    """Files of one row's variants (other seeds, or other variants) -> one results file: each variant's runs
+    gathered, in the order the files first name them (meta.parts: each file's date, commit and seeds)."""
     loaded = [json.load(open(p)) for p in parts]
     same = ("row", "config", "overrides", "device", "torch")
     for part, data in zip(parts[1:], loaded[1:]):
         differ = [k for k in same if data["meta"].get(k) != loaded[0]["meta"].get(k)]
-        if differ or [r["variant"] for r in data["rows"]] != [r["variant"] for r in loaded[0]["rows"]]:
-            raise SystemExit(f"--merge: {part} differs from {parts[0]} in {', '.join(differ) or 'its variants'}")
-    rows = [summary({**row, "runs": [run for data in loaded for run in data["rows"][i]["runs"]]})
-            for i, row in enumerate(loaded[0]["rows"])]
-    meta = {**loaded[0]["meta"], "seeds": [s for d in loaded for s in d["meta"]["seeds"]],
+        if differ:
+            raise SystemExit(f"--merge: {part} differs from {parts[0]} in {', '.join(differ)}")
+    rows: dict = {}
+    for data in loaded:
+        for row in data["rows"]:
+            kept = rows.setdefault(row["variant"], {**row, "runs": []})
+            if kept["overrides"] != row["overrides"]:
+                raise SystemExit(f"--merge: variant {row['variant']!r} has other overrides in another file")
+            if {r["seed"] for r in kept["runs"]} & {r["seed"] for r in row["runs"]}:
+                raise SystemExit(f"--merge: variant {row['variant']!r} has a seed in more than one file")
+            kept["runs"] += row["runs"]
+    latest = max(loaded, key=lambda d: d["meta"]["date"])["meta"]
+    meta = {**latest, "seeds": sorted({s for d in loaded for s in d["meta"]["seeds"]}),
             "parts": [{"file": os.path.basename(p), **{k: d["meta"][k] for k in ("date", "commit", "seeds", "threads")}}
                       for p, d in zip(parts, loaded)]}
     path = os.path.join(out, f"ulmfit-recipe-{meta['row']}-{'cpu' if 'CPU' in meta['device'] else 'cuda'}-"
                              f"{meta['date'][:10]}-{meta['commit'][:7]}.json")
+    rows = [summary(r) for r in rows.values()]
     atomic.write(path, lambda f: json.dump({"meta": meta, "rows": rows}, f, indent=1), mode="w")
     return write(path, rows)
-
 
 if __name__ == "__main__":
     sys.exit(main())
