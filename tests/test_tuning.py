@@ -134,6 +134,56 @@ def test_a_kept_choice_the_machine_no_longer_agrees_with_is_measured_again(cache
     assert json.loads(cache.read_text())["choices"][bucket]["backend"] == "torch"
 
 
+
+@pytest.fixture
+def two_threads():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_torchs_lstm_takes_one_thread_when_all_run_far_slower(cache, monkeypatch, two_threads):
+    """Without a gradient, torch's CPU LSTM runs on the caller's threads or on one, measured (lstm_threads):
+    with a core busy, every step's parallel region waits for the descheduled thread. Here a sleep stands for
+    that wait: the chooser takes one thread, the caller's count is restored after each call, and when the
+    load goes the probes bring all threads back; the answer is torch.nn.LSTM's either way."""
+    from fastseq.nn import LSTM
+    delays = {"all": 0.05, "one": 0.0}
+    threads = []
+    original = registry.Family.call
+
+    def call(self, function, backend, *args, **kwargs):
+        if self.name == "lstm" and function == "lstm":
+            threads.append(torch.get_num_threads())
+            time.sleep(delays["one" if threads[-1] == 1 else "all"])
+        return original(self, function, backend, *args, **kwargs)
+    monkeypatch.setattr(registry.Family, "call", call)
+    monkeypatch.setattr(tuning, "PROBE_MIN_S", 0.0)
+    monkeypatch.setattr(tuning, "PROBE_GAP", 0)  # probe on every call
+    torch.manual_seed(0)
+    base = torch.nn.LSTM(5, 7, num_layers=2)
+    ours = LSTM(5, 7, num_layers=2)
+    ours.load_state_dict(base.state_dict())
+    x = torch.randn(6, 3, 5)
+    with torch.no_grad(), backends.use(cpu="torch"):
+        expected = base(x)
+        got = ours(x)
+        bucket = next(k for k in tuning.choices() if k.startswith("lstm_threads|"))
+        assert tuning.choices()[bucket].backend == "one"
+        assert threads[-1] == 1 and torch.get_num_threads() == 2
+        torch.testing.assert_close(got[0], expected[0], rtol=0, atol=0)
+        delays.update(all=0.0, one=0.05)
+        for _ in range(tuning.STRIKES):
+            ours(x)
+        assert tuning.choices()[bucket].backend == "all"
+        ours(x)
+        assert threads[-1] == 2 and torch.get_num_threads() == 2  # the call itself, after any probe
+    threads.clear()
+    with backends.use(cpu="torch"):  # a gradient: the caller's threads, nothing measured
+        ours(x)[0].sum().backward()
+    assert threads == [2] and sum(k.startswith("lstm_threads|") for k in tuning.choices()) == 1
+
 def test_probes_wait_their_gap(cache, monkeypatch, one_thread):
     """A probe runs at most once per PROBE_GAP recorded call times (so checking costs about 1/PROBE_GAP)."""
     ran = _spy(monkeypatch, slow="torch", seconds=0.005)

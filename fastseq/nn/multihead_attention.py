@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..masking import fused_takes_padding, pads_nothing
-from ..ops import tuning
+from ..ops import registry, tuning
 from ..ops.checks import check_key_padding
 from .kv_cache import KVCache
 from .linear import Linear, linear
@@ -234,7 +234,8 @@ class MultiheadAttention(nn.MultiheadAttention):
             else:
                 self._forward(x, x, x, key_padding_mask, False, None, True, False, None, None)
         call = tuning.Call(x.device, x.dtype, False, (B, T, E), (self.num_heads,), run)
-        return tuning.pick("multihead_attention", ("fused", "composed"), call) == "fused"
+        with registry.trials():
+            return tuning.pick("multihead_attention", ("fused", "composed"), call) == "fused"
 
     def _forward_static(self, query, memory: PrecomputedKV, value, key_padding_mask, need_weights, attn_mask,
                         average_attn_weights, is_causal, lengths, kv_cache):

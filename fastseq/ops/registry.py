@@ -166,6 +166,18 @@ def served() -> Iterator[list[tuple[str, str, str]]]:
         yield record
     finally:
         _served.reset(token)
+
+
+@contextlib.contextmanager
+def trials() -> Iterator[None]:
+    """A chooser's trial runs: not recorded by served(), since they are not what served the call."""
+    token = _served.set(None)
+    try:
+        yield
+    finally:
+        _served.reset(token)
+
+
 _EXTENSION_LIBRARY = torch.library.Library("fastseq_ext", "DEF")
 _EXTENSION_DEFINED: set[str] = set()
 
@@ -256,11 +268,8 @@ def chosen(family: str, device_type: str, needs: tuple[str, ...] = (), autograd:
     interpret = backends.triton_interpret()
     fast = () if call is None else _timed(family, able, device_type, order, interpret)
     if len(fast) > 1:  # something to time
-        token = _served.set(None)  # the chooser's trial runs are not what served the call
-        try:
+        with trials():
             measured = tuning.pick(family, fast, call())
-        finally:
-            _served.reset(token)
         if measured is not None:
             return measured
     question = (family, able, device_type, order, interpret)
