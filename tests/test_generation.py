@@ -356,8 +356,10 @@ def test_bad_arguments_fail_clearly():
 
 @pytest.mark.parametrize("kind", ["causal_lm", "transformer", "bahdanau", "lstm_lm"])
 def test_generation_under_autocast(kind):
-    """Decoding under torch.autocast (as the trainer evaluates in bf16): caches take autocast's dtype and
-    greedy search mostly agrees with float32 on a peaked model."""
+    """Decoding under torch.autocast (as the trainer evaluates in bf16): caches take autocast's dtype; greedy
+    search's first token is float32's wherever float32 gave it probability > 0.9 (a margin of over 2 nats,
+    far beyond bfloat16's rounding; a closer call may go either way), and its log-probability is float32's
+    best within 0.15 nats in every row (the best log-probability moves at most twice the logits' error)."""
     model = _sharpen(tiny_models()[kind])
     tokens, lengths = _inputs()
     exact = generate(model, tokens, lengths, max_new_tokens=6, eos_id=None)
@@ -365,7 +367,9 @@ def test_generation_under_autocast(kind):
         low = generate(model, tokens, lengths, max_new_tokens=6, eos_id=None, method="beam", beams=2)
         greedy = generate(model, tokens, lengths, max_new_tokens=6, eos_id=None)
     assert low.tokens.shape == (4, 6) and greedy.tokens.shape == (4, 6)
-    assert (greedy.tokens[:, 0] == exact.tokens[:, 0]).float().mean() >= 0.75
+    confident = exact.token_scores[:, 0] > math.log(0.9)
+    assert (greedy.tokens[:, 0] == exact.tokens[:, 0])[confident].all(), (exact.token_scores[:, 0].exp(), greedy.tokens)
+    assert (greedy.token_scores[:, 0] - exact.token_scores[:, 0]).abs().max() < 0.15
 
 
 @pytest.mark.parametrize("device, backend", KERNEL_RUNS)
