@@ -234,6 +234,14 @@ def ulmfit_recipe_sst2() -> str:
                                                  "SST-2 dev error, mean (std)", "per seed"], out)
 
 
+def sst2_ulmfit_seeds() -> str:
+    path, data = latest("sst2-ulmfit-seeds-cpu")
+    out = [[r["seed"], f"{100 * r['dev_accuracy']:.1f}%", f"{100 * r['accuracy']:.1f}%", f"{r['minutes']:.1f}"]
+           for r in data["rows"]]
+    return source(path, data) + "\n\n" + table(["seed", "dev accuracy (kept weights)", "test accuracy",
+                                                 "minutes (one thread)"], out)
+
+
 def ulmfit_ablation_summary() -> str:
     """A line per change of the recipe: what undoing it did to TREC-6 validation error against the recipe's own
     in the same file, with two standard errors of the difference (the seeds' sample spread)."""
@@ -355,6 +363,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "ulmfit-ablation-cpu": ulmfit_ablation,
     "ulmfit-ablation-summary": ulmfit_ablation_summary,
     "ulmfit-recipe-sst2-cpu": ulmfit_recipe_sst2,
+    "sst2-ulmfit-seeds-cpu": sst2_ulmfit_seeds,
     "backends": backends_table,
     "families": families_table,
 }
