@@ -96,13 +96,17 @@ def test_the_cache_file_serves_a_new_process(cache, monkeypatch):
     assert ran == [measured.backend]
 
 
+def _with_threads(n):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(n)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def one_thread():
     """The backends' own time well below the sleeps that stand for load, on a machine that may be busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    yield from _with_threads(1)
 
 
 def test_a_kept_choice_the_machine_no_longer_agrees_with_is_measured_again(cache, monkeypatch, one_thread):
@@ -137,10 +141,7 @@ def test_a_kept_choice_the_machine_no_longer_agrees_with_is_measured_again(cache
 
 @pytest.fixture
 def two_threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(threads)
+    yield from _with_threads(2)
 
 
 def test_torchs_lstm_takes_one_thread_when_all_run_far_slower(cache, monkeypatch, two_threads):

@@ -286,12 +286,13 @@ def stacked(x: Tensor, hx: tuple[Tensor, Tensor], weights: list[Tensor], first: 
     weights: per layer and direction w_ih, w_hh[, b_ih, b_hh][, w_hr]; first: the first layer's (w_ih,
     w_hh, b_ih or None, w_hr or None)."""
     h0, c0 = hx
-    backend = layer_backend(x if shape is None else shape, h0[0], c0[0], *first, grad, lengths)
+    padded = x if shape is None else shape
+    backend = layer_backend(padded, h0[0], c0[0], *first, grad, lengths)
     if not FAMILY.offers(backend, "lstm"):
         return None
     args = (x, [h0, c0], weights, has_biases, num_layers, dropout, training, bidirectional, batch_sizes)
     if backend == "torch" and not grad and x.device.type == "cpu" and torch.get_num_threads() > 1:
-        sizes = (*(x if shape is None else shape).shape, first[1].shape[1], num_layers)
+        sizes = (*padded.shape, first[1].shape[1], num_layers)
         if _threads(x, sizes, (bidirectional, batch_sizes is not None), args) == "one":
             with one_thread():
                 return FAMILY.call("lstm", backend, *args)
