@@ -1,11 +1,17 @@
 """fastseq.nn.LSTM against torch.nn.LSTM on a CPU with another process spinning on one core.
 
-For each shape: the choice cache made on the quiet machine first (what a cache written earlier holds),
-then the spinner started and both modules timed side by side (timing.measure_together) after fastseq's
-chooser has had its probes (it notices a kept choice the load has made slow and measures again). A
-second pass starts from an empty cache under load. Rows: both medians and quartiles, the ratio, the
-ratio within each round (median and quartiles: the two saw the same moment of the load), the backend
-serving at the end, under each cache.
+For each shape, three passes, each from a fresh choice cache:
+- "made quiet": the choices made on the quiet machine first (what a cache written earlier holds), then the
+  spinner started, a few seconds of calls (the chooser's probes on every call once the first is due: a
+  stalled call brings it forward), and both modules timed side by side (timing.measure_together);
+- "empty": the choices made under load, then the same;
+- "made busy": the choices made under load, then the spinner stopped, the probes made due at once (the
+  probes' clock compressed: in a user's loop they come every few seconds), and both timed on the quiet
+  machine.
+Rows: both means and their ratio (a loop's total time: a busy core stalls some calls and not others, which
+a median leaves out), both medians and quartiles, the ratio of medians, the ratio within each round (median
+and quartiles: the two saw the same moment of the load), the backend and thread count serving at the end
+(ops/lstm/threads.py).
 
     python benchmarks/busy_lstm.py [--out benchmarks/results] [--quick]
 """
@@ -66,40 +72,65 @@ def _served(fn) -> str:
     return ",".join(sorted({backend for family, _, backend in seen if family == "lstm"})) or "?"
 
 
-def _probe_until_settled(fn, seconds: float) -> None:
-    """Calls for `seconds`, probes on every call: what a user's loop does over a longer time, compressed."""
+def _probe_until_settled(fn, seconds: float, at_once: bool = False) -> None:
+    """Calls for `seconds` and at least a full window of probes and two more, probes on every call once the
+    first is due (at once, with at_once): what a user's loop does over a longer time, compressed."""
     gap, least = tuning.PROBE_GAP, tuning.PROBE_MIN_S
     tuning.PROBE_GAP, tuning.PROBE_MIN_S = 0, 0.0
+    if at_once:
+        tuning.probe_now()
     try:
-        end = time.perf_counter() + seconds
-        while time.perf_counter() < end:
+        end, calls = time.perf_counter() + seconds, 0
+        while time.perf_counter() < end or calls < tuning.WINDOW + 2:
             fn()
+            calls += 1
     finally:
         tuning.PROBE_GAP, tuning.PROBE_MIN_S = gap, least
 
 
-def measure(shape, cache_from_quiet: bool, spinner_start, spinner_stop, seconds: float = 2.0) -> dict:
+def _threads() -> str:
+    return ",".join(sorted({m.backend for k, m in tuning.choices().items() if k.startswith("lstm_threads|")})) or "-"
+
+
+CACHES = ("made quiet", "empty", "made busy")  # the cache the timed pass starts from; "made busy" is timed quiet
+
+
+def measure(shape, cache: str, spinner_start, spinner_stop, seconds: float = 2.0) -> dict:
     mode, B, H, T = shape
     base, ours = _modules(B, H, T, mode)
-    tuning.forget()
-    if cache_from_quiet:
+    os.environ["FASTSEQ_CACHE"] = os.path.join(tempfile.mkdtemp(prefix="fastseq-busy-"), "choices.json")
+    tuning.forget()  # an empty cache: this shape's own choices only
+    made = None
+    if cache == "made quiet":
         ours()  # the choice made on the quiet machine
-    quiet_choice = _served(ours) if cache_from_quiet else None
-    spinner_start()
+        made = f"{_served(ours)}/{_threads()}"
+    elif cache == "made busy":  # chosen under load, probes and all, then the load goes
+        spinner_start()
+        try:
+            ours()
+            _probe_until_settled(ours, 2.0)
+            made = f"{_served(ours)}/{_threads()}"
+        finally:
+            spinner_stop()
+    busy = cache != "made busy"
+    if busy:
+        spinner_start()
     try:
-        ours()  # an empty cache chooses now, under load
-        _probe_until_settled(ours, 2.0)
+        ours()  # an empty cache chooses now
+        _probe_until_settled(ours, 2.0, at_once=not busy)  # quiet: the probes' clock compressed
         rounds: dict = {}
         timed = timing.measure_together({"torch": base, "fastseq": ours}, torch.device("cpu"), min_seconds=seconds,
                                         rounds_out=rounds)
-        serving = _served(ours)
+        serving, threads = _served(ours), _threads()
     finally:
-        spinner_stop()
+        if busy:
+            spinner_stop()
     t, b = timed["fastseq"], timed["torch"]
     return {"mode": mode, "sizes": {"batch": B, "hidden": H, "seq": T, "layers": 1, "input": H},
-            "cache": "made quiet" if cache_from_quiet else "empty", "quiet_choice": quiet_choice,
-            "serving_busy": serving, **t, "baseline": "torch.nn.LSTM", "baseline_median_ms": b["median_ms"],
-            "baseline_p25_ms": b["p25_ms"], "baseline_p75_ms": b["p75_ms"],
+            "cache": cache, "cache_choice": made, "timed": "busy" if busy else "quiet",
+            "serving": serving, "threads": threads, **t, "baseline": "torch.nn.LSTM",
+            "baseline_median_ms": b["median_ms"], "baseline_p25_ms": b["p25_ms"], "baseline_p75_ms": b["p75_ms"],
+            "baseline_mean_ms": b["mean_ms"], "speedup_mean": b["mean_ms"] / t["mean_ms"],
             "speedup": b["median_ms"] / t["median_ms"],
             "paired_speedup": timing.paired_ratio(rounds, "torch", "fastseq")}
 
@@ -110,7 +141,6 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="the first three shapes only")
     parser.add_argument("--seconds", type=float, default=2.0, help="seconds each side is timed for, per shape")
     args = parser.parse_args(argv)
-    os.environ["FASTSEQ_CACHE"] = os.path.join(tempfile.mkdtemp(prefix="fastseq-busy-"), "choices.json")
     os.environ["FASTSEQ_AUTOTUNE"] = "1"
     spinner = {}
 
@@ -125,18 +155,21 @@ def main(argv=None) -> int:
 
     rows = []
     for shape in SHAPES[:3] if args.quick else SHAPES:
-        for quiet in (True, False):
-            r = measure(shape, quiet, start, stop, args.seconds)
+        for cache in CACHES:
+            r = measure(shape, cache, start, stop, args.seconds)
             rows.append(r)
             print(f"{r['mode']:<9} B{r['sizes']['batch']:<3} H{r['sizes']['hidden']:<4} T{r['sizes']['seq']:<3} "
-                  f"cache {r['cache']:<10} (quiet: {r['quiet_choice'] or '-':<5}) serving {r['serving_busy']:<5} "
-                  f"fastseq {r['median_ms']:8.2f} ms  torch {r['baseline_median_ms']:8.2f} ms  x{r['speedup']:.2f} "
-                  f"(within rounds x{r['paired_speedup']['median']:.2f})",
-                  flush=True)
+                  f"cache {r['cache']:<10} ({r['cache_choice'] or '-':<9}) timed {r['timed']:<5} serving "
+                  f"{r['serving']}/{r['threads']:<4} mean: fastseq {r['mean_ms']:8.2f} ms torch "
+                  f"{r['baseline_mean_ms']:8.2f} ms x{r['speedup_mean']:.2f}; median: fastseq {r['median_ms']:8.2f} ms "
+                  f"torch {r['baseline_median_ms']:8.2f} ms x{r['speedup']:.2f} "
+                  f"(within rounds x{r['paired_speedup']['median']:.2f})", flush=True)
     meta = sweep.metadata(torch.device("cpu"), "busy", {})
     meta["load"] = "one process spinning on one of the machine's cores"
-    meta["timing"] = (f"median of blocks taken in turns for >= {args.seconds} s a side (wall clock), after the probes; "
-                      "paired_speedup: torch's time over fastseq's within each round, median and quartiles")
+    meta["timing"] = (f"one call a block, the two taking turns for >= {args.seconds} s a side (wall clock), after the "
+                      "probes; speedup_mean: the ratio of mean times (the loop's total time: a busy core stalls some "
+                      "calls and not others); speedup: of medians; paired_speedup: torch's time over fastseq's within "
+                      "each round, median and quartiles")
     stem = f"lstm-busy-cpu-{datetime.date.today().isoformat()}-{meta.get('commit', 'unknown')}"
     path = os.path.join(args.out, stem + ".json")
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)

@@ -38,8 +38,10 @@ def _sync(device: torch.device) -> None:
 
 
 def _quartiles(times: list[float], prefix: str = "") -> dict:
+    """Median and quartiles, and the mean (what a loop of these calls takes per call, stalls included)."""
     q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
-    return {f"{prefix}median_ms": statistics.median(times), f"{prefix}p25_ms": q[0], f"{prefix}p75_ms": q[2]}
+    return {f"{prefix}median_ms": statistics.median(times), f"{prefix}p25_ms": q[0], f"{prefix}p75_ms": q[2],
+            f"{prefix}mean_ms": statistics.mean(times)}
 
 
 class CudaClock:

@@ -20,7 +20,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from .. import ops
 from ..numerics import autocast_dtype
 from ..ops.checks import integers
-from ..ops.lstm import checked_step, stacked
+from ..ops.lstm import checked_step, stacked, threads
 
 HiddenState = tuple[Tensor, Tensor]
 
@@ -164,6 +164,28 @@ class LSTM(nn.Module):
         self, input: Union[Tensor, PackedSequence], hx: Optional[HiddenState] = None,
         lengths: Union[Tensor, Sequence[int], None] = None,
     ) -> tuple[Union[Tensor, PackedSequence], HiddenState]:
+        bucket = self._bucket(input, lengths)
+        if bucket is None:  # not an input it runs: its own error
+            return self._forward(input, hx, lengths)
+        x = input.data if isinstance(input, PackedSequence) else input
+        return threads.run(self._forward, (input, hx, lengths), x, lambda: list(self.parameters()), *bucket)
+
+    def _bucket(self, input, lengths) -> Optional[tuple[tuple, tuple]]:
+        """The call's sizes and flags, for the thread choice (ops.lstm.threads)."""
+        if isinstance(input, PackedSequence):
+            steps, kind = input.batch_sizes.numel(), "packed"
+            batch = int(input.batch_sizes[0]) if steps else 0
+        elif isinstance(input, Tensor) and input.dim() in (2, 3):
+            steps, batch = (input.shape[0], 1) if input.dim() == 2 else input.shape[:2]
+            steps, batch = (batch, steps) if self.batch_first and input.dim() == 3 else (steps, batch)
+            kind = "padded" if lengths is None else "lengths"
+        else:
+            return None
+        sizes = (steps, batch, self.input_size, self.hidden_size, self.proj_size, self.num_layers)
+        return sizes, (self.bidirectional, kind)
+
+    def _forward(self, input: Union[Tensor, PackedSequence], hx: Optional[HiddenState],
+                 lengths: Union[Tensor, Sequence[int], None]) -> tuple[Union[Tensor, PackedSequence], HiddenState]:
         packed = isinstance(input, PackedSequence)
         unbatched = False
         if lengths is not None:

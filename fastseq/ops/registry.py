@@ -168,14 +168,18 @@ def served() -> Iterator[list[tuple[str, str, str]]]:
         _served.reset(token)
 
 
-@contextlib.contextmanager
-def trials() -> Iterator[None]:
-    """A chooser's trial runs: not recorded by served(), since they are not what served the call."""
-    token = _served.set(None)
-    try:
-        yield
-    finally:
-        _served.reset(token)
+class trials:
+    """A chooser's trial runs: not recorded by served(), since they are not what served the call (a class,
+    not a generator: every op call that chooses enters it)."""
+
+    __slots__ = ("_token",)
+
+    def __enter__(self) -> None:
+        self._token = _served.set(None) if _served.get() is not None else None
+
+    def __exit__(self, *exc) -> None:
+        if self._token is not None:
+            _served.reset(self._token)
 
 
 _EXTENSION_LIBRARY = torch.library.Library("fastseq_ext", "DEF")

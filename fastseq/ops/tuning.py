@@ -2,13 +2,14 @@
 algorithm: the first call in a new shape bucket times each backend that can serve it, on that call's own
 inputs (the forward, and its backward when a gradient is needed), and keeps the fastest for the bucket.
 
-A bucket is the op family, the device's name, the dtype, whether a gradient is needed, and the call's
-sizes rounded up to powers of two (and its flags). Choices live in memory and in a JSON file, by default
-~/.cache/fastseq/backend-choices.json (FASTSEQ_CACHE names another), kept apart per torch, Triton and
-fastseq version and written atomically; a file that is corrupt, from other versions or unwritable gives
-one warning and the choices stay in memory. FASTSEQ_AUTOTUNE=0 turns measurement off (the static order
-decides); a backend the user forces (fastseq.backends.use, FASTSEQ_BACKEND) is never second-guessed;
-nothing is timed while torch.compile traces or a CUDA graph captures (the cached or static choice serves).
+A bucket is the op family, the device's name (on a CPU, with torch's intra-op thread count), the dtype,
+whether a gradient is needed, and the call's sizes rounded up to powers of two (and its flags). Choices
+live in memory and in a JSON file, by default ~/.cache/fastseq/backend-choices.json (FASTSEQ_CACHE names
+another), kept apart per torch, Triton and fastseq version and written atomically; a file that is corrupt,
+from other versions or unwritable gives one warning and the choices stay in memory. FASTSEQ_AUTOTUNE=0
+turns measurement off (the static order decides); a backend the user forces (fastseq.backends.use,
+FASTSEQ_BACKEND) is never second-guessed; nothing is timed while torch.compile traces or a CUDA graph
+captures (the cached or static choice serves).
 On the CPU a kept choice is probed now and then (about 1% of the calls' time) and measured again when the
 machine's load has changed what is fastest.
 """
@@ -35,11 +36,14 @@ CACHE_ENV_VAR = "FASTSEQ_CACHE"
 # REPEATS and at most MOST, or one when the warm-up took over SLOW seconds. The backends take turns, so a
 # machine's drift falls on all of them alike, and short calls get enough runs that noise does not decide.
 REPEATS, MOST, TARGET, SLOW = 3, 25, 0.005, 0.05
+MEAN_RUNS = 5  # the fewest timed runs a choice by mean takes, slow or not
 # A kept choice on the CPU is checked now and then, as the machine's load changes: one timed run of each
 # candidate in turns, at most once per PROBE_GAP times the candidates' recorded time (and PROBE_MIN_S), so
-# checking costs about 1/PROBE_GAP of the calls' time. STRIKES probes in a row that find the kept backend
-# SLOWER times its record, or another candidate faster than BEATEN times it, and the bucket is measured again.
-PROBE_GAP, PROBE_MIN_S, STRIKES, SLOWER, BEATEN = 100, 2.0, 3, 3.0, 0.9
+# checking costs about 1/PROBE_GAP of the calls' time. Over the last WINDOW probes, the kept backend's mean
+# SLOWER times its record, or another candidate's mean below BEATEN times its, and the bucket is measured
+# again: means, so that a load which stalls some calls and not others (a busy core) is counted at its cost.
+PROBE_GAP, PROBE_MIN_S, WINDOW, SLOWER, BEATEN = 100, 2.0, 4, 3.0, 0.9
+STATISTICS = ("median", "mean")  # how a measurement sums up its runs: pick(by=...)
 
 
 @dataclass(slots=True)  # made on every op call: slots, not frozen (whose __init__ costs microseconds)
@@ -88,7 +92,8 @@ _warned: set[str] = set()
 # without building the bucket's key (an op's per-call cost is measured in microseconds at small shapes)
 _recent: dict[tuple, tuple[str, str]] = {}  # -> (backend, bucket)
 _probe_at: dict[str, float] = {}  # bucket -> when its kept choice is next checked (perf_counter seconds)
-_strikes: dict[str, int] = {}  # bucket -> probes in a row that found its choice off
+_window: dict[str, list[dict[str, float]]] = {}  # bucket -> its last probes' times (ms) by candidate
+_generation = 0  # changes with every measurement and forget(): generation()
 
 
 def enabled() -> bool:
@@ -133,9 +138,14 @@ def _device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
+def _device(device: torch.device) -> str:
+    """The device's name; on a CPU with the intra-op thread count torch runs on, which can change the ranking."""
+    return f"cpu/{torch.get_num_threads()}t" if device.type == "cpu" else _device_name(device)
+
+
 def key(family: str, call: Call) -> str:
     """The bucket of a call: its sizes rounded up to powers of two, its flags (booleans, kinds) as they are."""
-    parts = [family, _device_name(call.device), str(call.dtype).removeprefix("torch."),
+    parts = [family, _device(call.device), str(call.dtype).removeprefix("torch."),
              "grad" if call.gradient else "nograd", "x".join(str(_bucket(s)) for s in call.sizes),
              *map(str, call.flags)]
     return "|".join(parts)
@@ -221,12 +231,13 @@ def choices() -> dict[str, Measured]:
 
 def forget() -> None:
     """Drop the choices held in memory and reread the cache file on next use (tests, a changed file)."""
-    global _file
+    global _file, _generation
     with _lock:
+        _generation += 1
         _memory.clear()
         _recent.clear()
         _probe_at.clear()
-        _strikes.clear()
+        _window.clear()
         _file = None
         _warned.clear()
 
@@ -243,32 +254,44 @@ def _time_s(run: Callable[[], None], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def _medians_ms(runs: dict[str, Callable[[], None]], device: torch.device) -> dict[str, float]:
-    """Median milliseconds of each backend's run, after a warm-up run of each, the backends in turns."""
+def _times_ms(runs: dict[str, Callable[[], None]], device: torch.device, by: str = "median") -> dict[str, float]:
+    """Milliseconds of each backend's run, after a warm-up run of each, the backends in turns: the median of
+    the runs, or their mean less the largest run (then never fewer than MEAN_RUNS runs: stalls that come
+    often are what it is asked to count, a quiet machine's one hiccup is not)."""
     warm = {b: _time_s(run, device) for b, run in runs.items()}
-    repeats = {b: 1 if w > SLOW else min(MOST, max(REPEATS, int(TARGET / max(w, 1e-9)))) for b, w in warm.items()}
+    least = MEAN_RUNS if by == "mean" else 1
+    repeats = {b: max(least, 1 if w > SLOW else min(MOST, max(REPEATS, int(TARGET / max(w, 1e-9)))))
+               for b, w in warm.items()}
     times: dict[str, list[float]] = {b: [] for b in runs}
     for turn in range(max(repeats.values())):
         for b, run in runs.items():
             if turn < repeats[b]:
                 times[b].append(_time_s(run, device) * 1e3)
-    return {b: statistics.median(t) for b, t in times.items()}
+    summary = _trimmed_mean if by == "mean" else statistics.median
+    return {b: summary(t) for b, t in times.items()}
 
 
-def pick(family: str, candidates: tuple[str, ...], call: Call) -> Optional[str]:
+def _trimmed_mean(times: list[float]) -> float:
+    return statistics.mean(sorted(times)[:-1]) if len(times) > 2 else statistics.mean(times)
+
+
+def pick(family: str, candidates: tuple[str, ...], call: Call, by: str = "median") -> Optional[str]:
     """The fastest of `candidates` for the call's bucket: kept, or measured now (when measuring is allowed)
     by `call.run(backend)` under a forked random state, so the caller's random stream is untouched. None
     when there is nothing to choose between, measurement is off, or it cannot run now and nothing is kept.
-    A kept choice on the CPU is probed now and then and measured again when the machine no longer agrees."""
+    A kept choice on the CPU is probed now and then and measured again when the machine no longer agrees.
+    by: "median" of the timed runs (a call whose time is steady), or "mean" (one that some loads stall)."""
+    if by not in STATISTICS:
+        raise ValueError(f"pick: by must be one of {STATISTICS}, got {by!r}")
     if len(candidates) < 2 or not enabled():
         return None
-    exact = (family, candidates, call.device, call.dtype, call.gradient, call.sizes, call.flags)
+    exact = _exact(family, candidates, call)
     seen = _recent.get(exact)
     if seen is not None:
         backend, bucket = seen
         if call.device.type != "cpu" or time.perf_counter() < _probe_at.get(bucket, 0.0):
             return backend
-        return _probe(family, candidates, call, exact, bucket, backend)
+        return _probe(family, candidates, call, exact, bucket, backend, by)
     bucket = key(family, call)
     hit = cached(bucket)
     if hit is not None and hit.backend in candidates:
@@ -276,20 +299,58 @@ def pick(family: str, candidates: tuple[str, ...], call: Call) -> Optional[str]:
         return hit.backend
     if not can_measure(call.device):
         return None
-    return _measure(family, candidates, call, exact, bucket)
+    return _measure(family, candidates, call, exact, bucket, by)
 
 
-def _measure(family: str, candidates: tuple[str, ...], call: Call, exact: tuple, bucket: str) -> str:
+def _exact(family: str, candidates: tuple[str, ...], call: Call) -> tuple:
+    threads = torch.get_num_threads() if call.device.type == "cpu" else 0
+    return family, candidates, call.device, threads, call.dtype, call.gradient, call.sizes, call.flags
+
+
+def kept(family: str, candidates: tuple[str, ...], call: Call) -> Optional[tuple[str, str, float, float]]:
+    """The call's kept choice as (backend, bucket, when its next probe is due (perf_counter seconds), its
+    recorded ms), for a caller that keeps it between calls until the probe is due (a per-call cost measured
+    in microseconds); None where nothing is kept."""
+    seen = _recent.get(_exact(family, candidates, call))
+    if seen is None:
+        return None
+    backend, bucket = seen
+    measured = cached(bucket)
+    if measured is None:
+        return None
+    return backend, bucket, _probe_at.get(bucket, 0.0), measured.times_ms.get(backend, float("inf"))
+
+
+def probe_now(bucket: Optional[str] = None) -> None:
+    """The bucket's next probe due at once (every bucket's, given None): its caller saw a served call take far
+    longer (SLOWER times) than its record, so a load that has come is seen within calls rather than after
+    PROBE_GAP. Callers holding kept() copies take them again."""
+    global _generation
+    if bucket is None:
+        _probe_at.clear()  # a bucket without an entry is due
+    else:
+        _probe_at[bucket] = 0.0
+    _generation += 1
+
+
+def generation() -> int:
+    """A count that changes whenever a kept choice may have: a caller's copies older than it are stale."""
+    return _generation
+
+
+def _measure(family: str, candidates: tuple[str, ...], call: Call, exact: tuple, bucket: str, by: str) -> str:
     start = time.perf_counter()
     devices = [call.device] if call.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
-        times = _medians_ms({b: (lambda b=b: call.run(b)) for b in candidates}, call.device)
+        times = _times_ms({b: (lambda b=b: call.run(b)) for b in candidates}, call.device, by)
+    global _generation
     best = min(times, key=times.get)
     measured = Measured(best, times, time.perf_counter() - start)
     with _lock:
+        _generation += 1
         _memory[bucket] = measured
         _save()
-    _strikes.pop(bucket, None)
+    _window.pop(bucket, None)
     for stale in [k for k, (_, b) in _recent.items() if b == bucket]:  # other calls of the bucket: the new choice
         del _recent[stale]
     _remember(exact, bucket, measured)
@@ -297,22 +358,31 @@ def _measure(family: str, candidates: tuple[str, ...], call: Call, exact: tuple,
     return best
 
 
-def _probe(family: str, candidates: tuple[str, ...], call: Call, exact: tuple, bucket: str, backend: str) -> str:
-    """One timed run of each candidate, in turns; measure the bucket again after STRIKES probes in a row that
-    find `backend` far slower than its record or beaten by another candidate."""
+def _probe(family: str, candidates: tuple[str, ...], call: Call, exact: tuple, bucket: str, backend: str,
+           by: str) -> str:
+    """One timed run of each candidate, in turns; measure the bucket again when, over the last WINDOW probes,
+    `backend` runs far slower than its record or another candidate beats it, on average."""
     measured = cached(bucket)
     if measured is None or not can_measure(call.device):
         _probe_at[bucket] = time.perf_counter() + PROBE_MIN_S  # not asked again on every call
         return backend
     with torch.random.fork_rng(devices=[]):
         times = {b: _time_s(lambda b=b: call.run(b), call.device) * 1e3 for b in candidates}
-    recorded = measured.times_ms.get(backend)
-    off = (recorded is not None and times[backend] > SLOWER * recorded) or min(times.values()) < BEATEN * times[backend]
-    _strikes[bucket] = _strikes.get(bucket, 0) + 1 if off else 0
-    if _strikes[bucket] >= STRIKES:
-        return _measure(family, candidates, call, exact, bucket)
+    window = _window.setdefault(bucket, [])
+    window.append(times)
+    del window[:-WINDOW]
+    if len(window) == WINDOW and _off(window, backend, measured.times_ms.get(backend)):
+        return _measure(family, candidates, call, exact, bucket, by)
     _probe_at[bucket] = time.perf_counter() + _gap_s(measured)
     return backend
+
+
+def _off(window: list[dict[str, float]], backend: str, recorded: Optional[float]) -> bool:
+    """Whether the probes' means say the kept `backend` no longer serves: SLOWER times its record, or
+    another candidate below BEATEN times its mean."""
+    means = {b: statistics.mean(p[b] for p in window) for b in window[0]}
+    kept = means[backend]
+    return (recorded is not None and kept > SLOWER * recorded) or min(means.values()) < BEATEN * kept
 
 
 def _gap_s(measured: Measured) -> float:

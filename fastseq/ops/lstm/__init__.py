@@ -10,9 +10,8 @@ The math and the workspace contract shared by every backend are in reference.py 
 """
 from __future__ import annotations
 
-import contextlib
 import functools
-from typing import Iterator, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -20,7 +19,7 @@ from torch import Tensor
 from ...numerics import acc_dtype, autocast
 from .. import checks as C
 from .. import evidence, tuning
-from ..registry import EXTENSION, Family, chosen, declare, trials
+from ..registry import EXTENSION, Family, chosen, declare
 from . import persistent
 
 # (mode, layers, hidden, seq, batch sizes, input size): fastseq/bench/lstm.py against torch.nn.LSTM
@@ -291,38 +290,7 @@ def stacked(x: Tensor, hx: tuple[Tensor, Tensor], weights: list[Tensor], first: 
     if not FAMILY.offers(backend, "lstm"):
         return None
     args = (x, [h0, c0], weights, has_biases, num_layers, dropout, training, bidirectional, batch_sizes)
-    if backend == "torch" and not grad and x.device.type == "cpu" and torch.get_num_threads() > 1:
-        sizes = (*padded.shape, first[1].shape[1], num_layers)
-        if _threads(x, sizes, (bidirectional, batch_sizes is not None), args) == "one":
-            with one_thread():
-                return FAMILY.call("lstm", backend, *args)
     return FAMILY.call("lstm", backend, *args)
-
-
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """torch's intra-op threads set to one for the block, the caller's count restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _threads(x: Tensor, sizes: tuple, flags: tuple, args: tuple) -> str:
-    """How many of torch's threads its CPU LSTM runs on without a gradient: "all" (the caller's) or "one",
-    measured (family `lstm_threads`). With another process busy on a core, a parallel region waits for its
-    descheduled thread at every step and one thread runs many times faster; the chooser's probes notice
-    when the load comes or goes and measure again."""
-    def run(choice: str) -> None:
-        with torch.no_grad(), (one_thread() if choice == "one" else contextlib.nullcontext()):
-            FAMILY.call("lstm", "torch", *args)
-    with trials():
-        return tuning.pick("lstm_threads", THREADS, tuning.Call(x.device, x.dtype, False, sizes, flags, run)) or "all"
-
-
-THREADS = ("all", "one")
 
 
 def layer_backend(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, bias: Optional[Tensor],
