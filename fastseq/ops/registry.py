@@ -35,6 +35,7 @@ import contextlib
 import contextvars
 import dataclasses
 import importlib
+import time
 from typing import Any, Callable, Iterator
 
 import torch
@@ -150,6 +151,7 @@ _MODULES: dict[tuple[str, str], list] = {}
 _ABLE: dict[tuple, tuple[str, ...]] = {}
 _TIMED: dict[tuple, tuple[str, ...]] = {}
 _DEFAULT: dict[tuple, str] = {}  # the unforced choice per question (chosen)
+_KEPT: dict[tuple, tuple[str, float, int]] = {}  # chosen's answer per question given a key: (answer, until, generation)
 _served: contextvars.ContextVar[list | None] = contextvars.ContextVar("fastseq_served", default=None)
 
 
@@ -243,7 +245,7 @@ def functions(family: str) -> tuple[str, ...]:
 
 
 def chosen(family: str, device_type: str, needs: tuple[str, ...] = (), autograd: bool = False,
-           call: Callable[[], tuning.Call] | None = None, args: tuple | None = None) -> str:
+           call: Callable[[], tuning.Call] | None = None, args: tuple | None = None, key: tuple | None = None) -> str:
     """The backend that serves `family` on `device_type` now (fastseq.backends' rules) among those that
     implement every function of `needs` (a forward that will need its backward names both), for a
     forward to pin; with `autograd`, one whose backward torch's autograd derives may serve too (the
@@ -252,9 +254,34 @@ def chosen(family: str, device_type: str, needs: tuple[str, ...] = (), autograd:
     of them for its shape bucket (fastseq.ops.tuning; the reference is timed only when nothing else
     serves). Given `args` (the first function's, in its schema's order), a backend the family's `refusal`
     turns down for them is left out; asked for by name, it raises saying why. While torch.compile traces:
-    "" (the op chooses when the graph runs; the choice reads context variables, which Dynamo cannot trace)."""
+    "" (the op chooses when the graph runs; the choice reads context variables, which Dynamo cannot trace).
+    Given `key` (what the call's sizes, flags, dtype and device are, hashable: everything of the call the
+    answer depends on), the answer is kept and given again for the same question for up to
+    tuning.PROBE_MIN_S, until a choice changes anywhere (tuning.generation()): an op's small call pays
+    microseconds for each step of the route below, and its probes still come when due."""
     if torch.compiler.is_compiling():
         return ""
+    if key is None:
+        return _chosen(family, device_type, needs, autograd, call, args)[0]
+    question = (family, device_type, needs, autograd, key, backends.requested(device_type),
+                backends.triton_interpret(), tuning.enabled(), torch.get_num_threads())
+    kept = _KEPT.get(question)
+    now = time.perf_counter()
+    if kept is not None and now < kept[1] and kept[2] == tuning.generation():
+        return kept[0]
+    generation = tuning.generation()
+    answer, due = _chosen(family, device_type, needs, autograd, call, args)
+    if tuning.can_measure(torch.device(device_type)):  # not while a CUDA graph captures
+        if len(_KEPT) >= 4096:  # shapes that never repeat: keep the table bounded
+            _KEPT.clear()
+        _KEPT[question] = (answer, min(now + tuning.PROBE_MIN_S, due), generation)
+    return answer
+
+
+def _chosen(family: str, device_type: str, needs: tuple[str, ...], autograd: bool,
+            call: Callable[[], tuning.Call] | None, args: tuple | None) -> tuple[str, float]:
+    """chosen()'s answer, and until when it holds (perf_counter seconds): a measured choice's next probe, or
+    for ever."""
     declaration = _FAMILIES[family]
     able = declaration.able(tuple(needs), device_type if autograd else None)
     order = declaration.order.get(device_type)
@@ -268,19 +295,21 @@ def chosen(family: str, device_type: str, needs: tuple[str, ...] = (), autograd:
         if refused:
             able = tuple(b for b in able if b not in refused)
     if asked is not None:
-        return backends.choose(label(), device_type, able, order).backend
+        return backends.choose(label(), device_type, able, order).backend, float("inf")
     interpret = backends.triton_interpret()
     fast = () if call is None else _timed(family, able, device_type, order, interpret)
     if len(fast) > 1:  # something to time
+        timed = call()
         with trials():
-            measured = tuning.pick(family, fast, call())
+            measured = tuning.pick(family, fast, timed)
         if measured is not None:
-            return measured
+            kept = tuning.kept(family, fast, timed)
+            return measured, (kept[2] if kept is not None else 0.0)
     question = (family, able, device_type, order, interpret)
     found = _DEFAULT.get(question)  # what backends.choose answers unforced: the same for the same question
     if found is None:
         found = _DEFAULT[question] = backends.choose(label(), device_type, able, order).backend
-    return found
+    return found, float("inf")
 
 
 def _timed(family: str, able: tuple[str, ...], device_type: str, order, interpret: bool) -> tuple[str, ...]:

@@ -102,7 +102,8 @@ def lstm_cell(gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
     C.check_like(op, "c_prev", c_prev, "gates", gates)
     grad = torch.is_grad_enabled() and (gates.requires_grad or c_prev.requires_grad)
     call = functools.partial(tuning.Call.rerun, lstm_cell, (gates, c_prev), grad, gates.shape)
-    return _cell(gates, c_prev, chosen("lstm", gates.device.type, _cell_needs(grad), autograd=True, call=call))
+    key = (gates.shape, gates.dtype, gates.device, grad)
+    return _cell(gates, c_prev, chosen("lstm", gates.device.type, _cell_needs(grad), autograd=True, call=call, key=key))
 
 
 def _cell_needs(grad: bool) -> tuple[str, ...]:
@@ -150,7 +151,8 @@ def checked_step(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor, b_
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args)
     call = functools.partial(tuning.Call.rerun, lstm_step, args, grad, (x.shape[0], x.shape[1], h.shape[1]),
                              ("step",))
-    backend = chosen("lstm", x.device.type, _cell_needs(grad), autograd=True, call=call)
+    key = ("step", x.shape, h.shape[1], x.dtype, x.device, grad)
+    backend = chosen("lstm", x.device.type, _cell_needs(grad), autograd=True, call=call, key=key)
     if FAMILY.offers(backend, "lstm_step"):  # the whole step in one call (torch's cell)
         return FAMILY.call("lstm_step", backend, *args)
     gates = torch.nn.functional.linear(x, w_ih, b_ih) + torch.nn.functional.linear(h, w_hh, b_hh)
@@ -261,7 +263,10 @@ def _layer_choice(params: tuple, lengths: Optional[Tensor], reverse: bool, train
     needs = ("lstm_layer", "lstm_layer_backward") if training else ("lstm_layer",)
     call = functools.partial(tuning.Call.rerun, lstm_layer, (*params, lengths, reverse), training,
                              (T, B, I, H, H if w_hr is None else w_hr.shape[0]), (lengths is not None, bool(reverse)))
-    return chosen("lstm", x.device.type, needs, autograd=True, call=call, args=(*params, lengths, reverse, training))
+    P = 0 if w_hr is None else w_hr.shape[0]  # 0: no projection
+    key = ("layer", x.shape, H, P, lengths is not None, bool(reverse), x.dtype, x.device, training)
+    return chosen("lstm", x.device.type, needs, autograd=True, call=call, args=(*params, lengths, reverse, training),
+                  key=key)
 
 
 def _refusal(backend: str, function: str, args: tuple) -> Optional[str]:
