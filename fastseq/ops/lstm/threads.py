@@ -2,7 +2,8 @@
 backend is (family `lstm_threads`), whichever backend serves it. With another process busy on a core, each
 time step's parallel region waits for its descheduled thread and one thread runs many times faster; on a
 quiet machine all threads win. The calls' mean decides (a busy core stalls some calls and not others), and
-the chooser's probes notice when the load comes or goes.
+the chooser's probes notice when the load comes or goes; a call on all threads that stalls (SLOWER times its
+record) brings the next probe forward, so a load that comes is seen within a few calls.
 
 With a gradient the backward runs on one thread too: torch's autograd runs a CPU graph on the thread that
 called backward, so a hook on the LSTM's outputs sets one thread when the backward reaches them, and a hook
@@ -79,8 +80,8 @@ def run(fn: Callable[..., Out], args: tuple, x: Tensor, params: Callable[[], lis
             out = fn(*args)
         if grad:
             _backward_on_one_thread(out, args)
-    if (time.perf_counter() - start) * 1e3 > kept.stall_ms:  # a stall: the bucket's probe at once
-        tuning.probe_now(kept.bucket)
+    if kept.choice == "all" and (time.perf_counter() - start) * 1e3 > kept.stall_ms:
+        tuning.probe_now(kept.bucket)  # a stall on all threads, what a load brings: the bucket's probe at once
     return out
 
 
