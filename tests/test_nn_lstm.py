@@ -327,3 +327,40 @@ def test_a_parametrized_weight_is_the_one_used(module):
     a, b = ref(x), ours(x)
     for u, v in zip(a if module == "LSTMCell" else (a[0], *a[1]), b if module == "LSTMCell" else (b[0], *b[1])):
         torch.testing.assert_close(v, u, rtol=1e-10, atol=1e-10)
+
+
+def test_lstm_cell_steps_like_one_before_take_the_kept_route_with_torchs_answers_and_the_checked_errors(monkeypatch):
+    """After a step went the checked route and torch's cell was chosen for its question, steps of the same
+    sizes go straight to torch's cell (no module checks, no choosing): torch.nn.LSTMCell's outputs and
+    gradients exactly; a malformed hx there still gets the checked route's error, naming the argument."""
+    from fastseq.nn import lstm as nn_lstm
+    taken = []
+    original = nn_lstm.kept_step
+    monkeypatch.setattr(nn_lstm, "kept_step", lambda *a: taken.append(original(*a)) or taken[-1])
+    torch.manual_seed(0)
+    base = torch.nn.LSTMCell(5, 7)
+    ours = fastseq.nn.LSTMCell(5, 7)
+    ours.load_state_dict(base.state_dict())
+    x, h, c = torch.randn(3, 5), torch.randn(3, 7), torch.randn(3, 7)
+    with backends.use(cpu="torch"):
+        ours(x, (h, c))  # the checked route: its answer kept for the question
+        for hx in ((h, c), None):
+            taken.clear()
+            got = ours(x, hx)
+            assert taken and taken[-1] is not None  # the kept route served
+            expected = base(x, hx)
+            for g, e in zip(got, expected):
+                torch.testing.assert_close(g, e, rtol=0, atol=0)
+        xg = x.clone().requires_grad_()
+        ours(xg, (h, c))  # a gradient: its own question, kept after this checked call
+        taken.clear()
+        got = ours(xg, (h, c))
+        assert taken[-1] is not None
+        (g_ours,) = torch.autograd.grad(got[0].sum() + got[1].sum(), xg)
+        exp = base(xg, (h, c))
+        (g_base,) = torch.autograd.grad(exp[0].sum() + exp[1].sum(), xg)
+        torch.testing.assert_close(g_ours, g_base, rtol=0, atol=0)
+        with pytest.raises(RuntimeError, match=r"Expected hx\[0\] \(h_0\) size \(3, 7\), got \(3, 6\)"):
+            ours(x, (torch.randn(3, 6), c))
+        with pytest.raises(TypeError, match="hx must be a tuple"):
+            ours(x, (h,))

@@ -20,7 +20,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from .. import ops
 from ..numerics import autocast_dtype
 from ..ops.checks import integers
-from ..ops.lstm import checked_step, stacked, threads
+from ..ops.lstm import checked_step, kept_step, stacked, threads
 
 HiddenState = tuple[Tensor, Tensor]
 
@@ -168,7 +168,7 @@ class LSTM(nn.Module):
         if bucket is None:  # not an input it runs: its own error
             return self._forward(input, hx, lengths)
         x = input.data if isinstance(input, PackedSequence) else input
-        return threads.run(self._forward, (input, hx, lengths), x, lambda: list(self.parameters()), *bucket)
+        return threads.run(self._forward, (input, hx, lengths), x, self.parameters, *bucket)
 
     def _bucket(self, input, lengths) -> Optional[tuple[tuple, tuple]]:
         """The call's sizes and flags, for the thread choice (ops.lstm.threads)."""
@@ -369,6 +369,9 @@ class LSTMCell(nn.LSTMCell):
         return f"{self.input_size}, {self.hidden_size}" + ("" if self.bias else ", bias=False")
 
     def forward(self, input: Tensor, hx: Optional[HiddenState] = None) -> HiddenState:
+        fast = self._kept_route(input, hx)
+        if fast is not None:
+            return fast
         if input.dim() not in (1, 2):
             raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
         if input.size(-1) != self.input_size:
@@ -402,3 +405,27 @@ class LSTMCell(nn.LSTMCell):
         step = ops.lstm_step if autocast else checked_step  # checked above, as torch.nn.LSTMCell checks
         h, c = step(x, h, c, w_ih, w_hh, b_ih, b_hh)
         return (h.squeeze(0), c.squeeze(0)) if unbatched else (h, c)
+
+    def _kept_route(self, input, hx) -> Optional[HiddenState]:
+        """A batched step like one that went the checked route before, where its kept backend runs torch's
+        whole cell (whose kernel checks the arguments): straight there, without this module's checks and
+        choosing, which cost a small step as much as its work. None otherwise, or where the call raises: the
+        checked route then answers, with its own error."""
+        if type(input) is not Tensor or input.dim() != 2 or autocast_dtype(input.device) is not None:
+            return None
+        if hx is not None and not (isinstance(hx, (tuple, list)) and len(hx) == 2):
+            return None
+        w_ih, w_hh, b_ih, b_hh = _weights(self, _CELL_WEIGHTS)
+        if hx is None:
+            h = c = input.new_zeros(input.size(0), self.hidden_size)
+        else:
+            h, c = hx
+        if not isinstance(h, Tensor) or not isinstance(c, Tensor):
+            return None
+        grad = torch.is_grad_enabled() and (input.requires_grad or h.requires_grad or c.requires_grad
+                                            or w_ih.requires_grad or w_hh.requires_grad
+                                            or (b_ih is not None and (b_ih.requires_grad or b_hh.requires_grad)))
+        try:
+            return kept_step(input, h, c, w_ih, w_hh, b_ih, b_hh, grad)
+        except (RuntimeError, TypeError, ValueError):
+            return None

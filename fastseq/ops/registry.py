@@ -263,8 +263,7 @@ def chosen(family: str, device_type: str, needs: tuple[str, ...] = (), autograd:
         return ""
     if key is None:
         return _chosen(family, device_type, needs, autograd, call, args)[0]
-    question = (family, device_type, needs, autograd, key, backends.requested(device_type),
-                backends.triton_interpret(), tuning.enabled(), torch.get_num_threads())
+    question = _question(family, device_type, needs, autograd, key)
     kept = _KEPT.get(question)
     now = time.perf_counter()
     if kept is not None and now < kept[1] and kept[2] == tuning.generation():
@@ -276,6 +275,22 @@ def chosen(family: str, device_type: str, needs: tuple[str, ...] = (), autograd:
             _KEPT.clear()
         _KEPT[question] = (answer, min(now + tuning.PROBE_MIN_S, due), generation)
     return answer
+
+
+def _question(family: str, device_type: str, needs: tuple[str, ...], autograd: bool, key: tuple) -> tuple:
+    return (family, device_type, needs, autograd, key, backends.requested(device_type), backends.triton_interpret(),
+            tuning.enabled(), torch.get_num_threads())
+
+
+def kept(family: str, device_type: str, needs: tuple[str, ...], autograd: bool, key: tuple) -> str | None:
+    """chosen()'s answer to this keyed question where it is kept and still holds, without choosing; else None
+    (for a module's fast route: a call like one that went the whole route before)."""
+    if torch.compiler.is_compiling():
+        return None
+    found = _KEPT.get(_question(family, device_type, needs, autograd, key))
+    if found is not None and time.perf_counter() < found[1] and found[2] == tuning.generation():
+        return found[0]
+    return None
 
 
 def _chosen(family: str, device_type: str, needs: tuple[str, ...], autograd: bool,

@@ -19,7 +19,7 @@ from torch import Tensor
 from ...numerics import acc_dtype, autocast
 from .. import checks as C
 from .. import evidence, tuning
-from ..registry import EXTENSION, Family, chosen, declare
+from ..registry import EXTENSION, Family, chosen, declare, kept
 from . import persistent
 
 # (mode, layers, hidden, seq, batch sizes, input size): fastseq/bench/lstm.py against torch.nn.LSTM
@@ -151,12 +151,27 @@ def checked_step(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor, b_
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args)
     call = functools.partial(tuning.Call.rerun, lstm_step, args, grad, (x.shape[0], x.shape[1], h.shape[1]),
                              ("step",))
-    key = ("step", x.shape, h.shape[1], x.dtype, x.device, grad)
-    backend = chosen("lstm", x.device.type, _cell_needs(grad), autograd=True, call=call, key=key)
+    backend = chosen("lstm", x.device.type, _cell_needs(grad), autograd=True, call=call, key=_step_key(x, h, grad))
     if FAMILY.offers(backend, "lstm_step"):  # the whole step in one call (torch's cell)
         return FAMILY.call("lstm_step", backend, *args)
     gates = torch.nn.functional.linear(x, w_ih, b_ih) + torch.nn.functional.linear(h, w_hh, b_hh)
     return _cell(gates, c, backend)
+
+
+def _step_key(x: Tensor, h: Tensor, grad: bool) -> tuple:
+    return "step", x.shape, h.shape[1], x.dtype, x.device, grad
+
+
+def kept_step(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+              b_hh: Optional[Tensor], grad: bool) -> Optional[tuple[Tensor, Tensor]]:
+    """The step on arguments not yet checked, where a step of the same question went through checked_step
+    before and its kept answer is a backend with the whole step (torch's cell, whose kernel checks its
+    arguments as torch.nn.LSTMCell's call has them checked) -> (h', c'); else None, and the caller takes the
+    checked route. An error raised here is the caller's to answer by the checked route (its own message)."""
+    backend = kept("lstm", x.device.type, _cell_needs(grad), True, _step_key(x, h, grad))
+    if backend is None or not FAMILY.offers(backend, "lstm_step"):
+        return None
+    return FAMILY.call("lstm_step", backend, x, h, c, w_ih, w_hh, b_ih, b_hh)
 
 
 # --------------------------------------------------------------------------------------------- layer

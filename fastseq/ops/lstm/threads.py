@@ -6,16 +6,17 @@ the chooser's probes notice when the load comes or goes; a call on all threads t
 record) brings the next probe forward, so a load that comes is seen within a few calls.
 
 With a gradient the backward runs on one thread too: torch's autograd runs a CPU graph on the thread that
-called backward, so a hook on the LSTM's outputs sets one thread when the backward reaches them, and a hook
-on views of its inputs gives the caller's count back once the backward has passed them. The end of the
-backward gives it back in any case, and so does the next call after a backward that raised.
+called backward, so a hook on the LSTM's output and final hidden state sets one thread when the backward
+reaches them, and a hook on a view of its input gives the caller's count back once the backward has passed
+it. The end of the backward gives it back in any case, and so does the next call after a backward that
+raised.
 """
 from __future__ import annotations
 
 import contextlib
 import threading
 import time
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, Iterable, Iterator, TypeVar
 
 import torch
 from torch import Tensor
@@ -51,12 +52,12 @@ class _Kept:
 _kept: dict[tuple, _Kept] = {}
 
 
-def run(fn: Callable[..., Out], args: tuple, x: Tensor, params: Callable[[], list[Tensor]], sizes: tuple,
+def run(fn: Callable[..., Out], args: tuple, x: Tensor, params: Callable[[], Iterable[Tensor]], sizes: tuple,
         flags: tuple) -> Out:
-    """fn(*args) on the thread count chosen for its bucket (sizes, flags). args: tensors, PackedSequences,
-    tuples of them, or anything else (passed as is); x: the input tensor (its device and dtype); params():
-    the module's parameters, which fn reads itself. Off a CPU, on one thread already, with measuring off, or
-    while torch.compile traces, fn(*args) as it is."""
+    """fn(*args) on the thread count chosen for its bucket (sizes, flags). args: the input (a tensor or a
+    PackedSequence) first, then tensors, tuples of them, or anything else (passed as is); x: the input tensor (a
+    PackedSequence's data); params(): the module's parameters, which fn reads itself. Off a CPU, on one thread
+    already, with measuring off, or while torch.compile traces, fn(*args) as it is."""
     if torch.compiler.is_compiling():
         return fn(*args)
     if _state.depth:
@@ -64,35 +65,24 @@ def run(fn: Callable[..., Out], args: tuple, x: Tensor, params: Callable[[], lis
     threads = torch.get_num_threads()
     if threads == 1 or x.device.type != "cpu" or not tuning.enabled():
         return fn(*args)
-    grad = torch.is_grad_enabled() and (any(t.requires_grad for t in _tensors(args))
-                                        or any(p.requires_grad for p in params()))
+    grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params())
+                                        or any(t.requires_grad for t in _tensors(args[1:])))
     key = (sizes, flags, grad, x.dtype, threads)
     kept = _kept.get(key)
     if kept is None or time.perf_counter() >= kept.due or kept.generation != tuning.generation():
         kept = _choose(key, fn, args, x, params, sizes, flags, grad)
     start = time.perf_counter()
-    if kept.choice == "all":
-        out = fn(*args)
-    else:
-        if grad:
-            args = _map(args, lambda t: t.view_as(t) if t.requires_grad else t)  # this call's own input nodes
-        with one_thread():
-            out = fn(*args)
-        if grad:
-            _backward_on_one_thread(out, args)
+    out = _serve(kept.choice, fn, args, grad)
     if kept.choice == "all" and (time.perf_counter() - start) * 1e3 > kept.stall_ms:
         tuning.probe_now(kept.bucket)  # a stall on all threads, what a load brings: the bucket's probe at once
     return out
 
 
-def _choose(key: tuple, fn: Callable, args: tuple, x: Tensor, params: Callable[[], list[Tensor]], sizes: tuple,
+def _choose(key: tuple, fn: Callable, args: tuple, x: Tensor, params: Callable[[], Iterable[Tensor]], sizes: tuple,
             flags: tuple, grad: bool) -> _Kept:
     """The bucket's choice from the chooser (measured, kept, or probed when due), kept here until the next
     probe is due; "all" where nothing can be measured now."""
-    def timed(choice: str) -> None:
-        with one_thread() if choice == "one" else contextlib.nullcontext():
-            _trial(fn, args, params, grad)
-    call = tuning.Call(x.device, x.dtype, grad, sizes, flags, timed)
+    call = tuning.Call(x.device, x.dtype, grad, sizes, flags, lambda choice: _trial(choice, fn, args, params, grad))
     with trials():  # the chooser's runs are not the caller's call
         choice = tuning.pick(FAMILY, CHOICES, call, by="mean") or "all"
     state = tuning.kept(FAMILY, CHOICES, call)
@@ -105,12 +95,25 @@ def _choose(key: tuple, fn: Callable, args: tuple, x: Tensor, params: Callable[[
     return kept
 
 
-def _trial(fn: Callable, args: tuple, params: Callable[[], list[Tensor]], grad: bool) -> None:
-    """fn on detached copies of args, and, with a gradient, backward to them and to the parameters
-    (torch.autograd.grad: nothing reaches the caller's .grad)."""
+def _serve(choice: str, fn: Callable[..., Out], args: tuple, grad: bool) -> Out:
+    """fn(*args) on `choice`'s threads; with a gradient on one thread, the backward too (its hooks)."""
+    if choice == "all":
+        return fn(*args)
+    if grad:  # the input as this call's own node, where the backward leaves the LSTM
+        args = (_map(args[0], lambda t: t.view_as(t) if t.requires_grad else t), *args[1:])
+    with one_thread():
+        out = fn(*args)
+    if grad:
+        _backward_on_one_thread(out, args[0])
+    return out
+
+
+def _trial(choice: str, fn: Callable, args: tuple, params: Callable[[], Iterable[Tensor]], grad: bool) -> None:
+    """The call served as `choice` serves it (its hooks' cost included) on detached copies of args, and, with
+    a gradient, backward to them and to the parameters (torch.autograd.grad: nothing reaches .grad)."""
     args = _map(args, lambda t: t.detach().requires_grad_(t.requires_grad))
     with torch.set_grad_enabled(grad):
-        outs = [o for o in _tensors(fn(*args)) if o.requires_grad]
+        outs = [o for o in _tensors(_serve(choice, fn, args, grad)) if o.requires_grad]
         if grad and outs:
             needs = [t for t in [*_tensors(args), *params()] if t.requires_grad]
             torch.autograd.grad(outs, needs, [torch.ones_like(o) for o in outs], allow_unused=True)
@@ -144,27 +147,45 @@ class _State(threading.local):
 _state = _State()
 
 
-def _backward_on_one_thread(out, args: tuple) -> None:
-    """Hooks that run the backward from `out` back to `args` (this call's views) on one thread."""
-    outs = [o for o in _tensors(out) if o.requires_grad]
-    if outs:
-        torch.autograd.graph.register_multi_grad_hook(outs, _enter, mode="any")
-        torch.autograd.graph.register_multi_grad_hook([t for t in _tensors(args) if t.requires_grad], _leave)
+class _Backward:
+    """One call's hooks: `enter` on its output and final hidden state (what a loss reads), `leave` on the view
+    of its input; each acts once per backward (graph task)."""
 
+    __slots__ = ("entered",)
 
-def _enter(_grad: Tensor) -> None:
-    if _state.depth == 0:
-        _state.saved = torch.get_num_threads()
-        torch.set_num_threads(1)
-        torch.autograd.Variable._execution_engine.queue_callback(_give_back)  # when every node has run
-    _state.depth += 1
+    def __init__(self):
+        self.entered = -1  # the graph task whose backward set one thread for this call
 
+    def enter(self, _grad: Tensor) -> None:
+        task = torch._C._current_graph_task_id()
+        if self.entered == task:
+            return
+        self.entered = task
+        if _state.depth == 0:
+            _state.saved = torch.get_num_threads()
+            torch.set_num_threads(1)
+            torch.autograd.Variable._execution_engine.queue_callback(_give_back)  # when every node has run
+        _state.depth += 1
 
-def _leave(_grads: list) -> None:
-    if _state.depth:
+    def leave(self, _grad: Tensor) -> None:
+        if self.entered != torch._C._current_graph_task_id() or not _state.depth:
+            return
+        self.entered = -1
         _state.depth -= 1
         if not _state.depth:
             torch.set_num_threads(_state.saved)
+
+
+def _backward_on_one_thread(out, x) -> None:
+    """Hooks that run the backward from `out` (the output, (h_n, c_n)) back to `x` (this call's view of its
+    input, a tensor or a PackedSequence) on one thread; without a gradient to x, until the backward ends."""
+    hooks = _Backward()
+    for o in list(_tensors(out))[:2]:
+        if o.requires_grad:
+            o.register_hook(hooks.enter)
+    x = x.data if isinstance(x, PackedSequence) else x
+    if isinstance(x, Tensor) and x.requires_grad:
+        x.register_hook(hooks.leave)
 
 
 def settle() -> None:
