@@ -164,6 +164,18 @@ def test_a_choice_by_mean_counts_the_stalls_a_median_ignores(cache, monkeypatch)
         tuning.pick("demo", ("stalls", "steady"), call, by="p90")
 
 
+def test_the_measurement_after_a_windows_verdict_counts_the_windows_probes():
+    """A window of probes that found a candidate stalling is evidence the measurement after it weighs: with the
+    probes' runs counted, the steady candidate wins although the fresh runs alone (no stall among them)
+    would favour the other."""
+    runs = {"a": lambda: time.sleep(0.002), "b": lambda: time.sleep(0.004)}
+    fresh = tuning._times_ms(runs, torch.device("cpu"), "mean")
+    assert fresh["a"] < fresh["b"]
+    window = {"a": [60.0, 2.0, 60.0, 2.0], "b": [4.0, 4.0, 4.0, 4.0]}  # a stalled in half its probes
+    weighed = tuning._times_ms(runs, torch.device("cpu"), "mean", window)
+    assert weighed["b"] < weighed["a"]
+
+
 def test_a_kept_choice_can_be_held_until_its_probe_and_probed_at_once(cache):
     """kept(): the choice, its bucket, when its probe is due and its record, for a caller that holds it
     between calls; probe_now(): the next pick probes (one run of each candidate) whatever the gap."""

@@ -254,7 +254,8 @@ def _time_s(run: Callable[[], None], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def _times_ms(runs: dict[str, Callable[[], None]], device: torch.device, by: str = "median") -> dict[str, float]:
+def _times_ms(runs: dict[str, Callable[[], None]], device: torch.device, by: str = "median",
+              prior: Optional[dict[str, list[float]]] = None) -> dict[str, float]:
     """Milliseconds of each backend's run, after a warm-up run of each, the backends in turns: the median of
     the runs, or their mean less the largest run (then never fewer than MEAN_RUNS runs: stalls that come
     often are what it is asked to count, a quiet machine's one hiccup is not)."""
@@ -262,7 +263,7 @@ def _times_ms(runs: dict[str, Callable[[], None]], device: torch.device, by: str
     least = MEAN_RUNS if by == "mean" else 1
     repeats = {b: max(least, 1 if w > SLOW else min(MOST, max(REPEATS, int(TARGET / max(w, 1e-9)))))
                for b, w in warm.items()}
-    times: dict[str, list[float]] = {b: [] for b in runs}
+    times: dict[str, list[float]] = {b: list((prior or {}).get(b, ())) for b in runs}  # the probes' runs count
     for turn in range(max(repeats.values())):
         for b, run in runs.items():
             if turn < repeats[b]:
@@ -338,11 +339,14 @@ def generation() -> int:
     return _generation
 
 
-def _measure(family: str, candidates: tuple[str, ...], call: Call, exact: tuple, bucket: str, by: str) -> str:
+def _measure(family: str, candidates: tuple[str, ...], call: Call, exact: tuple, bucket: str, by: str,
+             prior: Optional[dict[str, list[float]]] = None) -> str:
+    """Time every candidate (with `prior`: runs already timed, a window of probes, counted with the new ones,
+    so the measurement that follows a window's verdict weighs the same evidence) and keep the fastest."""
     start = time.perf_counter()
     devices = [call.device] if call.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
-        times = _times_ms({b: (lambda b=b: call.run(b)) for b in candidates}, call.device, by)
+        times = _times_ms({b: (lambda b=b: call.run(b)) for b in candidates}, call.device, by, prior)
     global _generation
     best = min(times, key=times.get)
     measured = Measured(best, times, time.perf_counter() - start)
@@ -372,7 +376,7 @@ def _probe(family: str, candidates: tuple[str, ...], call: Call, exact: tuple, b
     window.append(times)
     del window[:-WINDOW]
     if len(window) == WINDOW and _off(window, backend, measured.times_ms.get(backend)):
-        return _measure(family, candidates, call, exact, bucket, by)
+        return _measure(family, candidates, call, exact, bucket, by, {b: [p[b] for p in window] for b in candidates})
     _probe_at[bucket] = time.perf_counter() + _gap_s(measured)
     return backend
 
