@@ -364,3 +364,40 @@ def test_lstm_cell_steps_like_one_before_take_the_kept_route_with_torchs_answers
             ours(x, (torch.randn(3, 6), c))
         with pytest.raises(TypeError, match="hx must be a tuple"):
             ours(x, (h,))
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_lstm_calls_like_one_before_take_the_kept_route_with_torchs_answers_and_the_checked_errors(monkeypatch,
+                                                                                                batch_first):
+    """After a call went the checked route and torch's whole LSTM was chosen for its question, calls of the
+    same sizes go straight there: torch.nn.LSTM's outputs, states and gradients exactly, with or without
+    (h0, c0); a malformed hx there still gets the checked route's error."""
+    from fastseq.nn import lstm as nn_lstm
+    taken = []
+    original = nn_lstm.kept_stacked
+    monkeypatch.setattr(nn_lstm, "kept_stacked", lambda *a: taken.append(original(*a)) or taken[-1])
+    torch.manual_seed(0)
+    base = torch.nn.LSTM(5, 7, num_layers=2, batch_first=batch_first, bidirectional=True)
+    ours = fastseq.nn.LSTM(5, 7, num_layers=2, batch_first=batch_first, bidirectional=True)
+    ours.load_state_dict(base.state_dict())
+    x = torch.randn(3, 6, 5) if batch_first else torch.randn(6, 3, 5)
+    hx = (torch.randn(4, 3, 7), torch.randn(4, 3, 7))
+    with backends.use(cpu="torch"):
+        for state in (hx, None):
+            ours(x, state)  # the checked route: its answer kept for the question
+            taken.clear()
+            got = ours(x, state)
+            assert taken and taken[-1] is not None  # the kept route served
+            expected = base(x, state)
+            torch.testing.assert_close(got[0], expected[0], rtol=0, atol=0)
+            for g, e in zip(got[1], expected[1]):
+                torch.testing.assert_close(g, e, rtol=0, atol=0)
+        xg = x.clone().requires_grad_()
+        ours(xg)
+        taken.clear()
+        (g_ours,) = torch.autograd.grad(ours(xg)[0].square().sum(), xg)
+        assert taken[-1] is not None
+        (g_base,) = torch.autograd.grad(base(xg)[0].square().sum(), xg)
+        torch.testing.assert_close(g_ours, g_base, rtol=0, atol=0)
+        with pytest.raises(RuntimeError, match=r"Expected hx\[0\] \(h_0\) size \(4, 3, 7\), got \(4, 3, 6\)"):
+            ours(x, (torch.randn(4, 3, 6), hx[1]))

@@ -20,7 +20,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from .. import ops
 from ..numerics import autocast_dtype
 from ..ops.checks import integers
-from ..ops.lstm import checked_step, kept_step, stacked, threads
+from ..ops.lstm import checked_step, kept_stacked, kept_step, stacked, threads
 
 HiddenState = tuple[Tensor, Tensor]
 
@@ -168,7 +168,46 @@ class LSTM(nn.Module):
         if bucket is None:  # not an input it runs: its own error
             return self._forward(input, hx, lengths)
         x = input.data if isinstance(input, PackedSequence) else input
-        return threads.run(self._forward, (input, hx, lengths), x, self.parameters, *bucket)
+        return threads.run(self._serve, (input, hx, lengths), x, self.parameters, *bucket)
+
+    def _serve(self, input, hx, lengths):
+        """A call like one that went the checked route before takes the kept one (_kept_route), else the
+        checked route (_forward)."""
+        if lengths is None and type(input) is Tensor:
+            out = self._kept_route(input, hx)
+            if out is not None:
+                return out
+        return self._forward(input, hx, lengths)
+
+    def _kept_route(self, input: Tensor, hx) -> Optional[tuple[Tensor, HiddenState]]:
+        """A batched, padded call like one that went the checked route before, where the kept backend runs the
+        whole LSTM (torch's kernel, which checks the arguments): straight there, without this module's checks
+        and choosing, which cost a small call a tenth of its time. None otherwise, or where the call raises:
+        the checked route then answers, with its own error."""
+        if input.dim() != 3 or autocast_dtype(input.device) is not None:
+            return None
+        x = input.transpose(0, 1) if self.batch_first else input
+        weights = _weights(self, self._flat_weights_names)
+        if hx is None:
+            layers = (2 if self.bidirectional else 1) * self.num_layers
+            h0 = x.new_zeros(layers, x.shape[1], self.proj_size if self.proj_size > 0 else self.hidden_size)
+            c0 = x.new_zeros(layers, x.shape[1], self.hidden_size)
+        elif isinstance(hx, (tuple, list)) and len(hx) == 2 and all(isinstance(t, Tensor) for t in hx):
+            h0, c0 = hx
+        else:
+            return None
+        first = (weights[0], weights[1], weights[2] if self.bias else None,
+                 weights[len(self._all_weights[0]) - 1] if self.proj_size > 0 else None)
+        grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in weights))
+        try:
+            whole = kept_stacked(x, (h0, c0), weights, first, self.bias, self.num_layers, self.dropout,
+                                 self.training, self.bidirectional, grad)
+        except (RuntimeError, TypeError, ValueError):
+            return None
+        if whole is None:
+            return None
+        y, h_n, c_n = whole
+        return (y.transpose(0, 1) if self.batch_first else y), (h_n, c_n)
 
     def _bucket(self, input, lengths) -> Optional[tuple[tuple, tuple]]:
         """The call's sizes and flags, for the thread choice (ops.lstm.threads)."""

@@ -278,10 +278,30 @@ def _layer_choice(params: tuple, lengths: Optional[Tensor], reverse: bool, train
     needs = ("lstm_layer", "lstm_layer_backward") if training else ("lstm_layer",)
     call = functools.partial(tuning.Call.rerun, lstm_layer, (*params, lengths, reverse), training,
                              (T, B, I, H, H if w_hr is None else w_hr.shape[0]), (lengths is not None, bool(reverse)))
-    P = 0 if w_hr is None else w_hr.shape[0]  # 0: no projection
-    key = ("layer", x.shape, H, P, lengths is not None, bool(reverse), x.dtype, x.device, training)
+    key = _layer_key(x, H, w_hr, lengths is not None, bool(reverse), training)
     return chosen("lstm", x.device.type, needs, autograd=True, call=call, args=(*params, lengths, reverse, training),
                   key=key)
+
+
+def _layer_key(x: Tensor, H: int, w_hr: Optional[Tensor], lengths: bool, reverse: bool, training: bool) -> tuple:
+    P = 0 if w_hr is None else w_hr.shape[0]  # 0: no projection
+    return "layer", x.shape, H, P, lengths, reverse, x.dtype, x.device, training
+
+
+def kept_stacked(x: Tensor, hx: tuple[Tensor, Tensor], weights: list[Tensor], first: tuple, has_biases: bool,
+                 num_layers: int, dropout: float, training: bool, bidirectional: bool,
+                 grad: bool) -> Optional[tuple[Tensor, Tensor, Tensor]]:
+    """stacked() on a time-major, full-length x not yet checked, where a call of the same question went through
+    stacked() before and its kept answer offers the whole LSTM (torch's kernel, which checks its arguments as
+    torch.nn.LSTM's call has them checked) -> (y, h_n, c_n); else None, and the caller takes the checked route.
+    An error raised here is the caller's to answer by the checked route (its own message)."""
+    w_ih, w_hr = first[0], first[3]
+    needs = ("lstm_layer", "lstm_layer_backward") if grad else ("lstm_layer",)
+    backend = kept("lstm", x.device.type, needs, True, _layer_key(x, w_ih.shape[0] // 4, w_hr, False, False, grad))
+    if backend is None or not FAMILY.offers(backend, "lstm"):
+        return None
+    return FAMILY.call("lstm", backend, x, list(hx), weights, has_biases, num_layers, dropout, training,
+                       bidirectional, None)
 
 
 def _refusal(backend: str, function: str, args: tuple) -> Optional[str]:
