@@ -36,7 +36,7 @@ CACHE_ENV_VAR = "FASTSEQ_CACHE"
 # REPEATS and at most MOST, or one when the warm-up took over SLOW seconds. The backends take turns, so a
 # machine's drift falls on all of them alike, and short calls get enough runs that noise does not decide.
 REPEATS, MOST, TARGET, SLOW = 3, 25, 0.005, 0.05
-MEAN_RUNS = 5  # the fewest timed runs a choice by mean takes, slow or not
+MEAN_RUNS = 10  # the fewest timed runs a choice by mean takes, slow or not
 # A kept choice on the CPU is checked now and then, as the machine's load changes: one timed run of each
 # candidate in turns, at most once per PROBE_GAP times the candidates' recorded time (and PROBE_MIN_S), so
 # checking costs about 1/PROBE_GAP of the calls' time. Over the last WINDOW probes, the kept backend's mean
@@ -257,8 +257,8 @@ def _time_s(run: Callable[[], None], device: torch.device) -> float:
 def _times_ms(runs: dict[str, Callable[[], None]], device: torch.device, by: str = "median",
               prior: Optional[dict[str, list[float]]] = None) -> dict[str, float]:
     """Milliseconds of each backend's run, after a warm-up run of each, the backends in turns: the median of
-    the runs, or their mean less the largest run (then never fewer than MEAN_RUNS runs: stalls that come
-    often are what it is asked to count, a quiet machine's one hiccup is not)."""
+    the runs, or their mean (then never fewer than MEAN_RUNS runs: a load that stalls one call in several is
+    what it is asked to count, and fewer runs would miss it)."""
     warm = {b: _time_s(run, device) for b, run in runs.items()}
     least = MEAN_RUNS if by == "mean" else 1
     repeats = {b: max(least, 1 if w > SLOW else min(MOST, max(REPEATS, int(TARGET / max(w, 1e-9)))))
@@ -268,12 +268,8 @@ def _times_ms(runs: dict[str, Callable[[], None]], device: torch.device, by: str
         for b, run in runs.items():
             if turn < repeats[b]:
                 times[b].append(_time_s(run, device) * 1e3)
-    summary = _trimmed_mean if by == "mean" else statistics.median
+    summary = statistics.mean if by == "mean" else statistics.median
     return {b: summary(t) for b, t in times.items()}
-
-
-def _trimmed_mean(times: list[float]) -> float:
-    return statistics.mean(sorted(times)[:-1]) if len(times) > 2 else statistics.mean(times)
 
 
 def pick(family: str, candidates: tuple[str, ...], call: Call, by: str = "median") -> Optional[str]:
