@@ -194,11 +194,8 @@ def test_a_kept_choice_can_be_held_until_its_probe_and_probed_at_once(cache):
     assert sorted(ran) == ["a", "b"]  # the probe: one run of each
 
 
-def test_a_stalled_call_brings_the_thread_choice_probe_forward(cache, monkeypatch, two_threads):
-    """A served call SLOWER times its choice's record (a load has come) makes the next call probe, without
-    waiting for PROBE_GAP: within a window of probes the LSTM is on one thread."""
-    from fastseq.nn import LSTM
-    delays = {"all": 0.0, "one": 0.3}
+def _load_by_threads(monkeypatch, delays: dict):
+    """A sleep before each LSTM call by the thread count it runs on ("all" or "one"): a stand-in for a load."""
     original = registry.Family.call
 
     def call(self, function, backend, *args, **kwargs):
@@ -206,6 +203,14 @@ def test_a_stalled_call_brings_the_thread_choice_probe_forward(cache, monkeypatc
             time.sleep(delays["one" if torch.get_num_threads() == 1 else "all"])
         return original(self, function, backend, *args, **kwargs)
     monkeypatch.setattr(registry.Family, "call", call)
+
+
+def test_a_stalled_call_brings_the_thread_choice_probe_forward(cache, monkeypatch, two_threads):
+    """A served call SLOWER times its choice's record (a load has come) makes the next call probe, without
+    waiting for PROBE_GAP: within a window of probes the LSTM is on one thread."""
+    from fastseq.nn import LSTM
+    delays = {"all": 0.0, "one": 0.3}
+    _load_by_threads(monkeypatch, delays)
     monkeypatch.setattr(tuning, "PROBE_GAP", 10**6)
     monkeypatch.setattr(tuning, "PROBE_MIN_S", 10**6)  # no probe on the clock: only a stall brings one
     ours = LSTM(5, 7)
@@ -277,13 +282,7 @@ def test_an_lstm_trains_on_one_thread_forward_and_backward_when_all_run_far_slow
     backward that raises midway leaves one thread set until the next call gives it back."""
     from fastseq.nn import LSTM
     delays = {"all": 0.3, "one": 0.0}
-    original = registry.Family.call
-
-    def call(self, function, backend, *args, **kwargs):
-        if self.name == "lstm" and function in ("lstm", "lstm_layer"):
-            time.sleep(delays["one" if torch.get_num_threads() == 1 else "all"])
-        return original(self, function, backend, *args, **kwargs)
-    monkeypatch.setattr(registry.Family, "call", call)
+    _load_by_threads(monkeypatch, delays)
     torch.manual_seed(0)
     base = torch.nn.LSTM(5, 7, num_layers=2)
     ours = LSTM(5, 7, num_layers=2)
